@@ -1,0 +1,1 @@
+"""The contract every loss follows: reduction, checks, dtype policy, registry and the module base."""

@@ -1,0 +1,176 @@
+"""Input validation with messages that name the argument, what it got and what was expected.
+
+Two kinds of check:
+
+* **Cheap checks** read only metadata (shapes, dtypes, option values). They always run.
+* **Value checks** read tensor values (class index in range, finite input). They need a
+  device-to-host synchronisation, so they can be switched off globally for speed and for
+  ``torch.compile(fullgraph=True)``::
+
+      losskit.set_checks(False)          # off from now on
+      with losskit.set_checks(False):    # off inside the block only
+          loss = losskit.cross_entropy(logits, target)
+
+  Value checks are also skipped while ``torch.compile`` traces a function, because a
+  data-dependent branch would break the graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+_value_checks_enabled = True
+
+
+class set_checks:  # noqa: N801  (lower-case like torch.set_grad_enabled, which it mirrors)
+    """Switch value checks on or off; usable as a plain call or as a context manager.
+
+    Args:
+        enabled: ``True`` to run value checks (the default state), ``False`` to skip them.
+
+    Examples:
+        >>> import losskit
+        >>> with losskit.set_checks(False):
+        ...     losskit.checks_enabled()
+        False
+        >>> losskit.checks_enabled()
+        True
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _value_checks_enabled
+        if not isinstance(enabled, bool):
+            raise TypeError(f"set_checks: enabled must be a bool, got {type(enabled).__name__}")
+        self.previous = _value_checks_enabled
+        _value_checks_enabled = enabled
+
+    def __enter__(self) -> set_checks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _value_checks_enabled
+        _value_checks_enabled = self.previous
+
+
+def checks_enabled() -> bool:
+    """Whether value checks run (they never run while ``torch.compile`` traces)."""
+    return _value_checks_enabled and not torch.compiler.is_compiling()
+
+
+def _shape(x: Tensor) -> str:
+    return f"shape {tuple(x.shape)}"
+
+
+# --- cheap checks: metadata only -------------------------------------------------------------
+
+
+def check_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_floating(name: str, x: Tensor) -> None:
+    check_tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_b} must have the same shape as {name_a} {tuple(a.shape)}, got {_shape(b)}")
+
+
+def check_broadcastable(name: str, x: Tensor, shape: torch.Size, what: str) -> None:
+    """``x`` must broadcast to ``shape`` without changing it (so it cannot silently grow the loss)."""
+    try:
+        broadcast = torch.broadcast_shapes(x.shape, shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != shape:
+        raise ValueError(f"{name} must be broadcastable to {what} {tuple(shape)}, got {_shape(x)}")
+
+
+def check_number(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A real-number option within ``[low, high]`` (ends open where asked)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {value:g}")
+    return value
+
+
+def check_one_of(name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_class_vector(name: str, x: Tensor, num_classes: int) -> None:
+    """A per-class option (class weights, priors, counts) must have shape ``(C,)``."""
+    check_tensor(name, x)
+    if x.shape != (num_classes,):
+        raise ValueError(f"{name} must have shape ({num_classes},), one entry per class, got {_shape(x)}")
+
+
+# --- value checks: need a device sync, switchable ---------------------------------------------
+
+
+def check_finite(name: str, x: Tensor, *, allow_neg_inf: bool = False) -> None:
+    """Reject NaN and infinity (``-inf`` can be allowed: masked logits are a legitimate input)."""
+    if not checks_enabled() or x.numel() == 0:
+        return
+    ok = ~torch.isnan(x) & (x != float("inf")) if allow_neg_inf else torch.isfinite(x)
+    if not bool(ok.all()):
+        bad = "NaN or +inf" if allow_neg_inf else "NaN or infinite"
+        raise ValueError(
+            f"{name} contains {bad} values; the loss would not be finite. Fix the upstream computation, "
+            "or switch value checks off with losskit.set_checks(False) to skip this test"
+        )
+
+
+def check_class_indices(name: str, target: Tensor, num_classes: int, ignore_index: int | None) -> None:
+    """Every index is in ``[0, num_classes)`` or equals ``ignore_index``."""
+    if not checks_enabled() or target.numel() == 0:
+        return
+    valid = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        valid |= target == ignore_index
+    if not bool(valid.all()):
+        bad = target[~valid]
+        ignore = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(
+            f"{name} has class indices outside [0, {num_classes - 1}]{ignore}: "
+            f"found {bad.min().item()}..{bad.max().item()}"
+        )
+
+
+def check_in_unit_interval(name: str, x: Tensor) -> None:
+    """Probabilities (soft targets) must lie in ``[0, 1]``."""
+    if not checks_enabled() or x.numel() == 0:
+        return
+    if not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError(f"{name} must hold probabilities in [0, 1]; found values from "
+                         f"{x.min().item():g} to {x.max().item():g}")
+
+
+def check_positive_values(name: str, x: Tensor, *, strict: bool = True) -> None:
+    if not checks_enabled() or x.numel() == 0:
+        return
+    ok = (x > 0) if strict else (x >= 0)
+    if not bool(ok.all()):
+        relation = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be {relation} everywhere; found minimum {x.min().item():g}")

@@ -1,0 +1,62 @@
+"""Loss functions: ``import losskit.functional as LF``; ``LF.huber_loss(pred, target, delta=0.5)``.
+
+Every function takes the prediction and the target as its only positional arguments; every
+option is keyword-only. The reduction rules are those of :func:`losskit.reduce_loss`.
+"""
+
+from losskit.functional.classification import (
+    asymmetric_loss,
+    balanced_softmax_loss,
+    binary_cross_entropy,
+    cross_entropy,
+    ldam_loss,
+    logit_adjusted_cross_entropy,
+    multi_margin_loss,
+    poly1_cross_entropy,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+)
+from losskit.functional.divergence import js_div, kl_div
+from losskit.functional.regression import (
+    balanced_l1_loss,
+    charbonnier_loss,
+    gaussian_nll_loss,
+    general_robust_loss,
+    huber_loss,
+    l1_loss,
+    log_cosh_loss,
+    mse_loss,
+    poisson_nll_loss,
+    quantile_loss,
+    robust_log_partition,
+    smooth_l1_loss,
+    wing_loss,
+)
+
+__all__ = [
+    "asymmetric_loss",
+    "balanced_l1_loss",
+    "balanced_softmax_loss",
+    "binary_cross_entropy",
+    "charbonnier_loss",
+    "cross_entropy",
+    "gaussian_nll_loss",
+    "general_robust_loss",
+    "huber_loss",
+    "js_div",
+    "kl_div",
+    "l1_loss",
+    "ldam_loss",
+    "log_cosh_loss",
+    "logit_adjusted_cross_entropy",
+    "mse_loss",
+    "multi_margin_loss",
+    "poisson_nll_loss",
+    "poly1_cross_entropy",
+    "quantile_loss",
+    "robust_log_partition",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+    "softmax_focal_loss",
+    "wing_loss",
+]

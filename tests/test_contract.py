@@ -1,0 +1,165 @@
+"""The contract every registered loss keeps, checked without per-loss code (see tests/specs.py).
+
+For each loss: reductions agree with each other and with the weighted mean, ``"none"`` has the
+declared natural-unit shape, empty input gives 0 with a gradient, every floating dtype returns
+its own dtype and agrees with float64, the module equals the function, configs round-trip,
+``.to()`` moves tensor options, float64 gradcheck (and gradgradcheck where smooth) passes,
+and a bad reduction or a target of the wrong shape raises a ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import losskit
+from losskit._core.registry import entry
+from tests import spec_classification, specs
+
+SPECS = specs.registry()
+CASES = {**{name: (name, spec) for name, spec in SPECS.items()},
+         **{f"{name}[soft]": (name, spec) for name, spec in spec_classification.SOFT_TARGET_SPECS.items()}}
+IDS = sorted(CASES)
+DTYPE_TOL = {torch.float32: (1e-5, 1e-6), torch.float16: None, torch.bfloat16: None}
+
+
+def close(actual, expected, rtol=1e-7, atol=1e-9):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def call(name, case, **options):
+    fn = entry(name).cls.function
+    return fn(case.input, case.target, **{**case.kwargs, **options})
+
+
+def make(key, n=4, seed=0):
+    name, spec = CASES[key]
+    gen = torch.Generator().manual_seed(seed)
+    return name, spec, spec.make(n, gen), gen
+
+
+def test_every_registered_loss_has_a_spec():
+    assert sorted(SPECS) == losskit.available()
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_reductions_agree_and_none_has_the_natural_unit(key):
+    name, spec, case, _ = make(key)
+    none = call(name, case, reduction="none")
+    assert tuple(none.shape) == spec.unit_shape(case)
+    close(call(name, case, reduction="sum"), none.sum())
+    close(call(name, case, reduction="mean"), none.mean())
+    close(call(name, case, normalizer=7.0), none.sum() / 7.0)
+    close(call(name, case, normalizer=torch.tensor(7.0, dtype=torch.float64)), none.sum() / 7.0)
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_mean_is_the_weighted_mean(key):
+    name, spec, case, gen = make(key)
+    if spec.weight is None:
+        pytest.skip("takes no weight")
+    weight, effective = spec.weight(case, gen)
+    none = call(name, case, weight=weight, reduction="none")
+    close(call(name, case, weight=weight, reduction="sum"), none.sum())
+    close(call(name, case, weight=weight), none.sum() / effective.sum())
+    # Scaling every weight by the same factor leaves the weighted mean unchanged.
+    close(call(name, case, weight=weight * 3.0), call(name, case, weight=weight))
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_empty_input_gives_zero_with_a_gradient(key):
+    name, spec, case, _ = make(key, n=0)
+    case.input.requires_grad_(True)
+    for reduction in ("mean", "sum"):
+        out = call(name, case, reduction=reduction)
+        assert out.shape == () and out.item() == 0.0
+        (grad,) = torch.autograd.grad(out, case.input)
+        assert grad.shape == case.input.shape
+    assert tuple(call(name, case, reduction="none").shape) == spec.unit_shape(case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("key", IDS)
+def test_dtype_in_dtype_out_and_agreement_with_float64(key, dtype):
+    name, spec, case64, _ = make(key)
+    expected = call(name, case64, reduction="none")
+    case = case64.cast(dtype)
+    case.input.requires_grad_(True)
+    out = call(name, case, reduction="none")
+    assert out.dtype == dtype
+    rtol, atol = spec.low_precision_tol if dtype in (torch.float16, torch.bfloat16) else (1e-5, 1e-6)
+    # Compare with float64 evaluated on the same (rounded) inputs, so only the computation is judged.
+    rounded = call(name, case.cast(torch.float64), reduction="none")
+    close(out.double(), rounded, rtol=rtol, atol=atol)
+    assert expected.shape == out.shape
+    (grad,) = torch.autograd.grad(out.sum(), case.input)
+    assert grad.dtype == dtype and torch.isfinite(grad).all()
+
+
+def _options_and_call_kwargs(spec, case):
+    options = {k: v for k, v in case.kwargs.items() if k not in spec.grad_kwargs}
+    per_call = {k: v for k, v in case.kwargs.items() if k in spec.grad_kwargs}
+    return options, per_call
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_module_matches_function_and_config_round_trips(key):
+    name, spec, case, gen = make(key)
+    options, per_call = _options_and_call_kwargs(spec, case)
+    module = losskit.get(name, **options)
+    expected = call(name, case)
+    close(module(case.input, case.target, **per_call), expected, rtol=1e-6, atol=1e-8)
+    rebuilt = losskit.get(module.get_config())
+    assert type(rebuilt) is type(module)
+    assert rebuilt.get_config() == module.get_config()
+    close(rebuilt.double()(case.input, case.target, **per_call), expected, rtol=1e-6, atol=1e-8)
+    assert type(module).__name__ in repr(module)
+    if spec.weight is not None:  # per-batch options pass through forward
+        weight, _ = spec.weight(case, gen)
+        close(module(case.input, case.target, weight=weight, **per_call), call(name, case, weight=weight),
+              rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_to_moves_tensor_options(name):
+    spec = SPECS[name]
+    case = spec.make(2, torch.Generator().manual_seed(0))
+    options, _ = _options_and_call_kwargs(spec, case)
+    module = losskit.get(name, **options).to(torch.float64)
+    for key, buffer in module.named_buffers():
+        assert buffer.dtype == torch.float64, key
+        assert key in module.state_dict()
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_gradcheck_float64(key):
+    name, spec, case, _ = make(key, n=2)
+    names = ["input", *spec.grad_kwargs]
+    tensors = [case.input, *(case.kwargs[k] for k in spec.grad_kwargs)]
+    tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+
+    def fn(*args):
+        kwargs = {**case.kwargs, **dict(zip(names[1:], args[1:], strict=True))}
+        return entry(name).cls.function(args[0], case.target, **kwargs, reduction="sum")
+
+    assert torch.autograd.gradcheck(fn, tensors)
+    if spec.gradgrad:
+        assert torch.autograd.gradgradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_bad_reduction_and_wrong_target_shape_raise_naming_the_argument(key):
+    name, _, case, _ = make(key)
+    with pytest.raises(ValueError, match="reduction"):
+        call(name, case, reduction="avg")
+    with pytest.raises(ValueError, match="normalizer"):
+        call(name, case, reduction="sum", normalizer=3.0)
+    short = case.target.narrow(-1, 0, case.target.shape[-1] - 1)
+    with pytest.raises(ValueError, match="target"):
+        call(name, specs.Case(case.input, short, case.kwargs))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_module_rejects_unknown_options_with_a_suggestion(name):
+    with pytest.raises(TypeError, match="did you mean 'reduction'"):
+        losskit.get(name, reductoin="sum")
