@@ -86,3 +86,18 @@ def asymmetric(x, t, *, gamma_pos, gamma_neg, clip):
         negative = pm**gamma_neg * math.log(1 - pm)
         out.append(-(ti * positive + (1 - ti) * negative))
     return torch.tensor(out, dtype=torch.float64).reshape(x.shape)
+
+
+def cross_entropy(logits, target, *, weight, ignore_index, smoothing):
+    """Per-sample CE: (1 - e) w_y (-log q_y) + e / C sum_k w_k (-log q_k); 0 where ignored."""
+    out = []
+    for row, y in _rows(logits, target):
+        if y == ignore_index:
+            out.append(0.0)
+            continue
+        q = _softmax(row)
+        w = [1.0] * len(row) if weight is None else [float(v) for v in weight]
+        nll = -w[y] * math.log(q[y])
+        uniform = sum(-wk * math.log(qk) for wk, qk in zip(w, q, strict=True)) / len(row)
+        out.append((1 - smoothing) * nll + smoothing * uniform)
+    return _shaped(out, target)

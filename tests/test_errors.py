@@ -6,7 +6,8 @@ Cases tried (each a test below):
  3. class index out of range (and the same index allowed when it is ignore_index)
  4. negative gamma, delta <= 0, alpha outside [0, 1], label_smoothing outside [0, 1], softcap <= 0
  5. unknown reduction; normalizer with a reduction other than "mean"
- 6. non-finite input (NaN, +inf) and -inf logits (allowed for softmax: a masked class)
+ 6. non-finite input (NaN, +inf, -inf on a target class), named in the error; overflow; and
+    non-finite values that cannot affect the loss (a masked class, an ignored sample) pass
  7. class-weight vector of the wrong length; a scalar alpha for the softmax focal loss
  8. value checks switched off globally and in a context manager
  9. unknown loss name (did-you-mean), config without "name", unknown family, unknown option
@@ -92,13 +93,25 @@ def test_unknown_reduction_and_misplaced_normalizer():
         losskit.l1_loss(torch.zeros(3), torch.zeros(3), normalizer=0)
 
 
-def test_non_finite_input_is_rejected_but_masked_logits_are_not():
-    with pytest.raises(ValueError, match="input contains NaN or infinite values"):
+def test_non_finite_input_is_rejected_naming_the_culprit():
+    with pytest.raises(ValueError, match=r"the loss is not finite: input contains non-finite values \(1 NaN\)"):
         losskit.binary_cross_entropy(torch.tensor([0.0, float("nan")]), torch.zeros(2))
-    with pytest.raises(ValueError, match="input contains NaN or \\+inf"):
+    with pytest.raises(ValueError, match=r"input contains non-finite values \(1 \+inf\)"):
         losskit.cross_entropy(torch.tensor([[0.0, float("inf")]]), torch.tensor([0]))
-    masked = torch.tensor([[0.0, float("-inf")]])
+    with pytest.raises(ValueError, match=r"target contains non-finite values \(1 NaN\)"):
+        losskit.huber_loss(torch.zeros(3), torch.tensor([0.0, float("nan"), 1.0]), reduction="none")
+    # A target class whose logit is -inf: the loss is infinite, and the -inf is named.
+    with pytest.raises(ValueError, match=r"input contains non-finite values \(1 -inf\)"):
+        losskit.cross_entropy(torch.tensor([[float("-inf"), 0.0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="every input is finite, so it overflowed"):
+        losskit.mse_loss(torch.tensor([3e38]), torch.tensor([-3e38]))
+
+
+def test_non_finite_values_that_cannot_affect_the_loss_are_allowed():
+    masked = torch.tensor([[0.0, float("-inf")]])  # a masked class the target does not name
     assert losskit.cross_entropy(masked, torch.tensor([0])).item() == 0.0
+    ignored = torch.tensor([[0.0, 1.0], [float("nan"), 0.0]])  # an ignored sample may hold anything
+    losskit.cross_entropy(ignored, torch.tensor([1, -100]))
 
 
 def test_value_checks_can_be_switched_off():

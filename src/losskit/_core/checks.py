@@ -3,9 +3,9 @@
 Two kinds of check:
 
 * **Cheap checks** read only metadata (shapes, dtypes, option values). They always run.
-* **Value checks** read tensor values (class index in range, finite input). They need a
-  device-to-host synchronisation, so they can be switched off globally for speed and for
-  ``torch.compile(fullgraph=True)``::
+* **Value checks** read tensor values (class index in range, probabilities in [0, 1], a finite
+  result). They need a device-to-host synchronisation, so they can be switched off globally for
+  speed and for ``torch.compile(fullgraph=True)``::
 
       losskit.set_checks(False)          # off from now on
       with losskit.set_checks(False):    # off inside the block only
@@ -18,7 +18,7 @@ Two kinds of check:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -127,6 +127,30 @@ def check_class_vector(name: str, x: Tensor, num_classes: int) -> None:
 
 
 # --- value checks: need a device sync, switchable ---------------------------------------------
+
+
+def check_loss_finite(loss: Tensor, inputs: Mapping[str, Tensor]) -> None:
+    """Value check on a loss's result; when it is NaN or infinite, name the input to blame.
+
+    Checking the result instead of every input costs one pass over the (usually much smaller)
+    result, and it also catches overflow. Inputs that cannot affect the result (ignored samples,
+    ``-inf`` logits of classes the target does not name) pass, as they should.
+    """
+    if not checks_enabled() or loss.numel() == 0 or bool(torch.isfinite(loss).all()):
+        return
+    culprits = []
+    for name, x in inputs.items():
+        if isinstance(x, Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            counts = {"NaN": int(torch.isnan(x).sum()), "+inf": int((x == float("inf")).sum()),
+                      "-inf": int((x == float("-inf")).sum())}
+            found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+            culprits.append(f"{name} contains non-finite values ({found})")
+    cause = "; ".join(culprits) if culprits else (
+        "every input is finite, so it overflowed: check the scale of the inputs and options")
+    raise ValueError(
+        f"the loss is not finite: {cause}. Fix the upstream computation, or switch value checks off "
+        "with losskit.set_checks(False) to skip this test"
+    )
 
 
 def check_finite(name: str, x: Tensor, *, allow_neg_inf: bool = False) -> None:

@@ -15,12 +15,13 @@ Every loss computes its *natural unit* (one value per element, per sample, per b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_broadcastable, check_number, check_one_of
+from losskit._core.checks import check_broadcastable, check_loss_finite, check_number, check_one_of
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -51,6 +52,7 @@ def reduce_loss(
     normalizer: float | Tensor | None = None,
     weight_applied: bool = False,
     out_dtype: torch.dtype | None = None,
+    inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Apply weights and an ignore mask to a natural-unit loss, then reduce it.
 
@@ -65,6 +67,8 @@ def reduce_loss(
             formula in more than one place, such as cross-entropy with label smoothing);
             ``weight`` is then used only as the denominator of ``"mean"``.
         out_dtype: Cast the result to this dtype (the input dtype of the loss).
+        inputs: The tensors the loss came from, by argument name. When value checks are on,
+            a result that is NaN or infinite raises a ``ValueError`` naming the one to blame.
 
     Returns:
         The reduced loss; a scalar unless ``reduction="none"``.
@@ -85,7 +89,7 @@ def reduce_loss(
     if weight is not None and not weight_applied:
         loss = loss * weight
     if reduction == "none":
-        return loss if out_dtype is None else loss.to(out_dtype)
+        return _finish(loss, out_dtype, inputs)
     total = loss.sum()
     if reduction == "mean":
         if normalizer is not None:
@@ -98,4 +102,10 @@ def reduce_loss(
             else:
                 denominator = max(denominator, 1)
             total = total / denominator
-    return total if out_dtype is None else total.to(out_dtype)
+    return _finish(total, out_dtype, inputs)
+
+
+def _finish(result: Tensor, out_dtype: torch.dtype | None, inputs: Mapping[str, Tensor] | None) -> Tensor:
+    if inputs is not None:
+        check_loss_finite(result, inputs)
+    return result if out_dtype is None else result.to(out_dtype)

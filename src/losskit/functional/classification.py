@@ -25,7 +25,6 @@ from losskit._core.checks import (
     check_broadcastable,
     check_class_indices,
     check_class_vector,
-    check_finite,
     check_floating,
     check_in_unit_interval,
     check_number,
@@ -43,8 +42,10 @@ class _ClassTargets:
     """A validated softmax target: either indices (with an ignore mask) or probabilities."""
 
     index: Tensor | None  # (N, *d) int64, ignored positions replaced by 0 so gathers stay in range
-    mask: Tensor | None  # (N, *d) bool, False where target == ignore_index; None when nothing can be ignored
+    mask: Tensor | None  # (N, *d) bool, False where target == ignore_index
     soft: Tensor | None  # (N, C, *d) probabilities in the compute dtype
+    labels: Tensor | None = None  # (N, *d) int64 as given, ignore_index included
+    ignore_index: int = -100
 
     def unit_weight(self, weight: Tensor | None) -> Tensor | None:
         """Each sample's weight in the weighted mean: ``w[y]``, or ``sum_c w_c t_c`` for probabilities."""
@@ -64,7 +65,7 @@ def _prepare_softmax(
     input: Tensor,
     target: Tensor,
     *,
-    ignore_index: int | None,
+    ignore_index: int,
     weight: Tensor | None,
     allow_soft: bool = True,
 ) -> tuple[Tensor, _ClassTargets, Tensor | None, bool]:
@@ -78,7 +79,6 @@ def _prepare_softmax(
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     num_classes = input.shape[1]
     logits = upcast(input)
-    check_finite("input", input, allow_neg_inf=True)
     if weight is not None:
         check_class_vector("weight", weight, num_classes)
         weight = weight.to(device=logits.device, dtype=logits.dtype)
@@ -105,11 +105,10 @@ def _prepare_softmax(
             f"the class dimension 1), got {tuple(target.shape)}"
         )
     check_class_indices("target", target, num_classes, ignore_index)
-    if ignore_index is None:
-        return logits, _ClassTargets(target.long(), None, None), weight, unbatched
-    mask = target != ignore_index
-    index = torch.where(mask, target, torch.zeros_like(target)).long()
-    return logits, _ClassTargets(index, mask, None), weight, unbatched
+    labels = target.long()
+    mask = labels != ignore_index
+    index = torch.where(mask, labels, torch.zeros_like(labels))
+    return logits, _ClassTargets(index, mask, None, labels, ignore_index), weight, unbatched
 
 
 def _gather_class(values: Tensor, index: Tensor) -> Tensor:
@@ -127,35 +126,27 @@ def _check_smoothing(label_smoothing: float) -> float:
     return check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
 
 
-def _softmax_cross_entropy(
-    logits: Tensor,
-    targets: _ClassTargets,
-    weight: Tensor | None,
-    label_smoothing: float,
-) -> tuple[Tensor, Tensor]:
-    """Per-sample cross-entropy with class weights and smoothing applied; also the log-probabilities.
+def _smoothed(soft: Tensor, label_smoothing: float) -> Tensor:
+    """Probability targets with smoothing: :math:`(1 - \\varepsilon)\\, t + \\varepsilon / C`."""
+    return soft * (1 - label_smoothing) + label_smoothing / soft.shape[1] if label_smoothing else soft
 
-    With smoothing :math:`\\varepsilon` the target is :math:`(1-\\varepsilon)\\,t + \\varepsilon / C`,
-    and the smoothing term carries the class weights of every class, as in PyTorch.
+
+def _softmax_cross_entropy(logits: Tensor, targets: _ClassTargets, weight: Tensor | None,
+                           label_smoothing: float) -> Tensor:
+    """Per-sample cross-entropy with class weights and smoothing applied (0 at ignored samples).
+
+    Index targets go to ``torch.nn.functional.cross_entropy(reduction="none")``, one fused
+    kernel whose per-sample value is exactly this formula: :math:`(1-\\varepsilon) w_y (-\\log q_y)
+    + \\frac{\\varepsilon}{C} \\sum_k w_k (-\\log q_k)`. Probability targets use the same formula
+    with :math:`t` in place of the one-hot :math:`y`.
     """
-    num_classes = logits.shape[1]
-    log_probs = torch.log_softmax(logits, dim=1)
-    class_weight = None if weight is None else _along_class_dim(weight, log_probs)
-    if targets.index is not None:
-        nll = -_gather_class(log_probs, targets.index)
-        if weight is not None:
-            nll = nll * weight[targets.index]
-        if label_smoothing == 0:
-            return nll, log_probs
-        weighted = log_probs if class_weight is None else log_probs * class_weight
-        uniform = -weighted.sum(1) / num_classes
-        return (1 - label_smoothing) * nll + label_smoothing * uniform, log_probs
-    soft = targets.soft
-    if label_smoothing:
-        soft = soft * (1 - label_smoothing) + label_smoothing / num_classes
-    if class_weight is not None:
-        soft = soft * class_weight
-    return -(soft * _finite_log_probs(log_probs)).sum(1), log_probs
+    if targets.labels is not None:
+        return TF.cross_entropy(logits, targets.labels, weight=weight, ignore_index=targets.ignore_index,
+                                label_smoothing=label_smoothing, reduction="none")
+    soft = _smoothed(targets.soft, label_smoothing)
+    if weight is not None:
+        soft = soft * _along_class_dim(weight, soft)
+    return -(soft * _finite_log_probs(torch.log_softmax(logits, dim=1))).sum(1)
 
 
 def _finish(
@@ -163,6 +154,7 @@ def _finish(
     targets: _ClassTargets,
     weight: Tensor | None,
     input: Tensor,
+    target: Tensor,
     unbatched: bool,
     reduction: Reduction,
     normalizer: float | Tensor | None,
@@ -184,6 +176,7 @@ def _finish(
         normalizer=normalizer,
         weight_applied=True,
         out_dtype=input.dtype,
+        inputs={"input": input, "target": target},
     )
 
 
@@ -266,12 +259,12 @@ def cross_entropy(
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
-    loss, _ = _softmax_cross_entropy(logits, targets, weight, label_smoothing)
+    loss = _softmax_cross_entropy(logits, targets, weight, label_smoothing)
     if z_loss:
         z_term = torch.logsumexp(logits, dim=1).square() * z_loss
         unit_weight = targets.unit_weight(weight)
         loss = loss + (z_term if unit_weight is None else z_term * unit_weight)
-    return _finish(loss, targets, weight, input, unbatched, reduction, normalizer)
+    return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
 
 def _shifted_cross_entropy(
@@ -477,8 +470,8 @@ def ldam_loss(
     margins = margins * (max_margin / margins.max())
     target_column = targets.index.unsqueeze(1)
     margin_at_target = torch.zeros_like(logits).scatter(1, target_column, margins[target_column])
-    loss, _ = _softmax_cross_entropy(scale * (logits - margin_at_target), targets, weight, 0.0)
-    return _finish(loss, targets, weight, input, unbatched, reduction, normalizer)
+    loss = _softmax_cross_entropy(scale * (logits - margin_at_target), targets, weight, 0.0)
+    return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
 
 def poly1_cross_entropy(
@@ -535,21 +528,18 @@ def poly1_cross_entropy(
     check_number("epsilon", epsilon, low=-1.0)
     _check_smoothing(label_smoothing)
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
-    loss, log_probs = _softmax_cross_entropy(logits, targets, weight, label_smoothing)
-    probs = log_probs.exp()
+    loss = _softmax_cross_entropy(logits, targets, weight, label_smoothing)
+    probs = torch.softmax(logits, dim=1)
     if targets.index is not None:
         p_target = _gather_class(probs, targets.index)
-        if label_smoothing:
+        if label_smoothing:  # sum_k t'_k q_k with t' = (1 - e) onehot + e / C, and sum_k q_k = 1
             p_target = (1 - label_smoothing) * p_target + label_smoothing / logits.shape[1]
     else:
-        soft = targets.soft
-        if label_smoothing:
-            soft = soft * (1 - label_smoothing) + label_smoothing / logits.shape[1]
-        p_target = (soft * probs).sum(1)
+        p_target = (_smoothed(targets.soft, label_smoothing) * probs).sum(1)
     unit_weight = targets.unit_weight(weight)
     poly = epsilon * (1 - p_target)
     loss = loss + (poly if unit_weight is None else poly * unit_weight)
-    return _finish(loss, targets, weight, input, unbatched, reduction, normalizer)
+    return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
 
 def softmax_focal_loss(
@@ -630,7 +620,7 @@ def softmax_focal_loss(
     else:
         soft = targets.soft if factors is None else targets.soft * _along_class_dim(factors, targets.soft)
         loss = -(soft * per_class).sum(1)
-    return _finish(loss, targets, weight, input, unbatched, reduction, normalizer)
+    return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
 
 def multi_margin_loss(
@@ -695,7 +685,7 @@ def multi_margin_loss(
     loss = hinge.sum(1) / logits.shape[1]
     if weight is not None:
         loss = loss * weight[targets.index]
-    return _finish(loss, targets, weight, input, unbatched, reduction, normalizer)
+    return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
 
 # --- sigmoid (elementwise) losses -------------------------------------------------------------
@@ -708,7 +698,6 @@ def _prepare_binary(input: Tensor, target: Tensor, weight: Tensor | None) -> tup
     check_same_shape("input", input, "target", target)
     if target.is_complex():
         raise TypeError(f"target must be real, got dtype {target.dtype}")
-    check_finite("input", input)
     logits = upcast(input)
     # 0/1 labels stored as bool or integers are common (masks); they are probabilities too.
     labels = target.to(logits.dtype) if not target.is_floating_point() else upcast(target).to(logits.dtype)
@@ -779,7 +768,8 @@ def binary_cross_entropy(
         check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
         pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
     loss = TF.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight, reduction="none")
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype)
+    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
+                       inputs={"input": input, "target": target})
 
 
 def _focal_terms(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> tuple[Tensor, ...]:
@@ -799,8 +789,9 @@ def _focal_terms(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> tup
     return q, q_bar, bce, miss, factor
 
 
-def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> tuple[Tensor, Tensor]:
-    r"""The elementwise sigmoid focal loss and its derivative in ``x``, sharing every term.
+def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None,
+                         with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    r"""The elementwise sigmoid focal loss and, if asked, its derivative in ``x``, sharing every term.
 
     With :math:`q = \sigma(x)`, :math:`\bar q = \sigma(-x)` and :math:`m = 1 - p_t`:
 
@@ -811,11 +802,35 @@ def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None
     stays finite for gamma < 1 at saturated logits, where the textbook :math:`m^{\gamma-1}` is infinite.
     """
     q, q_bar, bce, miss, factor = _focal_terms(x, t, gamma, alpha)
+    if not with_grad:
+        return factor.mul_(bce), None
     loss = factor * bce
     ratio = (q * q_bar).div_(miss.clamp_min_(torch.finfo(miss.dtype).tiny))  # 0/0 -> 0 when m = 0
     sign = (1 - t).sub_(t).mul_(gamma)  # gamma (1 - 2t)
     grad = ratio.mul_(bce).mul_(sign).add_(q).sub_(t).mul_(factor)
     return loss, grad
+
+
+# Elements per chunk when a CPU input is walked in pieces: the dozen temporaries of one chunk
+# (512 KB each in float32) stay in cache and are recycled by the allocator, instead of a dozen
+# full-size tensors that go to main memory and, above glibc's mmap threshold, page-fault afresh
+# on every call. Measured 2.5x faster on 4M elements on a 2-core machine; GPUs need no chunks.
+_CPU_CHUNK = 1 << 17
+
+
+def _focal_forward(x: Tensor, t: Tensor, gamma: float, alpha: float | None,
+                   with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    if x.device.type != "cpu" or x.numel() <= _CPU_CHUNK or torch.compiler.is_compiling():
+        return _focal_loss_and_grad(x, t, gamma, alpha, with_grad)
+    flat_x, flat_t = x.reshape(-1), t.reshape(-1)
+    loss = torch.empty_like(flat_x)
+    grad = torch.empty_like(flat_x) if with_grad else None
+    for start in range(0, flat_x.numel(), _CPU_CHUNK):
+        part = slice(start, start + _CPU_CHUNK)
+        loss[part], grad_part = _focal_loss_and_grad(flat_x[part], flat_t[part], gamma, alpha, with_grad)
+        if grad is not None:
+            grad[part] = grad_part
+    return loss.view_as(x), None if grad is None else grad.view_as(x)
 
 
 def _focal_reference(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
@@ -838,10 +853,7 @@ class _SigmoidFocal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
         ctx.gamma, ctx.alpha = gamma, alpha
-        if not ctx.needs_input_grad[0]:
-            _, _, bce, _, factor = _focal_terms(x, t, gamma, alpha)
-            return factor.mul_(bce)
-        loss, grad = _focal_loss_and_grad(x, t, gamma, alpha)
+        loss, grad = _focal_forward(x, t, gamma, alpha, with_grad=ctx.needs_input_grad[0])
         ctx.save_for_backward(x, t, grad)
         return loss
 
@@ -919,7 +931,8 @@ def sigmoid_focal_loss(
         alpha = check_number("alpha", alpha, low=0.0, high=1.0)
     logits, labels = _prepare_binary(input, target, weight)
     loss = _SigmoidFocal.apply(logits, labels, float(gamma), alpha)
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype)
+    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
+                       inputs={"input": input, "target": target})
 
 
 def asymmetric_loss(
@@ -991,7 +1004,8 @@ def asymmetric_loss(
     else:
         negative = torch.exp(gamma_neg * log_p) * log_not_p
     loss = labels * -positive + (1 - labels) * -negative  # so that a discarded negative is +0, not -0
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype)
+    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
+                       inputs={"input": input, "target": target})
 
 
 __all__ = [

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from losskit._core.checks import (
     check_broadcastable,
-    check_finite,
     check_floating,
     check_in_unit_interval,
     check_number,
@@ -85,7 +84,6 @@ def _distributions(
         check_tensor("weight", weight)
         unit_shape = input.shape[:class_dim] + input.shape[class_dim + 1:]
         check_broadcastable("weight", weight, unit_shape, "the per-sample loss, shape")
-    check_finite("input", input, allow_neg_inf=True)
     if log_target:
         _check_log_probabilities("target", target)
     else:
@@ -106,11 +104,11 @@ def _distributions(
     return _Distributions(p, log_p, log_q, class_dim)
 
 
-def _reduce(per_class: Tensor, d: _Distributions, input: Tensor, weight: Tensor | None,
+def _reduce(per_class: Tensor, d: _Distributions, input: Tensor, target: Tensor, weight: Tensor | None,
             reduction: Reduction, normalizer: float | Tensor | None) -> Tensor:
     """Sum over the classes (the natural unit) and reduce."""
     return reduce_loss(per_class.sum(d.class_dim), reduction, weight=weight, normalizer=normalizer,
-                       out_dtype=input.dtype)
+                       out_dtype=input.dtype, inputs={"input": input, "target": target})
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -211,7 +209,7 @@ def kl_div(
     """
     check_reduction(reduction, normalizer)
     d = _distributions(input, target, log_target=log_target, weight=weight)
-    return _reduce(d.p * (d.log_p - d.log_q), d, input, weight, reduction, normalizer)
+    return _reduce(d.p * (d.log_p - d.log_q), d, input, target, weight, reduction, normalizer)
 
 
 def js_div(
@@ -299,7 +297,7 @@ def js_div(
     q = d.log_q.exp()
     log_m = torch.logaddexp(math.log(beta) + d.log_p, math.log1p(-beta) + d.log_q)
     per_class = beta * d.p * (d.log_p - log_m) + (1 - beta) * q * (d.log_q - log_m)
-    return _reduce(per_class, d, input, weight, reduction, normalizer)
+    return _reduce(per_class, d, input, target, weight, reduction, normalizer)
 
 
 __all__ = ["js_div", "kl_div"]

@@ -94,11 +94,10 @@ def _elementwise(
         check_same_shape("input", input, "target", target)
     elif target.shape != target_shape:
         raise ValueError(f"target must have shape {tuple(target_shape)}, got shape {tuple(target.shape)}")
-    check_finite("input", input)
-    check_finite("target", target)
     x = upcast(input)
     loss = loss_fn(x, target.to(x.dtype))
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype)
+    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
+                       inputs={"input": input, "target": target})
 
 
 def _huber(e: Tensor, delta: float) -> Tensor:
