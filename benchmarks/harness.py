@@ -4,11 +4,12 @@ Each candidate is a zero-argument callable that runs one forward and backward pa
 candidate runs on the same inputs, interleaved round by round so that background load on the
 machine affects all of them alike; the reported time is the median over rounds.
 
-Memory:
-* on CUDA, the peak allocated during one pass above what was allocated before it;
-* on CPU (no allocator statistics), the bytes autograd keeps alive between forward and
-  backward (the saved tensors, unique storages, excluding the caller's own inputs): the
-  memory a loss adds to a training step's activation footprint.
+Memory, the peak of what one forward+backward pass allocates on top of the caller's tensors:
+* on CUDA, from the caching allocator's statistics;
+* on CPU (which keeps none), by watching every tensor that an op creates during the pass
+  (a ``TorchDispatchMode``) and taking the largest total of those still alive after any op.
+  This counts what autograd saves, what a custom ``autograd.Function`` keeps on ``ctx``, the
+  temporaries and the gradient itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass
@@ -33,21 +37,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def saved_bytes(run: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()) -> int:
-    """Bytes of tensors autograd saves for backward during ``run()`` (unique storages)."""
-    excluded = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
+class _LiveBytes(TorchDispatchMode):
+    """Track the storages ops create; record the peak of their total size while alive."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in excluded:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = run()
-    loss.backward()
-    return sum(seen.values())
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        # Views, in-place ops and out= return a storage the op was given: nothing new was allocated.
+        given = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                storage = t.untyped_storage()
+                known = self.storages.get(storage.data_ptr())
+                if known is None or known[0].expired():  # a new storage, maybe at a reused address
+                    self.storages[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+        live = {ptr: entry for ptr, entry in self.storages.items() if not entry[0].expired()}
+        self.storages = live
+        self.peak = max(self.peak, sum(size for _, size in live.values()))
+        return out
+
+
+def cpu_peak_bytes(step: Callable[[], None]) -> int:
+    """Peak bytes of tensors created during ``step()`` and alive at the same time."""
+    with _LiveBytes() as tracker:
+        step()
+    return tracker.peak
 
 
 def cuda_peak_bytes(step: Callable[[], None], device: torch.device) -> int:
@@ -63,14 +81,12 @@ def compare(
     forwards: dict[str, Callable[[], torch.Tensor]],
     inputs: tuple[torch.Tensor, ...],
     *,
-    held: tuple[torch.Tensor, ...] = (),
     rounds: int = 15,
     warmup: int = 3,
 ) -> list[Result]:
     """Time forward+backward of each candidate; ``forwards[label]()`` returns a scalar loss.
 
-    ``inputs`` are the tensors whose ``.grad`` is reset between runs; they and ``held`` (targets)
-    belong to the caller, so they do not count as memory the loss adds.
+    ``inputs`` are the tensors whose ``.grad`` is reset between runs.
     """
     device = inputs[0].device
 
@@ -95,9 +111,7 @@ def compare(
         if device.type == "cuda":
             memory = cuda_peak_bytes(lambda f=forward: step(f), device)
         else:
-            for x in inputs:
-                x.grad = None
-            memory = saved_bytes(forward, exclude=inputs + held)
+            memory = cpu_peak_bytes(lambda f=forward: step(f))
         results.append(Result(label, statistics.median(times[label]), memory))
     return results
 

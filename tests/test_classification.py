@@ -246,6 +246,16 @@ def test_binary_cross_entropy_label_smoothing_convention(gen):
           F.cross_entropy(two_class, target.long(), label_smoothing=0.2))
 
 
+def test_smp_soft_bce_smooth_factor_is_half_our_label_smoothing(gen):
+    # segmentation-models-pytorch SoftBCEWithLogitsLoss(smooth_factor=f): t' = t (1 - f) + (1 - t) f.
+    logits = torch.randn(10, generator=gen, dtype=torch.float64)
+    target = (torch.rand(10, generator=gen) < 0.5).double()
+    f = 0.1
+    smp_target = target * (1 - f) + (1 - target) * f
+    close(losskit.binary_cross_entropy(logits, target, label_smoothing=2 * f),
+          F.binary_cross_entropy_with_logits(logits, smp_target))
+
+
 def test_binary_cross_entropy_takes_bool_and_integer_labels(gen):
     logits = torch.randn(10, generator=gen)
     labels = torch.rand(10, generator=gen) < 0.5

@@ -186,9 +186,11 @@ def check_in_unit_interval(name: str, x: Tensor) -> None:
     """Probabilities (soft targets) must lie in ``[0, 1]``."""
     if not checks_enabled() or x.numel() == 0:
         return
-    if not bool(((x >= 0) & (x <= 1)).all()):
-        raise ValueError(f"{name} must hold probabilities in [0, 1]; found values from "
-                         f"{x.min().item():g} to {x.max().item():g}")
+    low, high = torch.aminmax(x)  # one pass and one sync (NaN is left to the finite-result check)
+    if bool((low < 0) | (high > 1)):
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1]; found values from {low.item():g} to {high.item():g}"
+        )
 
 
 def check_positive_values(name: str, x: Tensor, *, strict: bool = True) -> None:

@@ -772,43 +772,35 @@ def binary_cross_entropy(
                        inputs={"input": input, "target": target})
 
 
-def _focal_terms(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> tuple[Tensor, ...]:
-    """The factors of the focal loss: (q, q_bar, bce, miss, modulating factor times alpha_t).
-
-    ``q_bar = sigmoid(-x)`` is computed directly, not as ``1 - q``, so it keeps its precision
-    where ``q`` rounds to 1. Written with in-place ops on its own temporaries: on large inputs
-    the allocations cost as much as the arithmetic. Callers run it without autograd.
-    """
-    q = torch.sigmoid(x)
-    q_bar = torch.neg(x).sigmoid_()
-    bce = TF.softplus(x).addcmul_(x, t, value=-1)  # softplus(x) - x t = BCE(x, t), valid for soft t
-    miss = (q_bar * t).addcmul_(q, 1 - t)  # 1 - p_t = t (1 - q) + (1 - t) q
-    factor = miss.square() if gamma == 2 else miss.pow(gamma)
-    if alpha is not None:
-        factor.mul_(t.mul(2 * alpha - 1).add_(1 - alpha))  # alpha_t = alpha t + (1 - alpha)(1 - t)
-    return q, q_bar, bce, miss, factor
-
-
-def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None,
-                         with_grad: bool) -> tuple[Tensor, Tensor | None]:
+def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None, with_grad: bool,
+                         out: tuple[Tensor | None, Tensor | None] = (None, None)) -> tuple[Tensor, Tensor | None]:
     r"""The elementwise sigmoid focal loss and, if asked, its derivative in ``x``, sharing every term.
 
-    With :math:`q = \sigma(x)`, :math:`\bar q = \sigma(-x)` and :math:`m = 1 - p_t`:
+    With :math:`q = \sigma(x)`, :math:`\bar q = \sigma(-x)` and :math:`m = 1 - p_t = t \bar q + (1 - t) q`:
 
     .. math::
         \partial_x \ell = \alpha_t\, m^\gamma \big[(q - t) + \gamma (1 - 2t) \tfrac{q \bar q}{m}\, \mathrm{BCE}\big]
 
     Since :math:`q \bar q \le \min(q, \bar q) \le m`, the ratio lies in [0, 1] and the gradient
     stays finite for gamma < 1 at saturated logits, where the textbook :math:`m^{\gamma-1}` is infinite.
+    :math:`\bar q` is computed directly, not as ``1 - q``, so it keeps its precision where ``q``
+    rounds to 1. In-place ops on its own temporaries: on large inputs allocations cost as much as
+    the arithmetic. Runs without autograd; results go to ``out`` (loss, grad) when given.
     """
-    q, q_bar, bce, miss, factor = _focal_terms(x, t, gamma, alpha)
+    q = torch.sigmoid(x)
+    q_bar = torch.neg(x).sigmoid_()
+    bce = TF.softplus(x).addcmul_(x, t, value=-1)  # softplus(x) - x t = BCE(x, t), valid for soft t
+    t_bar = 1 - t
+    miss = (q_bar * t).addcmul_(q, t_bar)
+    factor = miss.square() if gamma == 2 else miss.pow(gamma)
+    if alpha is not None:
+        factor.mul_(t.mul(2 * alpha - 1).add_(1 - alpha))  # alpha_t = alpha t + (1 - alpha)(1 - t)
+    loss = torch.mul(factor, bce, out=out[0])
     if not with_grad:
-        return factor.mul_(bce), None
-    loss = factor * bce
-    ratio = (q * q_bar).div_(miss.clamp_min_(torch.finfo(miss.dtype).tiny))  # 0/0 -> 0 when m = 0
-    sign = (1 - t).sub_(t).mul_(gamma)  # gamma (1 - 2t)
-    grad = ratio.mul_(bce).mul_(sign).add_(q).sub_(t).mul_(factor)
-    return loss, grad
+        return loss, None
+    ratio = (q * q_bar).div_(miss.clamp_min_(torch.finfo(miss.dtype).tiny))  # 0/0 -> 0 where m = 0
+    inner = torch.addcmul(q.sub_(t), ratio.mul_(bce), t_bar.sub_(t), value=gamma)  # t_bar - t = 1 - 2t
+    return loss, torch.mul(inner, factor, out=out[1])
 
 
 # Elements per chunk when a CPU input is walked in pieces: the dozen temporaries of one chunk
@@ -827,9 +819,8 @@ def _focal_forward(x: Tensor, t: Tensor, gamma: float, alpha: float | None,
     grad = torch.empty_like(flat_x) if with_grad else None
     for start in range(0, flat_x.numel(), _CPU_CHUNK):
         part = slice(start, start + _CPU_CHUNK)
-        loss[part], grad_part = _focal_loss_and_grad(flat_x[part], flat_t[part], gamma, alpha, with_grad)
-        if grad is not None:
-            grad[part] = grad_part
+        _focal_loss_and_grad(flat_x[part], flat_t[part], gamma, alpha, with_grad,
+                             out=(loss[part], None if grad is None else grad[part]))
     return loss.view_as(x), None if grad is None else grad.view_as(x)
 
 
