@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import losskit
-from benchmarks.harness import compare, report
+from benchmarks.harness import benchmark
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -35,18 +35,8 @@ def main(argv: list[str] | None = None) -> str:
         "losskit": lambda: losskit.cross_entropy(logits, target),
         "torch.nn.functional": lambda: F.cross_entropy(logits, target),
     }
-    values = {k: f().item() for k, f in candidates.items()}
-    assert abs(values["losskit"] - values["torch.nn.functional"]) <= 1e-5 * values["losskit"], values
-    with losskit.set_checks(args.checks):
-        results = compare(candidates, (logits,), rounds=args.rounds)
-    text = report(
-        f"cross-entropy fwd+bwd, logits ({args.rows}, {args.classes}), 10% ignored, {device}, float32, "
-        f"threads={torch.get_num_threads()}, value checks {'on' if args.checks else 'off'}",
-        results,
-    )
-    print(text)
-    return text
-
+    title = f"cross-entropy fwd+bwd, logits ({args.rows}, {args.classes}), 10% ignored, {device}, float32"
+    return benchmark(title, candidates, (logits,), rounds=args.rounds, checks=args.checks)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import losskit
-from benchmarks.harness import compare, report
+from benchmarks.harness import benchmark
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -43,21 +43,8 @@ def main(argv: list[str] | None = None) -> str:
             logits, target, alpha=alpha, gamma=gamma, reduction="mean"
         ),
     }
-    # Same value from all three before timing anything.
-    values = {k: f().item() for k, f in candidates.items()}
-    ref = values["losskit"]
-    for label, value in values.items():
-        assert abs(value - ref) <= 1e-5 * abs(ref), f"{label} disagrees: {value} vs {ref}"
-    with losskit.set_checks(args.checks):
-        results = compare(candidates, (logits,), rounds=args.rounds)
-    text = report(
-        f"sigmoid focal loss fwd+bwd, shape {shape} ({logits.numel():,} elements), {device}, "
-        f"float32, threads={torch.get_num_threads()}, value checks {'on' if args.checks else 'off'}",
-        results,
-    )
-    print(text)
-    return text
-
+    title = f"sigmoid focal loss fwd+bwd, shape {shape} ({logits.numel():,} elements), {device}, float32"
+    return benchmark(title, candidates, (logits,), rounds=args.rounds, checks=args.checks)
 
 if __name__ == "__main__":
     main()

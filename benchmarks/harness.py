@@ -24,6 +24,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import losskit
+
 
 @dataclass
 class Result:
@@ -127,3 +129,20 @@ def report(title: str, results: list[Result], *, reference: str = "losskit") -> 
             f"{r.label:<34}{r.seconds * 1e3:>11.2f}{time_ratio:>12.2f}{r.memory_bytes / 2**20:>13.1f}{mem_ratio:>11.2f}"
         )
     return "\n".join(lines)
+
+
+def benchmark(title: str, forwards: dict[str, Callable[[], torch.Tensor]], inputs: tuple[torch.Tensor, ...], *,
+              rounds: int, checks: bool, rtol: float = 1e-5) -> str:
+    """Check that every candidate computes losskit's value, time them, print and return the table.
+
+    ``checks`` switches losskit's value checks on for the timing (the peers run none).
+    """
+    values = {label: forward().item() for label, forward in forwards.items()}
+    reference = values["losskit"]
+    for label, value in values.items():
+        assert abs(value - reference) <= rtol * abs(reference), f"{label} computes {value}, losskit {reference}"
+    with losskit.set_checks(checks):
+        results = compare(forwards, inputs, rounds=rounds)
+    text = report(f"{title}, threads={torch.get_num_threads()}, value checks {'on' if checks else 'off'}", results)
+    print(text)
+    return text

@@ -80,6 +80,13 @@ def check_floating(name: str, x: Tensor) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
+def check_has_class_dim(name: str, x: Tensor) -> None:
+    """Class-distribution inputs need a class dimension (dim 0 unbatched, dim 1 batched)."""
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a class dimension: shape (C,), (N, C) or (N, C, d1, ..., dk), "
+                         "got a scalar")
+
+
 def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_b} must have the same shape as {name_a} {tuple(a.shape)}, got {_shape(b)}")

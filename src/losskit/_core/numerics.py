@@ -36,3 +36,13 @@ def tiny(dtype: torch.dtype) -> float:
 def eps(dtype: torch.dtype) -> float:
     """Machine epsilon of ``dtype``: the default for smoothing terms that must not change the result."""
     return torch.finfo(dtype).eps
+
+
+def finite_log(log_values: Tensor) -> Tensor:
+    """Log-probabilities with ``-inf`` raised to the dtype's most negative finite number.
+
+    A class with probability 0 (a masked logit, a zero target) has log-probability ``-inf``;
+    the floor keeps ``0 * log p`` at 0 instead of NaN, and the clamp's gradient there is 0,
+    which is the true gradient of a term whose probability is 0.
+    """
+    return log_values.clamp_min(torch.finfo(log_values.dtype).min)

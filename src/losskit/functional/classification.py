@@ -26,12 +26,13 @@ from losskit._core.checks import (
     check_class_indices,
     check_class_vector,
     check_floating,
+    check_has_class_dim,
     check_in_unit_interval,
     check_number,
     check_same_shape,
     check_tensor,
 )
-from losskit._core.numerics import upcast
+from losskit._core.numerics import finite_log, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 # --- shared machinery for softmax losses ------------------------------------------------------
@@ -72,8 +73,7 @@ def _prepare_softmax(
     """Validate a softmax loss's inputs; return (logits in compute dtype, targets, class weight, unbatched)."""
     check_floating("input", input)
     check_tensor("target", target)
-    if input.dim() == 0:
-        raise ValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ...), got a scalar")
+    check_has_class_dim("input", input)
     unbatched = input.dim() == 1
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
@@ -116,12 +116,6 @@ def _gather_class(values: Tensor, index: Tensor) -> Tensor:
     return values.gather(1, index.unsqueeze(1)).squeeze(1)
 
 
-def _finite_log_probs(log_probs: Tensor) -> Tensor:
-    # A masked class (logit -inf) has log-probability -inf; clamping keeps 0 * log p at 0
-    # instead of NaN, and the clamp's gradient there is 0, as the true gradient is.
-    return log_probs.clamp_min(torch.finfo(log_probs.dtype).min)
-
-
 def _check_smoothing(label_smoothing: float) -> float:
     return check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
 
@@ -146,7 +140,7 @@ def _softmax_cross_entropy(logits: Tensor, targets: _ClassTargets, weight: Tenso
     soft = _smoothed(targets.soft, label_smoothing)
     if weight is not None:
         soft = soft * _along_class_dim(weight, soft)
-    return -(soft * _finite_log_probs(torch.log_softmax(logits, dim=1))).sum(1)
+    return -(soft * finite_log(torch.log_softmax(logits, dim=1))).sum(1)
 
 
 def _finish(
@@ -603,7 +597,7 @@ def softmax_focal_loss(
             "ambiguous (MONAI/kornia read a as [1 - a, a, ..., a], Keras as a for every class)"
         )
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
-    log_probs = _finite_log_probs(torch.log_softmax(logits, dim=1))
+    log_probs = finite_log(torch.log_softmax(logits, dim=1))
     # (1 - q)^gamma from -expm1(log q): exact for q near 1, where 1 - exp(...) would cancel. The
     # floor keeps pow's gradient finite for gamma < 1 when q rounds to exactly 1.
     focal = (-torch.expm1(log_probs)).clamp_min(torch.finfo(log_probs.dtype).tiny).pow(gamma)

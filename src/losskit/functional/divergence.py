@@ -23,13 +23,14 @@ from torch import Tensor
 from losskit._core.checks import (
     check_broadcastable,
     check_floating,
+    check_has_class_dim,
     check_in_unit_interval,
     check_number,
     check_same_shape,
     check_tensor,
     checks_enabled,
 )
-from losskit._core.numerics import upcast
+from losskit._core.numerics import finite_log, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 # --- shared preamble ---------------------------------------------------------------------------
@@ -70,9 +71,7 @@ def _distributions(
     check_tensor("target", target)
     if not isinstance(log_target, bool):
         raise TypeError(f"log_target must be a bool, got {type(log_target).__name__}")
-    if input.dim() == 0:
-        raise ValueError("input must have a class dimension: shape (C,), (N, C) or (N, C, d1, ..., dk), "
-                         "got a scalar")
+    check_has_class_dim("input", input)
     if not target.is_floating_point():
         what = "log-probabilities" if log_target else "probabilities"
         raise TypeError(f"target must be a floating-point tensor of class {what} with input's shape "
@@ -91,10 +90,10 @@ def _distributions(
 
     logits = upcast(input)
     floor = torch.finfo(logits.dtype).min
-    log_q = torch.log_softmax(logits, dim=class_dim).clamp_min(floor)
+    log_q = finite_log(torch.log_softmax(logits, dim=class_dim))
     t = upcast(target).to(logits.dtype)  # computed in the input's compute dtype, like every loss
     if log_target:
-        log_p = t.clamp_min(floor)
+        log_p = finite_log(t)
         p = log_p.exp()  # exp(floor) = 0 exactly
     else:
         p = t
