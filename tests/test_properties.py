@@ -3,7 +3,8 @@
 * non-negativity of every loss that is a distance or a negative log-likelihood of a discrete label
 * zero at a perfect prediction (regression losses, divergences, cross-entropy at a saturated logit)
 * limits and identities: focal with gamma=0 is BCE; softmax focal with gamma=0 is CE;
-  Huber(delta) = delta * SmoothL1(beta=delta); CE is invariant to a constant shift of the logits
+  CE is invariant to a constant shift of the logits (Huber(delta) = delta * SmoothL1(beta=delta)
+  is in ``test_regression.py``)
 * finite values and gradients at logits of +/-1e4 in float16, bfloat16 and float32
 """
 
@@ -100,14 +101,6 @@ def test_softmax_focal_with_gamma_zero_is_cross_entropy(seed):
     target = torch.randint(4, (5,), generator=gen)
     torch.testing.assert_close(losskit.softmax_focal_loss(logits, target, gamma=0.0),
                                losskit.cross_entropy(logits, target))
-
-
-@given(e=st.lists(st.floats(-50, 50), min_size=1, max_size=8), delta=st.floats(0.01, 20))
-def test_huber_is_delta_times_smooth_l1(e, delta):
-    err = torch.tensor(e, dtype=torch.float64)
-    zero = torch.zeros_like(err)
-    torch.testing.assert_close(losskit.huber_loss(err, zero, delta=delta, reduction="none"),
-                               delta * losskit.smooth_l1_loss(err, zero, beta=delta, reduction="none"))
 
 
 EXTREME_LOSSES = {

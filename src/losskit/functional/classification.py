@@ -29,6 +29,7 @@ from losskit._core.checks import (
     check_has_class_dim,
     check_in_unit_interval,
     check_number,
+    check_positive_values,
     check_same_shape,
     check_tensor,
 )
@@ -285,8 +286,8 @@ def _class_vector(name: str, value: Tensor | list | tuple, input: Tensor, *, pos
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     vector = torch.as_tensor(value, device=input.device).to(upcast(input).dtype)
     check_class_vector(name, vector, num_classes)
-    if positive and not bool((vector > 0).all()):
-        raise ValueError(f"{name} must be > 0 for every class (a class with no samples has no prior)")
+    if positive:
+        check_positive_values(name, vector)
     return vector
 
 
