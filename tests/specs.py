@@ -84,10 +84,10 @@ def without_class_dim(case: Case) -> tuple[int, ...]:
 
 def registry() -> dict[str, Spec]:
     """Every spec, by registered name."""
-    from tests import spec_classification, spec_divergence, spec_regression
+    from tests import spec_boxes, spec_classification, spec_detection, spec_divergence, spec_regression
 
     specs: dict[str, Spec] = {}
-    for module in (spec_regression, spec_classification, spec_divergence):
+    for module in (spec_regression, spec_classification, spec_divergence, spec_boxes, spec_detection):
         overlap = specs.keys() & module.SPECS.keys()
         assert not overlap, f"specs defined twice: {overlap}"
         specs.update(module.SPECS)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks import bench_cross_entropy, bench_focal
+from benchmarks import bench_boxes, bench_cross_entropy, bench_focal
 from benchmarks.harness import cpu_peak_bytes
 
 
@@ -26,3 +26,5 @@ def test_benchmark_scripts_run():
     assert "monai.FocalLoss" in focal and "kornia.binary_focal_loss" in focal
     ce = bench_cross_entropy.main(["--rows", "64", "--classes", "10", "--rounds", "1", "--checks"])
     assert "torch.nn.functional" in ce and "value checks on" in ce
+    boxes = bench_boxes.main(["--sizes", "2000", "--rounds", "1"])
+    assert "reference (eager formula)" in boxes

@@ -33,3 +33,12 @@ def test_fullgraph_compile_matches_eager(name):
     eager.backward()
     compiled.backward()
     torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+
+
+@pytest.mark.slow
+def test_changing_a_float_option_does_not_break_the_graph():
+    # A recompile with a new alpha traces it as a symbolic float; option checks must stay traceable.
+    fn = torch.compile(lambda x, t, alpha: losskit.sigmoid_focal_loss(x, t, alpha=alpha), fullgraph=True)
+    x, t = torch.randn(8), torch.rand(8)
+    for alpha in (0.25, 0.5, 0.75):
+        torch.testing.assert_close(fn(x, t, alpha), losskit.sigmoid_focal_loss(x, t, alpha=alpha))

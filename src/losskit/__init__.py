@@ -10,7 +10,7 @@ The functions live in :mod:`losskit.functional`, the modules in :mod:`losskit.nn
 re-exported here.
 """
 
-from losskit import functional, nn
+from losskit import boxes, functional, nn
 from losskit._core.checks import checks_enabled, set_checks
 from losskit._core.module import LossModule
 from losskit._core.reduction import reduce_loss
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LossModule",
     "available",
+    "boxes",
     "checks_enabled",
     "families",
     "functional",

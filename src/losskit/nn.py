@@ -206,6 +206,190 @@ class JSDivLoss(LossModule):
     function = staticmethod(F.js_div)
 
 
+# --- boxes ------------------------------------------------------------------------------------
+
+
+@register("iou", family="boxes")
+class IoULoss(LossModule):
+    function = staticmethod(F.iou_loss)
+
+
+@register("giou", "generalized_iou", family="boxes")
+class GIoULoss(LossModule):
+    function = staticmethod(F.giou_loss)
+
+
+@register("diou", "distance_iou", family="boxes")
+class DIoULoss(LossModule):
+    function = staticmethod(F.diou_loss)
+
+
+@register("ciou", "complete_iou", family="boxes")
+class CIoULoss(LossModule):
+    function = staticmethod(F.ciou_loss)
+
+
+@register("eiou", "focal_eiou", family="boxes")
+class EIoULoss(LossModule):
+    function = staticmethod(F.eiou_loss)
+
+
+@register("siou", family="boxes")
+class SIoULoss(LossModule):
+    function = staticmethod(F.siou_loss)
+
+
+# WIOU-BEGIN
+@register("wiou", "wise_iou", family="boxes")
+class WIoULoss(LossModule):
+    r"""Module form of :func:`losskit.wiou_loss` that keeps the running mean ``iou_mean`` as state.
+
+    The running mean :math:`\overline{\mathcal{L}_{IoU}}` of the IoU loss :math:`1 - \mathrm{IoU}`
+    is the buffer ``iou_mean`` (so ``.to()``, ``state_dict`` and checkpoints carry it), passed to
+    the function on every call. ``forward`` never changes it; :meth:`update` does, explicitly:
+    :math:`\bar{\mathcal{L}} \leftarrow (1 - m)\,\bar{\mathcal{L}} + m\,\mathcal{L}_{batch}`, with
+    the paper's momentum :math:`m = 1 - 0.05^{1/\text{total\_steps}}` (after ``total_steps`` updates,
+    ``n`` batches times ``t`` epochs, the starting value weighs 5%) or a given ``momentum``. Call
+    ``update`` once per training step, after or before ``forward`` as you prefer; in distributed
+    training, pass it a batch mean averaged over the ranks so that every replica keeps the same state.
+    The config holds the current ``iou_mean`` and the momentum options.
+
+    Args:
+        momentum: :math:`m` in (0, 1]; give this or ``total_steps``.
+        total_steps: Number of updates over the whole training (``n * t``); sets
+            :math:`m = 1 - 0.05^{1/\text{total\_steps}}`.
+        iou_mean: Starting value of the running mean (default 1.0, as the authors' code).
+        **options: The options of :func:`losskit.wiou_loss` (``version``, ``alpha``, ``delta``, ...).
+
+    Examples:
+        >>> import torch, losskit
+        >>> loss = losskit.WIoULoss(total_steps=1000)
+        >>> pred, target = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]])
+        >>> value = loss(pred, target)  # forward leaves iou_mean alone
+        >>> loss.iou_mean
+        tensor(1.)
+        >>> round(loss.update(pred, target).item(), 6)  # 1 - m (1 - 2/3), m = 1 - 0.05 ** 0.001
+        0.999003
+        >>> loss.get_config()["total_steps"]
+        1000
+    """
+
+    function = staticmethod(F.wiou_loss)
+
+    def __init__(self, *, momentum: float | None = None, total_steps: int | None = None, iou_mean=1.0,
+                 **options) -> None:
+        import torch
+
+        from losskit._core.checks import check_number
+
+        if momentum is not None and total_steps is not None:
+            raise ValueError("give momentum= or total_steps=, not both")
+        if momentum is not None:
+            check_number("momentum", momentum, low=0.0, high=1.0, low_open=True)
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        mean = torch.as_tensor(iou_mean, dtype=torch.get_default_dtype()).detach().clone()
+        if mean.numel() != 1 or not bool(mean.reshape(()) > 0):
+            raise ValueError(f"iou_mean must be one positive number, got {iou_mean!r}")
+        super().__init__(iou_mean=mean.reshape(()), **options)
+        self.momentum = None if momentum is None else float(momentum)
+        self.total_steps = total_steps
+
+    def momentum_value(self) -> float:
+        """The momentum :meth:`update` uses."""
+        if self.momentum is not None:
+            return self.momentum
+        if self.total_steps is None:
+            raise ValueError("WIoULoss.update needs momentum= or total_steps= (the paper's "
+                             "m = 1 - 0.05 ** (1 / total_steps)); pass one to the constructor")
+        return 1.0 - 0.05 ** (1.0 / self.total_steps)
+
+    def update(self, value, target=None):
+        """Move ``iou_mean`` towards a batch's mean IoU loss; the only method that changes state.
+
+        Args:
+            value: The batch's mean of ``1 - IoU`` (a number or one-element tensor), or predicted
+                boxes when ``target`` is given.
+            target: Target boxes; then the batch mean of ``1 - IoU`` of ``(value, target)`` is
+                computed here, in the loss's ``fmt``, without gradient. An empty batch changes nothing.
+
+        Returns:
+            The buffer ``iou_mean`` after the update.
+        """
+        import torch
+
+        from losskit.boxes import box_iou
+
+        momentum = self.momentum_value()
+        with torch.no_grad():
+            if target is not None:
+                if value.numel() == 0:
+                    return self.iou_mean
+                iou = box_iou(value, target, aligned=True, fmt=self._options.get("fmt", "xyxy"),
+                              eps=self._options.get("eps"))
+                value = (1 - iou.float()).mean()
+            batch = torch.as_tensor(value, device=self.iou_mean.device).detach()
+            if batch.numel() != 1:
+                raise ValueError(f"update() takes the batch mean (one number), got shape {tuple(batch.shape)}; "
+                                 "pass (input, target) to have it computed")
+            self.iou_mean.lerp_(batch.reshape(()).to(self.iou_mean.dtype), momentum)
+        return self.iou_mean
+
+    def get_config(self):
+        config = super().get_config()
+        if self.momentum is not None:
+            config["momentum"] = self.momentum
+        if self.total_steps is not None:
+            config["total_steps"] = self.total_steps
+        return config
+
+    def extra_repr(self) -> str:
+        extra = [f"{k}={getattr(self, k)!r}" for k in ("momentum", "total_steps") if getattr(self, k) is not None]
+        return ", ".join(part for part in (super().extra_repr(), *extra) if part)
+
+
+# WIOU-END
+
+
+@register("nwd", family="boxes")
+class NWDLoss(LossModule):
+    function = staticmethod(F.nwd_loss)
+
+
+@register("probiou", family="boxes")
+class ProbIoULoss(LossModule):
+    function = staticmethod(F.probiou_loss)
+
+
+@register("giou_3d", family="boxes")
+class GIoU3DLoss(LossModule):
+    function = staticmethod(F.giou_3d_loss)
+
+
+# --- dense detection --------------------------------------------------------------------------
+
+
+@register("varifocal", "vfl", family="detection")
+class VarifocalLoss(LossModule):
+    function = staticmethod(F.varifocal_loss)
+
+
+@register("quality_focal", "qfl", family="detection")
+class QualityFocalLoss(LossModule):
+    function = staticmethod(F.quality_focal_loss)
+
+
+@register("distribution_focal", "dfl", family="detection")
+class DistributionFocalLoss(LossModule):
+    function = staticmethod(F.distribution_focal_loss)
+
+
+@register("gaussian_focal", family="detection")
+class GaussianFocalLoss(LossModule):
+    function = staticmethod(F.gaussian_focal_loss)
+
+
 # Drop-in names for code that used torch.nn (the losskit versions take logits).
 BCEWithLogitsLoss = BinaryCrossEntropyLoss
 FocalLoss = SigmoidFocalLoss
@@ -216,12 +400,20 @@ __all__ = [
     "BalancedL1Loss",
     "BalancedSoftmaxLoss",
     "BinaryCrossEntropyLoss",
+    "CIoULoss",
     "CharbonnierLoss",
     "CrossEntropyLoss",
+    "DIoULoss",
+    "DistributionFocalLoss",
+    "EIoULoss",
     "FocalLoss",
+    "GIoU3DLoss",
+    "GIoULoss",
+    "GaussianFocalLoss",
     "GaussianNLLLoss",
     "GeneralRobustLoss",
     "HuberLoss",
+    "IoULoss",
     "JSDivLoss",
     "KLDivLoss",
     "L1Loss",
@@ -231,11 +423,17 @@ __all__ = [
     "LossModule",
     "MSELoss",
     "MultiMarginLoss",
+    "NWDLoss",
     "PoissonNLLLoss",
     "Poly1CrossEntropyLoss",
+    "ProbIoULoss",
+    "QualityFocalLoss",
     "QuantileLoss",
+    "SIoULoss",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
+    "WIoULoss",
     "WingLoss",
 ]

@@ -17,7 +17,6 @@ Two kinds of check:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -108,7 +107,7 @@ def check_number(name: str, value: object, *, low: float | None = None, high: fl
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
-    if math.isnan(value):
+    if value != value:  # NaN; not math.isnan, which torch.compile cannot trace for a symbolic float
         raise ValueError(f"{name} must not be NaN")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)

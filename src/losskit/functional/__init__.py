@@ -4,6 +4,18 @@ Every function takes the prediction and the target as its only positional argume
 option is keyword-only. The reduction rules are those of :func:`losskit.reduce_loss`.
 """
 
+from losskit.functional.boxes import (
+    ciou_loss,
+    diou_loss,
+    eiou_loss,
+    giou_3d_loss,
+    giou_loss,
+    iou_loss,
+    nwd_loss,
+    probiou_loss,
+    siou_loss,
+    wiou_loss,
+)
 from losskit.functional.classification import (
     asymmetric_loss,
     balanced_softmax_loss,
@@ -15,6 +27,12 @@ from losskit.functional.classification import (
     poly1_cross_entropy,
     sigmoid_focal_loss,
     softmax_focal_loss,
+)
+from losskit.functional.detection import (
+    distribution_focal_loss,
+    gaussian_focal_loss,
+    quality_focal_loss,
+    varifocal_loss,
 )
 from losskit.functional.divergence import js_div, kl_div
 from losskit.functional.regression import (
@@ -34,6 +52,20 @@ from losskit.functional.regression import (
 )
 
 __all__ = [
+    "ciou_loss",
+    "diou_loss",
+    "distribution_focal_loss",
+    "eiou_loss",
+    "gaussian_focal_loss",
+    "giou_3d_loss",
+    "giou_loss",
+    "iou_loss",
+    "nwd_loss",
+    "probiou_loss",
+    "quality_focal_loss",
+    "siou_loss",
+    "varifocal_loss",
+    "wiou_loss",
     "asymmetric_loss",
     "balanced_l1_loss",
     "balanced_softmax_loss",

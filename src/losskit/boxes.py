@@ -1,0 +1,656 @@
+r"""Box formats and IoU-family geometry, shared by the box losses and the label assigners.
+
+**Formats** (the last dimension of a box tensor):
+
+========== ========================================== ==================================
+fmt        values                                     note
+========== ========================================== ==================================
+``xyxy``   x1, y1, x2, y2                             corners; Pascal VOC, torchvision
+``xywh``   x1, y1, w, h                               top-left corner and size (COCO)
+``cxcywh`` cx, cy, w, h                               centre and size (YOLO, DETR)
+``xywhr``  cx, cy, w, h, angle                        rotated, **centre** and angle in
+                                                      radians (Ultralytics OBB); alias
+                                                      ``cxcywhr``
+``xyxyxyxy`` x1, y1, ..., x4, y4                      the 4 corners of a rotated box
+``xyzxyz`` x1, y1, z1, x2, y2, z2                     3-D axis-aligned (MONAI)
+========== ========================================== ==================================
+
+torchvision's rotated ``XYWHR`` is *not* ``xywhr`` here: it starts at a corner and takes degrees.
+A rotated box ``(cx, cy, w, h, a)`` has its ``w`` side along the direction
+:math:`(\cos a, \sin a)`; its corners, in order, are the local points :math:`(-w/2, -h/2)`,
+:math:`(w/2, -h/2)`, :math:`(w/2, h/2)`, :math:`(-w/2, h/2)` rotated by ``a`` and moved to the
+centre (for ``a = 0`` and image axes: top-left, top-right, bottom-right, bottom-left).
+
+**Pairwise and aligned.** :func:`box_iou` compares every box of ``boxes1`` ``(..., N, 4)`` with
+every box of ``boxes2`` ``(..., M, 4)`` (``aligned=False``, result ``(..., N, M)``, what an assigner
+needs) or box ``i`` with box ``i`` (``aligned=True``, result ``(..., N)``, what a loss needs), from
+the same code: the pairwise form only inserts the two broadcast dimensions.
+
+**Degenerate boxes and eps.** A zero width or height is valid; ``x2 < x1`` is an error (a value
+check, see :func:`losskit.set_checks`). Every ratio whose numerator vanishes with its denominator
+(the IoU of two zero-area boxes, the centre-distance term of two coincident points, the angle of
+two coincident centres) is computed by a guarded division: a denominator at most ``eps`` gives
+the ratio 0 with a zero gradient, any larger one gives the exact ratio. So values for real boxes
+do not depend on ``eps`` at all (torchvision and Ultralytics add ``eps`` to the denominators,
+which moves results by about ``eps / area``), and degenerate pairs give finite values and finite
+(zero) gradients instead of ``0 / 0``. ``eps`` is also the floor of a logarithm's argument
+(:func:`losskit.iou_loss` with ``mode="log"``). Default (:func:`default_eps`): ``1e-7`` for float32
+and float64 (the torchvision/Ultralytics value) and ``1e-6`` for float16 and bfloat16. Half
+inputs are computed in float32, so the larger value is not needed to represent ``eps`` (the
+yolov5 failure of an fp16 ``1e-9`` that underflows cannot happen here). It is about what half
+inputs can resolve: float16's step near 1 is 9.8e-4 (bfloat16's 7.8e-3), so a box one step wide
+and high has an area of about 1e-6; pairs below that are rounding noise and count as degenerate
+instead of producing ratios of noise. The log-IoU floor then caps the loss at 13.8 (mmdetection's
+``eps=1e-6``) instead of 16.1.
+
+**Dtypes.** Half, bfloat16 and integer boxes are computed in float32; float32 and float64 as they
+are. Results have the input's floating dtype (float32 for integer boxes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from losskit._core.checks import check_number, check_one_of, check_tensor, checks_enabled
+
+__all__ = [
+    "AXIS_ALIGNED_FORMATS",
+    "IOU_KINDS",
+    "ROTATED_FORMATS",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "box_iou_3d",
+    "check_boxes",
+    "default_eps",
+    "probiou",
+]
+
+AXIS_ALIGNED_FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
+ROTATED_FORMATS: tuple[str, ...] = ("xywhr", "cxcywhr", "xyxyxyxy")
+IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+IOU_KINDS_3D: tuple[str, ...] = ("iou", "giou")
+_WIDTH = {"xyxy": 4, "xywh": 4, "cxcywh": 4, "xywhr": 5, "cxcywhr": 5, "xyxyxyxy": 8, "xyzxyz": 6}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+PROBIOU_BOUND = 100.0  # B_D is clamped to [0, 100]: exp(-100) is 0 to float32 and float64 alike
+
+Kind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """The default ``eps`` of the box functions for boxes of ``dtype`` (see the module docstring).
+
+    Examples:
+        >>> default_eps(torch.float32), default_eps(torch.float16)
+        (1e-07, 1e-06)
+    """
+    return 1e-6 if dtype in _LOW_PRECISION else 1e-7
+
+
+def _resolve_eps(eps: float | None, dtype: torch.dtype) -> float:
+    if eps is None:
+        return default_eps(dtype)
+    return check_number("eps", eps, low=0.0)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _result_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def _check_box_tensor(name: str, boxes: object, fmt: str) -> Tensor:
+    boxes = check_tensor(name, boxes)
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"{name} must hold real box coordinates, got dtype {boxes.dtype}")
+    width = _WIDTH[fmt]
+    if boxes.dim() == 0 or boxes.shape[-1] != width:
+        raise ValueError(f"{name} must have shape (..., {width}) for fmt={fmt!r}, got shape {tuple(boxes.shape)}")
+    return boxes
+
+
+def _check_fmt(fmt: object, choices: tuple[str, ...], name: str = "fmt") -> str:
+    check_one_of(name, fmt, choices)
+    return "xywhr" if fmt == "cxcywhr" else fmt  # type: ignore[return-value]
+
+
+def check_boxes(name: str, boxes: Tensor, fmt: str = "xyxy") -> None:
+    """Value check: every box has non-negative width and height (``x1 <= x2``, ``y1 <= y2``).
+
+    Zero width or height is valid. Runs only while value checks are on (it needs a device sync);
+    NaN passes here and is left to the finite-result check of the losses. Corner boxes
+    (``xyxyxyxy``) have no order to check.
+
+    Raises:
+        ValueError: naming ``name``, the format, how many boxes are invalid and the first one.
+    """
+    if fmt == "xyxyxyxy" or not checks_enabled() or boxes.numel() == 0:
+        return
+    if fmt in ("xyxy", "xyzxyz"):
+        d = boxes.shape[-1] // 2
+        size = boxes[..., d:] - boxes[..., :d]
+        rule = "x1 <= x2, y1 <= y2" + (", z1 <= z2" if d == 3 else "")
+    else:
+        size = boxes[..., 2:4]
+        rule = "w >= 0, h >= 0"
+    bad = (size < 0).any(-1)
+    if not bool(bad.any()):
+        return
+    flat = bad.reshape(-1)
+    first = int(flat.nonzero()[0])
+    example = boxes.reshape(-1, boxes.shape[-1])[first].tolist()
+    raise ValueError(
+        f"{name} has {int(flat.sum())} of {flat.numel()} boxes with negative width or height for fmt={fmt!r} "
+        f"(first at flat index {first}: {[round(v, 6) for v in example]}); boxes need {rule} (zero size is "
+        "allowed). Check the format (xyxy, xywh = x1, y1, w, h as COCO, cxcywh), or switch value checks off "
+        "with losskit.set_checks(False)"
+    )
+
+
+# --- format conversion ------------------------------------------------------------------------
+
+
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    if fmt == "xyxy":
+        return boxes
+    a, b, w, h = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((a, b, a + w, b + h), -1)
+    return torch.stack((a - w / 2, b - h / 2, a + w / 2, b + h / 2), -1)  # cxcywh
+
+
+def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    if fmt == "xyxy":
+        return boxes
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((x1, y1, x2 - x1, y2 - y1), -1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), -1)  # cxcywh
+
+
+def _rotated_to_corners(boxes: Tensor) -> Tensor:
+    cx, cy, w, h, angle = boxes.unbind(-1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    wx, wy = w / 2 * cos, w / 2 * sin  # half the w side, along (cos, sin)
+    hx, hy = -h / 2 * sin, h / 2 * cos  # half the h side, along (-sin, cos)
+    corners = [(cx - wx - hx, cy - wy - hy), (cx + wx - hx, cy + wy - hy),
+               (cx + wx + hx, cy + wy + hy), (cx - wx + hx, cy - wy + hy)]
+    return torch.stack([c for point in corners for c in point], -1)
+
+
+def _corners_to_rotated(corners: Tensor) -> Tensor:
+    p = corners.unflatten(-1, (4, 2))
+    centre = p.mean(-2)
+    w_side = ((p[..., 1, :] - p[..., 0, :]) + (p[..., 2, :] - p[..., 3, :])) / 2  # corner 1 -> 2, and 4 -> 3
+    h_side = ((p[..., 3, :] - p[..., 0, :]) + (p[..., 2, :] - p[..., 1, :])) / 2  # corner 1 -> 4, and 2 -> 3
+    w = torch.linalg.vector_norm(w_side, dim=-1)
+    h = torch.linalg.vector_norm(h_side, dim=-1)
+    angle = torch.atan2(w_side[..., 1], w_side[..., 0])
+    return torch.stack((centre[..., 0], centre[..., 1], w, h, angle), -1)
+
+
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    r"""Convert boxes between formats.
+
+    Axis-aligned formats (``xyxy``, ``xywh``, ``cxcywh``) convert among themselves and to the
+    rotated ones (angle 0); rotated formats (``xywhr``/``cxcywhr``, ``xyxyxyxy``) convert among
+    themselves. Rotated to axis-aligned is refused: it would lose the angle (take the min and max
+    of the ``xyxyxyxy`` corners for the enclosing box). Corners to ``xywhr`` takes the centre as
+    the corners' mean, ``w`` and the angle from the side corner 1 -> corner 2 and ``h`` from corner
+    1 -> corner 4 (each averaged with its opposite side), so any cyclic order of a rectangle's
+    corners describes the same rectangle; the angle comes back in :math:`(-\pi, \pi]`.
+
+    Half, bfloat16 and integer boxes are converted in float32 (so ``x1 + x2`` cannot overflow
+    float16 or wrap around uint8, and ``cx - w/2`` of integers is not floored); the result has the
+    input's floating dtype, float32 for integer input.
+
+    Args:
+        boxes: Boxes of shape ``(..., 4)`` (``(..., 5)`` for ``xywhr``, ``(..., 8)`` for corners).
+        in_fmt: The format of ``boxes``.
+        out_fmt: The format wanted.
+
+    Shape:
+        ``(..., K_in)`` to ``(..., K_out)``.
+
+    Returns:
+        A new tensor of converted boxes.
+
+    Raises:
+        ValueError: For an unknown format, a last dimension that does not fit ``in_fmt``, or a
+            rotated-to-axis-aligned conversion.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import box_convert
+        >>> box_convert(torch.tensor([[10, 20, 30, 40]]), "xyxy", "cxcywh")  # int -> float32
+        tensor([[20., 30., 20., 20.]])
+        >>> box_convert(torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]]), "xywhr", "xyxyxyxy")
+        tensor([[-2., -1.,  2., -1.,  2.,  1., -2.,  1.]])
+
+    References:
+        torchvision ``ops.box_convert`` (same axis-aligned names; its integer and float16 overflow,
+        pytorch/vision #8887 and #9594, cannot happen here); Ultralytics' ``xywhr`` for rotated boxes.
+    """
+    formats = (*AXIS_ALIGNED_FORMATS, *ROTATED_FORMATS)
+    src = _check_fmt(in_fmt, formats, "in_fmt")
+    dst = _check_fmt(out_fmt, formats, "out_fmt")
+    boxes = _check_box_tensor("boxes", boxes, src)
+    if src in ROTATED_FORMATS and dst in AXIS_ALIGNED_FORMATS:
+        raise ValueError(f"cannot convert rotated boxes ({in_fmt!r}) to the axis-aligned format {out_fmt!r} "
+                         "without losing the angle; convert to 'xyxyxyxy' and take the corners' min and max "
+                         "for the enclosing box")
+    x = boxes.to(_compute_dtype(boxes.dtype))
+    if src in AXIS_ALIGNED_FORMATS:
+        xyxy = _to_xyxy(x, src)
+        if dst in AXIS_ALIGNED_FORMATS:
+            out = _from_xyxy(xyxy, dst)
+        else:
+            out = torch.cat((_from_xyxy(xyxy, "cxcywh"), torch.zeros_like(xyxy[..., :1])), -1)
+            out = _rotated_to_corners(out) if dst == "xyxyxyxy" else out
+    elif src == dst:
+        out = x
+    else:
+        out = _rotated_to_corners(x) if dst == "xyxyxyxy" else _corners_to_rotated(x)
+    return out.to(_result_dtype(boxes.dtype), copy=out is boxes)
+
+
+def _product(values: Tensor) -> Tensor:
+    """Product over the last dimension, written out (``Tensor.prod``'s backward syncs on zeros)."""
+    parts = values.unbind(-1)
+    out = parts[0]
+    for part in parts[1:]:
+        out = out * part
+    return out
+
+
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
+    r"""Area of each box (volume for ``xyzxyz``).
+
+    Args:
+        boxes: Boxes in ``fmt``.
+        fmt: Any format of this module, including ``xyzxyz``; corners (``xyxyxyxy``) use the
+            shoelace formula.
+
+    Shape:
+        ``(..., K)`` to ``(...)``.
+
+    Returns:
+        The areas, in the input's floating dtype (float32 for integer boxes).
+
+    Raises:
+        ValueError: For an unknown format, a wrong last dimension, or (value check) a box with
+            negative width or height.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import box_area
+        >>> box_area(torch.tensor([[0.0, 0.0, 2.0, 3.0], [1.0, 1.0, 1.0, 5.0]]))  # 2 * 3, and a zero width
+        tensor([6., 0.])
+    """
+    fmt = _check_fmt(fmt, (*AXIS_ALIGNED_FORMATS, *ROTATED_FORMATS, "xyzxyz"))
+    boxes = _check_box_tensor("boxes", boxes, fmt)
+    check_boxes("boxes", boxes, fmt)
+    x = boxes.to(_compute_dtype(boxes.dtype))
+    if fmt in ("xyxy", "xyzxyz"):
+        d = x.shape[-1] // 2
+        area = _product(x[..., d:] - x[..., :d])
+    elif fmt == "xyxyxyxy":
+        px, py = x[..., 0::2], x[..., 1::2]
+        area = (px * py.roll(-1, -1) - px.roll(-1, -1) * py).sum(-1).abs() / 2
+    else:
+        area = x[..., 2] * x[..., 3]
+    return area.to(_result_dtype(boxes.dtype))
+
+
+# --- the one geometry of a pair of boxes ------------------------------------------------------
+
+
+class PairGeometry(NamedTuple):
+    """What every IoU-family measure needs of a pair of axis-aligned boxes (any dimension D).
+
+    Shapes broadcast like the two inputs; ``(..., D)`` entries hold one value per axis.
+    """
+
+    size1: Tensor  # (..., D) side lengths of the first boxes
+    size2: Tensor  # (..., D) side lengths of the second boxes
+    inter: Tensor  # (...) intersection area (volume)
+    union: Tensor  # (...) union area
+    iou: Tensor  # (...) inter / union, 0 for a degenerate union
+    enclose: Tensor | None  # (..., D) sides of the smallest enclosing box
+    offset: Tensor | None  # (..., D) centre of the second box minus centre of the first
+
+
+def ratio(num: Tensor, den: Tensor, eps: float) -> Tensor:
+    """``num / den`` where ``den > eps``, else 0 with a zero gradient (no ``0 / 0`` anywhere)."""
+    # The clamp keeps the unused quotient finite (a NaN there would poison the gradient of where).
+    return torch.where(den > eps, num / den.clamp_min(eps), 0.0)
+
+
+def safe_sqrt(x: Tensor) -> Tensor:
+    """``sqrt(x)`` for ``x > 0``, else 0 with a zero gradient (the square root's slope at 0 is infinite)."""
+    ok = x > 0
+    return torch.where(ok, torch.sqrt(torch.where(ok, x, 1.0)), 0.0)
+
+
+def pair_geometry(boxes1: Tensor, boxes2: Tensor, eps: float, *, outer: bool = True) -> PairGeometry:
+    """Intersection, union, IoU and (with ``outer``) enclosing box and centre offset of box pairs.
+
+    ``boxes1`` and ``boxes2`` are corner boxes (``xyxy``, or ``xyzxyz`` in 3-D) in a floating
+    dtype that broadcast against each other; nothing is validated here.
+    """
+    d = boxes1.shape[-1] // 2
+    lo1, hi1, lo2, hi2 = boxes1[..., :d], boxes1[..., d:], boxes2[..., :d], boxes2[..., d:]
+    size1, size2 = hi1 - lo1, hi2 - lo2
+    # min and max written as clamps, and the outer pair from the inner one (min + max = a + b):
+    # the backward of torch.minimum/maximum (compare, then masked fills) cost more than the rest of
+    # the loss. At exact ties the gradient goes to boxes1's coordinate instead of being split.
+    inner_hi = hi2 + (hi1 - hi2).clamp_max(0)  # min(hi1, hi2)
+    inner_lo = lo2 + (lo1 - lo2).clamp_min(0)  # max(lo1, lo2)
+    inter = _product((inner_hi - inner_lo).clamp_min(0))
+    union = _product(size1) + _product(size2) - inter
+    iou = ratio(inter, union, eps)
+    if not outer:
+        return PairGeometry(size1, size2, inter, union, iou, None, None)
+    enclose = (hi1 + hi2 - inner_hi) - (lo1 + lo2 - inner_lo)  # max(hi1, hi2) - min(lo1, lo2)
+    offset = ((lo2 + hi2) - (lo1 + hi1)) / 2
+    return PairGeometry(size1, size2, inter, union, iou, enclose, offset)
+
+
+def _aspect_angle(size: Tensor, eps: float) -> Tensor:
+    """``atan(w / h)`` as ``atan2(w, h)`` (fine at ``h = 0``); pi/4 with zero gradient for a point box."""
+    w, h = size[..., 0], size[..., 1]
+    point = w * w + h * h <= eps
+    return torch.atan2(torch.where(point, 1.0, w), torch.where(point, 1.0, h))
+
+
+def ciou_alpha(g: PairGeometry, v: Tensor, eps: float, *, alpha_gate: float | None, alpha_no_grad: bool) -> Tensor:
+    """CIoU's trade-off :math:`\\alpha = v / (1 - IoU + v)`, optionally gated on IoU and detached."""
+    alpha = ratio(v, 1 - g.iou + v, eps)
+    if alpha_gate is not None:
+        alpha = torch.where(g.iou > alpha_gate, alpha, 0.0)
+    return alpha.detach() if alpha_no_grad else alpha
+
+
+def iou_family(g: PairGeometry, kind: str, eps: float, *, alpha_gate: float | None = None,
+               alpha_no_grad: bool = True, theta: float = 4.0) -> Tensor:
+    """The IoU-family similarity of ``kind`` from a :class:`PairGeometry` (see :func:`box_iou`)."""
+    if kind == "iou":
+        return g.iou
+    if kind == "giou":
+        hull = _product(g.enclose)
+        return g.iou - ratio(hull - g.union, hull, eps)
+    centre = ratio(g.offset.square().sum(-1), g.enclose.square().sum(-1), eps)  # rho^2 / c^2
+    if kind == "diou":
+        return g.iou - centre
+    if kind == "ciou":
+        v = (4 / math.pi**2) * (_aspect_angle(g.size2, eps) - _aspect_angle(g.size1, eps)).square()
+        return g.iou - centre - ciou_alpha(g, v, eps, alpha_gate=alpha_gate, alpha_no_grad=alpha_no_grad) * v
+    if kind == "eiou":
+        sides = ratio((g.size1 - g.size2).square(), g.enclose.square(), eps).sum(-1)
+        return g.iou - centre - sides
+    return g.iou - _siou_cost(g, eps, theta)  # siou
+
+
+def _siou_cost(g: PairGeometry, eps: float, theta: float) -> Tensor:
+    r"""SIoU's (distance cost + shape cost) / 2 (Gevorgyan 2022).
+
+    The angle cost :math:`\Lambda = 1 - 2\sin^2(\arcsin(|d_y| / \sigma) - \pi/4)` equals
+    :math:`\sin 2\alpha = 2 |d_x d_y| / \sigma^2`, written so here: no square root, no arcsin, and 0
+    (with a zero gradient) for coincident centres, :math:`\sigma = 0`.
+    """
+    dx, dy = g.offset[..., 0], g.offset[..., 1]
+    angle = ratio(2 * (dx * dy).abs(), dx * dx + dy * dy, eps)
+    gamma = 2 - angle
+    rho = ratio(g.offset.square(), g.enclose.square(), eps)  # ((d_x / c_w)^2, (d_y / c_h)^2)
+    distance = (1 - torch.exp(-gamma.unsqueeze(-1) * rho)).sum(-1)
+    omega = ratio((g.size1 - g.size2).abs(), torch.maximum(g.size1, g.size2), eps)
+    shape = (1 - torch.exp(-omega)).pow(theta).sum(-1)
+    return (distance + shape) / 2
+
+
+# --- public similarity functions --------------------------------------------------------------
+
+
+def _pair_up(boxes1: Tensor, boxes2: Tensor, aligned: bool) -> tuple[Tensor, Tensor]:
+    """Broadcast for aligned pairs, or insert the (N, 1) x (1, M) dimensions for pairwise ones."""
+    if aligned:
+        lead1, lead2 = boxes1.shape[:-1], boxes2.shape[:-1]
+    else:
+        for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
+            if boxes.dim() < 2:
+                raise ValueError(f"pairwise (aligned=False) needs {name} of shape (..., N, K), got shape "
+                                 f"{tuple(boxes.shape)}")
+        lead1, lead2 = boxes1.shape[:-2], boxes2.shape[:-2]
+        boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)
+    try:
+        torch.broadcast_shapes(lead1, lead2)
+    except RuntimeError:
+        what = "box dimensions" if aligned else "leading (batch) dimensions"
+        raise ValueError(f"boxes2's {what} {tuple(lead2)} do not broadcast with boxes1's {tuple(lead1)}"
+                         f" (aligned={aligned})") from None
+    return boxes1, boxes2
+
+
+def _prepare_pair(boxes1: Tensor, boxes2: Tensor, fmt: str, aligned: bool, eps: float | None,
+                  ) -> tuple[Tensor, Tensor, float, torch.dtype]:
+    boxes1 = _check_box_tensor("boxes1", boxes1, fmt)
+    boxes2 = _check_box_tensor("boxes2", boxes2, fmt)
+    check_boxes("boxes1", boxes1, fmt)
+    check_boxes("boxes2", boxes2, fmt)
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    eps = _resolve_eps(eps, dtype)
+    compute = _compute_dtype(dtype)
+    b1, b2 = _pair_up(boxes1.to(compute), boxes2.to(compute), aligned)
+    return b1, b2, eps, _result_dtype(dtype)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, *, kind: Kind = "iou", aligned: bool = False, fmt: str = "xyxy",
+            eps: float | None = None) -> Tensor:
+    r"""IoU-family similarity of axis-aligned boxes: IoU, GIoU, DIoU, CIoU, EIoU or SIoU.
+
+    One function for the whole family, pairwise (``(..., N, M)``, for assigners and metrics) or
+    aligned (``(..., N)``, for losses); each loss of :mod:`losskit.functional` is ``1 -`` one of
+    these. With :math:`I` the intersection, :math:`U` the union, :math:`C` the smallest enclosing
+    box (sides :math:`c_w, c_h`, squared diagonal :math:`c^2`), :math:`\rho` the distance between
+    the centres (:math:`d_x, d_y`), and :math:`w, h` the sides (the second box's with :math:`^{gt}`):
+
+    .. math::
+
+        \mathrm{IoU} = \frac{I}{U}, \qquad
+        \mathrm{GIoU} = \mathrm{IoU} - \frac{|C| - U}{|C|}, \qquad
+        \mathrm{DIoU} = \mathrm{IoU} - \frac{\rho^2}{c^2}, \qquad
+        \mathrm{CIoU} = \mathrm{DIoU} - \alpha v,
+
+        v = \frac{4}{\pi^2}\Big(\arctan\frac{w^{gt}}{h^{gt}} - \arctan\frac{w}{h}\Big)^2, \qquad
+        \alpha = \frac{v}{1 - \mathrm{IoU} + v}, \qquad
+        \mathrm{EIoU} = \mathrm{DIoU} - \frac{(w - w^{gt})^2}{c_w^2} - \frac{(h - h^{gt})^2}{c_h^2},
+
+        \mathrm{SIoU} = \mathrm{IoU} - \tfrac12\Big(\sum_{t=x,y} \big(1 - e^{-(2 - \Lambda)(d_t / c_t)^2}\big)
+            + \sum_{t=w,h} \big(1 - e^{-\omega_t}\big)^{\theta}\Big), \qquad
+        \Lambda = \sin 2\alpha_c = \frac{2 |d_x d_y|}{\rho^2}, \qquad
+        \omega_w = \frac{|w - w^{gt}|}{\max(w, w^{gt})}.
+
+    IoU is in [0, 1]; GIoU and DIoU in (-1, 1]; CIoU in (-1.5, 1]; EIoU (three penalties, each
+    below 1) and SIoU (costs up to about 1.16 for :math:`\theta = 4`) can go below -1. SIoU
+    uses :math:`\theta = 4` and the paper's sign (its distance cost is in [0, 2)). CIoU's
+    :math:`\alpha` is treated as a constant under autograd, as in :func:`losskit.ciou_loss`'s
+    default. Degenerate pairs (zero-area boxes) follow the rule of the module docstring: a ratio
+    with a denominator at most ``eps`` is 0, so two zero-area boxes have IoU 0 even when identical.
+
+    Args:
+        boxes1: Boxes of shape ``(..., N, 4)``.
+        boxes2: Boxes of shape ``(..., M, 4)`` (pairwise) or broadcastable to ``boxes1`` (aligned).
+        kind: ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``, ``"eiou"`` or ``"siou"``.
+        aligned: Compare box ``i`` with box ``i`` instead of every pair.
+        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: Degenerate-denominator threshold; ``None`` picks :func:`default_eps` of the dtype.
+
+    Shape:
+        Pairwise: ``(..., N, 4)`` and ``(..., M, 4)`` to ``(..., N, M)`` (leading dimensions
+        broadcast). Aligned: ``(..., N, 4)`` and ``(..., N, 4)`` to ``(..., N)``.
+
+    Returns:
+        The similarity, in the boxes' floating dtype (float32 for integer boxes; half and
+        bfloat16 are computed in float32).
+
+    Raises:
+        ValueError: For an unknown ``kind`` or ``fmt``, shapes that do not fit, or (value check)
+            a box with ``x2 < x1`` or ``y2 < y1``.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import box_iou
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0]])
+        >>> box_iou(a, b)  # a quarter-size box inside; a diagonal neighbour touching a corner
+        tensor([[0.2500, 0.0000]])
+        >>> box_iou(a, b, kind="giou")  # second pair: 0 - (9 - 5) / 9
+        tensor([[ 0.2500, -0.4444]])
+        >>> box_iou(b, b.flip(0), kind="diou", aligned=True)  # 0 - rho^2 / c^2 = 0 - 8 / 18 per pair
+        tensor([-0.4444, -0.4444])
+
+    References:
+        Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019 (GIoU). Zheng et al.,
+        "Distance-IoU Loss", AAAI 2020 (DIoU, CIoU). Zhang et al., "Focal and Efficient IOU Loss",
+        Neurocomputing 2022 (EIoU). Gevorgyan, "SIoU Loss", arXiv:2205.12740 (SIoU). Pairwise and
+        aligned forms as torchvision's ``box_iou`` family and mmdetection's ``bbox_overlaps``.
+    """
+    check_one_of("kind", kind, IOU_KINDS)
+    fmt = _check_fmt(fmt, AXIS_ALIGNED_FORMATS)
+    b1, b2, eps, out_dtype = _prepare_pair(boxes1, boxes2, fmt, aligned, eps)
+    g = pair_geometry(_to_xyxy(b1, fmt), _to_xyxy(b2, fmt), eps, outer=kind != "iou")
+    return iou_family(g, kind, eps).to(out_dtype)
+
+
+def box_iou_3d(boxes1: Tensor, boxes2: Tensor, *, kind: Literal["iou", "giou"] = "iou", aligned: bool = False,
+               eps: float | None = None) -> Tensor:
+    r"""IoU or GIoU of 3-D axis-aligned boxes ``(x1, y1, z1, x2, y2, z2)``.
+
+    The same geometry as :func:`box_iou` with volumes for areas:
+    :math:`\mathrm{IoU} = |A \cap B| / |A \cup B|`, :math:`\mathrm{GIoU} = \mathrm{IoU} - (|C| - |A \cup B|) / |C|`
+    with :math:`C` the smallest enclosing box.
+
+    Args:
+        boxes1: Boxes of shape ``(..., N, 6)``.
+        boxes2: Boxes of shape ``(..., M, 6)`` (pairwise) or broadcastable to ``boxes1`` (aligned).
+        kind: ``"iou"`` or ``"giou"``.
+        aligned: Compare box ``i`` with box ``i`` instead of every pair.
+        eps: Degenerate-denominator threshold; ``None`` picks :func:`default_eps` of the dtype.
+
+    Shape:
+        Pairwise ``(..., N, M)``; aligned ``(..., N)``.
+
+    Returns:
+        The similarity in the boxes' floating dtype.
+
+    Raises:
+        ValueError: For an unknown ``kind``, shapes that do not fit, or (value check) an inverted box.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import box_iou_3d
+        >>> cube = torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0, 2.0]])
+        >>> box_iou_3d(cube, torch.tensor([[1.0, 0.0, 0.0, 3.0, 2.0, 2.0]]))  # overlap 4 / union 12
+        tensor([[0.3333]])
+
+    References:
+        MONAI ``box_pair_giou`` (2-D and 3-D boxes, the ``xyzxyz`` order).
+    """
+    check_one_of("kind", kind, IOU_KINDS_3D)
+    b1, b2, eps, out_dtype = _prepare_pair(boxes1, boxes2, "xyzxyz", aligned, eps)
+    g = pair_geometry(b1, b2, eps, outer=kind != "iou")
+    return iou_family(g, kind, eps).to(out_dtype)
+
+
+def _gaussian(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Centre, covariance entries (xx, yy, xy) and area of the uniform density on an ``xywhr`` box."""
+    cx, cy, w, h, angle = boxes.unbind(-1)
+    var_w, var_h = w * w / 12, h * h / 12  # variance of a uniform distribution on a side
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    xx = var_w * cos * cos + var_h * sin * sin
+    yy = var_w * sin * sin + var_h * cos * cos
+    xy = (var_w - var_h) * cos * sin
+    return cx, cy, xx, yy, xy, w * h
+
+
+def bhattacharyya(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
+    r"""Bhattacharyya distance of the boxes' Gaussians, clamped to ``[0, 100]`` (see :func:`probiou`).
+
+    A pair with a box of area at most ``eps`` (a degenerate Gaussian) gets the bound, 100, with a
+    zero gradient: its true distance is infinite.
+    """
+    x1, y1, xx1, yy1, xy1, area1 = _gaussian(boxes1)
+    x2, y2, xx2, yy2, xy2, area2 = _gaussian(boxes2)
+    a, b, c = xx1 + xx2, yy1 + yy2, xy1 + xy2  # entries of 2 S
+    dx, dy = x2 - x1, y2 - y1
+    degenerate = (area1 <= eps) | (area2 <= eps)
+    det_sum = torch.where(degenerate, 1.0, a * b - c * c)  # det(2 S) = 4 det S
+    quad = (b * dx * dx + a * dy * dy - 2 * c * dx * dy) / det_sum  # (mu1 - mu2)^T (2 S)^-1 (mu1 - mu2)
+    # det S_i = (w_i h_i)^2 / 144 exactly, so sqrt(det S1 det S2) = area1 * area2 / 144.
+    areas = torch.where(degenerate, 1.0, area1 * area2)
+    log_ratio = torch.log(det_sum) - math.log(4 / 144) - torch.log(areas)  # ln(det S / sqrt(det S1 det S2))
+    distance = (quad / 4 + log_ratio / 2).clamp(0.0, PROBIOU_BOUND)
+    return torch.where(degenerate, PROBIOU_BOUND, distance)
+
+
+def hellinger(distance: Tensor) -> Tensor:
+    """Hellinger distance from a Bhattacharyya distance: ``sqrt(1 - exp(-B))`` (``expm1``-accurate)."""
+    return safe_sqrt(-torch.expm1(-distance))
+
+
+def probiou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float | None = None) -> Tensor:
+    r"""ProbIoU of rotated boxes: one minus the Hellinger distance of their Gaussians.
+
+    Each ``xywhr`` box becomes the Gaussian with its centre and the covariance of the uniform
+    density on it, :math:`\Sigma = R_\theta \operatorname{diag}(w^2/12, h^2/12) R_\theta^\top`. The
+    Bhattacharyya distance of two Gaussians and the Hellinger distance follow in closed form, and
+    ProbIoU is a smooth stand-in for the rotated IoU that needs no polygon clipping:
+
+    .. math::
+
+        B_D = \tfrac18 (\mu_1 - \mu_2)^\top \Sigma^{-1} (\mu_1 - \mu_2)
+            + \tfrac12 \ln\frac{\det \Sigma}{\sqrt{\det\Sigma_1 \det\Sigma_2}},
+        \qquad \Sigma = \tfrac12(\Sigma_1 + \Sigma_2),
+
+        \mathrm{ProbIoU} = 1 - \sqrt{1 - e^{-B_D}}.
+
+    :math:`B_D` is clamped to [0, 100] (as Ultralytics does; :math:`e^{-100}` is 0 to every float
+    dtype in use). ProbIoU is 1 for identical boxes (Ultralytics adds ``eps`` inside the square root,
+    which leaves :math:`1 - \sqrt{\varepsilon} \approx 0.9997` there) and 0 for a box of area at most
+    ``eps``. It is symmetric, invariant to moving both boxes, and to scaling both uniformly.
+
+    Args:
+        boxes1: Rotated boxes ``(cx, cy, w, h, angle)``, angle in radians, shape ``(..., N, 5)``.
+        boxes2: Shape ``(..., M, 5)`` (pairwise) or broadcastable to ``boxes1`` (aligned).
+        aligned: Compare box ``i`` with box ``i`` instead of every pair.
+        eps: Area at or below which a box counts as degenerate; ``None`` picks :func:`default_eps`.
+
+    Shape:
+        Pairwise ``(..., N, M)``; aligned ``(..., N)``.
+
+    Returns:
+        ProbIoU in [0, 1], in the boxes' floating dtype.
+
+    Raises:
+        ValueError: For shapes that do not fit, or (value check) a negative width or height.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import probiou
+        >>> box = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]])
+        >>> turned = torch.tensor([[0.0, 0.0, 2.0, 4.0, torch.pi / 2]])  # the same rectangle
+        >>> probiou(box, torch.cat([box, turned, box + torch.tensor([4.0, 0, 0, 0, 0])]))
+        tensor([[1.0000, 1.0000, 0.1186]])
+
+    References:
+        Llerena et al., "Gaussian Bounding Boxes and Probabilistic Intersection-over-Union for
+        Object Detection", arXiv:2106.06072 (2021). Ultralytics ``probiou`` (the clamp to 100).
+    """
+    b1, b2, eps, out_dtype = _prepare_pair(boxes1, boxes2, "xywhr", aligned, eps)
+    return (1 - hellinger(bhattacharyya(b1, b2, eps))).to(out_dtype)
