@@ -163,7 +163,7 @@ def iou_loss(
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:
-        iou = pair_geometry(x, t, eps, outer=False).iou
+        iou = pair_geometry(x, t, eps, kind="iou").iou
         if mode == "linear":
             return 1 - iou
         if mode == "square":
@@ -222,7 +222,7 @@ def giou_loss(
         ``generalized_box_iou_loss`` (equal up to its ``eps`` added to denominators).
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
-    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps), "giou", eps), x, t)
+    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps, kind="giou"), "giou", eps), x, t)
     return _reduce(loss, input, target, weight, reduction, normalizer)
 
 
@@ -803,6 +803,6 @@ def giou_3d_loss(
         Rezatofighi et al., CVPR 2019; MONAI ``BoxGIoULoss`` (2-D and 3-D boxes).
     """
     x, t, eps = _prepare(input, target, "xyzxyz", eps, reduction, normalizer, formats=("xyzxyz",))
-    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps), "giou", eps), x, t)
+    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps, kind="giou"), "giou", eps), x, t)
     return _reduce(loss, input, target, weight, reduction, normalizer)
 
