@@ -14,6 +14,8 @@ CASES = {
     "sigmoid_focal": (lambda x, t: losskit.sigmoid_focal_loss(x, t), "soft"),
     "huber": (lambda x, t: losskit.huber_loss(x, t, delta=0.5), "soft"),
     "kl_div": (lambda x, t: losskit.kl_div(x, t.softmax(1)), "soft"),
+    "varifocal": (lambda x, t: losskit.varifocal_loss(x, t), "soft"),
+    "distribution_focal": (lambda x, t: losskit.distribution_focal_loss(x, t[:, 0] * 3.5), "soft"),
 }
 
 
