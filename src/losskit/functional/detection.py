@@ -251,7 +251,7 @@ def quality_focal_loss(
           ``weight=w[:, None]`` for a per-anchor weight, and ``normalizer=n``. Its per-anchor
           ``reduction="none"`` is ours followed by ``.sum(-1)``; its plain ``"mean"`` (no
           ``avg_factor``) is ``reduction="sum"`` divided by :math:`N`, :math:`C` times ours.
-        - TorchBearer / the paper's elementwise form: the defaults.
+        - pytorch-toolbelt ``QualityFocalLoss`` / the paper's elementwise form: the defaults.
 
     References:
         Li et al., "Generalized Focal Loss: Learning Qualified and Distributed Bounding Boxes
