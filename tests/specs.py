@@ -84,10 +84,21 @@ def without_class_dim(case: Case) -> tuple[int, ...]:
 
 def registry() -> dict[str, Spec]:
     """Every spec, by registered name."""
-    from tests import spec_boxes, spec_classification, spec_detection, spec_divergence, spec_regression
+    from tests import (
+        spec_boundary,
+        spec_boxes,
+        spec_classification,
+        spec_detection,
+        spec_divergence,
+        spec_lovasz,
+        spec_regression,
+        spec_segmentation,
+    )
 
     specs: dict[str, Spec] = {}
-    for module in (spec_regression, spec_classification, spec_divergence, spec_boxes, spec_detection):
+    modules = (spec_regression, spec_classification, spec_divergence, spec_boxes, spec_detection,
+               spec_segmentation, spec_lovasz, spec_boundary)
+    for module in modules:
         overlap = specs.keys() & module.SPECS.keys()
         assert not overlap, f"specs defined twice: {overlap}"
         specs.update(module.SPECS)

@@ -10,7 +10,7 @@ The functions live in :mod:`losskit.functional`, the modules in :mod:`losskit.nn
 re-exported here.
 """
 
-from losskit import boxes, functional, nn
+from losskit import boxes, functional, nn, segmentation
 from losskit._core.checks import checks_enabled, set_checks
 from losskit._core.module import LossModule
 from losskit._core.reduction import reduce_loss
@@ -33,6 +33,7 @@ __all__ = [
     "nn",
     "reduce_loss",
     "register",
+    "segmentation",
     "set_checks",
     *_functional_all,
     *[name for name in _nn_all if name != "LossModule"],

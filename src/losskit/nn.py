@@ -390,6 +390,69 @@ class GaussianFocalLoss(LossModule):
     function = staticmethod(F.gaussian_focal_loss)
 
 
+# --- segmentation -----------------------------------------------------------------------------
+
+
+@register("dice", family="segmentation")
+class DiceLoss(LossModule):
+    function = staticmethod(F.dice_loss)
+
+
+@register("jaccard", "iou_segmentation", family="segmentation")
+class JaccardLoss(LossModule):
+    function = staticmethod(F.jaccard_loss)
+
+
+@register("tversky", family="segmentation")
+class TverskyLoss(LossModule):
+    function = staticmethod(F.tversky_loss)
+
+
+@register("focal_tversky", family="segmentation")
+class FocalTverskyLoss(LossModule):
+    function = staticmethod(F.focal_tversky_loss)
+
+
+@register("generalized_dice", "gdl", family="segmentation")
+class GeneralizedDiceLoss(LossModule):
+    function = staticmethod(F.generalized_dice_loss)
+
+
+@register("mcc", family="segmentation")
+class MCCLoss(LossModule):
+    function = staticmethod(F.mcc_loss)
+
+
+@register("dice_ce", family="segmentation")
+class DiceCELoss(LossModule):
+    function = staticmethod(F.dice_ce_loss)
+
+
+@register("lovasz_softmax", family="segmentation")
+class LovaszSoftmaxLoss(LossModule):
+    function = staticmethod(F.lovasz_softmax_loss)
+
+
+@register("lovasz_hinge", family="segmentation")
+class LovaszHingeLoss(LossModule):
+    function = staticmethod(F.lovasz_hinge_loss)
+
+
+@register("boundary", family="segmentation")
+class BoundaryLoss(LossModule):
+    function = staticmethod(F.boundary_loss)
+
+
+@register("hausdorff_dt", "hausdorff", family="segmentation")
+class HausdorffDTLoss(LossModule):
+    function = staticmethod(F.hausdorff_dt_loss)
+
+
+@register("cldice", family="segmentation")
+class ClDiceLoss(LossModule):
+    function = staticmethod(F.cldice_loss)
+
+
 # Drop-in names for code that used torch.nn (the losskit versions take logits).
 BCEWithLogitsLoss = BinaryCrossEntropyLoss
 FocalLoss = SigmoidFocalLoss
@@ -400,27 +463,38 @@ __all__ = [
     "BalancedL1Loss",
     "BalancedSoftmaxLoss",
     "BinaryCrossEntropyLoss",
+    "BoundaryLoss",
     "CIoULoss",
     "CharbonnierLoss",
+    "ClDiceLoss",
     "CrossEntropyLoss",
     "DIoULoss",
+    "DiceCELoss",
+    "DiceLoss",
     "DistributionFocalLoss",
     "EIoULoss",
     "FocalLoss",
+    "FocalTverskyLoss",
     "GIoU3DLoss",
     "GIoULoss",
     "GaussianFocalLoss",
     "GaussianNLLLoss",
     "GeneralRobustLoss",
+    "GeneralizedDiceLoss",
+    "HausdorffDTLoss",
     "HuberLoss",
     "IoULoss",
     "JSDivLoss",
+    "JaccardLoss",
     "KLDivLoss",
     "L1Loss",
     "LDAMLoss",
     "LogCoshLoss",
     "LogitAdjustedCrossEntropyLoss",
     "LossModule",
+    "LovaszHingeLoss",
+    "LovaszSoftmaxLoss",
+    "MCCLoss",
     "MSELoss",
     "MultiMarginLoss",
     "NWDLoss",
@@ -433,6 +507,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "SmoothL1Loss",
     "SoftmaxFocalLoss",
+    "TverskyLoss",
     "VarifocalLoss",
     "WIoULoss",
     "WingLoss",

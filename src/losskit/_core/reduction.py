@@ -109,3 +109,20 @@ def _finish(result: Tensor, out_dtype: torch.dtype | None, inputs: Mapping[str, 
     if inputs is not None:
         check_loss_finite(result, inputs)
     return result if out_dtype is None else result.to(out_dtype)
+
+
+def reduce_for(
+    loss: Tensor,
+    input: Tensor,
+    target: Tensor,
+    reduction: Reduction,
+    *,
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    **options,
+) -> Tensor:
+    """:func:`reduce_loss` for a loss computed from ``input`` and ``target``: the result in the
+    input's dtype, and both tensors named for the finiteness value check. ``options`` go to
+    :func:`reduce_loss` (``mask``, ``weight_applied``)."""
+    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
+                       inputs={"input": input, "target": target}, **options)

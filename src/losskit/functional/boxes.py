@@ -44,7 +44,7 @@ from losskit._core.checks import (
     check_tensor,
 )
 from losskit._core.numerics import upcast
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit._core.rowwise import rowwise_loss
 from losskit.boxes import (
     _WIDTH,
@@ -97,11 +97,6 @@ def _prepare(input: Tensor, target: Tensor, fmt: str, eps: float | None, reducti
         x, t = _to_xyxy(x, fmt), _to_xyxy(t, fmt)
     return x, t, _resolve_eps(eps, input.dtype)
 
-
-def _reduce(loss: Tensor, input: Tensor, target: Tensor, weight: Tensor | None, reduction: Reduction,
-            normalizer: float | Tensor | None) -> Tensor:
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target})
 
 
 def iou_loss(
@@ -170,7 +165,7 @@ def iou_loss(
             return 1 - iou.square()
         return -torch.log(iou.clamp_min(max(eps, torch.finfo(iou.dtype).tiny)))
 
-    return _reduce(rowwise_loss(per_box, x, t), input, target, weight, reduction, normalizer)
+    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def giou_loss(
@@ -223,7 +218,7 @@ def giou_loss(
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
     loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps, kind="giou"), "giou", eps), x, t)
-    return _reduce(loss, input, target, weight, reduction, normalizer)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def diou_loss(
@@ -276,7 +271,7 @@ def diou_loss(
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
     loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps), "diou", eps), x, t)
-    return _reduce(loss, input, target, weight, reduction, normalizer)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def ciou_loss(
@@ -361,7 +356,7 @@ def ciou_loss(
         g = pair_geometry(x, t, eps)
         return 1 - iou_family(g, "ciou", eps, alpha_gate=alpha_gate, alpha_no_grad=alpha_no_grad)
 
-    return _reduce(rowwise_loss(per_box, x, t), input, target, weight, reduction, normalizer)
+    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def eiou_loss(
@@ -435,7 +430,7 @@ def eiou_loss(
         loss = 1 - iou_family(g, "eiou", eps)
         return loss if gamma is None else loss * g.iou.detach().pow(gamma)
 
-    return _reduce(rowwise_loss(per_box, x, t), input, target, weight, reduction, normalizer)
+    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def siou_loss(
@@ -505,7 +500,7 @@ def siou_loss(
     theta = check_number("theta", theta, low=1.0)
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
     loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps), "siou", eps, theta=theta), x, t)
-    return _reduce(loss, input, target, weight, reduction, normalizer)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def wiou_loss(
@@ -616,7 +611,7 @@ def wiou_loss(
         beta = iou_loss_.detach() / mean
         return loss * (beta.pow(gamma) if version == 2 else beta / (delta * alpha ** (beta - delta)))
 
-    return _reduce(rowwise_loss(per_box, x, t), input, target, weight, reduction, normalizer)
+    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def nwd_loss(
@@ -686,7 +681,7 @@ def nwd_loss(
         distance = safe_sqrt(centres.square().sum(-1) + half_sizes.square().sum(-1))
         return 1 - torch.exp(-distance / constant)
 
-    return _reduce(rowwise_loss(per_box, x, t), input, target, weight, reduction, normalizer)
+    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def probiou_loss(
@@ -755,7 +750,7 @@ def probiou_loss(
         distance = bhattacharyya(x, t, eps)
         return hellinger(distance) if mode == "hellinger" else distance
 
-    return _reduce(rowwise_loss(per_box, x, t), input, target, weight, reduction, normalizer)
+    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def giou_3d_loss(
@@ -804,5 +799,5 @@ def giou_3d_loss(
     """
     x, t, eps = _prepare(input, target, "xyzxyz", eps, reduction, normalizer, formats=("xyzxyz",))
     loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps, kind="giou"), "giou", eps), x, t)
-    return _reduce(loss, input, target, weight, reduction, normalizer)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 

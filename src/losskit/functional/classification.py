@@ -34,7 +34,7 @@ from losskit._core.checks import (
     check_tensor,
 )
 from losskit._core.numerics import finite_log, upcast
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
 
 # --- shared machinery for softmax losses ------------------------------------------------------
 
@@ -763,8 +763,7 @@ def binary_cross_entropy(
         check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
         pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
     loss = TF.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight, reduction="none")
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target})
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None, with_grad: bool,
@@ -917,8 +916,7 @@ def sigmoid_focal_loss(
         alpha = check_number("alpha", alpha, low=0.0, high=1.0)
     logits, labels = _prepare_binary(input, target, weight)
     loss = _SigmoidFocal.apply(logits, labels, float(gamma), alpha)
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target})
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def asymmetric_loss(
@@ -990,8 +988,7 @@ def asymmetric_loss(
     else:
         negative = torch.exp(gamma_neg * log_p) * log_not_p
     loss = labels * -positive + (1 - labels) * -negative  # so that a discarded negative is +0, not -0
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target})
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 __all__ = [

@@ -28,7 +28,7 @@ from losskit._core.checks import (
 )
 from losskit._core.numerics import as_option_tensor, upcast
 from losskit._core.numerics import eps as machine_eps
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit._core.reduction import Reduction, check_reduction, reduce_for
 
 __all__ = [
     "balanced_l1_loss",
@@ -96,8 +96,7 @@ def _elementwise(
         raise ValueError(f"target must have shape {tuple(target_shape)}, got shape {tuple(target.shape)}")
     x = upcast(input)
     loss = loss_fn(x, target.to(x.dtype))
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target})
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 def _huber(e: Tensor, delta: float) -> Tensor:

@@ -1,0 +1,976 @@
+r"""Region (overlap) segmentation losses: Dice, Jaccard, Tversky, focal Tversky, generalized Dice, MCC, Dice+CE.
+
+Every loss here is a function of a few per-(sample, class) sums over space, computed once by
+:func:`region_stats`:
+
+.. math::
+    TP_{nc} = \sum_x p_{ncx} t_{ncx}, \quad P_{nc} = \sum_x p_{ncx}, \quad T_{nc} = \sum_x t_{ncx},
+    \quad FP = P - TP, \quad FN = T - TP
+
+Conventions shared by all of them (see each docstring for the formula):
+
+* ``input`` holds logits ``(N, C, *spatial)`` (2-D or 3-D or any number of spatial dims);
+  ``activation="softmax" | "sigmoid" | None`` is applied to all channels **before** the
+  background channel is dropped (``include_background=False``) and before masking.
+* ``target`` holds integer class indices ``(N, *spatial)`` or ``(N, 1, *spatial)`` (never
+  expanded to a one-hot tensor), or floating one-hot / soft labels with the input's shape.
+* ``ignore_index`` (index targets) removes a voxel from every sum, :math:`P` included.
+* **Natural unit** (``reduction="none"``): one value per (sample, class kept), shape
+  ``(N, C')`` with ``C' = C`` or ``C - 1``. With ``aggregate="batch"`` the sums are pooled over
+  the batch first (nnU-Net's "batch dice", SMP's default) and the unit is ``(1, C')``
+  (``(0, C')`` for an empty batch). Generalized Dice sums over classes inside its formula, so
+  its unit is per sample ``(N,)`` / ``(1,)``; Dice+CE is per sample too (see :func:`dice_ce_loss`).
+* ``weight=`` broadcasts to the unit; ``class_weight=`` (shape ``(C,)``, over all classes,
+  background included) multiplies it; ``"mean"`` is the weighted mean.
+* **Smoothing** ``smooth_nr`` / ``smooth_dr`` (default ``1e-5`` both, as MONAI) are added to
+  numerator and denominator, so an empty target predicted empty scores a perfect 0 rather than
+  the maximum loss a denominator-only epsilon gives (AdelaiDet #610); their size sets how
+  strongly an empty target pulls predictions toward empty (the trade-off analysed by
+  Tilborghs et al., "Dice loss in the context of missing or empty labels", MICCAI 2022).
+  Denominators are also floored at ``eps`` (default ``1e-7``, SMP's clamp), which changes
+  nothing while ``smooth_dr >= eps``.
+* **Absent classes** (``T = 0`` for that unit): ``absent="keep"`` (default) uses the formula as
+  is, so a false positive on an empty class costs nearly 1 and an empty prediction nearly 0;
+  ``absent="zero"`` sets those units to 0 but keeps them in the mean (SMP);
+  ``absent="exclude"`` drops them from the mean (kornia 0.9.0 ``average="macro"``).
+
+To reproduce a peer (each row is proved by a test: MONAI and kornia live in
+``tests/test_segmentation.py``, SMP 0.6.0 golden vectors in ``tests/test_golden_smp.py``):
+
+* MONAI ``DiceLoss(softmax=True, to_onehot_y=True)``: the defaults (``include_background``,
+  ``aggregate="batch"`` for ``batch=True``, ``squared=True`` for ``squared_pred=True``). MONAI's
+  ``weight=w`` is ``class_weight=w, reduction="none"`` then ``.mean()`` (MONAI takes a plain mean
+  of the weighted units; losskit's ``"mean"`` is the weighted mean). ``jaccard=True`` is
+  :func:`jaccard_loss` with half the smoothing (``smooth_nr = smooth_dr = s / 2``).
+* MONAI ``TverskyLoss``, ``GeneralizedDiceLoss`` (``absent="max"``), ``DiceCELoss``, ``MCCLoss``:
+  the same options under the same names (``weight_type`` for ``w_type``).
+* SMP ``DiceLoss`` / ``JaccardLoss`` / ``TverskyLoss`` (``from_logits=True``):
+  ``aggregate="batch", smooth_nr=0, smooth_dr=0, eps=1e-7, absent="zero"``, with
+  ``activation="softmax"`` (multiclass) or ``"sigmoid"`` (binary, multilabel). SMP's focal
+  Tversky (``gamma=g`` on the class mean) is ``tversky_loss(...) ** g``, not
+  :func:`focal_tversky_loss`.
+* kornia 0.9.0 ``dice_loss(average="macro")`` / ``tversky_loss``: ``smooth_nr=0, smooth_dr=1e-8,
+  absent="exclude", reduction="none"``, then each sample's mean over its present classes and the
+  mean over samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from losskit._core.checks import check_broadcastable, check_class_vector, check_number, check_one_of, check_tensor
+from losskit._core.dense import DenseTarget, dense_target, drop_background, one_hot, probabilities
+from losskit._core.numerics import compute_dtype, upcast
+from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
+
+AGGREGATES = ("per_sample", "batch")
+ABSENT = ("keep", "zero", "exclude")
+
+# Elements (N * C * voxels) per chunk on a CPU: a 2 MB float32 block stays in cache and keeps the
+# temporaries small (peak = the gradient + about one block). Measured with
+# benchmarks/bench_segmentation.py (2 cores, idle): 8 MB blocks were slower and used 8 MB more.
+# Caveat: on an oversubscribed machine (another process holding a core) every parallel op waits
+# for its threads, and the ~30 ops per chunk then cost far more than on an idle one; torch with
+# one thread does not suffer from that. GPUs take everything in one chunk: their limit is
+# launches, not cache.
+_CPU_CHUNK = 1 << 19
+
+
+# --- the statistics kernel ----------------------------------------------------------------------
+
+
+@dataclass
+class RegionStats:
+    """Per-(sample, class) sums over space, shape ``(N, C)`` (``(1, C)`` when pooled)."""
+
+    tp: Tensor  # sum p t
+    psum: Tensor  # sum p           (valid voxels only)
+    tsum: Tensor  # sum t
+    count: Tensor  # (N, 1) number of valid voxels
+    psq: Tensor | None = None  # sum p^2 (squared=True)
+    tsq: Tensor | None = None  # sum t^2 (squared=True)
+    ce: Tensor | None = None  # (N,) sum of softmax cross-entropy over valid voxels (fused kernel only)
+
+    @property
+    def fp(self) -> Tensor:
+        return self.psum - self.tp
+
+    @property
+    def fn(self) -> Tensor:
+        return self.tsum - self.tp
+
+    @property
+    def tn(self) -> Tensor:
+        return self.count - self.psum - self.tsum + self.tp
+
+    def select(self, include_background: bool) -> RegionStats:
+        def drop(x: Tensor | None) -> Tensor | None:
+            return None if x is None else drop_background(x, include_background)
+
+        return RegionStats(drop(self.tp), drop(self.psum), drop(self.tsum), self.count, drop(self.psq),
+                           drop(self.tsq), self.ce)
+
+    def pooled(self) -> RegionStats:
+        """Sums over the batch: ``(1, C)``, or ``(0, C)`` for an empty batch (nothing to pool)."""
+        if self.tp.shape[0] == 0:
+            return self
+
+        def pool(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.sum(0, keepdim=True)
+
+        return RegionStats(pool(self.tp), pool(self.psum), pool(self.tsum), pool(self.count), pool(self.psq),
+                           pool(self.tsq), pool(self.ce))
+
+
+def _flat(x: Tensor, keep: int) -> Tensor:
+    return x.flatten(keep)
+
+
+def region_stats(probs: Tensor, target: DenseTarget, *, squared: bool = False, soft_label: bool = False) -> RegionStats:
+    r"""Per-(sample, class) :math:`TP, P, T` (and :math:`\sum p^2, \sum t^2`) of probabilities ``(N, C, *spatial)``.
+
+    Index targets are never expanded to one-hot: :math:`TP` scatters the gathered probability of
+    each voxel's class into its class, :math:`T` counts labels the same way, and :math:`P` is one
+    batched matrix product with the valid mask, so the memory beyond ``probs`` is :math:`O(NC)`
+    plus one gathered ``(N, *spatial)`` tensor. Ignored voxels count in no sum.
+
+    ``soft_label=True`` (soft targets) uses :math:`TP = (P + T - \lVert p - t\rVert_1) / 2`, which
+    equals :math:`\sum p t` for hard labels and makes a soft target equal to the prediction a
+    perfect match.
+    """
+    n, c = probs.shape[:2]
+    p = _flat(probs, 2)
+    dtype = p.dtype
+    if target.index is not None:
+        index = _flat(target.index, 1)
+        valid = None if target.valid is None else _flat(target.valid, 1).to(dtype)
+        picked = p.gather(1, index.unsqueeze(1)).squeeze(1)  # (N, S): the one gathered tensor
+        ones = p.new_ones(()).expand(index.shape) if valid is None else valid
+        if valid is not None:
+            picked = picked * valid
+        tp = p.new_zeros(n, c).scatter_add(1, index, picked)
+        tsum = p.new_zeros(n, c).scatter_add_(1, index, ones)
+        psum = p.sum(-1) if valid is None else torch.bmm(p, valid.unsqueeze(-1)).squeeze(-1)
+        count = ones.sum(-1, keepdim=True)
+        psq = tsq = None
+        if squared:
+            sq = p.square()
+            psq = sq.sum(-1) if valid is None else torch.einsum("ncs,ns->nc", sq, valid)
+            tsq = tsum
+        return RegionStats(tp, psum, tsum, count, psq, tsq)
+    t = _flat(target.dense, 2)
+    psum, tsum = p.sum(-1), t.sum(-1)
+    tp = (psum + tsum - (p - t).abs().sum(-1)) / 2 if soft_label else (p * t).sum(-1)
+    count = p.new_full((n, 1), float(p.shape[-1]))
+    psq = p.square().sum(-1) if squared else None
+    tsq = t.square().sum(-1) if squared else None
+    return RegionStats(tp, psum, tsum, count, psq, tsq)
+
+
+class _SoftmaxIndexStats(torch.autograd.Function):
+    r"""Softmax + :func:`region_stats` (+ the cross-entropy sum) for index targets, without a graph.
+
+    Forward saves the logits and the labels only and returns ``TP, P`` (N, C) and the per-sample
+    cross-entropy sum (N,) (zeros unless ``with_ce``), one cache-sized chunk at a time. Backward
+    recomputes the softmax into the gradient buffer itself and turns it into the gradient in
+    place, chunk by chunk over space (few large ops: they matter on a loaded CPU):
+    :math:`\partial L / \partial z_c = p_c (g^P_c + g^{CE} - \sum_k p_k g^P_k - p_y g^{TP}_y)
+    + [c = y] (p_y g^{TP}_y - g^{CE})` (0 at ignored voxels). So the peak memory of a pass is the
+    gradient plus chunk-sized temporaries, where autograd through the formula keeps the softmax,
+    a one-hot target and products alive. Second derivatives differentiate the plain expression.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, valid: Tensor | None, with_ce: bool):  # noqa: ANN205
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, index, valid)
+        n, c, _ = logits.shape
+        tp = logits.new_zeros(n, c)
+        psum = logits.new_zeros(n, c)
+        ce = logits.new_zeros(n)
+        for part in _chunks(logits):  # each chunk's softmax stays in cache
+            idx = index[:, part]
+            v = None if valid is None else valid[:, part].to(logits.dtype)
+            if with_ce:
+                p = torch.log_softmax(logits[:, :, part], dim=1)
+                nll = p.gather(1, idx.unsqueeze(1)).squeeze(1).neg_()
+                ce += (nll if v is None else nll.mul_(v)).sum(-1)
+                p = p.exp_()
+            else:
+                p = torch.softmax(logits[:, :, part], dim=1)
+            picked = p.gather(1, idx.unsqueeze(1)).squeeze(1)
+            if v is None:
+                psum += p.sum(-1)
+            else:
+                picked.mul_(v)
+                psum += torch.bmm(p, v.unsqueeze(-1)).squeeze(-1)
+            tp.scatter_add_(1, idx, picked)
+        return tp, psum, ce
+
+    @staticmethod
+    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_ce: Tensor | None):  # noqa: ANN205
+        logits, index, valid = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain expression
+            with torch.enable_grad():
+                outs = _softmax_index_plain(logits, index, valid)
+                pairs = [(o, g) for o, g in zip(outs, (g_tp, g_p, g_ce), strict=True) if g is not None]
+                (grad,) = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
+                                              create_graph=True, allow_unused=True)
+            return (torch.zeros_like(logits) if grad is None else grad), None, None, None
+        n, c, s = logits.shape
+        g_p = logits.new_zeros(n, c) if g_p is None else g_p
+        g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
+        row = g_p.unsqueeze(-1)  # (N, C, 1)
+        if g_ce is not None:
+            row = row + g_ce.view(-1, 1, 1)
+        grad = torch.softmax(logits, dim=1)  # becomes the gradient, in place, chunk by chunk
+        g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
+        for part in _chunks(logits):
+            p = grad[:, :, part]
+            idx = index[:, part].unsqueeze(1)  # (N, 1, s)
+            at_y = p.gather(1, idx).mul_(g_tp.gather(1, idx.squeeze(1)).unsqueeze(1))  # p_y g_y, (N, 1, s)
+            inner = torch.bmm(g_p_row, p).add_(at_y)  # sum_k p_k g_k, (N, 1, s)
+            p.mul_(row - inner)
+            if g_ce is not None:
+                at_y.sub_(g_ce.view(-1, 1, 1))
+            p.scatter_add_(1, idx, at_y)
+            if valid is not None:
+                p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
+        return grad, None, None, None
+
+
+def _chunks(logits: Tensor) -> list[slice]:
+    """Slices of the voxel dimension of ``logits`` (N, C, S)."""
+    n, c, size = logits.shape
+    if logits.device.type != "cpu" or size == 0:
+        return [slice(0, size)]
+    step = max(_CPU_CHUNK // max(n * c, 1), 256)
+    return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def _softmax_index_plain(logits: Tensor, index: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The same three outputs as :class:`_SoftmaxIndexStats` through plain autograd."""
+    logp = torch.log_softmax(logits, dim=1)
+    stats = region_stats(logp.exp(), DenseTarget(index, None, valid))
+    nll = -logp.gather(1, index.unsqueeze(1)).squeeze(1)
+    if valid is not None:
+        nll = nll * valid.to(nll.dtype)
+    return stats.tp, stats.psum, nll.sum(-1)
+
+
+# --- shared front end ---------------------------------------------------------------------------
+
+
+def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_background: bool, aggregate: str,
+           ignore_index: int | None, squared: bool = False, soft_label: bool = False,
+           fused_ce: bool = False) -> tuple[RegionStats, DenseTarget]:
+    check_one_of("aggregate", aggregate, AGGREGATES)
+    check_one_of("activation", activation, ("softmax", "sigmoid", None))
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    dt = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
+    if not include_background and input.shape[1] < 2:
+        raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
+    fast = (activation == "softmax" and dt.index is not None and not squared and input.shape[1] > 1
+            and not torch.compiler.is_compiling())
+    if fast:
+        logits = _flat(upcast(input), 2)
+        index = _flat(dt.index, 1)
+        valid = None if dt.valid is None else _flat(dt.valid, 1)
+        tp, psum, ce = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce)
+        ones = logits.new_ones(()) if valid is None else valid.to(logits.dtype)
+        if valid is None:
+            tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones.expand(index.shape))
+            count = logits.new_full((tp.shape[0], 1), float(index.shape[-1]))
+        else:
+            tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones)
+            count = ones.sum(-1, keepdim=True)
+        stats = RegionStats(tp, psum, tsum, count, ce=ce if fused_ce else None)
+    else:
+        stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
+    stats = stats.select(include_background)
+    return (stats.pooled() if aggregate == "batch" else stats), dt
+
+
+def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
+    check_number("smooth_nr", smooth_nr, low=0.0)
+    check_number("smooth_dr", smooth_dr, low=0.0)
+    check_number("eps", eps, low=0.0)
+
+
+def _ratio(numerator: Tensor, denominator: Tensor, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
+    return (numerator + smooth_nr) / (denominator + smooth_dr).clamp_min(eps)
+
+
+def _class_weight(class_weight: Tensor | None, input: Tensor, include_background: bool) -> Tensor | None:
+    if class_weight is None:
+        return None
+    check_class_vector("class_weight", class_weight, input.shape[1])
+    w = upcast(class_weight.to(input.device))
+    return drop_background(w.unsqueeze(0), include_background).squeeze(0)
+
+
+def _finish(loss: Tensor, stats: RegionStats, *, input: Tensor, target: Tensor, absent: str,
+            class_weight: Tensor | None, weight: Tensor | None, reduction: str,
+            normalizer: float | Tensor | None) -> Tensor:
+    mask = None
+    if absent != "keep":
+        present = stats.tsum > 0
+        if absent == "zero":
+            loss = torch.where(present, loss, loss.new_zeros(()))
+        else:
+            mask = present
+    if weight is not None:
+        check_tensor("weight", weight)
+        check_broadcastable("weight", weight, loss.shape, "the loss's natural unit, shape")
+        weight = upcast(weight)
+    cw = None if class_weight is None else class_weight
+    if cw is not None:
+        weight = cw.expand(loss.shape) if weight is None else weight * cw
+    return reduce_loss(loss, reduction, weight=weight, mask=mask, normalizer=normalizer, out_dtype=input.dtype,
+                       inputs={"input": input, "target": target})
+
+
+def _front(input, target, *, activation, include_background, aggregate, absent, ignore_index, smooth_nr,
+           smooth_dr, eps, reduction, normalizer, class_weight, squared=False, soft_label=False):
+    check_reduction(reduction, normalizer)
+    check_one_of("absent", absent, ABSENT)
+    _check_smoothing(smooth_nr, smooth_dr, eps)
+    stats, _ = _stats(input, target, activation=activation, include_background=include_background,
+                      aggregate=aggregate, ignore_index=ignore_index, squared=squared, soft_label=soft_label)
+    cw = _class_weight(class_weight, input, include_background)
+    return stats, cw
+
+
+_COMMON_ARGS = r"""
+        input: Logits ``(N, C, *spatial)`` (probabilities with ``activation=None``).
+        target: Class indices ``(N, *spatial)`` / ``(N, 1, *spatial)`` (integer), or one-hot / soft
+            labels with the input's shape (floating).
+        activation: ``"softmax"`` (over dim 1) | ``"sigmoid"`` | ``None``; applied before the
+            background is dropped.
+        include_background: Keep channel 0; ``False`` drops it after the activation.
+        aggregate: ``"per_sample"`` (one value per sample and class) or ``"batch"`` (sums pooled
+            over the batch first).
+        class_weight: Per-class weights, shape ``(C,)`` (background included); they weight the mean.
+        smooth_nr: Added to the numerator.
+        smooth_dr: Added to the denominator.
+        eps: Floor of the denominator (after ``smooth_dr``).
+        absent: ``"keep"`` | ``"zero"`` | ``"exclude"``: units whose target is empty (``T = 0``)
+            keep the formula's value, are set to 0 but counted, or are left out of the mean.
+        ignore_index: Index-target value whose voxels count in no sum.
+        weight: Weights broadcastable to the natural unit.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead."""
+
+_SHAPE = r"""
+        - input: :math:`(N, C, d_1, \dots, d_k)`, :math:`k \ge 1`.
+        - target: :math:`(N, d_1, \dots, d_k)` or :math:`(N, 1, d_1, \dots, d_k)` integer, or the
+          input's shape floating.
+        - output: scalar, or :math:`(N, C')` with ``reduction="none"`` (:math:`C' = C` or
+          :math:`C - 1`); :math:`(1, C')` with ``aggregate="batch"`` (:math:`(0, C')` if N = 0)."""
+
+_RETURNS_RAISES = r"""
+    Returns:
+        The loss in the input's dtype. Empty input gives 0 with a gradient; so does an image with
+        every voxel ignored while ``smooth_nr = smooth_dr > 0`` (empty/empty is perfect) or
+        ``absent != "keep"`` (unsmoothed, an empty unit scores 1 under ``"keep"``).
+
+    Raises:
+        ValueError: Shapes that do not match, a class index out of range, a bad option or
+            reduction, softmax over one channel, a non-finite result (naming the input).
+        TypeError: A non-floating input or a boolean target."""
+
+
+def _doc(fn):
+    fn.__doc__ = (fn.__doc__.replace("{ARGS}", _COMMON_ARGS.strip("\n"))
+                  .replace("{SHAPE}", _SHAPE.strip("\n")).replace("{RETURNS_RAISES}", _RETURNS_RAISES.strip("\n")))
+    return fn
+
+
+# --- the losses ---------------------------------------------------------------------------------
+
+
+@_doc
+def dice_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    activation: str | None = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    squared: bool = False,
+    soft_label: bool = False,
+    class_weight: Tensor | None = None,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    absent: str = "keep",
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Soft Dice loss, one value per (sample, class), on logits.
+
+    One minus the soft Dice coefficient: a loss on overlap rather than on voxels, so a small
+    structure weighs as much as a large one. ``squared=True`` uses the V-Net denominator
+    :math:`\sum p^2 + \sum t^2`.
+
+    .. math::
+        \ell_{nc} = 1 - \frac{2\,TP_{nc} + s_{nr}}{\max(P_{nc} + T_{nc} + s_{dr}, \epsilon)}
+
+    Args:
+{ARGS}
+        squared: V-Net denominator :math:`\sum p^2 + \sum t^2`.
+        soft_label: Soft-label-correct :math:`TP = (P + T - \lVert p - t\rVert_1)/2` (floating targets).
+
+    Shape:
+{SHAPE}
+
+{RETURNS_RAISES}
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])  # (1, 2, 1, 2)
+        >>> losskit.dice_loss(logits, torch.tensor([[[0, 1]]]), reduction="none")
+        tensor([[0.0003, 0.0003]])
+
+    References:
+        Milletari et al., "V-Net", 3DV 2016. Defaults follow MONAI ``DiceLoss`` (per sample,
+        smoothing 1e-5 in both terms); see the module docstring for SMP and kornia.
+    """
+    stats, cw = _front(input, target, activation=activation, include_background=include_background,
+                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
+                       class_weight=class_weight, squared=squared, soft_label=soft_label)
+    loss = _dice_from_stats(stats, squared, smooth_nr, smooth_dr, eps)
+    return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
+                   reduction=reduction, normalizer=normalizer)
+
+
+def _dice_from_stats(stats: RegionStats, squared: bool, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
+    denominator = stats.psq + stats.tsq if squared else stats.psum + stats.tsum
+    return 1 - _ratio(2 * stats.tp, denominator, smooth_nr, smooth_dr, eps)
+
+
+@_doc
+def jaccard_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    activation: str | None = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    soft_label: bool = False,
+    class_weight: Tensor | None = None,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    absent: str = "keep",
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Soft Jaccard (IoU) loss, one value per (sample, class), on logits.
+
+    One minus the soft intersection over union; it penalises errors more than Dice
+    (:math:`J = D / (2 - D)`).
+
+    .. math::
+        \ell_{nc} = 1 - \frac{TP + s_{nr}}{\max(P + T - TP + s_{dr}, \epsilon)}
+
+    Args:
+{ARGS}
+        soft_label: Soft-label-correct :math:`TP` (floating targets).
+
+    Shape:
+{SHAPE}
+
+{RETURNS_RAISES}
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> losskit.jaccard_loss(logits, torch.tensor([[[0, 1]]]), reduction="none")
+        tensor([[0.0007, 0.0007]])
+
+    References:
+        Rahman & Wang, "Optimizing Intersection-Over-Union in Deep Neural Networks", 2016.
+        MONAI ``DiceLoss(jaccard=True)`` computes :math:`1 - (2TP + s)/(2(P + T - TP) + s)`: it
+        matches with ``smooth_nr = smooth_dr = s / 2``.
+    """
+    stats, cw = _front(input, target, activation=activation, include_background=include_background,
+                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
+                       class_weight=class_weight, soft_label=soft_label)
+    loss = 1 - _ratio(stats.tp, stats.psum + stats.tsum - stats.tp, smooth_nr, smooth_dr, eps)
+    return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
+                   reduction=reduction, normalizer=normalizer)
+
+
+def _tversky_index(stats: RegionStats, alpha: float, beta: float, smooth_nr: float, smooth_dr: float,
+                   eps: float) -> Tensor:
+    denominator = stats.tp + alpha * stats.fp + beta * stats.fn
+    return _ratio(stats.tp, denominator, smooth_nr, smooth_dr, eps)
+
+
+@_doc
+def tversky_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    activation: str | None = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    soft_label: bool = False,
+    class_weight: Tensor | None = None,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    absent: str = "keep",
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Tversky loss: Dice with separate weights on false positives and false negatives.
+
+    ``alpha`` weights false positives and ``beta`` false negatives (the convention of MONAI,
+    SMP, optax, Keras and kornia); ``beta > alpha`` favours recall. ``alpha = beta = 0.5`` is Dice
+    with twice the smoothing (:math:`(2TP + 2s)/(P + T + 2s)`), exactly Dice when unsmoothed.
+
+    .. math::
+        \ell_{nc} = 1 - \frac{TP + s_{nr}}{\max(TP + \alpha FP + \beta FN + s_{dr}, \epsilon)}
+
+    Args:
+        alpha: Weight of false positives, :math:`\alpha \ge 0`.
+        beta: Weight of false negatives, :math:`\beta \ge 0`.
+{ARGS}
+        soft_label: Soft-label-correct :math:`TP` (floating targets).
+
+    Shape:
+{SHAPE}
+
+{RETURNS_RAISES}
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> # class 0: TP = 1, FP = 0, FN = 1 -> 1 - 1/1.7; class 1 is absent but predicted once: ~1
+        >>> losskit.tversky_loss(logits, torch.tensor([[[0, 0]]]), alpha=0.3, beta=0.7, reduction="none")
+        tensor([[0.4118, 1.0000]])
+
+    References:
+        Salehi et al., "Tversky loss function for image segmentation using 3D fully convolutional
+        deep networks", MLMI 2017. Defaults follow MONAI ``TverskyLoss``.
+    """
+    check_number("alpha", alpha, low=0.0)
+    check_number("beta", beta, low=0.0)
+    stats, cw = _front(input, target, activation=activation, include_background=include_background,
+                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
+                       class_weight=class_weight, soft_label=soft_label)
+    loss = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
+    return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
+                   reduction=reduction, normalizer=normalizer)
+
+
+@_doc
+def focal_tversky_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    gamma: float = 4 / 3,
+    activation: str | None = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    soft_label: bool = False,
+    class_weight: Tensor | None = None,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    absent: str = "keep",
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Focal Tversky loss (Abraham & Khan 2019), the focal exponent applied per class as in the paper.
+
+    .. math::
+        \ell_{nc} = (1 - TI_{nc})^{1/\gamma}, \qquad
+        TI = \frac{TP + s_{nr}}{\max(TP + \alpha FP + \beta FN + s_{dr}, \epsilon)}
+
+    **Exponent convention**: the paper's Eq. 4 raises to :math:`1/\gamma` with
+    :math:`\gamma \in [1, 3]` and reports :math:`\gamma = 4/3` best; ``gamma`` here is that
+    :math:`\gamma` (``gamma=1`` is Tversky). The paper's :math:`\alpha = 0.7` weights false
+    negatives, which is ``beta=0.7`` in losskit's (MONAI/SMP) convention, hence the defaults
+    ``alpha=0.3, beta=0.7``. SMP's ``TverskyLoss(gamma=g)`` raises the **class mean** to the
+    power ``g`` instead (:math:`(\mathrm{mean}_c(1 - TI_c))^g`, SMP #734); that is not reproduced:
+    its per-class limit here is ``gamma=1/g``. The base is floored at the dtype's tiny number so
+    the gradient stays finite at a perfect match (:math:`1/\gamma < 1`); an exact match gives 0.
+
+    Args:
+        alpha: Weight of false positives.
+        beta: Weight of false negatives.
+        gamma: :math:`\gamma > 0`; the exponent is :math:`1/\gamma`.
+{ARGS}
+        soft_label: Soft-label-correct :math:`TP` (floating targets).
+
+    Shape:
+{SHAPE}
+
+{RETURNS_RAISES}
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> losskit.focal_tversky_loss(logits, torch.tensor([[[0, 0]]]), reduction="none")  # 0.4118 ** 0.75
+        tensor([[0.5140, 1.0000]])
+
+    References:
+        Abraham & Khan, "A Novel Focal Tversky Loss Function with Improved Attention U-Net for
+        Lesion Segmentation", ISBI 2019, Eq. 4.
+    """
+    check_number("alpha", alpha, low=0.0)
+    check_number("beta", beta, low=0.0)
+    check_number("gamma", gamma, low=0.0, low_open=True)
+    stats, cw = _front(input, target, activation=activation, include_background=include_background,
+                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
+                       class_weight=class_weight, soft_label=soft_label)
+    base = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
+    floor = torch.finfo(base.dtype).tiny
+    loss = torch.where(base > floor, base.clamp_min(floor).pow(1.0 / gamma), base.new_zeros(()))
+    return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
+                   reduction=reduction, normalizer=normalizer)
+
+
+def generalized_dice_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    activation: str | None = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    weight_type: str = "square",
+    absent: str = "max",
+    soft_label: bool = False,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Generalized Dice loss (Sudre et al. 2017): classes weighted by the inverse of their volume.
+
+    .. math::
+        w_c = 1 / T_c^2 \ (\text{"square"}), \quad 1 / T_c \ (\text{"simple"}), \quad 1 \ (\text{"uniform"})
+
+        \ell_n = 1 - \frac{2 \sum_c w_c TP_{nc} + s_{nr}}{\max(\sum_c w_c (P_{nc} + T_{nc}) + s_{dr}, \epsilon)}
+
+    The weights depend on the target only (no gradient). A class absent from a sample's target
+    has :math:`w_c = \infty`; ``absent="max"`` (default, MONAI) gives it the largest finite weight
+    of that sample (of the batch with ``aggregate="batch"``), so false positives on an absent
+    class are still penalised; ``absent="zero"`` gives it weight 0 (the class is ignored in that
+    sample, false positives included). A sample with every class absent gives 0 (smoothing).
+
+    Args:
+        input: Logits ``(N, C, *spatial)`` (probabilities with ``activation=None``).
+        target: Class indices or one-hot / soft labels (see :func:`dice_loss`).
+        activation: ``"softmax"`` | ``"sigmoid"`` | ``None``.
+        include_background: Keep channel 0 (dropped after the activation, before the weights).
+        aggregate: ``"per_sample"`` or ``"batch"`` (sums and weights pooled over the batch).
+        weight_type: ``"square"`` | ``"simple"`` | ``"uniform"``.
+        absent: ``"max"`` | ``"zero"``: the weight of a class with :math:`T_c = 0`.
+        soft_label: Soft-label-correct :math:`TP` (floating targets).
+        smooth_nr: Added to the numerator after the class sum (as MONAI).
+        smooth_dr: Added to the denominator after the class sum.
+        eps: Floor of the denominator.
+        ignore_index: Index-target value whose voxels count in no sum.
+        weight: Per-sample weights broadcastable to ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, C, d_1, \dots, d_k)`. - target: as :func:`dice_loss`.
+        - output: scalar, or :math:`(N,)` with ``reduction="none"`` (:math:`(1,)` with
+          ``aggregate="batch"``, :math:`(0,)` if N = 0).
+
+    Returns:
+        The loss in the input's dtype; empty input or all voxels ignored gives 0 with a gradient.
+
+    Raises:
+        ValueError: Bad shapes, options or reduction; a non-finite result.
+        TypeError: A non-floating input or a boolean target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> losskit.generalized_dice_loss(logits, torch.tensor([[[0, 1]]]), reduction="none")
+        tensor([0.0003])
+
+    References:
+        Sudre et al., "Generalised Dice overlap as a deep learning loss function for highly
+        unbalanced segmentations", DLMIA 2017. Defaults follow MONAI ``GeneralizedDiceLoss``.
+    """
+    check_reduction(reduction, normalizer)
+    check_one_of("weight_type", weight_type, ("square", "simple", "uniform"))
+    check_one_of("absent", absent, ("max", "zero"))
+    _check_smoothing(smooth_nr, smooth_dr, eps)
+    stats, _ = _stats(input, target, activation=activation, include_background=include_background,
+                      aggregate=aggregate, ignore_index=ignore_index, soft_label=soft_label)
+    tsum = stats.tsum.detach()
+    if weight_type == "uniform":
+        w = torch.ones_like(tsum)
+    else:
+        present = tsum > 0
+        safe = torch.where(present, tsum, torch.ones_like(tsum))
+        w = torch.where(present, 1 / (safe * safe if weight_type == "square" else safe), torch.zeros_like(tsum))
+        if absent == "max":
+            w = torch.where(present, w, w.amax(1, keepdim=True) if w.shape[1] else w)
+    numerator = 2 * (w * stats.tp).sum(1)
+    denominator = (w * (stats.psum + stats.tsum)).sum(1)
+    loss = 1 - _ratio(numerator, denominator, smooth_nr, smooth_dr, eps)
+    if weight is not None:
+        check_tensor("weight", weight)
+        check_broadcastable("weight", weight, loss.shape, "the loss's natural unit, shape")
+        weight = upcast(weight)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
+
+
+@_doc
+def mcc_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    activation: str | None = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    soft_label: bool = False,
+    class_weight: Tensor | None = None,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    absent: str = "keep",
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Matthews correlation coefficient loss, :math:`1 - MCC`, per (sample, class), on logits.
+
+    Unlike Dice, MCC also counts true negatives. :math:`TN = V - P - T + TP` with :math:`V` the
+    valid voxels. The formula and defaults follow MONAI 1.6 ``MCCLoss`` (``smooth_dr`` inside the
+    square root, ``smooth_nr = 0``, and 0 where :math:`FP = FN = 0`):
+
+    .. math::
+        \ell_{nc} = 1 - \frac{TP \cdot TN - FP \cdot FN + s_{nr}}
+            {\sqrt{\max((TP+FP)(TP+FN)(TN+FP)(TN+FN) + s_{dr}, \epsilon)}}
+
+    MCC is undefined (0/0) for a class absent from the target (:math:`T = 0`: the loss is 1
+    with zero gradient; ``absent="zero"`` or ``"exclude"`` removes those units) and for a class
+    that fills the whole image (:math:`T = V`: :math:`TN + FP = 0`, the loss grows like
+    :math:`FP \cdot V / \sqrt{s_{dr}}`, unbounded); away from those it lies in :math:`[0, 2]`.
+
+    Args:
+{ARGS}
+        soft_label: Soft-label-correct :math:`TP` (floating targets).
+
+    Shape:
+{SHAPE}
+
+{RETURNS_RAISES}
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> losskit.mcc_loss(logits, torch.tensor([[[0, 1]]]), reduction="none")
+        tensor([[0.0007, 0.0007]])
+
+    References:
+        Abhishek & Hamarneh, "Matthews Correlation Coefficient Loss for Deep Convolutional
+        Networks: Application to Skin Lesion Segmentation", ISBI 2021.
+    """
+    stats, cw = _front(input, target, activation=activation, include_background=include_background,
+                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
+                       class_weight=class_weight, soft_label=soft_label)
+    tp, fp, fn, tn = stats.tp, stats.fp, stats.fn, stats.tn
+    product = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    root = (product + smooth_dr).clamp_min(eps).sqrt()
+    loss = 1 - (tp * tn - fp * fn + smooth_nr) / root
+    loss = torch.where((fp == 0) & (fn == 0), loss.new_zeros(()), loss)  # a perfect hard prediction
+    return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
+                   reduction=reduction, normalizer=normalizer)
+
+
+def dice_ce_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    lambda_dice: float = 1.0,
+    lambda_ce: float = 1.0,
+    activation: str = "softmax",
+    include_background: bool = True,
+    aggregate: str = "per_sample",
+    squared: bool = False,
+    class_weight: Tensor | None = None,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    eps: float = 1e-7,
+    absent: str = "keep",
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Dice plus cross-entropy (the nnU-Net / MONAI ``DiceCELoss`` compound), per sample.
+
+    .. math::
+        \ell_n = \lambda_{dice} \operatorname{mean}_c \ell^{dice}_{nc}
+                 + \lambda_{ce} \frac{\sum_x w_{y_x} CE_{nx}}{\sum_x w_{y_x}}
+
+    The Dice half is :func:`dice_loss` with the same options (its class mean honours
+    ``class_weight`` and ``absent``). The CE half is :func:`losskit.cross_entropy` on the logits
+    (``activation="softmax"``) or :func:`losskit.binary_cross_entropy` per channel against the
+    one-hot target (``activation="sigmoid"``), over **all** channels (``include_background`` acts
+    on the Dice half only, as in MONAI), averaged over each sample's valid voxels. Softmax over a
+    single channel is refused (its CE would silently be 0); ``activation=None`` is refused
+    because CE needs logits. With ``aggregate="batch"`` the unit is ``(1,)``: pooled Dice plus the
+    CE mean over every valid voxel of the batch.
+
+    Per-sample units make ``reduction="none"`` well defined (MONAI #3917). With equal voxel counts
+    and no ignored voxels, ``reduction="mean"`` equals MONAI ``DiceCELoss(softmax=True,
+    to_onehot_y=True)`` with the same ``include_background``, ``squared`` (``squared_pred``),
+    smoothing and ``batch``.
+
+    Args:
+        input: Logits ``(N, C, *spatial)``.
+        target: Class indices or one-hot / soft labels (see :func:`dice_loss`).
+        lambda_dice: Weight of the Dice half, :math:`\ge 0`.
+        lambda_ce: Weight of the CE half, :math:`\ge 0`.
+        activation: ``"softmax"`` or ``"sigmoid"``.
+        include_background: Keep channel 0 in the Dice half.
+        aggregate: ``"per_sample"`` or ``"batch"``.
+        squared: V-Net Dice denominator.
+        class_weight: Per-class weights ``(C,)`` for both halves (CE: ``w_y`` weighted mean).
+        smooth_nr: Dice numerator smoothing.
+        smooth_dr: Dice denominator smoothing.
+        eps: Floor of the Dice denominator.
+        absent: Dice absent-class policy (see :func:`dice_loss`).
+        ignore_index: Index-target value excluded from both halves.
+        weight: Per-sample weights broadcastable to ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, C, d_1, \dots, d_k)`. - target: as :func:`dice_loss`.
+        - output: scalar, or :math:`(N,)` with ``reduction="none"`` (:math:`(1,)` with
+          ``aggregate="batch"``, :math:`(0,)` if N = 0).
+
+    Returns:
+        The loss in the input's dtype; empty input or all voxels ignored gives 0 with a gradient.
+
+    Raises:
+        ValueError: Bad shapes, options or reduction; softmax over one channel; ``activation=None``.
+        TypeError: A non-floating input or a boolean target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])
+        >>> losskit.dice_ce_loss(logits, torch.tensor([[[0, 1]]]), reduction="none")
+        tensor([0.0007])
+
+    References:
+        Isensee et al., "nnU-Net", Nature Methods 2021; MONAI ``DiceCELoss``.
+    """
+    from losskit.functional.classification import binary_cross_entropy, cross_entropy
+
+    check_reduction(reduction, normalizer)
+    check_number("lambda_dice", lambda_dice, low=0.0)
+    check_number("lambda_ce", lambda_ce, low=0.0)
+    check_one_of("absent", absent, ABSENT)
+    check_one_of("aggregate", aggregate, AGGREGATES)
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be 'softmax' or 'sigmoid' for dice_ce_loss (its CE half takes "
+                         f"logits), got {activation!r}")
+    _check_smoothing(smooth_nr, smooth_dr, eps)
+    fused = activation == "softmax" and class_weight is None
+    full, dt = _stats(input, target, activation=activation, include_background=True, aggregate="per_sample",
+                      ignore_index=ignore_index, squared=squared, fused_ce=fused)
+    stats = full.select(include_background)
+    if aggregate == "batch":
+        stats = stats.pooled()
+    cw = _class_weight(class_weight, input, include_background)
+    dice = _dice_from_stats(stats, squared, smooth_nr, smooth_dr, eps)
+    unit_w = cw.expand(dice.shape) if cw is not None else torch.ones_like(dice)
+    if absent == "zero":
+        dice = torch.where(stats.tsum > 0, dice, dice.new_zeros(()))
+    elif absent == "exclude":
+        unit_w = torch.where(stats.tsum > 0, unit_w, unit_w.new_zeros(()))
+    dice = (dice * unit_w).sum(1) / unit_w.sum(1).clamp_min(torch.finfo(dice.dtype).tiny)
+
+    # CE: per-sample sum over valid voxels and its denominator.
+    if full.ce is not None:
+        ce_sum, ce_count = full.ce, full.count.squeeze(1)
+    elif activation == "softmax":
+        labels = target
+        if not target.is_floating_point() and target.dim() == input.dim():
+            labels = target.squeeze(1)
+        ce = cross_entropy(input, labels, weight=class_weight, ignore_index=-100 if ignore_index is None
+                           else ignore_index, reduction="none").to(full.tp.dtype)
+        ce_sum = _flat(ce, 1).sum(-1)
+        if class_weight is None:
+            ce_count = full.count.squeeze(1)
+        else:
+            w = upcast(class_weight.to(input.device))
+            if dt.index is not None:
+                wy = w[dt.index]
+                if dt.valid is not None:
+                    wy = wy * dt.valid
+            else:
+                wy = (dt.dense * w.view(1, -1, *([1] * (input.dim() - 2)))).sum(1)
+            ce_count = _flat(wy, 1).sum(-1)
+    else:
+        labels = one_hot(dt, input.shape[1], compute_dtype(input.dtype))
+        bce = binary_cross_entropy(upcast(input), labels, reduction="none")
+        if dt.valid is not None:
+            bce = bce * dt.valid.unsqueeze(1)
+        if class_weight is not None:
+            bce = bce * upcast(class_weight.to(input.device)).view(1, -1, *([1] * (input.dim() - 2)))
+        ce_sum = _flat(bce, 1).sum(-1)
+        ce_count = full.count.squeeze(1) * (input.shape[1] if class_weight is None else
+                                           upcast(class_weight.to(input.device)).sum())
+    if aggregate == "batch" and ce_sum.shape[0]:
+        ce_sum, ce_count = ce_sum.sum(0, keepdim=True), ce_count.sum(0, keepdim=True)
+    ce_mean = ce_sum / ce_count.clamp_min(torch.finfo(ce_sum.dtype).tiny)
+    loss = lambda_dice * dice + lambda_ce * ce_mean
+    if weight is not None:
+        check_tensor("weight", weight)
+        check_broadcastable("weight", weight, loss.shape, "the loss's natural unit, shape")
+        weight = upcast(weight)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
+
+
+__all__ = [
+    "RegionStats",
+    "dice_ce_loss",
+    "dice_loss",
+    "focal_tversky_loss",
+    "generalized_dice_loss",
+    "jaccard_loss",
+    "mcc_loss",
+    "region_stats",
+    "tversky_loss",
+]

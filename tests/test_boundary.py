@@ -1,0 +1,447 @@
+"""Distance transforms, signed maps, soft skeletons and the boundary / Hausdorff-DT / clDice losses.
+
+References: scipy's ``distance_transform_edt`` for the transform, loop references written from the
+papers' formulas (float64), and MONAI 1.6.1 running live (``@pytest.mark.peer``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import losskit
+from losskit import segmentation
+from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
+from losskit.segmentation import distance_transform, signed_distance_map, soft_skeleton
+
+LOSSES = {"boundary": boundary_loss, "hausdorff_dt": hausdorff_dt_loss, "cldice": cldice_loss}
+
+
+def scipy_edt(mask: torch.Tensor, spacing=None) -> np.ndarray:
+    """scipy per sample; a sample without background is inf (losskit's documented policy)."""
+    out = []
+    for m in mask.numpy():
+        out.append(np.full(m.shape, np.inf) if m.all() else ndimage.distance_transform_edt(m, sampling=spacing))
+    return np.stack(out) if out else np.zeros(mask.shape)
+
+
+def random_masks(gen, shape, densities=(0.02, 0.3, 0.7, 0.97)):
+    """Masks of several densities plus an empty and a full one (``len(densities) + 2`` samples)."""
+    masks = [torch.rand(shape, generator=gen) < d for d in densities]
+    masks += [torch.zeros(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)]
+    return torch.stack(masks)
+
+
+def logits_and_labels(gen, shape, classes=3):
+    x = torch.randn((shape[0], classes, *shape[1:]), generator=gen, dtype=torch.float64) * 2
+    t = torch.randint(classes, shape, generator=gen)
+    return x, t
+
+
+def one_hot(t, classes):
+    return torch.nn.functional.one_hot(t, classes).movedim(-1, 1).double()
+
+
+# --- distance_transform ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,spacing", [
+    ((17, 23), None),
+    ((9, 11, 13), None),
+    ((9, 11, 13), (0.7, 1.3, 2.1)),
+    ((12, 5), (2.5, 0.4)),
+    ((1, 9), None),
+    ((31,), None),
+    ((6, 7, 8), 1.7),
+])
+def test_distance_transform_equals_scipy(gen, shape, spacing):
+    masks = random_masks(gen, shape)
+    expected = scipy_edt(masks, spacing)
+    d64 = distance_transform(masks, spacing=spacing, dtype=torch.float64)
+    np.testing.assert_allclose(d64.numpy(), expected, rtol=0, atol=1e-6)
+    d32 = distance_transform(masks, spacing=spacing)
+    assert d32.dtype == torch.float32
+    np.testing.assert_allclose(d32.double().numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_distance_transform_policy_for_empty_and_full_masks():
+    empty, full = torch.zeros(1, 4, 5, dtype=torch.bool), torch.ones(1, 4, 5, dtype=torch.bool)
+    assert (distance_transform(empty) == 0).all()  # no foreground: 0 everywhere, as scipy
+    assert torch.isinf(distance_transform(full)).all()  # no background: no finite distance
+    # A sample without background does not leak into its neighbours in the batch.
+    mixed = torch.cat([full, torch.eye(4, 5, dtype=torch.bool)[None]])
+    d = distance_transform(mixed)
+    assert torch.isinf(d[0]).all() and torch.isfinite(d[1]).all()
+
+
+def test_distance_transform_hand_worked():
+    # One background voxel at the centre of a 3x3 image: edge neighbours 1, corners sqrt(2).
+    mask = torch.ones(1, 3, 3, dtype=torch.bool)
+    mask[0, 1, 1] = False
+    r2 = 2**0.5
+    expected = torch.tensor([[[r2, 1, r2], [1, 0, 1], [r2, 1, r2]]], dtype=torch.float64)
+    torch.testing.assert_close(distance_transform(mask, dtype=torch.float64), expected)
+    # Spacing (2, 1): rows are 2 apart, so the corners are sqrt(4 + 1).
+    expected = torch.tensor([[[5**0.5, 2, 5**0.5], [1, 0, 1], [5**0.5, 2, 5**0.5]]], dtype=torch.float64)
+    torch.testing.assert_close(distance_transform(mask, spacing=(2, 1), dtype=torch.float64), expected)
+
+
+def test_distance_transform_is_independent_of_the_chunk_size(gen, monkeypatch):
+    masks = random_masks(gen, (7, 9, 10))
+    whole = distance_transform(masks)
+    monkeypatch.setattr(segmentation, "_CHUNK_ELEMENTS_CPU", 1)  # one line per chunk
+    torch.testing.assert_close(distance_transform(masks), whole, rtol=0, atol=0)
+
+
+def test_distance_transform_accepts_numeric_masks_and_empty_batches(gen):
+    masks = torch.rand(3, 6, 6, generator=gen) < 0.5
+    torch.testing.assert_close(distance_transform(masks.float() * 3), distance_transform(masks))
+    torch.testing.assert_close(distance_transform(masks.int()), distance_transform(masks))
+    assert distance_transform(torch.zeros(0, 4, 5, dtype=torch.bool)).shape == (0, 4, 5)
+
+
+def test_distance_transform_errors_name_the_argument():
+    mask = torch.ones(2, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="spacing"):
+        distance_transform(mask, spacing=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="spacing"):
+        distance_transform(mask, spacing=-1.0)
+    with pytest.raises(ValueError, match="mask"):
+        distance_transform(torch.ones(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask"):
+        distance_transform(np.ones((2, 4)))
+    with pytest.raises(TypeError, match="dtype"):
+        distance_transform(mask, dtype=torch.float16)
+
+
+# --- signed_distance_map --------------------------------------------------------------------------
+
+
+def reference_signed(mask: np.ndarray, spacing=None) -> np.ndarray:
+    """Kervadec's one_hot2dist for one mask, from scipy: -(d_fg - 1) inside, d_bg outside."""
+    if not mask.any() or mask.all():
+        return np.zeros(mask.shape)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    return np.where(mask, -(inside - 1), outside)
+
+
+@pytest.mark.parametrize("shape,spacing", [((10, 12), None), ((6, 7, 8), None), ((6, 7, 8), (1.5, 0.5, 1.0))])
+def test_signed_distance_map_matches_the_formula(gen, shape, spacing):
+    masks = random_masks(gen, shape)
+    expected = np.stack([reference_signed(m, spacing) for m in masks.numpy()])
+    actual = signed_distance_map(masks, spacing=spacing, dtype=torch.float64)
+    np.testing.assert_allclose(actual.numpy(), expected, rtol=0, atol=1e-6)
+    # Hand-worked: a run of three in a row of six: outside 2, 1; rim 0; centre -(2 - 1); rim 0; outside 1.
+    row = signed_distance_map(torch.tensor([[0, 0, 1, 1, 1, 0]]))
+    torch.testing.assert_close(row, torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.0, 1.0]]))
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(10, 12), (6, 7, 8)])
+def test_signed_distance_map_matches_monai(gen, shape):
+    from monai.losses import BoundaryLoss
+
+    masks = random_masks(gen, shape)
+    expected = BoundaryLoss().compute_distance_map(masks[:, None].float())[:, 0]
+    torch.testing.assert_close(signed_distance_map(masks), expected, rtol=0, atol=1e-6)
+
+
+# --- soft skeleton ----------------------------------------------------------------------------------
+
+
+def _pool_reference(x: np.ndarray, offsets, reduce) -> np.ndarray:
+    """Min or max of x over neighbour offsets (out-of-image neighbours skipped), one loop per voxel."""
+    out = np.empty_like(x)
+    for idx in np.ndindex(*x.shape):
+        values = []
+        for off in offsets:
+            j = tuple(i + o for i, o in zip(idx, off, strict=True))
+            if all(0 <= k < n for k, n in zip(j, x.shape, strict=True)):
+                values.append(x[j])
+        out[idx] = reduce(values)
+    return out
+
+
+def reference_skeleton(x: np.ndarray, iterations: int) -> np.ndarray:
+    """Shit et al.'s soft skeleton of one image: cross-shaped min erosion, full-block max dilation."""
+    d = x.ndim
+    cross = [tuple(0 for _ in range(d))] + [tuple(s if k == a else 0 for k in range(d))
+                                            for a in range(d) for s in (-1, 1)]
+    block = list(np.ndindex(*([3] * d)))
+    block = [tuple(o - 1 for o in off) for off in block]
+
+    def erode(v):
+        return _pool_reference(v, cross, min)
+
+    def opened(v):
+        return _pool_reference(erode(v), block, max)
+
+    skel = np.maximum(x - opened(x), 0)
+    for _ in range(iterations):
+        x = erode(x)
+        delta = np.maximum(x - opened(x), 0)
+        skel = skel + np.maximum(delta - skel * delta, 0)
+    return skel
+
+
+@pytest.mark.parametrize("shape", [(7, 8), (4, 5, 6)])
+def test_soft_skeleton_matches_the_loop_reference(gen, shape):
+    x = torch.rand((2, 2, *shape), generator=gen, dtype=torch.float64)
+    actual = soft_skeleton(x, 2)
+    expected = np.stack([np.stack([reference_skeleton(c, 2) for c in s]) for s in x.numpy()])
+    np.testing.assert_allclose(actual.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_soft_skeleton_errors():
+    with pytest.raises(ValueError, match="x must have shape"):
+        soft_skeleton(torch.rand(2, 3, 4))
+    with pytest.raises(ValueError, match="iterations"):
+        soft_skeleton(torch.rand(1, 1, 4, 4), -1)
+
+
+# --- float64 references of the losses, from the formulas -------------------------------------------
+
+
+def reference_boundary(x, t, include_background=False, spacing=None):
+    p = torch.softmax(x, 1).numpy()
+    labels = one_hot(t, x.shape[1]).numpy() > 0.5
+    first = 0 if include_background else 1
+    out = np.zeros((x.shape[0], x.shape[1] - first))
+    for n in range(x.shape[0]):
+        for c in range(first, x.shape[1]):
+            out[n, c - first] = (p[n, c] * reference_signed(labels[n, c], spacing)).mean()
+    return torch.from_numpy(out)
+
+
+def reference_field(mask, spacing=None):
+    if not mask.any() or mask.all():
+        return np.zeros(mask.shape)
+    return (ndimage.distance_transform_edt(mask, sampling=spacing)
+            + ndimage.distance_transform_edt(~mask, sampling=spacing))
+
+
+def reference_hausdorff(x, t, alpha=2.0, include_background=False, spacing=None):
+    p = torch.softmax(x, 1).numpy()
+    labels = one_hot(t, x.shape[1]).numpy()
+    first = 0 if include_background else 1
+    out = np.zeros((x.shape[0], x.shape[1] - first))
+    for n in range(x.shape[0]):
+        for c in range(first, x.shape[1]):
+            dist = reference_field(p[n, c] > 0.5, spacing) ** alpha + reference_field(labels[n, c] > 0.5,
+                                                                                     spacing) ** alpha
+            out[n, c - first] = ((p[n, c] - labels[n, c]) ** 2 * dist).mean()
+    return torch.from_numpy(out)
+
+
+def reference_cldice(x, t, iterations=3, smooth=1.0, eps=1e-4):
+    p = torch.softmax(x, 1).numpy()
+    labels = one_hot(t, x.shape[1]).numpy()
+    out = np.zeros((x.shape[0], x.shape[1] - 1))
+    for n in range(x.shape[0]):
+        for c in range(1, x.shape[1]):
+            sp, st = reference_skeleton(p[n, c], iterations), reference_skeleton(labels[n, c], iterations)
+            tprec = ((sp * labels[n, c]).sum() + smooth) / (sp.sum() + smooth)
+            tsens = ((st * p[n, c]).sum() + smooth) / (st.sum() + smooth)
+            out[n, c - 1] = 1 - 2 * tprec * tsens / (tprec + tsens + eps)
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_boundary_loss_matches_the_formula(gen, shape, include_background):
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0  # a sample where every foreground class is absent: its maps are 0
+    actual = boundary_loss(x, t, include_background=include_background, reduction="none")
+    torch.testing.assert_close(actual, reference_boundary(x, t, include_background), rtol=1e-12, atol=1e-12)
+    assert (actual[0, -1] == 0).all()
+
+
+def test_boundary_loss_with_spacing_and_precomputed_maps(gen):
+    x, t = logits_and_labels(gen, (2, 5, 6, 7))
+    spacing = (2.0, 0.5, 1.0)
+    actual = boundary_loss(x, t, spacing=spacing, reduction="none")
+    torch.testing.assert_close(actual, reference_boundary(x, t, spacing=spacing), rtol=1e-12, atol=1e-12)
+    # Maps precomputed offline (all channels, or the kept ones) give the same loss and gradient.
+    maps = signed_distance_map(one_hot(t, 3).flatten(0, 1), spacing=spacing, dtype=torch.float64).view(x.shape)
+    for given in (maps, maps[:, 1:]):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a = boundary_loss(xa, t, spacing=spacing)
+        b = boundary_loss(xb, t, distance_map=given)
+        a.backward()
+        b.backward()
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(xa.grad, xb.grad)
+    with pytest.raises(ValueError, match="distance_map"):
+        boundary_loss(x, t, distance_map=maps[:, :, :-1])
+    with pytest.raises(TypeError, match="distance_map"):
+        boundary_loss(x, t, distance_map=maps.long())
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.0])
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+def test_hausdorff_dt_loss_matches_the_formula(gen, shape, alpha):
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0
+    actual = hausdorff_dt_loss(x, t, alpha=alpha, reduction="none")
+    torch.testing.assert_close(actual, reference_hausdorff(x, t, alpha), rtol=1e-12, atol=1e-12)
+    spacing = (1.5,) * (len(shape) - 2) + (0.5,)
+    actual = hausdorff_dt_loss(x, t, alpha=alpha, spacing=spacing, include_background=True, reduction="none")
+    expected = reference_hausdorff(x, t, alpha, include_background=True, spacing=spacing)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_cldice_loss_matches_the_formula(gen):
+    x, t = logits_and_labels(gen, (2, 7, 8))
+    actual = cldice_loss(x, t, iterations=2, reduction="none")
+    torch.testing.assert_close(actual, reference_cldice(x, t, iterations=2), rtol=1e-12, atol=1e-12)
+    pooled = cldice_loss(x, t, iterations=2, pool_classes=True, reduction="none")
+    assert pooled.shape == (2,)
+
+
+def test_perfect_predictions(gen):
+    # A bar 3 pixels thick; confident correct logits.
+    t = torch.zeros(2, 8, 9, dtype=torch.long)
+    t[:, 3:6, 1:8] = 1
+    x = one_hot(t, 2) * 40 - 20
+    assert hausdorff_dt_loss(x, t).item() < 1e-12  # (p - t)^2 vanishes
+    assert cldice_loss(x, t).item() < 1e-4  # tprec = tsens = 1: 1 - 2/(2 + 1e-4)
+    # The boundary loss is then the mean of the map over the object: -(d - 1) summed inside.
+    inside = signed_distance_map(t.bool()).double()
+    torch.testing.assert_close(boundary_loss(x, t), (inside * t).mean(), rtol=1e-9, atol=1e-12)
+    assert boundary_loss(x, t) < boundary_loss(-x, t)
+
+
+# --- MONAI 1.6.1 live ------------------------------------------------------------------------------
+
+
+def _monai_pair(monai_loss, ours, x, target_ours, target_monai):
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = monai_loss(xa, target_monai)
+    actual = ours(xb, target_ours)
+    expected.sum().backward()
+    actual.sum().backward()
+    return actual, expected, xb.grad, xa.grad
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_boundary_loss_matches_monai(gen, shape, include_background):
+    from monai.losses import BoundaryLoss
+
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0
+    for reduction in ("none", "mean"):
+        monai = BoundaryLoss(softmax=True, to_onehot_y=True, include_background=include_background,
+                             reduction=reduction)
+        actual, expected, grad, expected_grad = _monai_pair(
+            monai, lambda a, b, r=reduction: boundary_loss(a, b, include_background=include_background, reduction=r),
+            x, t, t[:, None])
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+@pytest.mark.parametrize("options", [{}, {"alpha": 1.5, "include_background": True}])
+def test_hausdorff_dt_loss_matches_monai(gen, shape, options):
+    from monai.losses import HausdorffDTLoss
+
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0
+    monai = HausdorffDTLoss(softmax=True, reduction="none", **options)
+    actual, expected, grad, expected_grad = _monai_pair(
+        monai, lambda a, b: hausdorff_dt_loss(a, b, reduction="none", **options), x, t, one_hot(t, 3))
+    torch.testing.assert_close(actual, expected.flatten(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+    # Soft targets and sigmoid activations follow the same formula.
+    soft = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    monai = HausdorffDTLoss(sigmoid=True, **options)
+    actual, expected, grad, expected_grad = _monai_pair(
+        monai, lambda a, b: hausdorff_dt_loss(a, b, activation="sigmoid", **options), x, soft, soft)
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 7, 6, 8)])
+def test_cldice_loss_matches_monai(gen, shape):
+    from monai.losses import SoftclDiceLoss
+
+    x, t = logits_and_labels(gen, shape)
+    monai = SoftclDiceLoss(softmax=True, reduction="none")
+    actual, expected, grad, expected_grad = _monai_pair(
+        monai, lambda a, b: cldice_loss(a, b, include_background=True, pool_classes=True, reduction="none"),
+        x, t, one_hot(t, 3))
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+    monai = SoftclDiceLoss(iter_=1, smooth_nr=0.5, smooth_dr=0.5, smooth=1e-3, include_background=False,
+                           softmax=True)
+    actual, expected, grad, expected_grad = _monai_pair(
+        monai, lambda a, b: cldice_loss(a, b, iterations=1, smooth=0.5, eps=1e-3, pool_classes=True),
+        x, t, one_hot(t, 3))
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+# --- robustness and errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_low_precision_3d_empty_and_extreme_inputs_are_finite(gen, name, dtype):
+    fn = LOSSES[name]
+    x, t = logits_and_labels(gen, (3, 6, 7, 8))
+    t[0] = 0  # every foreground class absent
+    t[1] = 2  # one class fills the sample, another is absent
+    x[2] = x[2].sign() * 1e4  # saturated probabilities
+    x = x.to(dtype).requires_grad_()
+    loss = fn(x, t)
+    assert loss.dtype == dtype and torch.isfinite(loss)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(grad).all()
+    none = fn(x, t, reduction="none")
+    assert none.shape == (3, 2) and torch.isfinite(none).all()
+
+
+def test_module_forms_and_registry():
+    for name, cls in (("boundary", losskit.nn.BoundaryLoss), ("hausdorff_dt", losskit.nn.HausdorffDTLoss),
+                      ("cldice", losskit.nn.ClDiceLoss)):
+        assert type(losskit.get(name)) is cls
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs():
+    from benchmarks import bench_distance
+
+    text = bench_distance.main(["--size", "10", "--rounds", "1"])
+    assert "monai.BoundaryLoss" in text and "monai.HausdorffDTLoss" in text and "scipy" in text
+
+
+def test_errors_name_the_argument(gen):
+    x, t = logits_and_labels(gen, (2, 5, 6))
+    with pytest.raises(ValueError, match="alpha"):
+        hausdorff_dt_loss(x, t, alpha=-1.0)
+    with pytest.raises(ValueError, match="iterations"):
+        cldice_loss(x, t, iterations=-1)
+    with pytest.raises(ValueError, match="smooth"):
+        cldice_loss(x, t, smooth=-1.0)
+    with pytest.raises(ValueError, match="input"):
+        cldice_loss(x[..., 0], t[..., 0])  # 1-D spatial: no skeleton
+    with pytest.raises(ValueError, match="activation"):
+        boundary_loss(x, t, activation="relu")
+    with pytest.raises(ValueError, match="target"):
+        hausdorff_dt_loss(x, t[:, :-1])
+    with pytest.raises(ValueError, match="spacing"):
+        boundary_loss(x, t, spacing=(1.0, 2.0, 3.0))
+    with pytest.raises(TypeError, match="include_background"):
+        boundary_loss(x, t, include_background=1)
+    with pytest.raises(ValueError, match="weight"):
+        boundary_loss(x, t, weight=torch.ones(3))

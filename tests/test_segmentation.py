@@ -1,0 +1,429 @@
+"""Region segmentation losses: float64 references, MONAI and kornia live, encodings, masking, robustness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import losskit
+from losskit.functional import segmentation as S
+from tests import reference_segmentation as ref
+
+LOSSES = ["dice_loss", "jaccard_loss", "tversky_loss", "focal_tversky_loss", "generalized_dice_loss", "mcc_loss",
+          "dice_ce_loss"]
+
+
+def fn(name):
+    return getattr(losskit, name)
+
+
+def data(n=3, c=4, spatial=(5, 6), seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn((n, c, *spatial), generator=gen, dtype=torch.float64) * 1.5).to(dtype)
+    y = torch.randint(c, (n, *spatial), generator=gen)
+    return x, y
+
+
+def grad_of(loss, x):
+    (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+def close(a, b, tol=1e-6):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+# --- float64 references from the formulas ------------------------------------------------------
+
+
+def _ref_unit(name, p, t, m, batch, **kw):
+    stats = ref.sums(p, t, m)
+    if batch:
+        stats = ref.pooled(stats)
+    if name == "dice_loss":
+        return ref.dice(stats)
+    if name == "jaccard_loss":
+        return ref.jaccard(stats)
+    if name == "tversky_loss":
+        return ref.tversky(stats, 0.3, 0.7)
+    if name == "focal_tversky_loss":
+        return ref.focal_tversky(stats, 0.3, 0.7, 4 / 3)
+    if name == "mcc_loss":
+        return ref.mcc(stats)
+    if name == "generalized_dice_loss":
+        return ref.generalized_dice(stats, kw.get("weight_type", "square"))
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("ignore", [None, -1])
+@pytest.mark.parametrize("name", ["dice_loss", "jaccard_loss", "tversky_loss", "focal_tversky_loss", "mcc_loss",
+                                  "generalized_dice_loss"])
+def test_matches_float64_reference_with_explicit_one_hot(name, ignore, batch):
+    x, y = data()
+    if ignore is not None:
+        y[0, :2] = ignore
+    t, m = ref.one_hot(y, 4, ignore)
+    p = torch.softmax(x, 1)
+    expected = _ref_unit(name, p, t, m, batch)
+    kwargs = {"alpha": 0.3, "beta": 0.7} if "tversky" in name else {}
+    got = fn(name)(x, y, ignore_index=ignore, aggregate="batch" if batch else "per_sample", reduction="none",
+                   **kwargs)
+    close(got, expected, 1e-10)
+
+
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_dice_ce_matches_reference(ignore):
+    x, y = data(n=2, spatial=(3, 4))
+    if ignore is not None:
+        y[1, 0] = ignore
+    t, m = ref.one_hot(y, 4, ignore)
+    expected = ref.dice(ref.sums(torch.softmax(x, 1), t, m)).mean(1) + 0.5 * ref.cross_entropy_per_sample(
+        x, torch.where(y == 255, 0, y), m)
+    got = losskit.dice_ce_loss(x, y, lambda_ce=0.5, ignore_index=ignore, reduction="none")
+    close(got, expected, 1e-10)
+
+
+def test_hand_worked_dice():
+    # probabilities with activation=None: sample 0 class 1: p = [1, .5], t = [1, 0]:
+    # TP = 1, P = 1.5, T = 1 -> 1 - 2/2.5 = 0.2 (no smoothing)
+    p = torch.tensor([[[[0.0, 0.5]], [[1.0, 0.5]]]], dtype=torch.float64)
+    y = torch.tensor([[[1, 0]]])
+    out = losskit.dice_loss(p, y, activation=None, smooth_nr=0.0, smooth_dr=0.0, reduction="none")
+    # class 0: p = [0, .5], t = [0, 1]: TP = .5, P = .5, T = 1 -> 1 - 1/1.5 = 1/3
+    close(out, torch.tensor([[1 / 3, 0.2]], dtype=torch.float64), 1e-12)
+
+
+# --- peers live -------------------------------------------------------------------------------
+
+
+def _monai_cases():
+    for ib in (True, False):
+        for batch in (False, True):
+            yield ib, batch
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("smooth", [1e-5, 1.0])
+@pytest.mark.parametrize("ib,batch", list(_monai_cases()))
+def test_monai_dice_tversky_gdl_dicece_values_and_gradients(ib, batch, smooth):
+    monai = pytest.importorskip("monai.losses")
+    x, y = data()
+    y[0] = 0  # a sample where classes 1..3 are absent
+    x.requires_grad_(True)
+    agg = "batch" if batch else "per_sample"
+    common = {"softmax": True, "to_onehot_y": True, "include_background": ib, "batch": batch}
+    pairs = []
+    for squared in (False, True):
+        pairs.append((losskit.dice_loss(x, y, include_background=ib, aggregate=agg, squared=squared,
+                                        smooth_nr=smooth, smooth_dr=smooth),
+                      monai.DiceLoss(**common, squared_pred=squared, smooth_nr=smooth, smooth_dr=smooth)))
+    # MONAI's Jaccard is 1 - (2I + s)/(2(P + T - I) + s): its smoothing counts half.
+    pairs.append((losskit.jaccard_loss(x, y, include_background=ib, aggregate=agg, smooth_nr=smooth / 2,
+                                       smooth_dr=smooth / 2),
+                  monai.DiceLoss(**common, jaccard=True, smooth_nr=smooth, smooth_dr=smooth)))
+    pairs.append((losskit.tversky_loss(x, y, alpha=0.3, beta=0.7, include_background=ib, aggregate=agg,
+                                       smooth_nr=smooth, smooth_dr=smooth),
+                  monai.TverskyLoss(**common, alpha=0.3, beta=0.7, smooth_nr=smooth, smooth_dr=smooth)))
+    for w in ("square", "simple", "uniform"):
+        pairs.append((losskit.generalized_dice_loss(x, y, weight_type=w, include_background=ib, aggregate=agg,
+                                                    smooth_nr=smooth, smooth_dr=smooth),
+                      monai.GeneralizedDiceLoss(**common, w_type=w, smooth_nr=smooth, smooth_dr=smooth)))
+    pairs.append((losskit.dice_ce_loss(x, y, lambda_ce=0.7, include_background=ib, aggregate=agg,
+                                       smooth_nr=smooth, smooth_dr=smooth),
+                  monai.DiceCELoss(**common, lambda_ce=0.7, smooth_nr=smooth, smooth_dr=smooth)))
+    for ours, module in pairs:
+        theirs = module(x, y.unsqueeze(1))
+        close(ours, theirs)
+        close(grad_of(ours, x), grad_of(theirs, x))
+
+
+@pytest.mark.peer
+def test_monai_mcc_and_ignore_index():
+    monai = pytest.importorskip("monai.losses")
+    x, y = data()
+    x.requires_grad_(True)
+    ours = losskit.mcc_loss(x, y)
+    theirs = monai.MCCLoss(softmax=True, to_onehot_y=True)(x, y.unsqueeze(1))
+    close(ours, theirs)
+    close(grad_of(ours, x), grad_of(theirs, x))
+    y[0, 0] = 9
+    ours = losskit.dice_loss(x, y, ignore_index=9)
+    theirs = monai.DiceLoss(softmax=True, to_onehot_y=True, ignore_index=9)(x, y.unsqueeze(1))
+    close(ours, theirs)
+
+
+@pytest.mark.peer
+def test_monai_class_weight_is_a_plain_mean_of_weighted_units():
+    monai = pytest.importorskip("monai.losses")
+    x, y = data()
+    w = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    theirs = monai.DiceLoss(softmax=True, to_onehot_y=True, weight=w)(x, y.unsqueeze(1))
+    ours = losskit.dice_loss(x, y, class_weight=w, reduction="none").mean()
+    close(ours, theirs)
+
+
+def _kornia_macro(ours_none, y, c):
+    present = torch.stack([(y == k).flatten(1).any(1) for k in range(c)], 1)
+    return ((ours_none * present).sum(1) / present.sum(1).clamp_min(1)).mean()
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("ignore", [None, 7])
+def test_kornia_dice_macro_and_tversky(ignore):
+    kornia = pytest.importorskip("kornia.losses")
+    x, y = data(c=5)
+    y[1] = torch.where(y[1] == 2, 0, y[1])  # class 2 absent from sample 1
+    if ignore is not None:
+        y[0, 0] = ignore
+    x.requires_grad_(True)
+    opts = {"smooth_nr": 0.0, "smooth_dr": 1e-8, "absent": "exclude", "reduction": "none"}
+    ours = _kornia_macro(losskit.dice_loss(x, y, ignore_index=ignore, **opts), y, 5)
+    theirs = kornia.dice_loss(x, y, average="macro", ignore_index=-100 if ignore is None else ignore)
+    close(ours, theirs)
+    close(grad_of(ours, x), grad_of(theirs, x))
+    ours = _kornia_macro(losskit.tversky_loss(x, y, alpha=0.2, beta=0.8, ignore_index=ignore, **opts), y, 5)
+    theirs = kornia.tversky_loss(x, y, 0.2, 0.8, ignore_index=-100 if ignore is None else ignore)
+    close(ours, theirs)
+    close(grad_of(ours, x), grad_of(theirs, x))
+
+
+def test_smp_convention_batch_pooled_absent_zero():
+    # SMP multiclass DiceLoss: batch-pooled sums, smooth 0, eps 1e-7 clamp, classes with T = 0 give 0
+    # and still count in the mean. Written out from SMP's formula (SMP itself needs a CUDA torch).
+    x, y = data()
+    y = torch.where(y == 3, 0, y)  # class 3 absent from the whole batch
+    p = torch.softmax(x, 1)
+    t, m = ref.one_hot(y, 4)
+    tp, fp, fn, _ = ref.pooled(ref.sums(p, t, m))
+    score = 2 * tp / (2 * tp + fp + fn).clamp_min(1e-7)
+    expected = ((1 - score) * ((tp + fn) > 0)).mean()
+    ours = losskit.dice_loss(x, y, aggregate="batch", smooth_nr=0.0, smooth_dr=0.0, eps=1e-7, absent="zero")
+    close(ours, expected, 1e-10)
+
+
+# --- encodings, masking, activation order ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_index_target_equals_one_hot_target(name, activation):
+    x, y = data()
+    x.requires_grad_(True)
+    onehot = torch.nn.functional.one_hot(y, 4).movedim(-1, 1).double()
+    a = fn(name)(x, y, activation=activation, reduction="none")
+    b = fn(name)(x, onehot, activation=activation, reduction="none")
+    close(a, b, 1e-10)
+    close(grad_of(a.sum(), x), grad_of(b.sum(), x), 1e-10)
+    close(fn(name)(x, y.unsqueeze(1)), fn(name)(x, y), 1e-12)  # the (N, 1, ...) MONAI layout
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_ignore_index_equals_cropping_the_voxels_out(name):
+    x, y = data(spatial=(4, 6))
+    y[:, :, 4:] = 99  # ignore the last two columns everywhere
+    x.requires_grad_(True)
+    # Change the ignored logits: they must not matter.
+    masked = fn(name)(x, y, ignore_index=99, reduction="none")
+    cropped = fn(name)(x[..., :4], y[..., :4], reduction="none")
+    close(masked, cropped, 1e-10)
+    g = grad_of(masked.sum(), x)
+    assert (g[..., 4:] == 0).all()
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_all_ignored_gives_zero_with_a_gradient(name):
+    x, _ = data()
+    x.requires_grad_(True)
+    y = torch.full((3, 5, 6), -1)
+    out = fn(name)(x, y, ignore_index=-1)
+    assert out.item() == 0.0
+    g = grad_of(out, x)
+    assert torch.isfinite(g).all() and (g == 0).all()
+
+
+def test_activation_is_applied_before_dropping_the_background():
+    x, y = data(c=2)
+    # Two-channel softmax without the background: the foreground probability is softmax, not 1.
+    out = losskit.dice_loss(x, y, include_background=False, reduction="none")
+    p = torch.softmax(x, 1)
+    t, m = ref.one_hot(y, 2)
+    close(out, ref.dice(ref.sums(p, t, m))[:, 1:], 1e-10)
+
+
+def test_fused_kernel_equals_plain_autograd():
+    x, y = data(n=2, c=5, spatial=(40, 50))  # 2000 voxels: 8 chunks of 256
+    y[0, :3] = -1
+    old = S._CPU_CHUNK
+    try:
+        S._CPU_CHUNK = 2560  # 10 classes x 256 voxels
+        x.requires_grad_(True)
+        fused = losskit.dice_ce_loss(x, y, ignore_index=-1)
+        plain = losskit.dice_ce_loss(x, y, ignore_index=-1, class_weight=torch.ones(5, dtype=torch.float64))
+        close(fused, plain, 1e-10)
+        close(grad_of(fused, x), grad_of(plain, x), 1e-10)
+        fused = losskit.dice_loss(x, y, ignore_index=-1)
+        plain = losskit.dice_loss(torch.softmax(x, 1), y, activation=None, ignore_index=-1)
+        close(grad_of(fused, x), grad_of(plain, x), 1e-10)
+    finally:
+        S._CPU_CHUNK = old
+
+
+# --- absent classes and policies --------------------------------------------------------------
+
+
+def test_absent_policies():
+    x, y = data()
+    y[0] = 0  # classes 1..3 absent from sample 0
+    keep = losskit.dice_loss(x, y, reduction="none")
+    zero = losskit.dice_loss(x, y, absent="zero", reduction="none")
+    assert (zero[0, 1:] == 0).all() and (keep[0, 1:] > 0.9).all()  # false positives on empty classes cost ~1
+    close(losskit.dice_loss(x, y, absent="zero"), zero.mean())
+    present = torch.ones_like(keep, dtype=torch.bool)
+    present[0, 1:] = False
+    close(losskit.dice_loss(x, y, absent="exclude"), keep[present].mean())
+
+
+def test_empty_target_predicted_empty_is_perfect():
+    # Sigmoid with very negative logits on an all-background binary mask: loss ~ 0, not 1.
+    x = torch.full((1, 1, 4, 4), -30.0, dtype=torch.float64, requires_grad=True)
+    out = losskit.dice_loss(x, torch.zeros(1, 1, 4, 4, dtype=torch.float64), activation="sigmoid")
+    assert out.item() < 1e-3
+    assert torch.isfinite(grad_of(out, x)).all()
+
+
+def test_generalized_dice_absent_zero_ignores_the_class():
+    x, y = data()
+    y[0] = torch.where(y[0] == 2, 1, y[0])
+    out = losskit.generalized_dice_loss(x, y, absent="zero", reduction="none")
+    p = torch.softmax(x, 1)
+    t, m = ref.one_hot(y, 4)
+    tp, fp, fn_, _ = ref.sums(p, t, m)
+    w = 1 / (tp + fn_) ** 2
+    w[0, 2] = 0
+    expected = 1 - (2 * (w * tp).sum(1) + 1e-5) / ((w * (2 * tp + fp + fn_)).sum(1) + 1e-5)
+    close(out, expected, 1e-10)
+
+
+def test_focal_tversky_exponent_follows_the_paper():
+    x, y = data()
+    tv = losskit.tversky_loss(x, y, alpha=0.3, beta=0.7, reduction="none")
+    ft = losskit.focal_tversky_loss(x, y, gamma=2.0, reduction="none")
+    close(ft, tv.sqrt(), 1e-10)  # (1 - TI)^(1/gamma)
+    close(losskit.focal_tversky_loss(x, y, gamma=1.0), losskit.tversky_loss(x, y, alpha=0.3, beta=0.7))
+
+
+def test_batch_aggregate_shapes_and_weights():
+    x, y = data()
+    assert losskit.dice_loss(x, y, aggregate="batch", reduction="none").shape == (1, 4)
+    assert losskit.generalized_dice_loss(x, y, aggregate="batch", reduction="none").shape == (1,)
+    assert losskit.dice_ce_loss(x, y, aggregate="batch", reduction="none").shape == (1,)
+    assert losskit.dice_loss(x[:0], y[:0], aggregate="batch", reduction="none").shape == (0, 4)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    none = losskit.dice_loss(x, y, reduction="none")
+    close(losskit.dice_loss(x, y, class_weight=w), (none * w).sum() / (w.sum() * 3))
+
+
+# --- robustness -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_and_3d(name, dtype):
+    x, y = data(n=2, c=3, spatial=(4, 5, 6), dtype=dtype)
+    x[0, 0, 0, 0, 0] = 1e4 if dtype == torch.bfloat16 else 6e4
+    x.requires_grad_(True)
+    y[1] = 0
+    out = fn(name)(x, y)
+    assert out.dtype == dtype and torch.isfinite(out)
+    g = grad_of(out, x)
+    assert g.dtype == dtype and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_extreme_logits_and_empty_masks_are_finite(name):
+    x, y = data(c=3)
+    x = (x.sign() * 1e4).requires_grad_(True)
+    y[0] = 0
+    for aggregate in ("per_sample", "batch"):
+        out = fn(name)(x, y, aggregate=aggregate)
+        assert torch.isfinite(out)
+        assert torch.isfinite(grad_of(out, x)).all()
+
+
+# --- errors name the argument ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_errors_name_the_argument(name):
+    x, y = data()
+    with pytest.raises(ValueError, match="aggregate"):
+        fn(name)(x, y, aggregate="image")
+    with pytest.raises(ValueError, match="activation"):
+        fn(name)(x, y, activation="relu")
+    with pytest.raises(ValueError, match="softmax"):
+        fn(name)(x[:, :1], torch.zeros_like(y))
+    with pytest.raises(ValueError, match="target"):
+        fn(name)(x, y[:, :2])
+    with pytest.raises(ValueError, match="target"):
+        fn(name)(x, torch.full_like(y, 7))
+    with pytest.raises(TypeError, match="input"):
+        fn(name)(y, y)
+    with pytest.raises(ValueError, match="weight"):
+        fn(name)(x, y, weight=torch.ones(7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="smooth_nr"):
+        fn(name)(x, y, smooth_nr=-1.0)
+    if name != "generalized_dice_loss":
+        with pytest.raises(ValueError, match="class_weight"):
+            fn(name)(x, y, class_weight=torch.ones(3, dtype=torch.float64))
+        with pytest.raises(ValueError, match="absent"):
+            fn(name)(x, y, absent="drop")
+
+
+def test_dice_ce_refuses_probabilities():
+    x, y = data()
+    with pytest.raises(ValueError, match="activation"):
+        losskit.dice_ce_loss(torch.softmax(x, 1), y, activation=None)
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+@given(seed=st.integers(0, 2**16), smooth=st.sampled_from([0.0, 1e-5, 1.0]),
+       batch=st.booleans(), ib=st.booleans())
+def test_tversky_half_half_is_dice(seed, smooth, batch, ib):
+    x, y = data(n=2, c=3, spatial=(3, 4), seed=seed)
+    agg = "batch" if batch else "per_sample"
+    kw = {"aggregate": agg, "include_background": ib, "reduction": "none"}
+    # (TP + s) / (TP + (FP + FN)/2 + s) = (2TP + 2s) / (P + T + 2s): Dice with twice the smoothing.
+    close(losskit.tversky_loss(x, y, alpha=0.5, beta=0.5, smooth_nr=smooth, smooth_dr=smooth, **kw),
+          losskit.dice_loss(x, y, smooth_nr=2 * smooth, smooth_dr=2 * smooth, **kw), 1e-12)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_soft_target_equal_to_prediction_is_perfect_with_soft_label(seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.softmax(torch.randn((2, 3, 4, 4), generator=gen, dtype=torch.float64), 1)
+    out = losskit.dice_loss(p, p, activation=None, soft_label=True, smooth_nr=0.0, smooth_dr=0.0,
+                            reduction="none")
+    close(out, torch.zeros_like(out), 1e-12)
+    plain = losskit.dice_loss(p, p, activation=None, smooth_nr=0.0, smooth_dr=0.0, reduction="none")
+    assert (plain > 1e-3).any()  # sum p^2 < sum p: the plain product form is not 0 there
+
+
+@given(seed=st.integers(0, 2**16))
+def test_losses_are_nonnegative_and_bounded(seed):
+    x, y = data(n=2, c=3, spatial=(3, 4), seed=seed)
+    for name in ("dice_loss", "jaccard_loss", "tversky_loss", "focal_tversky_loss", "generalized_dice_loss"):
+        out = fn(name)(x, y, reduction="none")
+        assert (out >= -1e-12).all() and (out <= 1 + 1e-12).all()
+
+
+def test_benchmark_script_runs_on_a_tiny_volume():
+    pytest.importorskip("monai")
+    from benchmarks import bench_segmentation
+
+    text = bench_segmentation.main(["--size", "6", "--rounds", "1", "--classes", "3"])
+    assert "monai.DiceLoss" in text and "monai.DiceCELoss" in text
