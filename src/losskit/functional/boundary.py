@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_number, check_tensor
+from losskit._core.checks import check_bool, check_number, check_tensor
 from losskit._core.dense import dense_target, drop_background, probabilities
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit.segmentation import inside_outside_distances, signed_distance_map, soft_skeleton
@@ -39,8 +39,7 @@ def _prepare(input: Tensor, target: Tensor, activation: str | None, include_back
              reduction: str, normalizer: object) -> tuple[Tensor, Tensor]:
     """Probabilities and float labels ``(N, C', *spatial)``, background dropped when asked."""
     check_reduction(reduction, normalizer)
-    if not isinstance(include_background, bool):
-        raise TypeError(f"include_background must be a bool, got {type(include_background).__name__}")
+    check_bool("include_background", include_background)
     probs = probabilities(input, activation)
     prepared = dense_target(input, target, ignore_index=None, compute_dtype=probs.dtype)
     num_classes = input.shape[1]
@@ -292,8 +291,7 @@ def cldice_loss(
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
     smooth = check_number("smooth", smooth, low=0.0)
     eps = check_number("eps", eps, low=0.0)
-    if not isinstance(pool_classes, bool):
-        raise TypeError(f"pool_classes must be a bool, got {type(pool_classes).__name__}")
+    check_bool("pool_classes", pool_classes)
     check_tensor("input", input)
     if input.dim() not in (4, 5):
         raise ValueError(f"input must have shape (N, C, H, W) or (N, C, D, H, W) for clDice, got "

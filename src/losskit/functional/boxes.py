@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_floating,
     check_number,
     check_one_of,
@@ -348,8 +349,7 @@ def ciou_loss(
     """
     if alpha_gate is not None:
         alpha_gate = check_number("alpha_gate", alpha_gate, low=0.0, high=1.0)
-    if not isinstance(alpha_no_grad, bool):
-        raise TypeError(f"alpha_no_grad must be a bool, got {type(alpha_no_grad).__name__}")
+    check_bool("alpha_no_grad", alpha_no_grad)
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:

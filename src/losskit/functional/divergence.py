@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_broadcastable,
     check_floating,
     check_has_class_dim,
@@ -69,8 +70,7 @@ def _distributions(
     """
     check_floating("input", input)
     check_tensor("target", target)
-    if not isinstance(log_target, bool):
-        raise TypeError(f"log_target must be a bool, got {type(log_target).__name__}")
+    check_bool("log_target", log_target)
     check_has_class_dim("input", input)
     if not target.is_floating_point():
         what = "log-probabilities" if log_target else "probabilities"

@@ -36,24 +36,20 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_broadcastable,
+    check_class_indices,
     check_class_vector,
     check_floating,
     check_in_unit_interval,
     check_one_of,
     check_tensor,
-    checks_enabled,
 )
 from losskit._core.dense import dense_target, drop_background, one_hot, probabilities
 from losskit._core.numerics import compute_dtype, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 CLASSES = ("present", "all")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def _lovasz_rows(errors: Tensor, fg: Tensor) -> Tensor:
@@ -197,8 +193,8 @@ def lovasz_softmax_loss(
     """
     check_reduction(reduction, normalizer)
     check_one_of("classes", classes, CLASSES)
-    _check_bool("per_image", per_image)
-    _check_bool("include_background", include_background)
+    check_bool("per_image", per_image)
+    check_bool("include_background", include_background)
     check_floating("input", input)
     labels = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
     probs = probabilities(input, activation)
@@ -258,14 +254,7 @@ def _binary_target(input: Tensor, target: Tensor, ignore_index: int | None,
         if ignore_index is not None:
             raise ValueError("ignore_index applies to integer targets, got a bool target")
         return target.to(dtype), None
-    if checks_enabled() and target.numel():
-        ok = (target == 0) | (target == 1)
-        if ignore_index is not None:
-            ok = ok | (target == ignore_index)
-        if not bool(ok.all()):
-            ignore = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-            raise ValueError(f"target must hold binary labels 0 or 1{ignore}; found "
-                             f"{target[~ok].min().item()}..{target[~ok].max().item()}")
+    check_class_indices("target", target, 2, ignore_index)  # binary labels: 0 or 1
     if ignore_index is None:
         return target.to(dtype), None
     valid = target != ignore_index
@@ -352,7 +341,7 @@ def lovasz_hinge_loss(
         Yu, Blaschko, "Learning submodular losses with the Lovász hinge", ICML 2015.
     """
     check_reduction(reduction, normalizer)
-    _check_bool("per_image", per_image)
+    check_bool("per_image", per_image)
     check_floating("input", input)
     if input.dim() < 3:
         raise ValueError(f"input must have shape (N, C, *spatial) with at least one spatial dimension, "
