@@ -44,6 +44,7 @@ from losskit._core.checks import (
     check_same_shape,
     check_tensor,
 )
+from losskit._core.docs import shared_docs
 from losskit._core.numerics import upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit._core.rowwise import rowwise_loss
@@ -60,6 +61,27 @@ from losskit.boxes import (
     pair_geometry,
     ratio,
     safe_sqrt,
+)
+
+_REDUCTION_ARGS = """
+        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
+        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
+"""
+
+_docs = shared_docs(
+    reduction_args=_REDUCTION_ARGS,
+    box_args_shape_returns="""
+        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
+""" + _REDUCTION_ARGS.strip("\n") + """
+
+    Shape:
+        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
+
+    Returns:
+        The loss, in ``input``'s dtype.
+""",
 )
 
 __all__ = [
@@ -100,6 +122,7 @@ def _prepare(input: Tensor, target: Tensor, fmt: str, eps: float | None, reducti
 
 
 
+@_docs
 def iou_loss(
     input: Tensor,
     target: Tensor,
@@ -130,9 +153,7 @@ def iou_loss(
         eps: Degenerate threshold, and the floor of the IoU in log mode (loss at most
             :math:`-\ln \varepsilon`); ``None`` picks :func:`losskit.boxes.default_eps` (1e-7 for
             float32 and float64, 1e-6 for float16 and bfloat16).
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
+{reduction_args}
 
     Shape:
         ``input`` and ``target`` ``(..., 4)``; ``"none"`` returns ``(...)``, one loss per box.
@@ -169,6 +190,7 @@ def iou_loss(
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def giou_loss(
     input: Tensor,
     target: Tensor,
@@ -191,17 +213,7 @@ def giou_loss(
     Args:
         input: Predicted boxes, shape ``(..., 4)``.
         target: Target boxes, same shape.
-        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
-
-    Shape:
-        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
-
-    Returns:
-        The loss, in ``input``'s dtype.
+{box_args_shape_returns}
 
     Raises:
         ValueError: For a bad ``fmt``, ``reduction`` or shape, or (value check) inverted boxes.
@@ -222,6 +234,7 @@ def giou_loss(
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def diou_loss(
     input: Tensor,
     target: Tensor,
@@ -244,17 +257,7 @@ def diou_loss(
     Args:
         input: Predicted boxes, shape ``(..., 4)``.
         target: Target boxes, same shape.
-        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
-
-    Shape:
-        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
-
-    Returns:
-        The loss, in ``input``'s dtype.
+{box_args_shape_returns}
 
     Raises:
         ValueError: For a bad ``fmt``, ``reduction`` or shape, or (value check) inverted boxes.
@@ -275,6 +278,7 @@ def diou_loss(
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def ciou_loss(
     input: Tensor,
     target: Tensor,
@@ -318,17 +322,7 @@ def ciou_loss(
         alpha_gate: ``None`` (no gate) or an IoU in [0, 1]: :math:`\alpha = 0` where
             IoU <= ``alpha_gate`` (mmdetection: 0.5).
         alpha_no_grad: Treat :math:`\alpha` as a constant under autograd.
-        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
-
-    Shape:
-        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
-
-    Returns:
-        The loss, in ``input``'s dtype.
+{box_args_shape_returns}
 
     Raises:
         ValueError: For a bad option, ``fmt``, ``reduction`` or shape, or (value check) inverted boxes.
@@ -359,6 +353,7 @@ def ciou_loss(
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def eiou_loss(
     input: Tensor,
     target: Tensor,
@@ -392,17 +387,7 @@ def eiou_loss(
         input: Predicted boxes, shape ``(..., 4)``.
         target: Target boxes, same shape.
         gamma: ``None`` for plain EIoU, or :math:`\gamma \ge 0` for Focal-EIoU (paper: 0.5).
-        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
-
-    Shape:
-        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
-
-    Returns:
-        The loss, in ``input``'s dtype.
+{box_args_shape_returns}
 
     Raises:
         ValueError: For a bad ``gamma``, ``fmt``, ``reduction`` or shape, or (value check)
@@ -433,6 +418,7 @@ def eiou_loss(
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def siou_loss(
     input: Tensor,
     target: Tensor,
@@ -470,17 +456,7 @@ def siou_loss(
         input: Predicted boxes, shape ``(..., 4)``.
         target: Target boxes, same shape.
         theta: Shape-cost exponent :math:`\theta \ge 1` (paper: 4, range 2 to 6).
-        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
-
-    Shape:
-        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
-
-    Returns:
-        The loss, in ``input``'s dtype.
+{box_args_shape_returns}
 
     Raises:
         ValueError: For a bad ``theta``, ``fmt``, ``reduction`` or shape, or (value check)
@@ -503,6 +479,7 @@ def siou_loss(
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def wiou_loss(
     input: Tensor,
     target: Tensor,
@@ -554,17 +531,7 @@ def wiou_loss(
         gamma: v2's exponent :math:`\gamma > 0` (paper: 0.5).
         iou_mean: The running mean of the IoU loss (a positive number or one-element tensor);
             required for versions 2 and 3.
-        fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
-
-    Shape:
-        ``(..., 4)`` in; ``"none"`` returns ``(...)``.
-
-    Returns:
-        The loss, in ``input``'s dtype.
+{box_args_shape_returns}
 
     Raises:
         ValueError: For a bad option, a missing ``iou_mean`` (versions 2 and 3), a bad ``fmt``,
@@ -614,6 +581,7 @@ def wiou_loss(
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def nwd_loss(
     input: Tensor,
     target: Tensor,
@@ -647,9 +615,7 @@ def nwd_loss(
         target: Target boxes, same shape.
         constant: :math:`C > 0`, in coordinate units (paper: 12.8 on AI-TOD).
         fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
+{reduction_args}
 
     Shape:
         ``(..., 4)`` in; ``"none"`` returns ``(...)``.
@@ -684,6 +650,7 @@ def nwd_loss(
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def probiou_loss(
     input: Tensor,
     target: Tensor,
@@ -718,9 +685,7 @@ def probiou_loss(
         target: Target rotated boxes, same shape.
         mode: ``"hellinger"`` (the default, as Ultralytics' rotated box loss) or ``"bhattacharyya"``.
         eps: Area at or below which a box counts as degenerate; ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
+{reduction_args}
 
     Shape:
         ``(..., 5)`` in; ``"none"`` returns ``(...)``.
@@ -753,6 +718,7 @@ def probiou_loss(
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
 
+@_docs
 def giou_3d_loss(
     input: Tensor,
     target: Tensor,
@@ -774,9 +740,7 @@ def giou_3d_loss(
         input: Predicted boxes, shape ``(..., 6)``; always ``xyzxyz`` (no ``fmt`` option).
         target: Target boxes, same shape.
         eps: Degenerate threshold (see :mod:`losskit.boxes`); ``None`` picks the dtype's default.
-        weight: Per-box weights broadcastable to ``input.shape[:-1]``.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; empty input gives 0 with a gradient.
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of the weight sum.
+{reduction_args}
 
     Shape:
         ``(..., 6)`` in; ``"none"`` returns ``(...)``.

@@ -26,6 +26,7 @@ from losskit._core.checks import (
     check_same_shape,
     checks_enabled,
 )
+from losskit._core.docs import shared_docs
 from losskit._core.numerics import as_option_tensor, upcast
 from losskit._core.numerics import eps as machine_eps
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
@@ -65,15 +66,13 @@ _COMMON_RAISES = """TypeError: If ``input`` or ``target`` is not floating point.
             ``reduction`` is unknown, or (value check) the inputs are not finite."""
 
 
-def _docs(fn: Callable) -> Callable:
-    """Fill the argument, shape, return and error text that every loss here shares."""
-    fn.__doc__ = (
-        fn.__doc__.replace("{common_args}", _COMMON_ARGS)
-        .replace("{elementwise_shape}", _ELEMENTWISE_SHAPE)
-        .replace("{elementwise_returns}", _ELEMENTWISE_RETURNS)
-        .replace("{common_raises}", _COMMON_RAISES)
-    )
-    return fn
+# The argument, shape, return and error text every loss here shares.
+_docs = shared_docs(
+    common_args=_COMMON_ARGS,
+    elementwise_shape=_ELEMENTWISE_SHAPE,
+    elementwise_returns=_ELEMENTWISE_RETURNS,
+    common_raises=_COMMON_RAISES,
+)
 
 
 def _elementwise(

@@ -63,6 +63,7 @@ from torch import Tensor
 
 from losskit._core.checks import check_broadcastable, check_class_vector, check_number, check_one_of, check_tensor
 from losskit._core.dense import DenseTarget, dense_target, drop_background, one_hot, probabilities
+from losskit._core.docs import shared_docs
 from losskit._core.numerics import compute_dtype, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
 
@@ -384,10 +385,7 @@ _RETURNS_RAISES = r"""
         TypeError: A non-floating input or a boolean target."""
 
 
-def _doc(fn):
-    fn.__doc__ = (fn.__doc__.replace("{ARGS}", _COMMON_ARGS.strip("\n"))
-                  .replace("{SHAPE}", _SHAPE.strip("\n")).replace("{RETURNS_RAISES}", _RETURNS_RAISES.strip("\n")))
-    return fn
+_doc = shared_docs(ARGS=_COMMON_ARGS, SHAPE=_SHAPE, RETURNS_RAISES=_RETURNS_RAISES)
 
 
 # --- the losses ---------------------------------------------------------------------------------
