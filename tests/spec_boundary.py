@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import Case, Spec
+from tests.specs import Case, Spec, dense_index_case
 
 C = 3  # classes; include_background=False keeps C - 1 = 2 of them
 SPATIAL = (6, 7)
 
 
 def _case(**kwargs):
-    def make(n: int, gen: torch.Generator) -> Case:
-        logits = torch.randn((n, C, *SPATIAL), generator=gen, dtype=torch.float64) * 2
-        target = torch.randint(C, (n, *SPATIAL), generator=gen)
-        return Case(logits, target, dict(kwargs))
-
-    return make
+    return dense_index_case(C, SPATIAL, 2, **kwargs)
 
 
 def _units(case: Case) -> tuple[int, ...]:

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import Case, Spec
+from tests.specs import Case, Spec, dense_index_case
 
 C = 3
 SPATIAL = (4, 5)
 
 
 def _case(**kwargs):
-    def make(n: int, gen: torch.Generator) -> Case:
-        logits = torch.randn((n, C, *SPATIAL), generator=gen, dtype=torch.float64) * 1.5
-        target = torch.randint(C, (n, *SPATIAL), generator=gen)
-        return Case(logits, target, dict(kwargs))
-
-    return make
+    return dense_index_case(C, SPATIAL, 1.5, **kwargs)
 
 
 def _per_class_shape(case: Case) -> tuple[int, ...]:

@@ -74,6 +74,17 @@ def class_weight(num_classes: int) -> Callable[[Case, torch.Generator], tuple[Te
     return make
 
 
+def dense_index_case(num_classes: int, spatial: tuple[int, ...], scale: float, **kwargs: Any):
+    """``make`` for segmentation losses: logits ``(n, C, *spatial)`` times ``scale``, index targets."""
+
+    def make(n: int, gen: torch.Generator) -> Case:
+        logits = torch.randn((n, num_classes, *spatial), generator=gen, dtype=torch.float64) * scale
+        target = torch.randint(num_classes, (n, *spatial), generator=gen)
+        return Case(logits, target, dict(kwargs))
+
+    return make
+
+
 def same_shape(case: Case) -> tuple[int, ...]:
     return tuple(case.input.shape)
 
