@@ -37,3 +37,12 @@ def test_example_script_trains_and_the_loss_falls():
     assert accuracy > 0.9
     errors = dict(re.findall(r"(huber|mse): mean absolute error on clean test points ([\d.]+)", out))
     assert float(errors["huber"]) < float(errors["mse"])  # Huber resists the outliers
+
+
+def test_detector_example_trains_and_the_loss_falls():
+    out = subprocess.run([sys.executable, str(ROOT / "examples/train_detector.py"), "--steps", "150"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    losses = [float(m) for m in re.findall(r"detector step +\d+ +loss +([\d.]+)", out)]
+    assert len(losses) == 7 and losses[-1] < 0.5 * losses[0]
+    before, after = (float(v) for v in re.findall(r"recall ([\d.]+)", out))
+    assert before == 0.0 and after > before

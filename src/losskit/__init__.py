@@ -10,7 +10,7 @@ The functions live in :mod:`losskit.functional`, the modules in :mod:`losskit.nn
 re-exported here.
 """
 
-from losskit import boxes, functional, nn, segmentation
+from losskit import boxes, detection, functional, nn, segmentation
 from losskit._core.checks import checks_enabled, set_checks
 from losskit._core.module import LossModule
 from losskit._core.reduction import reduce_loss
@@ -27,6 +27,7 @@ __all__ = [
     "available",
     "boxes",
     "checks_enabled",
+    "detection",
     "families",
     "functional",
     "get",

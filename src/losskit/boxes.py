@@ -65,8 +65,10 @@ __all__ = [
     "box_convert",
     "box_iou",
     "box_iou_3d",
+    "box_to_distance",
     "check_boxes",
     "default_eps",
+    "distance_to_box",
     "probiou",
 ]
 
@@ -306,6 +308,79 @@ def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
     else:
         area = x[..., 2] * x[..., 3]
     return area.to(_result_dtype(boxes.dtype))
+
+
+# --- boxes as distances from a point (anchor-free detection heads) ----------------------------
+
+
+def distance_to_box(points: Tensor, distance: Tensor, *, fmt: str = "xyxy") -> Tensor:
+    r"""Boxes from points and their distances to the four sides (``ltrb``), as anchor-free heads predict.
+
+    .. math::
+        (x_1, y_1, x_2, y_2) = (p_x - l,\; p_y - t,\; p_x + r,\; p_y + b)
+
+    Args:
+        points: Anchor points ``(..., 2)`` (x, y).
+        distance: Distances ``(..., 4)``: left, top, right, bottom, in the points' units.
+        fmt: Output format, ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+
+    Shape:
+        ``(..., 2)`` and ``(..., 4)`` (broadcasting) to ``(..., 4)``.
+
+    Returns:
+        The boxes. Negative distances are passed through (a box with ``x2 < x1``): this is a
+        decoder, the losses check their boxes.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import distance_to_box
+        >>> distance_to_box(torch.tensor([[4.5, 2.5]]), torch.tensor([[1.0, 2.0, 3.0, 0.5]]))
+        tensor([[3.5000, 0.5000, 7.5000, 3.0000]])
+
+    References:
+        FCOS (Tian et al., ICCV 2019); Ultralytics ``dist2bbox(distance, anchor_points)`` (its
+        ``xywh=True`` is ``fmt="cxcywh"`` here; note the argument order: points first, as in
+        :func:`box_to_distance`).
+    """
+    fmt = _check_fmt(fmt, AXIS_ALIGNED_FORMATS)
+    lt, rb = distance.chunk(2, -1)
+    return _from_xyxy(torch.cat((points - lt, points + rb), -1), fmt)
+
+
+def box_to_distance(points: Tensor, boxes: Tensor, *, max_distance: float | None = None) -> Tensor:
+    r"""Distances ``ltrb`` from points to the sides of ``xyxy`` boxes, the inverse of :func:`distance_to_box`.
+
+    .. math::
+        (l, t, r, b) = (p_x - x_1,\; p_y - y_1,\; x_2 - p_x,\; y_2 - p_y)
+
+    Args:
+        points: Anchor points ``(..., 2)``.
+        boxes: ``xyxy`` boxes ``(..., 4)``.
+        max_distance: If given, clamp the distances to ``[0, max_distance]`` (a point outside its
+            box gets 0 on the far sides). A distribution head with :math:`n` bins reaches
+            :math:`n - 1`; Ultralytics clamps to ``reg_max - 1 - 0.01``.
+
+    Shape:
+        ``(..., 2)`` and ``(..., 4)`` (broadcasting) to ``(..., 4)``.
+
+    Returns:
+        The distances.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.boxes import box_to_distance
+        >>> box_to_distance(torch.tensor([[4.5, 2.5]]), torch.tensor([[3.5, 0.5, 7.5, 3.0]]))
+        tensor([[1.0000, 2.0000, 3.0000, 0.5000]])
+
+    References:
+        Ultralytics ``bbox2dist(anchor_points, bbox, reg_max)``, whose clamp is
+        ``max_distance=reg_max - 0.01`` here.
+    """
+    lo, hi = boxes.chunk(2, -1)
+    distance = torch.cat((points - lo, hi - points), -1)
+    if max_distance is not None:
+        distance = distance.clamp(0.0, check_number("max_distance", max_distance, low=0.0))
+    return distance
 
 
 # --- the one geometry of a pair of boxes ------------------------------------------------------
