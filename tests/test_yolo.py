@@ -622,3 +622,16 @@ def test_extreme_class_logits_stay_finite(logit, dtype):
         assert out.assignment.fg_mask.any()
     out.total.backward()
     assert all(torch.isfinite(m.grad).all() for m in maps)
+
+
+def test_assigner_names_mismatched_inputs():
+    scores, pred_boxes, boxes, labels, idx = assigner_case(0)
+    assigner = TaskAlignedAssigner(topk=4, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes=3"):
+        assigner(scores[..., :2], pred_boxes, GRID, boxes, labels, idx)
+    with pytest.raises(ValueError, match="pred_boxes"):
+        assigner(scores, pred_boxes[:, :-1], GRID, boxes, labels, idx)
+    with pytest.raises(ValueError, match="anchor points"):
+        assigner(scores, pred_boxes, pixel_points()[:-1], boxes, labels, idx)
+    with pytest.raises(ValueError, match="must agree"):
+        assigner(scores, pred_boxes, GRID, boxes, labels[:-1], idx)

@@ -177,6 +177,7 @@ class TaskAlignedAssigner:
         Returns:
             The :class:`Assignment`.
         """
+        _check_dense_inputs(pred_scores, pred_boxes, anchors, gt_boxes, gt_labels, batch_idx, self.num_classes)
         num_images, num_anchors = pred_scores.shape[:2]
         gt, anchor = self.candidates(anchors, gt_boxes)
         image = batch_idx.long()[gt]
@@ -245,6 +246,23 @@ class TaskAlignedAssigner:
         kind = "iou" if self.overlap == "iou" else "ciou"
         g = pair_geometry(gt_boxes.to(dtype), pred_boxes.to(dtype), 1e-7, kind=kind)
         return iou_family(g, kind, 1e-7).clamp(min=0)
+
+
+def _check_dense_inputs(pred_scores: Tensor, pred_boxes: Tensor, anchors: AnchorGrid | Tensor, gt_boxes: Tensor,
+                        gt_labels: Tensor, batch_idx: Tensor, num_classes: int) -> None:
+    if pred_scores.dim() != 3 or pred_scores.shape[-1] != num_classes:
+        raise ValueError(f"pred_scores must have shape (B, A, num_classes={num_classes}), got "
+                         f"{tuple(pred_scores.shape)}")
+    b, a = pred_scores.shape[:2]
+    if pred_boxes.shape != (b, a, 4):
+        raise ValueError(f"pred_boxes must have shape (B, A, 4) = {(b, a, 4)}, got {tuple(pred_boxes.shape)}")
+    count = anchors.num_anchors if isinstance(anchors, AnchorGrid) else (anchors.shape[0] if anchors.dim() == 2 else -1)
+    if count != a:
+        raise ValueError(f"anchors describe {count} anchor points, the predictions {a}")
+    m = gt_boxes.shape[0]
+    if gt_boxes.shape != (m, 4) or gt_labels.shape != (m,) or batch_idx.shape != (m,):
+        raise ValueError(f"gt_boxes (M, 4), gt_labels (M,) and batch_idx (M,) must agree, got {tuple(gt_boxes.shape)}, "
+                         f"{tuple(gt_labels.shape)} and {tuple(batch_idx.shape)}")
 
 
 # --- group operations over pairs --------------------------------------------------------------
