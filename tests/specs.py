@@ -99,16 +99,19 @@ def registry() -> dict[str, Spec]:
         spec_boundary,
         spec_boxes,
         spec_classification,
+        spec_contrastive,
         spec_detection,
         spec_divergence,
+        spec_large_vocab,
         spec_lovasz,
         spec_regression,
+        spec_rl,
         spec_segmentation,
     )
 
     specs: dict[str, Spec] = {}
     modules = (spec_regression, spec_classification, spec_divergence, spec_boxes, spec_detection,
-               spec_segmentation, spec_lovasz, spec_boundary)
+               spec_segmentation, spec_lovasz, spec_boundary, spec_large_vocab, spec_rl, spec_contrastive)
     for module in modules:
         overlap = specs.keys() & module.SPECS.keys()
         assert not overlap, f"specs defined twice: {overlap}"

@@ -10,11 +10,12 @@ The functions live in :mod:`losskit.functional`, the modules in :mod:`losskit.nn
 re-exported here.
 """
 
-from losskit import boxes, detection, functional, nn, segmentation
+from losskit import boxes, compose, detection, distributed, functional, nn, regularization, rl, segmentation
 from losskit._core.checks import checks_enabled, set_checks
 from losskit._core.module import LossModule
 from losskit._core.reduction import reduce_loss
 from losskit._core.registry import available, families, get, register
+from losskit.compose import build
 from losskit.functional import *  # noqa: F403
 from losskit.functional import __all__ as _functional_all
 from losskit.nn import *  # noqa: F403
@@ -26,14 +27,19 @@ __all__ = [
     "LossModule",
     "available",
     "boxes",
+    "build",
     "checks_enabled",
+    "compose",
     "detection",
+    "distributed",
     "families",
     "functional",
     "get",
     "nn",
     "reduce_loss",
     "register",
+    "regularization",
+    "rl",
     "segmentation",
     "set_checks",
     *_functional_all,

@@ -4,6 +4,9 @@ Every function takes the prediction and the target as its only positional argume
 option is keyword-only. The reduction rules are those of :func:`losskit.reduce_loss`.
 """
 
+from losskit.functional import contrastive as _contrastive
+from losskit.functional import large_vocab as _large_vocab
+from losskit.functional import rl as _rl
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
 from losskit.functional.boxes import (
     ciou_loss,
@@ -29,6 +32,7 @@ from losskit.functional.classification import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
+from losskit.functional.contrastive import *  # noqa: F403
 from losskit.functional.detection import (
     distribution_focal_loss,
     gaussian_focal_loss,
@@ -36,6 +40,7 @@ from losskit.functional.detection import (
     varifocal_loss,
 )
 from losskit.functional.divergence import js_div, kl_div
+from losskit.functional.large_vocab import *  # noqa: F403
 from losskit.functional.lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from losskit.functional.regression import (
     balanced_l1_loss,
@@ -52,6 +57,7 @@ from losskit.functional.regression import (
     smooth_l1_loss,
     wing_loss,
 )
+from losskit.functional.rl import *  # noqa: F403
 from losskit.functional.segmentation import (
     dice_ce_loss,
     dice_loss,
@@ -114,4 +120,7 @@ __all__ = [
     "varifocal_loss",
     "wing_loss",
     "wiou_loss",
+    *_contrastive.__all__,
+    *_large_vocab.__all__,
+    *_rl.__all__,
 ]
