@@ -92,6 +92,47 @@ class LossModule(nn.Module):
             parts.append(f"{key}={shown!s}" if isinstance(value, Tensor) else f"{key}={value!r}")
         return ", ".join(parts)
 
+    # Loss algebra: ``0.5 * dice + ce`` is a ``losskit.compose.CompositeLoss`` (see that module).
+    def __add__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__add__(self, other)
+
+    def __radd__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__radd__(self, other)
+
+    def __sub__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__sub__(self, other)
+
+    def __rsub__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__rsub__(self, other)
+
+    def __neg__(self) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__neg__(self)
+
+    def __mul__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__mul__(self, other)
+
+    def __rmul__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__rmul__(self, other)
+
+    def __truediv__(self, other: object) -> Any:
+        from losskit.compose import LossAlgebra
+
+        return LossAlgebra.__truediv__(self, other)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         function = cls.__dict__.get("function")
