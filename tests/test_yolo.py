@@ -19,6 +19,7 @@ import math
 import pytest
 import torch
 
+from losskit.boxes import box_iou
 from losskit.detection import (
     AnchorGrid,
     TaskAlignedAssigner,
@@ -635,3 +636,27 @@ def test_assigner_names_mismatched_inputs():
         assigner(scores, pred_boxes, pixel_points()[:-1], boxes, labels, idx)
     with pytest.raises(ValueError, match="must agree"):
         assigner(scores, pred_boxes, GRID, boxes, labels[:-1], idx)
+
+
+@pytest.mark.parametrize("box_loss", ["giou", "siou"])
+def test_box_loss_option_changes_only_the_box_term(box_loss):
+    """The box term is sum_fg y (1 - similarity) * 7.5 / N with the chosen similarity of losskit.boxes
+    (itself checked against torchvision and the papers); the assignment and other terms are unchanged."""
+    gen = torch.Generator().manual_seed(21)
+    maps = make_maps(gen, 4, 3)
+    targets = make_targets(gen, 3)
+    base = YOLOLoss(3, strides=STRIDES, reg_max=4)(maps, targets)
+    out = YOLOLoss(3, strides=STRIDES, reg_max=4, box_loss=box_loss)(maps, targets)
+    a = out.assignment
+    assert torch.equal(a.fg_mask, base.assignment.fg_mask)
+    close(out.components["cls"], base.components["cls"])
+    close(out.components["dfl"], base.components["dfl"])
+    # Predicted boxes at the foreground, in grid units, decoded from the maps by hand.
+    points, strides = make_anchors(maps, STRIDES, dtype=torch.float64)
+    flat = torch.cat([m.detach().flatten(2) for m in maps], -1).transpose(1, 2)
+    pred = dist2bbox(points, dfl_decode(flat[..., :16], 4))[a.fg_mask]
+    target = a.target_boxes[a.fg_mask] / strides.expand(2, -1, -1)[a.fg_mask]
+    similarity = box_iou(pred, target, kind=box_loss, aligned=True)
+    normalizer = a.target_scores.sum().clamp(min=1)
+    close(out.components["box"], 7.5 * ((1 - similarity) * a.target_scores[a.fg_mask]).sum() / normalizer)
+    assert not torch.allclose(out.components["box"], base.components["box"])

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from losskit._core.checks import check_bool, check_number, checks_enabled
-from losskit.boxes import box_to_distance, distance_to_box, iou_family, pair_geometry
+from losskit._core.checks import check_bool, check_number, check_one_of, checks_enabled
+from losskit.boxes import IOU_KINDS, box_to_distance, distance_to_box, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid, dfl_decode
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
+from losskit.distributed import global_normalizer
 from losskit.functional.detection import distribution_focal_loss
 
 __all__ = ["DetectionLossResult", "YOLOLoss", "one_to_many_weight"]
@@ -280,7 +281,9 @@ def _branch_loss(levels: _Levels, targets: _Targets, assigner: TaskAlignedAssign
     fg_slot = assignment.fg_mask.view(-1).nonzero().squeeze(1)
     fg = _Foreground(fg_slot // num_anchors, fg_slot % num_anchors, assignment.target_labels.view(-1)[fg_slot],
                      assignment.target_scores.view(-1)[fg_slot])
-    normalizer = fg.score.sum().clamp(min=1)
+    # distributed: max(global sum, 1) / world size, exact under DDP (see losskit.distributed)
+    score_sum = fg.score.sum()
+    normalizer = global_normalizer(score_sum, min_count=1.0) if loss.distributed else score_sum.clamp(min=1)
     need_grad = torch.is_grad_enabled() and any(m.requires_grad for m in levels.maps)
 
     box, third = _box_terms(loss, levels, fg, assignment.target_boxes.view(-1, 4)[fg_slot], points, strides,
@@ -301,8 +304,8 @@ def _box_terms(loss: YOLOLoss, levels: _Levels, fg: _Foreground, target_px: Tens
     target = target_px / stride  # grid units, as the head predicts
     with torch.enable_grad():
         logits.requires_grad_(need_grad)
-        g = pair_geometry(distance_to_box(point, loss.decode(logits)), target, 1e-7, kind="ciou")
-        box = (1 - iou_family(g, "ciou", 1e-7)) * fg.score * (loss.box_gain / normalizer)
+        g = pair_geometry(distance_to_box(point, loss.decode(logits)), target, 1e-7, kind=loss.box_kind)
+        box = (1 - iou_family(g, loss.box_kind, 1e-7)) * fg.score * (loss.box_gain / normalizer)
         if loss.reg_max > 1:
             distances = box_to_distance(point, target, max_distance=loss.reg_max - 1 - loss.dfl_clamp_margin)
             per_side = distribution_focal_loss(logits.view(-1, 4, loss.reg_max), distances,
@@ -376,6 +379,9 @@ class YOLOLoss(nn.Module):
         reg_max: Bins per box side (16 for YOLOv8/YOLO11); 1 for YOLO26's direct regression.
         box: :math:`\lambda_{box}`. cls: :math:`\lambda_{cls}`. dfl: :math:`\lambda_{dfl}`, the gain
             of the DFL term, or of the L1 term with ``reg_max=1``.
+        box_loss: The IoU-family similarity of the box term, ``1 - `` it is the loss: ``"ciou"``
+            (YOLOv8), ``"giou"``, ``"diou"``, ``"eiou"``, ``"siou"`` or ``"iou"`` (see
+            :func:`losskit.boxes.box_iou`).
         topk, alpha, beta, overlap: Assigner settings (see :class:`TaskAlignedAssigner`).
         small_object_size: STAL's minimum box side for candidate selection, in pixels; ``"auto"``
             is the second stride (16), as Ultralytics 8.4 does for every model; ``None`` turns it off
@@ -385,6 +391,12 @@ class YOLOLoss(nn.Module):
         one_to_one_topk: Candidates of the one-to-one branch before keeping one per object.
         scale_by_batch: Multiply the results by the batch size, as Ultralytics' criterion returns them.
         dfl_clamp_margin: DFL targets are clamped to ``reg_max - 1 - margin``.
+        distributed: Sum the target-score normalizer :math:`N` over the ranks of
+            ``torch.distributed`` and divide by the world size
+            (:func:`losskit.distributed.global_normalizer`): the mean of the ranks' totals is the
+            loss of the global batch and DDP's averaged gradient is its gradient. One all-reduce
+            per branch, on every rank (a rank without objects included). A no-op without a
+            process group.
 
     Inputs:
         preds: A list of per-level maps ``(B, 4 * reg_max + C, H_i, W_i)``, box channels first
@@ -423,29 +435,34 @@ class YOLOLoss(nn.Module):
 
     def __init__(self, num_classes: int, *, strides: Sequence[float] = (8, 16, 32), reg_max: int = 16,
                  box: float = 7.5, cls: float = 0.5, dfl: float = 1.5, topk: int = 10, alpha: float = 0.5,
-                 beta: float = 6.0, overlap: str = "ciou", small_object_size: float | str | None = "auto",
+                 beta: float = 6.0, overlap: str = "ciou", box_loss: str = "ciou",
+                 small_object_size: float | str | None = "auto",
                  class_weights: Sequence[float] | Tensor | None = None, end2end: bool = False,
-                 one_to_one_topk: int = 7, scale_by_batch: bool = False, dfl_clamp_margin: float = 0.01) -> None:
+                 one_to_one_topk: int = 7, scale_by_batch: bool = False, dfl_clamp_margin: float = 0.01,
+                 distributed: bool = False) -> None:
         super().__init__()
         if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 1:
             raise ValueError(f"reg_max must be a positive integer, got {reg_max!r}")
         strides = tuple(check_number(f"strides[{i}]", s, low=0.0, low_open=True) for i, s in enumerate(strides))
         if not strides:
             raise ValueError("strides must name at least one level")
-        for name, value in (("end2end", end2end), ("scale_by_batch", scale_by_batch)):
+        for name, value in (("end2end", end2end), ("scale_by_batch", scale_by_batch), ("distributed", distributed)):
             check_bool(name, value)
         if small_object_size == "auto":
             small_object_size = strides[1] if len(strides) > 1 else strides[0]
         self._config = dict(num_classes=num_classes, strides=strides, reg_max=reg_max, box=box, cls=cls, dfl=dfl,
-                            topk=topk, alpha=alpha, beta=beta, overlap=overlap, small_object_size=small_object_size,
+                            topk=topk, alpha=alpha, beta=beta, overlap=overlap, box_loss=box_loss,
+                            small_object_size=small_object_size,
                             end2end=end2end, one_to_one_topk=one_to_one_topk, scale_by_batch=scale_by_batch,
-                            dfl_clamp_margin=dfl_clamp_margin)
+                            dfl_clamp_margin=dfl_clamp_margin, distributed=distributed)
+        check_one_of("box_loss", box_loss, IOU_KINDS)
+        self.box_kind = box_loss
         self.num_classes, self.strides, self.reg_max = num_classes, strides, reg_max
         self.box_gain = check_number("box", box, low=0.0)
         self.cls_gain = check_number("cls", cls, low=0.0)
         self.third_gain = check_number("dfl", dfl, low=0.0)
         self.dfl_clamp_margin = check_number("dfl_clamp_margin", dfl_clamp_margin, low=0.0, high=1.0, high_open=True)
-        self.end2end, self.scale_by_batch = end2end, scale_by_batch
+        self.end2end, self.scale_by_batch, self.distributed = end2end, scale_by_batch, distributed
         common = dict(num_classes=num_classes, alpha=alpha, beta=beta, overlap=overlap,
                       small_object_size=small_object_size)
         self.assigners = {"one2many": TaskAlignedAssigner(topk, **common)}

@@ -114,16 +114,40 @@ class RegionStats:
         return RegionStats(drop(self.tp), drop(self.psum), drop(self.tsum), self.count, drop(self.psq),
                            drop(self.tsq), self.ce)
 
-    def pooled(self) -> RegionStats:
-        """Sums over the batch: ``(1, C)``, or ``(0, C)`` for an empty batch (nothing to pool)."""
-        if self.tp.shape[0] == 0:
+    def pooled(self, sync: bool = False) -> RegionStats:
+        """Sums over the batch: ``(1, C)``, or ``(0, C)`` for an empty batch (nothing to pool).
+
+        ``sync=True`` also sums over the ranks of ``torch.distributed`` (one all-reduce, with
+        gradient; see :mod:`losskit.distributed`): ``(1, C)`` on every rank, an empty shard included."""
+        if self.tp.shape[0] == 0 and not sync:
             return self
 
         def pool(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.sum(0, keepdim=True)
 
-        return RegionStats(pool(self.tp), pool(self.psum), pool(self.tsum), pool(self.count), pool(self.psq),
-                           pool(self.tsq), pool(self.ce))
+        fields = [pool(x) for x in (self.tp, self.psum, self.tsum, self.count, self.psq, self.tsq, self.ce)]
+        if sync:
+            fields = _all_reduce_fields(fields)
+        return RegionStats(*fields)
+
+
+def _all_reduce_fields(fields: list[Tensor | None]) -> list[Tensor | None]:
+    """Sum tensors over the ranks in one collective (``None`` entries pass through)."""
+    from losskit.distributed import all_reduce_with_grad, is_distributed
+
+    present = [x for x in fields if x is not None]
+    if not is_distributed() or not present:
+        return fields
+    dtype = torch.promote_types(present[0].dtype, torch.float32)
+    flat = all_reduce_with_grad(torch.cat([x.reshape(-1).to(dtype) for x in present]))
+    out, start = [], 0
+    for x in fields:
+        if x is None:
+            out.append(None)
+            continue
+        out.append(flat[start:start + x.numel()].reshape(x.shape).to(x.dtype))
+        start += x.numel()
+    return out
 
 
 def _flat(x: Tensor, keep: int) -> Tensor:
@@ -265,10 +289,19 @@ def _softmax_index_plain(logits: Tensor, index: Tensor, valid: Tensor | None) ->
 # --- shared front end ---------------------------------------------------------------------------
 
 
+def _check_sync(sync_stats: object, aggregate: str) -> None:
+    if not isinstance(sync_stats, bool):
+        raise TypeError(f"sync_stats must be a bool, got {type(sync_stats).__name__}")
+    if sync_stats and aggregate != "batch":
+        raise ValueError("sync_stats=True pools the statistics over the ranks, so it needs aggregate='batch'; "
+                         f"got aggregate={aggregate!r}")
+
+
 def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_background: bool, aggregate: str,
            ignore_index: int | None, squared: bool = False, soft_label: bool = False,
-           fused_ce: bool = False) -> tuple[RegionStats, DenseTarget]:
+           fused_ce: bool = False, sync_stats: bool = False) -> tuple[RegionStats, DenseTarget]:
     check_one_of("aggregate", aggregate, AGGREGATES)
+    _check_sync(sync_stats, aggregate)
     check_one_of("activation", activation, ("softmax", "sigmoid", None))
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
@@ -293,7 +326,7 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     else:
         stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
     stats = stats.select(include_background)
-    return (stats.pooled() if aggregate == "batch" else stats), dt
+    return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
 
 
 def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
@@ -336,12 +369,13 @@ def _finish(loss: Tensor, stats: RegionStats, *, input: Tensor, target: Tensor, 
 
 
 def _front(input, target, *, activation, include_background, aggregate, absent, ignore_index, smooth_nr,
-           smooth_dr, eps, reduction, normalizer, class_weight, squared=False, soft_label=False):
+           smooth_dr, eps, reduction, normalizer, class_weight, squared=False, soft_label=False, sync_stats=False):
     check_reduction(reduction, normalizer)
     check_one_of("absent", absent, ABSENT)
     _check_smoothing(smooth_nr, smooth_dr, eps)
     stats, _ = _stats(input, target, activation=activation, include_background=include_background,
-                      aggregate=aggregate, ignore_index=ignore_index, squared=squared, soft_label=soft_label)
+                      aggregate=aggregate, ignore_index=ignore_index, squared=squared, soft_label=soft_label,
+                      sync_stats=sync_stats)
     cw = _class_weight(class_weight, input, include_background)
     return stats, cw
 
@@ -355,6 +389,9 @@ _COMMON_ARGS = r"""
         include_background: Keep channel 0; ``False`` drops it after the activation.
         aggregate: ``"per_sample"`` (one value per sample and class) or ``"batch"`` (sums pooled
             over the batch first).
+        sync_stats: With ``aggregate="batch"``, also pool over the ranks of ``torch.distributed``
+            (one differentiable all-reduce): every rank gets the loss of the global batch (see
+            :mod:`losskit.distributed`). A no-op without a process group.
         class_weight: Per-class weights, shape ``(C,)`` (background included); they weight the mean.
         smooth_nr: Added to the numerator.
         smooth_dr: Added to the denominator.
@@ -399,6 +436,7 @@ def dice_loss(
     activation: str | None = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     squared: bool = False,
     soft_label: bool = False,
     class_weight: Tensor | None = None,
@@ -441,7 +479,8 @@ def dice_loss(
         smoothing 1e-5 in both terms); see the module docstring for SMP and kornia.
     """
     stats, cw = _front(input, target, activation=activation, include_background=include_background,
-                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       aggregate=aggregate, sync_stats=sync_stats, absent=absent, ignore_index=ignore_index,
+                       smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, squared=squared, soft_label=soft_label)
     loss = _dice_from_stats(stats, squared, smooth_nr, smooth_dr, eps)
@@ -462,6 +501,7 @@ def jaccard_loss(
     activation: str | None = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     soft_label: bool = False,
     class_weight: Tensor | None = None,
     smooth_nr: float = 1e-5,
@@ -502,7 +542,8 @@ def jaccard_loss(
         matches with ``smooth_nr = smooth_dr = s / 2``.
     """
     stats, cw = _front(input, target, activation=activation, include_background=include_background,
-                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       aggregate=aggregate, sync_stats=sync_stats, absent=absent, ignore_index=ignore_index,
+                       smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
     loss = 1 - _ratio(stats.tp, stats.psum + stats.tsum - stats.tp, smooth_nr, smooth_dr, eps)
@@ -526,6 +567,7 @@ def tversky_loss(
     activation: str | None = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     soft_label: bool = False,
     class_weight: Tensor | None = None,
     smooth_nr: float = 1e-5,
@@ -571,7 +613,8 @@ def tversky_loss(
     check_number("alpha", alpha, low=0.0)
     check_number("beta", beta, low=0.0)
     stats, cw = _front(input, target, activation=activation, include_background=include_background,
-                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       aggregate=aggregate, sync_stats=sync_stats, absent=absent, ignore_index=ignore_index,
+                       smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
     loss = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
@@ -590,6 +633,7 @@ def focal_tversky_loss(
     activation: str | None = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     soft_label: bool = False,
     class_weight: Tensor | None = None,
     smooth_nr: float = 1e-5,
@@ -642,7 +686,8 @@ def focal_tversky_loss(
     check_number("beta", beta, low=0.0)
     check_number("gamma", gamma, low=0.0, low_open=True)
     stats, cw = _front(input, target, activation=activation, include_background=include_background,
-                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       aggregate=aggregate, sync_stats=sync_stats, absent=absent, ignore_index=ignore_index,
+                       smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
     base = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
@@ -659,6 +704,7 @@ def generalized_dice_loss(
     activation: str | None = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     weight_type: str = "square",
     absent: str = "max",
     soft_label: bool = False,
@@ -689,6 +735,9 @@ def generalized_dice_loss(
         activation: ``"softmax"`` | ``"sigmoid"`` | ``None``.
         include_background: Keep channel 0 (dropped after the activation, before the weights).
         aggregate: ``"per_sample"`` or ``"batch"`` (sums and weights pooled over the batch).
+        sync_stats: With ``aggregate="batch"``, also pool over the ranks of ``torch.distributed``
+            (one differentiable all-reduce): every rank gets the loss of the global batch (see
+            :mod:`losskit.distributed`). A no-op without a process group.
         weight_type: ``"square"`` | ``"simple"`` | ``"uniform"``.
         absent: ``"max"`` | ``"zero"``: the weight of a class with :math:`T_c = 0`.
         soft_label: Soft-label-correct :math:`TP` (floating targets).
@@ -727,7 +776,7 @@ def generalized_dice_loss(
     check_one_of("absent", absent, ("max", "zero"))
     _check_smoothing(smooth_nr, smooth_dr, eps)
     stats, _ = _stats(input, target, activation=activation, include_background=include_background,
-                      aggregate=aggregate, ignore_index=ignore_index, soft_label=soft_label)
+                      aggregate=aggregate, ignore_index=ignore_index, soft_label=soft_label, sync_stats=sync_stats)
     tsum = stats.tsum.detach()
     if weight_type == "uniform":
         w = torch.ones_like(tsum)
@@ -755,6 +804,7 @@ def mcc_loss(
     activation: str | None = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     soft_label: bool = False,
     class_weight: Tensor | None = None,
     smooth_nr: float = 0.0,
@@ -801,7 +851,8 @@ def mcc_loss(
         Networks: Application to Skin Lesion Segmentation", ISBI 2021.
     """
     stats, cw = _front(input, target, activation=activation, include_background=include_background,
-                       aggregate=aggregate, absent=absent, ignore_index=ignore_index, smooth_nr=smooth_nr,
+                       aggregate=aggregate, sync_stats=sync_stats, absent=absent, ignore_index=ignore_index,
+                       smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
     tp, fp, fn, tn = stats.tp, stats.fp, stats.fn, stats.tn
@@ -822,6 +873,7 @@ def dice_ce_loss(
     activation: str = "softmax",
     include_background: bool = True,
     aggregate: str = "per_sample",
+    sync_stats: bool = False,
     squared: bool = False,
     class_weight: Tensor | None = None,
     smooth_nr: float = 1e-5,
@@ -861,6 +913,9 @@ def dice_ce_loss(
         activation: ``"softmax"`` or ``"sigmoid"``.
         include_background: Keep channel 0 in the Dice half.
         aggregate: ``"per_sample"`` or ``"batch"``.
+        sync_stats: With ``aggregate="batch"``, also pool over the ranks of ``torch.distributed``
+            (one differentiable all-reduce): every rank gets the loss of the global batch (see
+            :mod:`losskit.distributed`). A no-op without a process group.
         squared: V-Net Dice denominator.
         class_weight: Per-class weights ``(C,)`` for both halves (CE: ``w_y`` weighted mean).
         smooth_nr: Dice numerator smoothing.
@@ -900,6 +955,7 @@ def dice_ce_loss(
     check_number("lambda_ce", lambda_ce, low=0.0)
     check_one_of("absent", absent, ABSENT)
     check_one_of("aggregate", aggregate, AGGREGATES)
+    _check_sync(sync_stats, aggregate)
     if activation not in ("softmax", "sigmoid"):
         raise ValueError(f"activation must be 'softmax' or 'sigmoid' for dice_ce_loss (its CE half takes "
                          f"logits), got {activation!r}")
@@ -909,7 +965,7 @@ def dice_ce_loss(
                       ignore_index=ignore_index, squared=squared, fused_ce=fused)
     stats = full.select(include_background)
     if aggregate == "batch":
-        stats = stats.pooled()
+        stats = stats.pooled(sync_stats)
     cw = _class_weight(class_weight, input, include_background)
     dice = _dice_from_stats(stats, squared, smooth_nr, smooth_dr, eps)
     unit_w = cw.expand(dice.shape) if cw is not None else torch.ones_like(dice)
@@ -950,8 +1006,10 @@ def dice_ce_loss(
         ce_sum = _flat(bce, 1).sum(-1)
         ce_count = full.count.squeeze(1) * (input.shape[1] if class_weight is None else
                                            upcast(class_weight.to(input.device)).sum())
-    if aggregate == "batch" and ce_sum.shape[0]:
+    if aggregate == "batch" and (ce_sum.shape[0] or sync_stats):
         ce_sum, ce_count = ce_sum.sum(0, keepdim=True), ce_count.sum(0, keepdim=True)
+        if sync_stats:
+            ce_sum, ce_count = _all_reduce_fields([ce_sum, ce_count])
     ce_mean = ce_sum / ce_count.clamp_min(torch.finfo(ce_sum.dtype).tiny)
     loss = lambda_dice * dice + lambda_ce * ce_mean
     if weight is not None:
