@@ -460,12 +460,200 @@ FocalLoss = SigmoidFocalLoss
 
 
 # --- large vocabulary -------------------------------------------------------------------------
+# Not registered: these take three or four tensors (hidden states, head
+# weight, labels; or a student's and a teacher's hidden states and heads), which the registry's
+# (input, target) contract cannot call. tests/test_large_vocab.py checks the same properties.
+
+
+class _FusedHeadLoss(LossModule):
+    """Module form of a fused-head loss: per-batch tensors go to ``forward``, options to the constructor."""
+
+    per_batch: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__["function"].__func__
+        cls.__doc__ = (
+            f"Module form of :func:`losskit.{fn.__name__}`: options go to the constructor, the tensors "
+            f"(and {', '.join(f'``{name}``' for name in cls.per_batch)}) to ``forward``. It holds no head "
+            f"weight of its own; it is not in the registry (``losskit.get``), whose (input, target) "
+            f"contract cannot call it.\n\n" + (fn.__doc__ or "")
+        )
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [name for name in super().option_names() if name not in cls.per_batch]
+
+    def _call(self, *tensors, **call_options):
+        return type(self).function(*tensors, **{**self.options(), **call_options})
+
+
+class FusedLinearCrossEntropyLoss(_FusedHeadLoss):
+    function = staticmethod(F.fused_linear_cross_entropy)
+    per_batch = ("bias",)
+
+    def forward(self, hidden, weight, target, bias=None, **call_options):
+        """``fused_linear_cross_entropy(hidden, weight, target, bias=bias, **options)``."""
+        return self._call(hidden, weight, target, bias=bias, **call_options)
+
+
+class FusedLinearKLDivLoss(_FusedHeadLoss):
+    function = staticmethod(F.fused_linear_kl_div)
+    per_batch = ("student_bias", "teacher_bias", "target", "weight")
+
+    def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, **call_options):
+        """``fused_linear_kl_div(...)``; biases, ``target`` and ``weight`` go here as keywords."""
+        return self._call(student_hidden, student_weight, teacher_hidden, teacher_weight, **call_options)
+
+
+class FusedLinearJSDivLoss(_FusedHeadLoss):
+    function = staticmethod(F.fused_linear_js_div)
+    per_batch = ("student_bias", "teacher_bias", "target", "weight")
+
+    def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, **call_options):
+        """``fused_linear_js_div(...)``; biases, ``target`` and ``weight`` go here as keywords."""
+        return self._call(student_hidden, student_weight, teacher_hidden, teacher_weight, **call_options)
+
+
+del _FusedHeadLoss  # a base, not a loss: keep it out of __all__
 
 
 # --- reinforcement learning and preferences ---------------------------------------------------
 
 
+@register("reinforce", "vpg", "policy_gradient", family="rl")
+class ReinforceLoss(LossModule):
+    function = staticmethod(F.reinforce_loss)
+
+
+@register("ppo_clip", "ppo", family="rl")
+class PPOClipLoss(LossModule):
+    function = staticmethod(F.ppo_clip_loss)
+
+
+@register("value", "critic", family="rl")
+class ValueLoss(LossModule):
+    function = staticmethod(F.value_loss)
+
+
+@register("kl_penalty", family="rl")
+class KLPenaltyLoss(LossModule):
+    function = staticmethod(F.kl_penalty)
+
+
+@register("grpo", family="rl")
+class GRPOLoss(LossModule):
+    function = staticmethod(F.grpo_loss)
+
+
+@register("dpo", family="preference")
+class DPOLoss(LossModule):
+    function = staticmethod(F.dpo_loss)
+
+
+@register("simpo", family="preference")
+class SimPOLoss(LossModule):
+    function = staticmethod(F.simpo_loss)
+
+
+@register("orpo", family="preference")
+class ORPOLoss(LossModule):
+    function = staticmethod(F.orpo_loss)
+
+
+@register("kto", family="preference")
+class KTOLoss(LossModule):
+    function = staticmethod(F.kto_loss)
+
+
 # --- contrastive ------------------------------------------------------------------------------
+
+
+@register("info_nce", "infonce", "clip_contrastive", family="contrastive")
+class InfoNCELoss(LossModule):
+    r"""Module form of :func:`losskit.info_nce_loss`, optionally with CLIP's learned temperature.
+
+    With ``learn_temperature=False`` (the default) it is the plain module form. With
+    ``learn_temperature=True`` the temperature is learned as CLIP does: a parameter
+    ``logit_scale`` :math:`= \log(1/\tau)`, initialised from ``temperature`` (CLIP: 0.07, so
+    :math:`\log(1/0.07) \approx 2.659`), and :math:`1/\tau = \exp(\min(\text{logit\_scale},
+    \log s_{max}))` with ``max_logit_scale`` :math:`s_{max} = 100`. The log-parameterisation
+    keeps :math:`\tau > 0` and makes the optimiser's steps relative; the clamp stops the scale
+    from growing without bound (CLIP clamps the parameter in place after each step; here the
+    forward pass clamps, so the module holds no state that ``forward`` changes, and the gradient
+    is 0 while the clamp is active). The config holds the options (``temperature`` is the initial
+    value); the learned value is in ``state_dict``.
+
+    Args:
+        learn_temperature: Learn the temperature.
+        max_logit_scale: Upper bound of :math:`1/\tau` (100, as CLIP).
+        **options: The options of :func:`losskit.info_nce_loss`.
+
+    Examples:
+        >>> import torch, losskit
+        >>> loss = losskit.InfoNCELoss(learn_temperature=True)
+        >>> [name for name, _ in loss.named_parameters()], round(loss.temperature.item(), 4)
+        (['logit_scale'], 0.07)
+        >>> u = torch.eye(3)
+        >>> loss(u, u).backward()
+        >>> loss.logit_scale.grad is not None
+        True
+    """
+
+    function = staticmethod(F.info_nce_loss)
+
+    def __init__(self, *, learn_temperature: bool = False, max_logit_scale: float = 100.0, **options) -> None:
+        import math
+
+        import torch
+
+        from losskit._core.checks import check_bool, check_number
+
+        super().__init__(**options)
+        check_bool("learn_temperature", learn_temperature)
+        self.learn_temperature = learn_temperature
+        self.max_logit_scale = check_number("max_logit_scale", max_logit_scale, low=1.0)
+        self.logit_scale = None
+        if learn_temperature:
+            initial = options.get("temperature", 0.07)
+            initial = check_number("temperature", float(torch.as_tensor(initial)), low=0.0, low_open=True)
+            self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / initial)))
+
+    @property
+    def temperature(self):
+        """The temperature used now: a tensor when learned, else the option (0.07 if not given)."""
+        import math
+
+        if self.logit_scale is None:
+            return self.options().get("temperature", 0.07)
+        return self.logit_scale.clamp(max=math.log(self.max_logit_scale)).neg().exp()
+
+    def forward(self, input, target, **call_options):
+        if self.logit_scale is None:
+            return super().forward(input, target, **call_options)
+        return super().forward(input, target, **{**call_options, "temperature": self.temperature})
+
+    def get_config(self):
+        config = super().get_config()
+        if self.learn_temperature:
+            config.update(learn_temperature=True, max_logit_scale=self.max_logit_scale)
+        return config
+
+    def extra_repr(self) -> str:
+        learned = (f"learn_temperature=True, max_logit_scale={self.max_logit_scale}"
+                   if self.learn_temperature else "")
+        return ", ".join(part for part in (super().extra_repr(), learned) if part)
+
+
+@register("supervised_contrastive", "supcon", family="contrastive")
+class SupervisedContrastiveLoss(LossModule):
+    function = staticmethod(F.supervised_contrastive_loss)
+
+
+@register("triplet_margin", "triplet", "batch_hard_triplet", family="contrastive")
+class TripletMarginLoss(LossModule):
+    function = staticmethod(F.triplet_margin_loss)
+
 
 
 # Every module class above, the base class included.

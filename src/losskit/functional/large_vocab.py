@@ -1,5 +1,772 @@
-"""Cross-entropy and divergences over a large vocabulary, fused with the output projection."""
+r"""Cross-entropy and divergences over a large vocabulary, fused with the output projection.
+
+A language model's last step multiplies hidden states :math:`h` of shape :math:`(N, D)` by the
+head :math:`W` of shape :math:`(V, D)` and feeds the :math:`(N, V)` logits to a loss. With
+:math:`N = 8192` tokens and :math:`V = 128\,256` the float32 logits take 4.2 GB, their gradient
+another 4.2 GB, and autograd keeps the log-softmax alive too: the loss needs several times the
+memory of the whole model's activations. The losses here never build that tensor. They walk the
+tokens in chunks inside one ``torch.autograd.Function``; each chunk's logits are made by one
+matrix product, turned into the loss and its gradient in place, projected back onto
+:math:`\nabla h` and :math:`\nabla W`, and freed before the next chunk. At most one chunk of
+logits (and one or two buffers of the same size) is alive at any time.
+
+Two strategies, picked from the reduction (see ``docs/large_vocab.md``):
+
+* ``"mean"`` / ``"sum"`` / ``normalizer=``: the gradients are computed during the forward pass
+  (three matrix products per chunk, as many as plain autograd does) and kept until backward,
+  which only multiplies them by the scalar upstream gradient. Exact: a reduced loss receives one
+  scalar upstream gradient, so every token's share of it is known in forward.
+* ``"none"``: the forward pass computes the per-token losses only; backward recomputes each
+  chunk's logits and scales each token's gradient by *its own* upstream gradient (four matrix
+  products per chunk instead of three, about a third more time, same memory). Computing the
+  weight gradient in forward would sum over tokens before the per-token upstream gradients are
+  known; that shortcut is exact only for a uniform upstream gradient and silently wrong for any
+  other (the failure reported against Liger-Kernel's fused kernel).
+
+Second derivatives are not supported (``create_graph=True`` raises).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from losskit._core.checks import (
+    check_bool,
+    check_broadcastable,
+    check_class_indices,
+    check_class_vector,
+    check_floating,
+    check_loss_finite,
+    check_number,
+    check_tensor,
+)
+from losskit._core.numerics import compute_dtype, finite_log
+from losskit._core.reduction import Reduction, check_reduction
+
+__all__ = [
+    "FusedCrossEntropyOutput",
+    "fused_linear_cross_entropy",
+    "fused_linear_js_div",
+    "fused_linear_kl_div",
+]
+
+# --- chunk size ----------------------------------------------------------------------------------
+
+# Memory budget for the chunk-sized buffers alive at once (logits, their gradient in place, and
+# the temporaries of the elementwise part). On a CPU, matrix products of 128 rows or more run at
+# full speed (measured on 2 cores, D=1024, V=32064: 128 to 2048 rows within run-to-run noise), so
+# a small budget costs nothing. GPUs need a few thousand rows to keep their matrix units busy;
+# their budget is larger and has not been tuned on hardware.
+_BUDGET_BYTES = {"cpu": 64 * 2**20}
+_DEFAULT_BUDGET_BYTES = 1024 * 2**20
+
+
+def _chunk_rows(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, buffers: int,
+                chunk_size: int | None) -> int:
+    """Tokens per chunk: ``chunk_size`` if given, else what fits the device's budget."""
+    if chunk_size is not None:
+        return max(1, min(chunk_size, rows))
+    budget = _BUDGET_BYTES.get(device.type, _DEFAULT_BUDGET_BYTES)
+    per_row = max(vocab, 1) * torch.finfo(dtype).bits // 8 * buffers
+    fit = max(1, budget // per_row)
+    if fit >= 16:
+        fit -= fit % 8  # whole multiples of 8 rows keep matrix products aligned
+    return max(1, min(fit, rows))
+
+
+# --- the chunked engine ----------------------------------------------------------------------------
+
+# A chunk's elementwise part: (logits per head, rows, per-row upstream gradient or None, which heads
+# need a gradient) -> (loss per row, extra per-row outputs, d loss / d logits per head or None).
+ChunkFn = Callable[[list[Tensor], slice, Tensor | None, list[bool]],
+                   tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]]
+
+
+@dataclass
+class _Plan:
+    """What the engine needs besides the tensors it differentiates."""
+
+    heads: int  # 1 (cross-entropy) or 2 (student and teacher)
+    rows: int  # tokens per chunk
+    dtype: torch.dtype  # compute dtype
+    chunk: ChunkFn
+    extras: dict[str, torch.dtype] = field(default_factory=dict)
+
+
+def _logits(h: Tensor, w: Tensor, b: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """One chunk of logits in the compute dtype, in a fresh buffer the caller may overwrite.
+
+    The product runs in the inputs' dtype (as ``h @ w.T + b`` does); half-precision logits are
+    then upcast, so everything after the product runs in float32.
+    """
+    z = torch.addmm(b, h, w.t()) if b is not None else torch.mm(h, w.t())
+    return z if z.dtype == dtype else z.to(dtype)
+
+
+def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, ...],
+           scale: Tensor | None) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None]]:
+    """Walk the chunks: per-token loss and extras, and the gradients ``needs`` asks for.
+
+    ``tensors`` holds ``(hidden, weight, bias)`` per head; ``scale`` is the upstream gradient per
+    token (``None``: 1). Weight and bias gradients accumulate in the compute dtype.
+    """
+    lead = tensors[0]
+    rows, device, dtype = lead.shape[0], lead.device, plan.dtype
+    loss = torch.empty(rows, dtype=dtype, device=device)
+    extras = {name: torch.empty(rows, dtype=kind, device=device) for name, kind in plan.extras.items()}
+    heads = [tensors[3 * i:3 * i + 3] for i in range(plan.heads)]
+    grads: list[Tensor | None] = []
+    for (h, w, b), need in zip(heads, (needs[3 * i:3 * i + 3] for i in range(plan.heads)), strict=True):
+        grads.append(torch.empty(h.shape, dtype=h.dtype, device=device) if need[0] else None)
+        grads.append(torch.empty(w.shape, dtype=dtype, device=device) if need[1] else None)
+        grads.append(torch.empty(b.shape, dtype=dtype, device=device) if need[2] else None)
+    want = [any(needs[3 * i:3 * i + 3]) for i in range(plan.heads)]
+    first = True  # the first chunk writes the weight and bias gradients, later ones add (no zero fill)
+    for start in range(0, rows, plan.rows):
+        part = slice(start, min(start + plan.rows, rows))
+        logits = [_logits(h[part], w, b, dtype) for h, w, b in heads]
+        value, chunk_extras, dlogits = plan.chunk(logits, part, None if scale is None else scale[part], want)
+        del logits
+        loss[part] = value
+        for name, x in chunk_extras.items():
+            extras[name][part] = x
+        for i, (h, w, _) in enumerate(heads):
+            d = None if dlogits is None else dlogits[i]
+            if d is None:
+                continue
+            grad_h, grad_w, grad_b = grads[3 * i:3 * i + 3]
+            if grad_h is not None:
+                torch.mm(d if d.dtype == w.dtype else d.to(w.dtype), w, out=grad_h[part])
+            if grad_w is not None:
+                hp = h[part]
+                hp = hp if hp.dtype == dtype else hp.to(dtype)
+                if first:
+                    torch.mm(d.t(), hp, out=grad_w)
+                else:
+                    grad_w.addmm_(d.t(), hp)
+            if grad_b is not None:
+                if first:
+                    torch.sum(d, 0, out=grad_b)
+                else:
+                    grad_b.add_(d.sum(0))
+        del dlogits, d
+        first = False
+    if first:  # no chunk at all: empty input
+        for g in grads[1::3] + grads[2::3]:
+            if g is not None:
+                g.zero_()
+    return loss, extras, grads
+
+
+class _FusedLinear(torch.autograd.Function):
+    """Loss over ``hidden @ weight.T + bias`` chunk by chunk; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, plan: _Plan, reduce: bool, divisor: Tensor | None, needs: tuple[bool, ...],
+                *tensors: Tensor | None):
+        """``reduce``: return ``sum(loss) / divisor`` (``divisor`` None: 1), else the per-token loss."""
+        rows = tensors[0].shape[0]
+        in_forward = reduce and any(needs)
+        scale = None if divisor is None else (1 / divisor).expand(rows)
+        loss, extras, grads = _sweep(plan, tensors, needs if in_forward else (False,) * len(needs),
+                                     scale if in_forward else None)
+        ctx.plan, ctx.reduce, ctx.divisor, ctx.needs = plan, reduce, divisor, needs
+        ctx.save_for_backward(*tensors)
+        ctx.grads = grads if in_forward else None
+        out = loss if not reduce else loss.sum() if divisor is None else loss.sum() / divisor
+        extra = tuple(extras.values())
+        ctx.mark_non_differentiable(*extra)
+        return (out, *extra)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor, *_unused: Tensor):
+        tensors = ctx.saved_tensors
+        dtype = ctx.plan.dtype
+        if ctx.reduce and ctx.grads is not None:
+            grads, ctx.grads = ctx.grads, None  # used once; a second backward recomputes
+            factor = grad_out.to(dtype)
+            # loss.backward() sends exactly 1: skip two passes over the gradients. Reading the
+            # value needs a host sync, free on a CPU and avoided on other devices.
+            if factor.device.type != "cpu" or factor.item() != 1.0:
+                grads = [None if g is None else g.mul_(factor if g.dtype == dtype else factor.to(g.dtype))
+                         for g in grads]
+        else:
+            rows = tensors[0].shape[0]
+            scale = grad_out.to(dtype)
+            if ctx.divisor is not None:
+                scale = scale / ctx.divisor
+            _, _, grads = _sweep(ctx.plan, tensors, ctx.needs, scale.expand(rows) if ctx.reduce else scale)
+        out = [None if g is None else g.to(t.dtype) for g, t in zip(grads, tensors, strict=True)]
+        return (None, None, None, None, *out)
+
+
+def _needs(*tensors: Tensor | None) -> tuple[bool, ...]:
+    enabled = torch.is_grad_enabled()
+    return tuple(enabled and t is not None and t.requires_grad for t in tensors)
+
+
+def _divisor(reduction: Reduction, normalizer: float | Tensor | None, counted: Tensor) -> Tensor | None:
+    """What ``"mean"`` divides the weighted sum by: ``normalizer`` (a constant), or the counted
+    weight (1 where nothing counts, so an empty or fully ignored batch gives 0); None otherwise."""
+    if reduction != "mean":
+        return None
+    if normalizer is not None:
+        return torch.as_tensor(normalizer).detach().to(device=counted.device, dtype=counted.dtype).reshape(())
+    return torch.where(counted == 0, torch.ones_like(counted), counted)
+
+
+# --- argument checks -------------------------------------------------------------------------------
+
+
+def _check_head(hidden_name: str, hidden: Tensor, weight_name: str, weight: Tensor,
+                bias_name: str, bias: Tensor | None) -> None:
+    check_floating(hidden_name, hidden)
+    check_floating(weight_name, weight)
+    if hidden.dim() < 2:
+        raise ValueError(f"{hidden_name} must have shape (N, D) or (B, T, D), got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
+        raise ValueError(f"{weight_name} must have shape (V, D) with V >= 1 and D = {hidden.shape[-1]} "
+                         f"({hidden_name}'s last dimension), got shape {tuple(weight.shape)}")
+    if weight.dtype != hidden.dtype or weight.device != hidden.device:
+        raise TypeError(f"{weight_name} must have {hidden_name}'s dtype and device ({hidden.dtype}, "
+                        f"{hidden.device}), got {weight.dtype}, {weight.device}")
+    if bias is not None:
+        check_floating(bias_name, bias)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(f"{bias_name} must have shape ({weight.shape[0]},), one entry per row of "
+                             f"{weight_name}, got shape {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype or bias.device != hidden.device:
+            raise TypeError(f"{bias_name} must have {hidden_name}'s dtype and device ({hidden.dtype}, "
+                            f"{hidden.device}), got {bias.dtype}, {bias.device}")
+
+
+def _check_labels(name: str, target: Tensor, hidden_name: str, hidden: Tensor) -> None:
+    check_tensor(name, target)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(f"{name} must have shape {tuple(hidden.shape[:-1])} ({hidden_name}'s shape without "
+                         f"its last dimension D), got shape {tuple(target.shape)}")
+
+
+def _check_chunk_size(chunk_size: object) -> None:
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (tokens per chunk), got {chunk_size}")
+
+
+# --- cross-entropy -----------------------------------------------------------------------------------
+
+
+class FusedCrossEntropyOutput(NamedTuple):
+    """What :func:`fused_linear_cross_entropy` returns with ``return_components=True``.
+
+    ``loss`` is the differentiable total; the rest are detached, for logging, and reduced like
+    ``loss`` (``"none"``: per token; ``"sum"``; ``"mean"`` or ``normalizer=``: divided like it).
+    ``cross_entropy + z_loss == loss``. ``accuracy`` is the fraction of counted tokens whose
+    largest logit is the target (unweighted; 0 when none counts; per token 1.0 or 0.0 under
+    ``"none"``, 0.0 at ignored tokens).
+    """
+
+    loss: Tensor
+    cross_entropy: Tensor
+    z_loss: Tensor
+    accuracy: Tensor
+
+
+@dataclass
+class _CrossEntropyChunk:
+    """The elementwise part of cross-entropy on one chunk of logits, in place."""
+
+    index: Tensor  # (N,) class, 0 at ignored tokens
+    valid: Tensor  # (N,) bool
+    target_weight: Tensor | None  # (N,) w[y], or None without class weights
+    class_weight: Tensor | None  # (V,)
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    accuracy: bool
+
+    def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
+                 want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
+        z = logits[0]  # (n, V), ours to overwrite
+        index, valid = self.index[part], self.valid[part]
+        w_y = None if self.target_weight is None else self.target_weight[part]
+        eps, zl, cap, classes = self.label_smoothing, self.z_loss, self.softcap, z.shape[1]
+        grad = want[0]
+
+        dcap = None
+        if cap is not None:  # x~ = c tanh(x / c); d x~ / d x = 1 - tanh^2
+            z.div_(cap).tanh_()
+            if grad:
+                dcap = torch.mul(z, z).neg_().add_(1)
+            z.mul_(cap)
+        extras: dict[str, Tensor] = {}
+        if self.accuracy:
+            extras["correct"] = (z.argmax(1) == index) & valid
+        x_y = z.gather(1, index.unsqueeze(1)).squeeze(1)
+        if eps:
+            smooth = z.sum(1) if self.class_weight is None else torch.mv(z, self.class_weight)
+            weight_sum = classes if self.class_weight is None else self.class_weight.sum()
+        peak = z.amax(1, keepdim=True)
+        z.sub_(peak).exp_()  # z = exp(x~ - max)
+        total = z.sum(1, keepdim=True)
+        lse = (peak + total.log()).squeeze(1)
+
+        # l = (1-eps) w_y (lse - x~_y) + eps/C sum_k w_k (lse - x~_k) + z_loss w_y lse^2
+        nll = lse - x_y
+        if w_y is not None:
+            nll = nll * w_y
+        ce = nll * (1 - eps) if eps else nll
+        if eps:
+            ce = ce + (eps / classes) * (weight_sum * lse - smooth)
+        z_term = lse.square() * zl if zl else torch.zeros_like(lse)
+        if zl and w_y is not None:
+            z_term = z_term * w_y
+        zero = lse.new_zeros(())
+        extras["z"] = torch.where(valid, z_term, zero)
+        loss = torch.where(valid, ce + z_term, zero)
+        if not grad:
+            return loss, extras, None
+
+        # d l / d x~_k = p_k [(1-eps) w_y + eps/C sum(w) + 2 z_loss w_y lse] - (1-eps) w_y [k=y] - eps/C w_k
+        rows = valid.to(z.dtype) if scale is None else torch.where(valid, scale, zero)
+        wy_rows = rows if w_y is None else rows * w_y
+        coef = wy_rows * (1 - eps) + 2 * zl * lse * wy_rows
+        if eps:
+            coef = coef + rows * (eps / classes * weight_sum)
+        z.mul_((coef / total.squeeze(1)).unsqueeze(1))  # p_k * coef
+        z.scatter_add_(1, index.unsqueeze(1), (-(1 - eps) * wy_rows).unsqueeze(1))
+        if eps:
+            w = self.class_weight if self.class_weight is not None else z.new_ones(classes)
+            z.addr_(rows, w, alpha=-eps / classes)
+        if dcap is not None:
+            z.mul_(dcap)
+        return loss, extras, [z]
+
+
+def fused_linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    class_weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+    chunk_size: int | None = None,
+    return_components: bool = False,
+) -> Tensor | FusedCrossEntropyOutput:
+    r"""Cross-entropy of ``hidden @ weight.T + bias`` without ever holding the full logits.
+
+    The loss head of a language model, fused: equal in value and gradient to
+    ``losskit.cross_entropy(hidden @ weight.T + bias, target, weight=class_weight, ...)`` under
+    every option, but the :math:`(N, V)` logits are produced and consumed chunk by chunk of
+    tokens, so the loss needs memory for one chunk instead of several full copies (the logits,
+    their gradient, the saved log-softmax). See :mod:`losskit.functional.large_vocab` and
+    ``docs/large_vocab.md`` for the memory arithmetic and the two backward strategies.
+
+    .. math::
+        x_n = W h_n + b, \qquad \tilde x = c \tanh(x / c) \ \text{(if softcap } c\text{)}, \qquad
+        \mathrm{lse}_n = \log \textstyle\sum_k e^{\tilde x_{n,k}}
+
+        \ell_n = (1-\varepsilon)\, w_{y_n} (\mathrm{lse}_n - \tilde x_{n,y_n})
+                 + \frac{\varepsilon}{V} \sum_k w_k (\mathrm{lse}_n - \tilde x_{n,k})
+                 + z\, w_{y_n} \mathrm{lse}_n^2
+
+    ``"mean"`` divides :math:`\sum_n \ell_n` by :math:`\sum_n w_{y_n}` over counted tokens
+    (the token count without class weights); ``normalizer=n`` divides by :math:`n` instead: the
+    tokens of all gradient-accumulation steps, or of all ranks (``losskit.distributed``).
+
+    Gradients are exact for ``hidden``, ``weight`` and ``bias`` under every reduction,
+    including ``"none"`` followed by any upstream gradient (a per-token weighting, a mask, a
+    sequence-level reduction). Reduced losses get their gradients computed during the forward
+    pass and only scaled in backward (three matrix products, as in plain autograd);
+    ``"none"`` recomputes the logits in backward (four). Inputs are never written to. Half and
+    bfloat16 inputs run their matrix products in their own dtype and everything else in
+    float32; the weight and bias gradients accumulate in float32 across chunks; every result
+    and gradient comes back in the inputs' dtype. Second derivatives are not supported.
+
+    Args:
+        hidden: Hidden states :math:`h` entering the head.
+        weight: The head's weight :math:`W` (``nn.Linear(D, V).weight``, or the tied embedding
+            matrix), same dtype and device as ``hidden``.
+        target: Class indices; tokens equal to ``ignore_index`` count nowhere.
+        bias: The head's bias :math:`b`, shape :math:`(V,)`, or ``None``.
+        ignore_index: Target value of tokens to skip (padding, prompt tokens).
+        label_smoothing: :math:`\varepsilon \in [0, 1]`, as in ``torch.nn.CrossEntropyLoss``.
+        z_loss: Coefficient :math:`z \ge 0` of :math:`\mathrm{lse}^2` (PaLM), part of the loss and
+            of its gradient only when non-zero.
+        softcap: Cap :math:`c > 0` applied to the logits before everything else (Gemma 2), or ``None``.
+        class_weight: Per-class weights :math:`w`, shape :math:`(V,)`: what
+            :func:`losskit.cross_entropy` calls ``weight=``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead (a constant:
+            no gradient flows into it).
+        chunk_size: Tokens per chunk. ``None`` picks it from the shapes: as many tokens as keep
+            the chunk's buffers (logits, in place turned into their gradient, plus one more
+            buffer of that size) within 64 MiB on a CPU and 1 GiB on other devices.
+        return_components: Return a :class:`FusedCrossEntropyOutput` (the total, and detached
+            cross-entropy, z-loss and token accuracy) instead of the loss alone.
+
+    Shape:
+        - hidden: :math:`(N, D)` or :math:`(B, T, D)` (any leading dimensions).
+        - weight: :math:`(V, D)`; bias and class_weight: :math:`(V,)`.
+        - target: ``hidden``'s shape without its last dimension.
+        - output: scalar, or ``target``'s shape with ``reduction="none"``.
+
+    Returns:
+        The loss in ``hidden``'s dtype (or :class:`FusedCrossEntropyOutput`). Ignored tokens are
+        0 under ``"none"``; an empty batch or one where every token is ignored gives 0 with a
+        (zero) gradient, never NaN.
+
+    Raises:
+        ValueError: Shapes that do not fit together, a class index out of range, a non-finite
+            result (naming the input to blame), options out of range, a bad reduction.
+        TypeError: A non-floating ``hidden`` or ``weight``, differing dtypes or devices, a
+            non-integer ``target``, a ``chunk_size`` that is not an int.
+
+    Examples:
+        >>> import torch, losskit
+        >>> hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> weight = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]])  # 3 classes
+        >>> target = torch.tensor([0, 2])
+        >>> # logits [2, 0, 0] and [0, 2, 0]: (log(1 + 2e^-2) + log(2 + e^2)) / 2
+        >>> losskit.fused_linear_cross_entropy(hidden, weight, target)
+        tensor(1.2395)
+        >>> losskit.cross_entropy(hidden @ weight.T, target)
+        tensor(1.2395)
+
+    References:
+        Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", ICLR 2025.
+        Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024 (fused linear
+        cross-entropy). Chowdhery et al., "PaLM" (z-loss), 2022. Gemma Team, "Gemma 2" (softcap),
+        2024. Options and defaults follow ``torch.nn.CrossEntropyLoss`` and
+        :func:`losskit.cross_entropy`.
+    """
+    check_reduction(reduction, normalizer)
+    eps = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    zl = check_number("z_loss", z_loss, low=0.0)
+    if softcap is not None:
+        softcap = check_number("softcap", softcap, low=0.0, low_open=True)
+    check_bool("return_components", return_components)
+    _check_chunk_size(chunk_size)
+    _check_head("hidden", hidden, "weight", weight, "bias", bias)
+    _check_labels("target", target, "hidden", hidden)
+    vocab = weight.shape[0]
+    dtype = compute_dtype(hidden.dtype)
+    if class_weight is not None:
+        check_class_vector("class_weight", class_weight, vocab)
+        class_weight = class_weight.detach().to(device=hidden.device, dtype=dtype)
+    check_class_indices("target", target, vocab, ignore_index)
+
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    labels = target.reshape(-1).to(device=hidden.device, dtype=torch.long)
+    valid = labels != ignore_index
+    index = torch.where(valid, labels, torch.zeros_like(labels))
+    target_weight = None if class_weight is None else class_weight[index]
+    buffers = 2 + (softcap is not None) + (dtype != hidden.dtype)
+    rows = _chunk_rows(flat.shape[0], vocab, dtype, hidden.device, buffers, chunk_size)
+    chunk = _CrossEntropyChunk(index, valid, target_weight, class_weight, eps, zl, softcap, return_components)
+    extras = {"z": dtype, **({"correct": torch.bool} if return_components else {})}
+    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras)
+    reduce = reduction != "none"
+    counted_weight = valid.to(dtype) if target_weight is None else torch.where(valid, target_weight, 0.0)
+    divisor = _divisor(reduction, normalizer, counted_weight.sum())
+    loss, z_tok, *correct = _FusedLinear.apply(plan, reduce, divisor, _needs(flat, weight, bias), flat, weight,
+                                               bias)
+    if not reduce:
+        loss = loss.view(target.shape)
+    check_loss_finite(loss, {"hidden": hidden, "weight": weight,
+                             **({"bias": bias} if bias is not None else {})})
+    loss = loss.to(hidden.dtype)
+    if not return_components:
+        return loss
+    with torch.no_grad():
+        z_part = z_tok.view(target.shape) if not reduce else z_tok.sum() if divisor is None else z_tok.sum() / divisor
+        ce_part = loss.detach().to(dtype) - z_part
+        hits = correct[0].to(dtype)
+        if reduce:
+            tokens = valid.sum().to(dtype)
+            accuracy = hits.sum() / torch.where(tokens == 0, torch.ones_like(tokens), tokens)
+        else:
+            accuracy = hits.view(target.shape)
+    return FusedCrossEntropyOutput(loss, ce_part.to(hidden.dtype), z_part.to(hidden.dtype), accuracy)
+
+
+# --- divergences ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _DivergenceChunk:
+    """The elementwise part of a divergence between two chunks of logits, by autograd on the chunk."""
+
+    per_token: Callable[[Tensor, Tensor], Tensor]  # (log Q student, log P teacher) -> (n,)
+    temperature: float
+    valid: Tensor  # (N,) bool
+    token_weight: Tensor | None  # (N,)
+
+    def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
+                 want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
+        student, teacher = logits
+        valid = self.valid[part]
+        with torch.enable_grad():
+            student.requires_grad_(want[0])
+            teacher.requires_grad_(want[1])
+            log_q = finite_log(torch.log_softmax(student / self.temperature, dim=1))
+            log_p = finite_log(torch.log_softmax(teacher / self.temperature, dim=1))
+            value = torch.where(valid, self.per_token(log_q, log_p), log_q.new_zeros(()))
+            if self.token_weight is not None:
+                value = value * self.token_weight[part]
+            if not any(want):
+                return value, {}, None
+            wrt = [x for x, w in zip((student, teacher), want, strict=True) if w]
+            grads = iter(torch.autograd.grad(value, wrt, grad_outputs=torch.ones_like(value) if scale is None
+                                             else scale))
+        return value.detach(), {}, [next(grads) if w else None for w in want]
+
+
+def _kl_per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def _js_per_token(beta: float) -> Callable[[Tensor, Tensor], Tensor]:
+    def per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
+        log_m = torch.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+        terms = beta * log_p.exp() * (log_p - log_m) + (1 - beta) * log_q.exp() * (log_q - log_m)
+        return terms.sum(1)
+
+    return per_token
+
+
+def _fused_divergence(
+    per_token: Callable[[Tensor, Tensor], Tensor],
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    *,
+    student_bias: Tensor | None,
+    teacher_bias: Tensor | None,
+    target: Tensor | None,
+    ignore_index: int,
+    temperature: float,
+    weight: Tensor | None,
+    reduction: Reduction,
+    normalizer: float | Tensor | None,
+    chunk_size: int | None,
+) -> Tensor:
+    check_reduction(reduction, normalizer)
+    temperature = check_number("temperature", temperature, low=0.0, low_open=True)
+    _check_chunk_size(chunk_size)
+    _check_head("student_hidden", student_hidden, "student_weight", student_weight, "student_bias", student_bias)
+    _check_head("teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight, "teacher_bias", teacher_bias)
+    tokens = student_hidden.shape[:-1]
+    if teacher_hidden.shape[:-1] != tokens:
+        raise ValueError(f"teacher_hidden must have student_hidden's token shape {tuple(tokens)} before its last "
+                         f"dimension, got shape {tuple(teacher_hidden.shape)}")
+    if teacher_weight.shape[0] != student_weight.shape[0]:
+        raise ValueError(f"teacher_weight must have student_weight's vocabulary size {student_weight.shape[0]} "
+                         f"(its first dimension), got shape {tuple(teacher_weight.shape)}")
+    if teacher_hidden.device != student_hidden.device:
+        raise TypeError(f"teacher_hidden must be on student_hidden's device {student_hidden.device}, "
+                        f"got {teacher_hidden.device}")
+    dtype = compute_dtype(student_hidden.dtype)
+    if compute_dtype(teacher_hidden.dtype) != dtype:
+        raise TypeError(f"teacher_hidden must compute in student_hidden's precision ({student_hidden.dtype}), "
+                        f"got {teacher_hidden.dtype}")
+    device = student_hidden.device
+    if target is not None:
+        _check_labels("target", target, "student_hidden", student_hidden)
+        valid = target.reshape(-1).to(device) != ignore_index
+    else:
+        valid = torch.ones(tokens.numel(), dtype=torch.bool, device=device)
+    token_weight = None
+    if weight is not None:
+        check_tensor("weight", weight)
+        check_broadcastable("weight", weight, tokens, "the per-token loss, shape")
+        token_weight = weight.detach().to(device=device, dtype=dtype).expand(tokens).reshape(-1)
+
+    s_flat = student_hidden.reshape(-1, student_hidden.shape[-1])
+    t_flat = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    vocab = student_weight.shape[0]
+    # Buffers alive per chunk: both heads' logits, the scaled copies, log-softmaxes, their
+    # exponentials and the gradient (autograd's saved tensors on the chunk): about 10.
+    rows = _chunk_rows(s_flat.shape[0], vocab, dtype, device, 10, chunk_size)
+    chunk = _DivergenceChunk(per_token, temperature, valid, token_weight)
+    plan = _Plan(heads=2, rows=rows, dtype=dtype, chunk=chunk)
+    tensors = (s_flat, student_weight, student_bias, t_flat, teacher_weight, teacher_bias)
+    reduce = reduction != "none"
+    counted_weight = valid.to(dtype) if token_weight is None else torch.where(valid, token_weight, 0.0)
+    divisor = _divisor(reduction, normalizer, counted_weight.sum())
+    (loss,) = _FusedLinear.apply(plan, reduce, divisor, _needs(*tensors), *tensors)
+    if not reduce:
+        loss = loss.view(tokens)
+    named = {"student_hidden": student_hidden, "student_weight": student_weight,
+             "teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}
+    check_loss_finite(loss, named)
+    return loss.to(student_hidden.dtype)
+
+
+_DIVERGENCE_ARGS = r"""
+    Args:
+        student_hidden: The student's hidden states entering its head.
+        student_weight: The student's head :math:`W_s`, shape :math:`(V, D_s)`.
+        teacher_hidden: The teacher's hidden states, same tokens (its width :math:`D_t` may differ).
+        teacher_weight: The teacher's head :math:`W_t`, shape :math:`(V, D_t)`, same vocabulary.
+        student_bias, teacher_bias: The heads' biases, shape :math:`(V,)`, or ``None``.
+        target: Optional labels with the tokens' shape; tokens equal to ``ignore_index`` count
+            nowhere (the labels are read for nothing else).
+        ignore_index: Label of the tokens to skip.
+        temperature: :math:`T > 0`; both logits are divided by it. The value is not multiplied by
+            :math:`T^2` (Hinton's factor, which keeps gradient sizes comparable across
+            temperatures): multiply the result yourself where you want it.
+        weight: Per-token weights broadcastable to the tokens' shape (treated as constants).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; ``"mean"`` is the weighted mean over the
+            counted tokens, as in :func:`losskit.kl_div`.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        chunk_size: Tokens per chunk; ``None`` fits the chunk's buffers (both heads' logits and the
+            autograd intermediates of the chunk, about ten of that size) within 64 MiB on a CPU and
+            1 GiB on other devices.
+
+    The teacher's tensors get gradients only if they require them (a frozen teacher, the usual
+    case, costs one matrix product per chunk and nothing in backward). Gradients are exact under
+    every reduction; ``"none"`` recomputes both heads' logits in backward.
+
+    Shape:
+        - student_hidden: :math:`(N, D_s)` or :math:`(B, T, D_s)`; teacher_hidden the same tokens.
+        - target, weight: the tokens' shape (:math:`(N,)` or :math:`(B, T)`).
+        - output: scalar, or the tokens' shape with ``reduction="none"``.
+
+    Returns:
+        The loss in ``student_hidden``'s dtype; 0 at ignored tokens under ``"none"``; an empty or
+        fully ignored batch gives 0 with a gradient, never NaN.
+
+    Raises:
+        ValueError: Shapes that do not fit together, ``temperature <= 0``, a bad reduction, a
+            non-finite result.
+        TypeError: Non-floating hidden states or weights, a head whose dtype or device differs
+            from its hidden states, a student and teacher in different precisions or devices.
+"""
+
+
+def fused_linear_kl_div(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    *,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    target: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    return _fused_divergence(_kl_per_token, student_hidden, student_weight, teacher_hidden, teacher_weight,
+                             student_bias=student_bias, teacher_bias=teacher_bias, target=target,
+                             ignore_index=ignore_index, temperature=temperature, weight=weight,
+                             reduction=reduction, normalizer=normalizer, chunk_size=chunk_size)
+
+
+fused_linear_kl_div.__doc__ = r"""Distillation KL divergence of a teacher's head from a student's, fused with the heads.
+
+    :math:`\mathrm{KL}(P \,\|\, Q)` per token, with the teacher :math:`P` as the target and the
+    student :math:`Q` as the prediction, as in :func:`losskit.kl_div`, both heads fused with
+    their output projections and walked chunk by chunk of tokens like
+    :func:`fused_linear_cross_entropy`. Equal in value and gradient to
+    ``losskit.kl_div(s / T, torch.log_softmax(t / T, -1), log_target=True, ...)`` with
+    ``s = student_hidden @ student_weight.T + student_bias`` and ``t`` the teacher's logits.
+
+    .. math::
+        Q = \mathrm{softmax}(s / T), \quad P = \mathrm{softmax}(t / T), \qquad
+        \ell_n = \sum_k P_{n,k} \big(\log P_{n,k} - \log Q_{n,k}\big)
+""" + _DIVERGENCE_ARGS + r"""
+    Examples:
+        >>> import torch, losskit
+        >>> hidden = torch.tensor([[1.0, 0.0]])
+        >>> student = torch.tensor([[0.0, 0.0], [1.0986123, 0.0]])  # logits [0, ln 3]: Q = [1/4, 3/4]
+        >>> teacher = torch.zeros(2, 2)                              # P = [1/2, 1/2]
+        >>> losskit.fused_linear_kl_div(hidden, student, hidden, teacher)  # 0.5 ln(4/3)
+        tensor(0.1438)
+
+    References:
+        Hinton et al., "Distilling the Knowledge in a Neural Network", 2015. Liger-Kernel's
+        fused-linear distillation losses (the chunked form).
+"""
+
+
+def fused_linear_js_div(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    *,
+    beta: float = 0.5,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    target: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    try:
+        beta = check_number("beta", beta, low=0.0, high=1.0, low_open=True, high_open=True)
+    except ValueError as error:
+        raise ValueError(f"{error}. JS_beta vanishes identically at beta=0 and beta=1; for the forward "
+                         f"KL(P || Q) use losskit.fused_linear_kl_div") from None
+    return _fused_divergence(_js_per_token(beta), student_hidden, student_weight, teacher_hidden, teacher_weight,
+                             student_bias=student_bias, teacher_bias=teacher_bias, target=target,
+                             ignore_index=ignore_index, temperature=temperature, weight=weight,
+                             reduction=reduction, normalizer=normalizer, chunk_size=chunk_size)
+
+
+fused_linear_js_div.__doc__ = r"""Generalized Jensen-Shannon divergence between a teacher's and a student's head, fused.
+
+    :math:`\mathrm{JS}_\beta(P \,\|\, Q)` per token with the teacher :math:`P` and the student
+    :math:`Q` (GKD's convention, as in :func:`losskit.js_div`), both heads fused with their
+    output projections and walked chunk by chunk of tokens. Equal in value and gradient to
+    ``losskit.js_div(s / T, torch.log_softmax(t / T, -1), beta=beta, log_target=True, ...)``.
+
+    .. math::
+        M = \beta P + (1 - \beta) Q, \qquad
+        \ell_n = \beta\, \mathrm{KL}(P_n \,\|\, M_n) + (1 - \beta)\, \mathrm{KL}(Q_n \,\|\, M_n)
+
+    ``beta`` lies in the open interval :math:`(0, 1)` (default 0.5, the symmetric JSD); at
+    either end the divergence vanishes identically (use :func:`fused_linear_kl_div` for the
+    forward KL).
+""" + _DIVERGENCE_ARGS.replace(
+    "    Args:\n", "    Args:\n        beta: Mixture weight of the teacher, in (0, 1).\n", 1) + r"""
+    Examples:
+        >>> import torch, losskit
+        >>> hidden = torch.tensor([[1.0, 0.0]])
+        >>> student = torch.tensor([[0.0, 0.0], [1.0986123, 0.0]])  # Q = [1/4, 3/4]
+        >>> teacher = torch.zeros(2, 2)                              # P = [1/2, 1/2]
+        >>> losskit.fused_linear_js_div(hidden, student, hidden, teacher)  # 1.5 ln 2 - 0.625 ln 5
+        tensor(0.0338)
+
+    References:
+        Agarwal et al., "On-Policy Distillation of Language Models" (GKD), ICLR 2024.
+        Liger-Kernel's ``LigerFusedLinearJSD`` (same :math:`\beta` convention).
+"""

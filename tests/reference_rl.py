@@ -1,0 +1,172 @@
+"""Float64 references for the rl and preference losses, written from the papers' formulas.
+
+Plain Python loops over floats; nothing here imports losskit, so the tests compare two
+independent implementations. Tensors go in, nested lists or floats come out (the tests wrap
+them in tensors). The peer reductions (TRL's ``loss_type`` values) are transcribed from their
+documented formulas, not from their code.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _rows(x) -> list:
+    return x.detach().double().tolist() if hasattr(x, "detach") else x
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
+
+
+def _log_sigmoid(z: float) -> float:
+    return -math.log1p(math.exp(-z)) if z >= 0 else z - math.log1p(math.exp(z))
+
+
+# --- returns and advantages (time along the first index; one list per environment column) ------
+
+
+def discounted_returns(rewards, dones, gamma: float, bootstrap: list[float] | None = None) -> list:
+    """G_t = r_t + gamma (1 - d_t) G_{t+1}, rewards as a (T, B) list of lists."""
+    r, d = _rows(rewards), _rows(dones)
+    steps, envs = len(r), len(r[0])
+    out = [[0.0] * envs for _ in range(steps)]
+    for b in range(envs):
+        g = 0.0 if bootstrap is None else bootstrap[b]
+        for t in reversed(range(steps)):
+            g = r[t][b] + gamma * (1 - d[t][b]) * g
+            out[t][b] = g
+    return out
+
+
+def gae(rewards, values, dones, gamma: float, lam: float, next_value: list[float]) -> list:
+    """A_t = sum_l (gamma lam)^l delta_{t+l}, summed directly (not by the recursion), stopping at episode ends."""
+    r, v, d = _rows(rewards), _rows(values), _rows(dones)
+    steps, envs = len(r), len(r[0])
+    out = [[0.0] * envs for _ in range(steps)]
+    for b in range(envs):
+        def delta(t, b=b):
+            v_next = next_value[b] if t + 1 == steps else v[t + 1][b]
+            return r[t][b] + gamma * (1 - d[t][b]) * v_next - v[t][b]
+
+        for t in range(steps):
+            total, factor = 0.0, 1.0
+            for k in range(t, steps):
+                total += factor * delta(k)
+                if d[k][b]:
+                    break
+                factor *= gamma * lam
+            out[t][b] = total
+    return out
+
+
+# --- policy objectives: per-token losses ----------------------------------------------------------
+
+
+def ppo_clip_token(lp: float, old: float, adv: float, eps_low: float, eps_high: float,
+                   dual_clip: float | None = None) -> float:
+    """-min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), dual-clipped at -c A for A < 0 (Ye et al. 2020)."""
+    r = math.exp(lp - old)
+    objective = min(r * adv, min(max(r, 1 - eps_low), 1 + eps_high) * adv)
+    if dual_clip is not None and adv < 0:
+        objective = max(objective, dual_clip * adv)
+    return -objective
+
+
+def k_estimators(lp: float, ref: float) -> tuple[float, float, float]:
+    """Schulman's k1, k2, k3 with r = pi_ref / pi sampled from pi."""
+    log_r = ref - lp
+    return -log_r, 0.5 * log_r**2, math.exp(log_r) - 1 - log_r
+
+
+def group_advantages(rewards: list[float], group_size: int, scale: str, eps: float) -> list[float]:
+    out = []
+    for start in range(0, len(rewards), group_size):
+        g = rewards[start:start + group_size]
+        mean = sum(g) / len(g)
+        if scale == "group":
+            std = math.sqrt(sum((x - mean) ** 2 for x in g) / (len(g) - 1))
+        elif scale == "batch":
+            m = sum(rewards) / len(rewards)
+            std = math.sqrt(sum((x - m) ** 2 for x in rewards) / (len(rewards) - 1))
+        else:
+            std, eps = 1.0, 0.0
+        out += [(x - mean) / (std + eps) for x in g]
+    return out
+
+
+def grpo(lp, old, rewards, group_size: int, mask, *, ref=None, beta=0.0, eps_low=0.2, eps_high=0.2,
+         scale="group", eps=1e-4, loss_type="dapo", max_completion_length=None) -> float:
+    """The GRPO loss in the three reductions TRL names: per-token PPO term plus beta * k3, then
+
+    * ``"grpo"``: each sequence's masked token mean, averaged over sequences (Shao et al. 2024);
+    * ``"dapo"`` / ``"bnpo"``: the sum over all valid tokens divided by their count (token mean);
+    * ``"dr_grpo"``: the sum over all valid tokens divided by (N * max_completion_length) (Liu et al. 2025).
+    """
+    lp, old, m = _rows(lp), _rows(old), _rows(mask)
+    ref = _rows(ref) if ref is not None else None
+    adv = group_advantages(_rows(rewards), group_size, scale, eps)
+    n, t_len = len(lp), len(lp[0])
+    per_token = [[0.0] * t_len for _ in range(n)]
+    for i in range(n):
+        for t in range(t_len):
+            if not m[i][t]:
+                continue
+            loss = ppo_clip_token(lp[i][t], old[i][t], adv[i], eps_low, eps_high)
+            if beta:
+                loss += beta * k_estimators(lp[i][t], ref[i][t])[2]
+            per_token[i][t] = loss
+    if loss_type == "grpo":
+        return sum(sum(row) / max(sum(mi), 1) for row, mi in zip(per_token, m, strict=True)) / n
+    total = sum(sum(row) for row in per_token)
+    if loss_type == "dr_grpo":
+        return total / (n * (max_completion_length or t_len))
+    return total / max(sum(sum(mi) for mi in m), 1)
+
+
+def value_clipped(v: float, ret: float, old: float | None, eps: float | None) -> float:
+    """max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2), or (V - R)^2 without clipping."""
+    loss = (v - ret) ** 2
+    if eps is not None:
+        v_clip = old + min(max(v - old, -eps), eps)
+        loss = max(loss, (v_clip - ret) ** 2)
+    return loss
+
+
+def entropy(logits_row: list[float]) -> float:
+    m = max(logits_row)
+    z = sum(math.exp(x - m) for x in logits_row)
+    p = [math.exp(x - m) / z for x in logits_row]
+    return -sum(pi * math.log(pi) for pi in p if pi > 0)
+
+
+# --- preference objectives: per pair --------------------------------------------------------------
+
+
+def dpo(c: float, r: float, ref_c: float, ref_r: float, beta: float, variant: str, smoothing: float) -> float:
+    h = (c - ref_c) - (r - ref_r)
+    if variant == "sigmoid":
+        return -(1 - smoothing) * _log_sigmoid(beta * h) - smoothing * _log_sigmoid(-beta * h)
+    if variant == "hinge":
+        return max(0.0, 1 - beta * h)
+    return (h - 1 / (2 * beta)) ** 2
+
+
+def simpo(avg_c: float, avg_r: float, beta: float, gamma: float, smoothing: float) -> float:
+    z = beta * avg_c - beta * avg_r - gamma
+    return -(1 - smoothing) * _log_sigmoid(z) - smoothing * _log_sigmoid(-z)
+
+
+def orpo(avg_c: float, avg_r: float, lam: float) -> float:
+    """NLL of the chosen plus lam times -log sigmoid of the log odds ratio, odds = P / (1 - P), P = exp(avg)."""
+    p_c, p_r = math.exp(avg_c), math.exp(avg_r)
+    log_odds_ratio = math.log(p_c / (1 - p_c)) - math.log(p_r / (1 - p_r))
+    return -avg_c - lam * _log_sigmoid(log_odds_ratio)
+
+
+def kto(lp: float, ref: float, desirable: bool, z0: float, beta: float, lam_d: float, lam_u: float) -> float:
+    """lambda_y - v(x, y): v = lambda_D sigmoid(beta (r - z0)) or lambda_U sigmoid(beta (z0 - r))."""
+    r = lp - ref
+    if desirable:
+        return lam_d - lam_d * _sigmoid(beta * (r - z0))
+    return lam_u - lam_u * _sigmoid(beta * (z0 - r))
