@@ -1,7 +1,8 @@
 """Train a tiny anchor-free detector with losskit's YOLO criterion, on generated images, on the CPU.
 
 Each 64 x 64 image holds one to three filled rectangles, red (class 0) or green (class 1), on a
-noisy background. A six-layer CNN predicts, at strides 8 and 16, the box sides as 8-bin
+noisy background (the arena's detection data, ``losskit.arena.tasks.make_shapes``). A six-layer
+CNN predicts, at strides 8 and 16, the box sides as 8-bin
 distributions (DFL) and two class logits, which is a YOLOv8 head in miniature;
 ``losskit.detection.YOLOLoss`` assigns anchors to rectangles and scores them. The script prints the
 loss and its components as they fall, then the share of test rectangles found: a prediction of
@@ -15,50 +16,19 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch import nn
 
+from losskit.arena.tasks import (
+    SHAPES_CLASSES,
+    SHAPES_REG_MAX,
+    SHAPES_SIZE,
+    SHAPES_STRIDES,
+    TinyDetector,
+    make_shapes,
+)
 from losskit.boxes import box_iou
 from losskit.detection import YOLOLoss, dfl_decode, dist2bbox, make_anchors
 
-SIZE, STRIDES, REG_MAX, CLASSES = 64, (8, 16), 8, 2
-COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1]])
-
-
-def make_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Images (n, 3, 64, 64) and the target table (normalized cx, cy, w, h)."""
-    images = 0.1 * torch.rand(n, 3, SIZE, SIZE, generator=generator)
-    rows = []
-    for i in range(n):
-        for _ in range(int(torch.randint(1, 4, (), generator=generator))):
-            w, h = torch.randint(10, 29, (2,), generator=generator).tolist()
-            x = int(torch.randint(0, SIZE - w + 1, (), generator=generator))
-            y = int(torch.randint(0, SIZE - h + 1, (), generator=generator))
-            label = int(torch.randint(0, CLASSES, (), generator=generator))
-            images[i, :, y:y + h, x:x + w] = COLOURS[label, :, None, None]
-            rows.append([i, label, (x + w / 2) / SIZE, (y + h / 2) / SIZE, w / SIZE, h / SIZE])
-    table = torch.tensor(rows)
-    return images, {"batch_idx": table[:, 0], "cls": table[:, 1], "bboxes": table[:, 2:]}
-
-
-class TinyDetector(nn.Module):
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int, stride: int = 2) -> nn.Module:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.SiLU())
-
-        self.stem = nn.Sequential(block(3, width), block(width, width), block(width, width),
-                                  block(width, width, 1))  # stride 8
-        self.down = nn.Sequential(block(width, width), block(width, width, 1))  # stride 16
-        outputs = 4 * REG_MAX + CLASSES
-        self.heads = nn.ModuleList(nn.Conv2d(width, outputs, 1) for _ in STRIDES)
-        for head in self.heads:  # start from a low class prior, as YOLO heads do
-            nn.init.constant_(head.bias[4 * REG_MAX:], -4.0)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        p3 = self.stem(x)
-        p4 = self.down(p3)
-        return [head(p) for head, p in zip(self.heads, (p3, p4), strict=True)]
+SIZE, STRIDES, REG_MAX, CLASSES = SHAPES_SIZE, SHAPES_STRIDES, SHAPES_REG_MAX, SHAPES_CLASSES
 
 
 @torch.no_grad()
@@ -88,12 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     model = TinyDetector()
     criterion = YOLOLoss(num_classes=CLASSES, strides=STRIDES, reg_max=REG_MAX)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-4)
-    test_images, test_targets = make_batch(64, torch.Generator().manual_seed(1))
+    test_images, test_targets = make_shapes(64, torch.Generator().manual_seed(1))
     model.eval()
     print(f"before training: recall {recall(model, test_images, test_targets):.3f}")
     model.train()
     for step in range(args.steps + 1):
-        images, targets = make_batch(args.batch, data)
+        images, targets = make_shapes(args.batch, data)
         out = criterion(model(images), targets)
         optimizer.zero_grad()
         out.total.backward()

@@ -1,0 +1,287 @@
+"""The arena's report (HTML, JSON, CSV, terminal table), the loss plots and ``loss_info``."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import re
+import warnings
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("rich")
+
+import matplotlib.image  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from losskit.arena.info import loss_info  # noqa: E402
+from losskit.arena.plots import plot_losses, probe_loss  # noqa: E402
+from losskit.arena.report import (  # noqa: E402
+    correlations,
+    print_results,
+    results_table,
+    run_dirs,
+    safe_name,
+    write_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _epoch(n, loss, components, val, seconds=1.0):
+    return {"epoch": n, "train_loss": loss, "components": components, "val": val, "seconds": seconds}
+
+
+def make_results():
+    """Four runs: a plain one, a composite with * and + (and a name that needs escaping), one that
+    diverged (no val metrics after epoch 1, a NaN loss), and one that failed before any epoch."""
+    ce = [
+        _epoch(1, 0.60, {"ce": 0.60}, {"dice": 0.10, "sensitivity": 0.30, "precision": 0.20}),
+        _epoch(2, 0.40, {"ce": 0.40}, {"dice": 0.30, "sensitivity": 0.40, "precision": 0.50}),
+        _epoch(3, 0.30, {"ce": 0.30}, {"dice": 0.40, "sensitivity": 0.52, "precision": 0.60}),
+    ]
+    combo = [
+        _epoch(1, 0.70, {"dice": 0.40, "ce": 0.30}, {"dice": 0.20, "sensitivity": 0.50, "precision": 0.30}),
+        _epoch(2, 0.50, {"dice": 0.30, "ce": 0.20}, {"dice": 0.50, "sensitivity": 0.60, "precision": 0.40}),
+        _epoch(3, 0.45, {"dice": 0.30, "ce": 0.15}, {"dice": 0.60, "sensitivity": 0.71, "precision": 0.45}),
+    ]
+    diverged = [
+        _epoch(1, 2.0, {}, {"dice": 0.05, "sensitivity": 0.9, "precision": 0.05}),
+        _epoch(2, float("nan"), {}, None),
+    ]
+    return {
+        "task": "segmentation",
+        "description": "tiny-lesion segmentation: <8 px lesions & a 64x64 image",
+        "config": {"epochs": 3, "seed": 0, "optimizer": "adam", "lr": 0.003, "batch_size": 16, "device": "cpu"},
+        "losskit_version": "0.1.0",
+        "primary_metric": "dice",
+        "metrics": {"dice": "max", "sensitivity": "max", "precision": "max", "loss": "min"},
+        "runs": [
+            {"name": "ce", "spec": "ce", "status": "finished", "error": None, "nonfinite_steps": 0,
+             "seconds": 12.3, "epochs": ce},
+            {"name": "0.5*dice+0.5*ce", "spec": "0.5*dice + 0.5*ce", "status": "finished", "error": None,
+             "nonfinite_steps": 0, "seconds": 14.0, "epochs": combo},
+            {"name": "focal<b>", "spec": "focal", "status": "diverged", "error": "loss became nan at step 7",
+             "nonfinite_steps": 3, "seconds": 2.5, "epochs": diverged},
+            {"name": "tversky", "spec": "tversky(alpha=2)", "status": "failed",
+             "error": "ValueError: alpha must be in [0, 1]", "nonfinite_steps": 0, "seconds": 0.1,
+             "epochs": []},
+        ],
+        "verdict": "Dice raised sensitivity over cross-entropy on this data: 0.71 vs 0.52 (best of each run's "
+                   "last epoch).",
+    }
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The report of :func:`make_results`, written once for the tests that read it."""
+    out = tmp_path_factory.mktemp("report")
+    return write_report(make_results(), out / "out")
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_write_report_html(report):
+    results = make_results()
+    path = report
+    assert path.name == "report.html" and path.parent.name == "out" and path.is_file()
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    for name in ("ce", "0.5*dice+0.5*ce", "focal&lt;b&gt;", "tversky"):
+        assert name in page
+    assert "focal<b>" not in page  # escaped everywhere, never raw
+    assert "&lt;8 px lesions &amp; a 64x64 image" in page
+    assert results["verdict"].replace("'", "&#x27;") in page
+    assert "alpha must be in [0, 1]" in page  # the failed run's error is reported
+    # Self-contained: no external stylesheet, script or image.
+    assert "<link" not in page and "<script" not in page and 'src="http' not in page
+    images = _images(page)
+    assert len(images) == 3  # loss curves, validation metrics, loss against metric
+    for png in images:
+        assert png.startswith(PNG_SIGNATURE)
+        pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+def _best_cells(page: str) -> set[tuple[str, str, str]]:
+    """(run, column, value) of each highlighted cell of the results table."""
+    table = page[page.index('<table class="results">'):]
+    table = table[:table.index("</table>")]
+    headers = [html.unescape(h) for h in re.findall(r"<th>([^<]*)</th>", table)]
+    best = set()
+    for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1]):
+        cells = re.findall(r'<td(?: class="([^"]*)")?>([^<]*)</td>', row)
+        for header, (classes, value) in zip(headers, cells, strict=True):
+            if "best" in classes.split():
+                best.add((html.unescape(cells[0][1]), header, value))
+    return best
+
+
+def test_report_highlights_best_per_column(report, tmp_path):
+    page = report.read_text(encoding="utf-8")
+    # dice: 0.6 (combo); sensitivity: 0.71 (combo); precision: 0.6 (ce). The diverged run's last
+    # epoch has no metrics, so its early sensitivity of 0.9 is not a candidate; the training
+    # losses of different losses are not ranked.
+    assert _best_cells(page) == {("0.5*dice+0.5*ce", "dice ↑ (primary)", "0.6"),
+                                 ("0.5*dice+0.5*ce", "sensitivity ↑", "0.71"),
+                                 ("ce", "precision ↑", "0.6")}
+    # Lower-is-better metrics pick the minimum.
+    results = make_results()
+    results["metrics"]["precision"] = "min"
+    page = write_report(results, tmp_path / "min").read_text(encoding="utf-8")
+    assert ("0.5*dice+0.5*ce", "precision ↓", "0.45") in _best_cells(page)
+
+
+def test_results_json_round_trips(report):
+    results = make_results()
+    text = (report.parent / "results.json").read_text(encoding="utf-8")
+    loaded = json.loads(text)  # strict JSON: NaN is written as null
+    assert "NaN" not in text and text.startswith("{\n  ")
+    assert list(loaded) == sorted(loaded)
+    assert loaded["runs"][2]["epochs"][1]["train_loss"] is None
+    results["runs"][2]["epochs"][1]["train_loss"] = None
+    assert loaded == results
+
+
+def test_history_csv(report):
+    tmp_path = report.parent
+    results = make_results()
+    folders = run_dirs(results)
+    assert folders == {"ce": "ce", "0.5*dice+0.5*ce": "0.5xdice_plus_0.5xce", "focal<b>": "focal_b",
+                       "tversky": "tversky"}
+    with open(tmp_path / "runs" / "0.5xdice_plus_0.5xce" / "history.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["epoch", "train_loss", "loss_dice", "loss_ce", "val_dice", "val_sensitivity",
+                       "val_precision", "seconds"]
+    assert rows[1:] == [
+        ["1", "0.7", "0.4", "0.3", "0.2", "0.5", "0.3", "1.0"],
+        ["2", "0.5", "0.3", "0.2", "0.5", "0.6", "0.4", "1.0"],
+        ["3", "0.45", "0.3", "0.15", "0.6", "0.71", "0.45", "1.0"],
+    ]
+    with open(tmp_path / "runs" / "focal_b" / "history.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [["epoch", "train_loss", "val_dice", "val_sensitivity", "val_precision", "seconds"],
+                    ["1", "2.0", "0.05", "0.9", "0.05", "1.0"],
+                    ["2", "nan", "", "", "", "1.0"]]
+    with open(tmp_path / "runs" / "tversky" / "history.csv", newline="") as handle:
+        assert list(csv.reader(handle)) == [["epoch", "train_loss", "seconds"]]
+    # Nothing but the three kinds of file, no temporary files left behind.
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["report.html", "results.json", *sorted(f"runs/{f}/history.csv" for f in folders.values())]
+
+
+def test_safe_names_are_unique():
+    assert safe_name("0.5*dice + 0.5*ce") == "0.5xdice_plus_0.5xce"
+    assert safe_name("../../etc") == "etc"
+    assert safe_name("***") == "xxx" and safe_name("///") == "run"
+    dirs = run_dirs({"runs": [{"name": "A b"}, {"name": "ab"}, {"name": "Ab"}]})
+    assert dirs == {"A b": "Ab", "ab": "ab-2", "Ab": "Ab-3"}  # unique even on case-insensitive disks
+
+
+def test_correlations_hand_checked():
+    def run(name, losses, metrics):
+        epochs = [{"train_loss": x, "val": {"acc": y}} for x, y in zip(losses, metrics, strict=True)]
+        return {"name": name, "epochs": epochs}
+
+    results = {"primary_metric": "acc", "runs": [
+        run("falls", [3.0, 2.0, 1.0], [0.1, 0.2, 0.3]),  # y = 0.4 - 0.1 x exactly: r = -1
+        run("rises", [1.0, 2.0, 4.0], [0.1, 0.2, 0.4]),  # y = x / 10: r = +1
+        # x = 1, 2, 3, y = 1, 3, 2: sxy = (-1)(-1) + 0 + (1)(0) = 1, sxx = syy = 2, so r = 1/2
+        run("half", [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]),
+        run("short", [2.0, 1.0], [0.1, 0.2]),  # fewer than 3 epochs
+        run("flat", [3.0, 2.0, 1.0], [0.5, 0.5, 0.5]),  # constant metric
+        # Missing and non-finite epochs are dropped, leaving 2 points.
+        run("gaps", [3.0, float("nan"), 1.0, 0.5], [0.1, 0.2, None, 0.4]),
+    ]}
+    r = correlations(results)
+    assert r["falls"] == pytest.approx(-1.0) and r["rises"] == pytest.approx(1.0)
+    assert r["half"] == pytest.approx(0.5)
+    assert r["short"] is None and r["flat"] is None and r["gaps"] is None
+    full = correlations(make_results())
+    assert full["ce"] < -0.9 and full["focal<b>"] is None and full["tversky"] is None
+
+
+def test_print_results_terminal():
+    results = make_results()
+    console = Console(record=True, width=200)
+    print_results(results, console=console)
+    text = console.export_text()
+    for name in ("ce", "0.5*dice+0.5*ce", "focal<b>", "tversky", "diverged", "failed", "Verdict"):
+        assert name in text
+    assert "alpha must be in [0, 1]" in text  # rich markup is not interpreted in run data
+    table = results_table(results)
+    assert table.row_count == 4 and len(table.columns) == 10
+
+
+def test_report_with_no_runs(tmp_path):
+    results = {"task": "t", "primary_metric": "acc", "metrics": {"acc": "max"}, "runs": [], "verdict": None}
+    page = write_report(results, tmp_path).read_text(encoding="utf-8")
+    assert "No verdict" in page and _images(page) == []
+
+
+def test_plot_losses_png(tmp_path):
+    out = plot_losses(["mse", "huber", "ce", "focal", "giou"], tmp_path / "figs" / "losses.png", points=41)
+    assert out == tmp_path / "figs" / "losses.png"
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(io.BytesIO(data), format="png").shape[0] > 200
+
+
+def test_probes_match_hand_values():
+    # Huber (delta 1) at r = -3 is 3 - 1/2 = 2.5 with slope -1; at r = 0 it is 0 with slope 0.
+    huber = probe_loss("huber", points=7)
+    assert huber.x.tolist() == [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+    assert huber.loss[0] == pytest.approx(2.5) and huber.grad[0] == pytest.approx(-1.0)
+    assert huber.loss[3] == 0.0 and huber.grad[3] == 0.0
+    # Two-class softmax CE at margin x is log(1 + e^-x), as BCE of logit x with target 1;
+    # both have slope -sigmoid(-x), -1/2 at x = 0.
+    ce, bce = probe_loss("ce", points=5), probe_loss("bce", points=5)
+    assert ce.kind.startswith("softmax") and bce.kind.startswith("binary")
+    for probe in (ce, bce):
+        assert probe.loss == pytest.approx([math.log1p(math.exp(-x)) for x in probe.x])
+        assert probe.grad[2] == pytest.approx(-0.5)
+    # A unit box shifted by s = 0.5: IoU = 0.5 / 1.5 = 1/3, the enclosing box is the union, so
+    # GIoU loss = 2/3.
+    giou = probe_loss("giou", points=7)  # s = -1.5, -1, ..., 1.5
+    assert giou.x[4] == pytest.approx(0.5) and giou.loss[4] == pytest.approx(2 / 3)
+    assert probe_loss("ldam").error.startswith("needs option(s) class_counts")
+
+
+def test_plot_losses_errors(tmp_path):
+    with pytest.raises(ValueError, match="no 1-D probe for family segmentation; plot supports regression"):
+        plot_losses(["dice"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="did you mean 'huber'"):
+        plot_losses(["hubr"], tmp_path / "x.png")
+    with pytest.warns(UserWarning, match="'ldam' needs option"):
+        plot_losses(["ldam", "mse"], tmp_path / "y.png", points=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no loss could be evaluated"):
+            plot_losses(["ldam"], tmp_path / "z.png")
+    # The missing option, once given, makes it plot.
+    plot_losses(["ldam"], tmp_path / "ldam.png", points=11, options={"ldam": {"class_counts": [90, 10]}})
+    assert not (tmp_path / "x.png").exists() and (tmp_path / "ldam.png").is_file()
+
+
+def test_loss_info():
+    text = loss_info("huber")
+    assert text.startswith("huber (regression): Huber loss")
+    assert re.search(r"^  delta\s+= 1\.0$", text, re.MULTILINE)  # the option and its default
+    assert "losskit.nn.HuberLoss" in text and "losskit.huber_loss" in text
+    assert "\\ell(e)" in text  # the formula
+    assert "references:" in text and "Huber, \"Robust Estimation" in text
+    assert "Examples" not in text and ">>>" not in text
+    focal = loss_info("focal")  # an alias
+    assert focal.startswith("sigmoid_focal (classification)") and "aliases:   focal" in focal
+    # The family's "to reproduce a peer" rows that name the loss.
+    assert "alpha_gate=0.5" in loss_info("ciou").split("to reproduce a peer")[1]
+    assert "to reproduce:" in loss_info("varifocal")
+    with pytest.raises(ValueError, match="did you mean 'huber'"):
+        loss_info("hubr")
