@@ -65,7 +65,10 @@ def _compare(args: argparse.Namespace) -> int:
                       seed=args.seed, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                       out=args.out, device=args.device, resume=args.resume, progress=not args.no_progress)
     if results["config"].get("world_size", 1) == 1 or _rank() == 0:
-        print_results(results)  # the table and the verdict
+        from rich.console import Console
+
+        # a terminal sets its own width; a pipe or a log file gets one wide enough for the table
+        print_results(results, None if sys.stdout.isatty() else Console(width=140))  # the table and the verdict
         print(f"report: {args.out}/report.html")
     return 0
 

@@ -51,7 +51,6 @@ from losskit._core.numerics import compute_dtype, finite_log
 from losskit._core.reduction import Reduction, check_reduction
 
 __all__ = [
-    "FusedCrossEntropyOutput",
     "fused_linear_cross_entropy",
     "fused_linear_js_div",
     "fused_linear_kl_div",
