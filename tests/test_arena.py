@@ -85,7 +85,8 @@ def last_metrics(out: Path) -> dict[str, dict[str, float]]:
 
 
 @pytest.mark.parametrize(("task", "losses"), [("segmentation", "ce,dice + ce"), ("classification", "ce,poly1"),
-                                              ("regression", "mse,huber"), ("detection", "ciou,giou")])
+                                              ("regression", "mse,huber"), ("detection", "ciou,giou"),
+                                              ("rl", "reinforce,ppo")])
 def test_compare_end_to_end(task, losses, tmp_path, capsys, small_tasks):
     assert main(["compare", "--task", task, "--losses", losses, "--epochs", "1", "--out", str(tmp_path),
                  "--no-progress"]) == 0
@@ -95,7 +96,8 @@ def test_compare_end_to_end(task, losses, tmp_path, capsys, small_tasks):
     metrics = set(TASKS[task].metrics)
     for run in results["runs"]:
         assert set(run["epochs"][0]["val"]) == metrics
-        assert all(0.0 <= v <= 1.0 for k, v in run["epochs"][0]["val"].items() if task != "regression")
+        bound = {"regression": None, "rl": 200.0}.get(task, 1.0)  # rl: mean return, at most 200 steps
+        assert bound is None or all(0.0 <= v <= bound for v in run["epochs"][0]["val"].values())
     html = (tmp_path / "report.html").read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     assert images and all(base64.b64decode(i).startswith(PNG) for i in images)
@@ -154,6 +156,7 @@ def test_two_processes_equal_one(tmp_path):
     (["compare", "--losses", "ce,dcie"], "did you mean 'dice'"),
     (["compare", "--losses", "0.5*"], "losskit: error:"),
     (["compare", "--losses", "ce,ce"], "listed twice"),
+    (["compare", "--task", "rl", "--losses", "dpo", "--epochs", "1", "--no-progress"], "compares 'reinforce'"),
     (["info", "hubr"], "did you mean 'huber'"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
@@ -229,6 +232,6 @@ def test_interrupt_writes_a_partial_report(tmp_path):
 
 
 def test_tasks_are_registered_objects():
-    assert {"segmentation", "classification", "regression", "detection"} <= set(TASKS)
+    assert {"segmentation", "classification", "regression", "detection", "rl"} <= set(TASKS)
     with pytest.raises(ValueError, match="did you mean 'regression'"):
         get_task("regresion")

@@ -75,6 +75,8 @@ def _batches(n: int, size: int, seed: int, epoch: int) -> list[Tensor]:
 
 
 def num_samples(data: Any, task: Task) -> int:
+    if task.train_epoch is not None:
+        return (task.steps_per_epoch or 1) * task.batch_size  # for the progress bar only
     return len(data) if task.collate is not None else len(data[0])
 
 
@@ -121,6 +123,18 @@ def new_run(spec: str) -> dict[str, Any]:
             "epochs": []}
 
 
+def _steps(setup: _Setup, net: nn.Module, loss_fn: nn.Module, train: Any, epoch: int, share: int):
+    """This epoch's loss results, one per optimizer step: over the data set's batches, or from the
+    task's own loop (which makes its data as it trains)."""
+    task = setup.task
+    if task.train_epoch is not None:
+        yield from task.train_epoch(net, loss_fn, epoch, setup.seed, setup.device)
+        return
+    for batch in _batches(num_samples(train, task), setup.batch_size, setup.seed, epoch):
+        inputs, targets = _to(_take(train, batch[setup.rank * share:(setup.rank + 1) * share], task), setup.device)
+        yield loss_fn(net(inputs), targets)
+
+
 def _run(setup: _Setup, run: dict[str, Any], loss_fn: nn.Module, train: Any, val: Any, bar: Any) -> None:
     """Train and validate one model with one loss, filling ``run`` epoch by epoch (so an interrupted
     run keeps what it did); resumes from the run's checkpoint if there is one."""
@@ -148,9 +162,8 @@ def _run(setup: _Setup, run: dict[str, Any], loss_fn: nn.Module, train: Any, val
         if hasattr(loss_fn, "set_progress"):  # weight schedules follow the fraction of training done
             loss_fn.set_progress(epoch / max(setup.epochs - 1, 1))
         net.train()
-        for batch in _batches(num_samples(train, task), setup.batch_size, setup.seed, epoch):
-            inputs, targets = _to(_take(train, batch[setup.rank * share:(setup.rank + 1) * share], task), device)
-            total, components = loss_total_and_components(loss_fn(net(inputs), targets))
+        for result in _steps(setup, net, loss_fn, train, epoch, share):
+            total, components = loss_total_and_components(result)
             steps += 1
             if not _all_finite(total, setup):
                 run["nonfinite_steps"] += 1
