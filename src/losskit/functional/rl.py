@@ -55,6 +55,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
+from losskit._core.docs import shared_docs
 from losskit._core.numerics import eps as dtype_eps
 from losskit._core.numerics import finite_log, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
@@ -414,6 +415,22 @@ def reinforce_loss(
     return loss, diagnostics
 
 
+
+# The argument text every token-level objective here shares.
+_docs = shared_docs(
+    token_args='''
+mask: Bool or integer, ``True`` where the token counts.
+        aggregation: ``"token_mean"`` | ``"sequence_mean"`` | ``"sequence_sum_norm"``.
+        max_length: The constant divisor of ``"sequence_sum_norm"``.
+''',
+    reduction_args='''
+weight: Weights broadcastable to the natural unit.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+''',
+)
+
+@_docs
 def ppo_clip_loss(
     log_probs: Tensor,
     old_log_probs: Tensor,
@@ -465,15 +482,11 @@ def ppo_clip_loss(
         ratio_level: ``"token"`` (PPO) or ``"sequence"`` (GSPO).
         normalize_advantages: Standardize the advantages over the batch's valid entries first
             (once, before both surrogate terms).
-        mask: Bool or integer, ``True`` where the token counts.
-        aggregation: ``"token_mean"`` | ``"sequence_mean"`` | ``"sequence_sum_norm"``.
-        max_length: The constant divisor of ``"sequence_sum_norm"``.
+        {token_args}
         return_diagnostics: Also return ``clip_fraction`` (and its ``_low`` / ``_high`` parts),
             ``approx_kl`` (the k3 estimate of KL(old || new)), ``ratio_mean`` and, with
             ``dual_clip``, ``dual_clip_fraction``.
-        weight: Weights broadcastable to the natural unit.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        {reduction_args}
 
     Shape:
         - log_probs, old_log_probs: :math:`(N,)` or :math:`(N, T)`.
@@ -533,6 +546,7 @@ def ppo_clip_loss(
     return loss, _ppo_diagnostics(ratio, log_ratio, adv.expand_as(lp), mask, clip_low, clip_high, dual_clip)
 
 
+@_docs
 def value_loss(
     values: Tensor,
     returns: Tensor,
@@ -581,9 +595,7 @@ def value_loss(
         return_diagnostics: Also return ``explained_variance`` (:math:`1 - \mathrm{Var}[R - V] /
             \mathrm{Var}[R]`, NaN when the returns are constant, as in Stable-Baselines3),
             ``value_clip_fraction`` (where the clipped error is the larger) and ``value_mean``.
-        weight: Weights broadcastable to the natural unit.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        {reduction_args}
 
     Shape:
         - values, returns, old_values: :math:`(N,)` or :math:`(N, T)`.
@@ -663,6 +675,7 @@ def value_loss(
     return loss, diagnostics
 
 
+@_docs
 def entropy_bonus(
     logits: Tensor,
     *,
@@ -690,9 +703,7 @@ def entropy_bonus(
         aggregation: ``"token_mean"`` | ``"sequence_mean"`` | ``"sequence_sum_norm"``.
         max_length: The constant divisor of ``"sequence_sum_norm"``.
         return_diagnostics: Also return ``{"entropy"}``, the mean entropy.
-        weight: Weights broadcastable to the natural unit.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        {reduction_args}
 
     Shape:
         - logits: :math:`(N, A)` or :math:`(N, T, V)`.
@@ -732,6 +743,7 @@ def entropy_bonus(
     return _result(loss, {"entropy": _masked_mean(-neg_entropy, mask)}, return_diagnostics)
 
 
+@_docs
 def kl_penalty(
     log_probs: Tensor,
     ref_log_probs: Tensor,
@@ -763,13 +775,9 @@ def kl_penalty(
         log_probs: Log-probabilities of the sampled tokens under the policy.
         ref_log_probs: The same under the reference policy.
         estimator: ``"k1"`` | ``"k2"`` | ``"k3"``.
-        mask: Bool or integer, ``True`` where the token counts.
-        aggregation: ``"token_mean"`` | ``"sequence_mean"`` | ``"sequence_sum_norm"``.
-        max_length: The constant divisor of ``"sequence_sum_norm"``.
+        {token_args}
         return_diagnostics: Also return ``{"kl_k1", "kl_k3"}``, the means of both estimates.
-        weight: Weights broadcastable to the natural unit.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        {reduction_args}
 
     Shape:
         - log_probs, ref_log_probs: :math:`(N,)` or :math:`(N, T)`.
@@ -811,6 +819,7 @@ def kl_penalty(
                   "kl_k3": _masked_mean(_kl_estimate(lp, ref, "k3"), mask)}
 
 
+@_docs
 def grpo_loss(
     log_probs: Tensor,
     old_log_probs: Tensor,
@@ -875,9 +884,7 @@ def grpo_loss(
         max_length: The constant divisor of ``"sequence_sum_norm"``.
         return_diagnostics: Also return PPO's clip fractions, ``approx_kl`` and ``ratio_mean``,
             ``reward_mean``, ``reward_std``, ``advantage_std`` and, with a reference, ``kl`` (the mean k3).
-        weight: Weights broadcastable to the natural unit.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        {reduction_args}
 
     Shape:
         - log_probs, old_log_probs, ref_log_probs: :math:`(N, T)` (or :math:`(N,)`).
