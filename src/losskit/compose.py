@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import importlib
 import json
 import math
@@ -41,7 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from losskit._core.checks import check_number, check_one_of
+from losskit._core.checks import check_number, check_one_of, did_you_mean
 
 __all__ = [
     "CompositeLoss",
@@ -342,7 +341,7 @@ def schedule_from_config(config: Mapping[str, Any] | Schedule | float) -> Schedu
         raise ValueError(f"a weight must be a number or a schedule config with a 'schedule' key, got {config!r}")
     kind = config["schedule"]
     if kind not in _SCHEDULE_CLASSES:
-        raise ValueError(f"unknown schedule {kind!r}{_did_you_mean(str(kind), list(_SCHEDULE_CLASSES))}")
+        raise ValueError(f"unknown schedule {kind!r}{did_you_mean(str(kind), list(_SCHEDULE_CLASSES))}")
     options = {k: v for k, v in config.items() if k != "schedule"}
     for key in ("values", "boundaries", "factors"):
         if key in options:
@@ -548,7 +547,7 @@ def _select(value: Any, key: str | None, what: str, term: str) -> Any:
         raise TypeError(f"term {term!r} reads {what}[{key!r}], so {what} must be a dict, got {type(value).__name__}")
     if key not in value:
         raise KeyError(f"term {term!r} reads {what}[{key!r}], but {what} has keys {sorted(value)}"
-                       f"{_did_you_mean(key, list(value))}")
+                       f"{did_you_mean(key, list(value))}")
     return value[key]
 
 
@@ -1040,11 +1039,6 @@ _TOKEN = re.compile(r"""
 _CONSTANTS = {"True": True, "true": True, "False": False, "false": False, "None": None, "none": None}
 
 
-def _did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _penalty_class(name: object):
     from losskit.regularization import PENALTIES
 
@@ -1246,7 +1240,7 @@ class _Parser:
                 key.endswith("_loss") and key[:-5] in registry._LOOKUP):
             from losskit.regularization import PENALTIES
 
-            hint = _did_you_mean(key, list(registry._LOOKUP) + list(PENALTIES)) or _did_you_mean(
+            hint = did_you_mean(key, list(registry._LOOKUP) + list(PENALTIES)) or did_you_mean(
                 key, list(SCHEDULES))
             self.fail(f"unknown loss {name!r}{hint}", pos)
         if args:

@@ -17,6 +17,7 @@ Two kinds of check:
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -53,6 +54,12 @@ class set_checks:  # noqa: N801  (lower-case like torch.set_grad_enabled, which 
     def __exit__(self, *exc_info: object) -> None:
         global _value_checks_enabled
         _value_checks_enabled = self.previous
+
+
+def did_you_mean(name: str, choices: Sequence[str], n: int = 3) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the closest of ``choices``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def checks_enabled() -> bool:

@@ -14,13 +14,14 @@ through :meth:`get_config`, and takes its docstring from the function.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from losskit._core.checks import did_you_mean
 
 
 def _is_number_sequence(value: object) -> bool:
@@ -63,9 +64,7 @@ class LossModule(nn.Module):
         known = self.option_names()
         for key in options:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise TypeError(f"{type(self).__name__} got an unexpected option {key!r}{hint} "
+                raise TypeError(f"{type(self).__name__} got an unexpected option {key!r}{did_you_mean(key, known, 1)} "
                                 f"(options: {', '.join(known)})")
 
     def options(self) -> dict[str, Any]:

@@ -6,10 +6,11 @@ Each module form is registered once under a canonical name (its function's name 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from losskit._core.checks import did_you_mean
 
 if TYPE_CHECKING:
     from losskit._core.module import LossModule
@@ -50,9 +51,7 @@ def _canonical(name: str) -> str:
         return _LOOKUP[key]
     if key.endswith("_loss") and key[: -len("_loss")] in _LOOKUP:
         return _LOOKUP[key[: -len("_loss")]]
-    close = difflib.get_close_matches(key, list(_LOOKUP), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown loss {name!r}{hint} (losskit.available() lists every name)")
+    raise ValueError(f"unknown loss {name!r}{did_you_mean(key, _LOOKUP)} (losskit.available() lists every name)")
 
 
 def entry(name: str) -> Entry:

@@ -8,7 +8,6 @@ torch alone.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 import losskit
+from losskit._core.checks import did_you_mean
 
 __all__ = ["TASKS", "Task", "get_task", "register_task"]
 
@@ -74,8 +74,7 @@ def register_task(task: Task) -> Task:
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        close = difflib.get_close_matches(name, list(TASKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; tasks: {', '.join(sorted(TASKS))}"
+        hint = did_you_mean(name, TASKS, 1) or f"; tasks: {', '.join(sorted(TASKS))}"
         raise ValueError(f"unknown task {name!r}{hint}")
     return TASKS[name]
 
