@@ -109,3 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("losskit: interrupted; the partial report is written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `losskit info NAME | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0

@@ -195,7 +195,7 @@ class Linear(Schedule):
 class Cosine(Linear):
     r"""Half a cosine from ``start`` to ``end`` over ``[begin, until]`` (flat outside).
 
-    .. math:: w(f) = e + (s - e)\,\frac{1 + \cos(\pi u)}{2}, \qquad u \text{ as in } :class:`Linear`
+    .. math:: w(f) = e + (s - e)\,\frac{1 + \cos(\pi u)}{2}, \qquad u \text{ as in Linear}
     """
 
     kind: ClassVar[str] = "cosine"

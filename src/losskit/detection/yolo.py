@@ -509,6 +509,7 @@ class YOLOLoss(nn.Module):
                 targets: Mapping[str, Tensor]) -> DetectionLossResult:
         branch_preds = self._branch_preds(preds)
         results: dict[str, DetectionLossResult] = {}
+        exact: dict[str, Tensor] = {}  # per-image components in the computation dtype (float32 at least)
         prepared = None
         for name, maps in branch_preds.items():
             levels = _Levels(maps, self.strides, self.reg_max, self.num_classes)
@@ -517,20 +518,24 @@ class YOLOLoss(nn.Module):
             per_image, assignment = _branch_loss(levels, prepared, self.assigners[name], self)
             if self.scale_by_batch:
                 per_image = per_image * levels.num_images
-            results[name] = self._result(per_image, assignment)
+            exact[name] = per_image
+            results[name] = self._result(per_image, assignment, maps[0].dtype)
         if not self.end2end:
             return results["one2many"]
         weights = self.branch_weights
-        per_image = sum(weights[name] * results[name].per_image_components for name in results)
-        return self._result(per_image, results["one2one"].assignment, branches=results)
+        per_image = sum(weights[name] * exact[name] for name in results)
+        return self._result(per_image, results["one2one"].assignment, branch_preds["one2one"][0].dtype,
+                            branches=results)
 
-    def _result(self, per_image: Tensor, assignment: Assignment, branches: dict | None = None,
+    def _result(self, per_image: Tensor, assignment: Assignment, dtype: torch.dtype, branches: dict | None = None,
                 ) -> DetectionLossResult:
+        """Sums taken in the computation dtype, then every value in the maps' dtype (as every loss
+        returns its input's; half maps give half results)."""
         components = per_image.sum(0)
-        named = dict(zip(self.component_names, components, strict=True))
-        return DetectionLossResult(total=components.sum(), components=named,
-                                   per_image=per_image.sum(1), per_image_components=per_image, assignment=assignment,
-                                   branches=branches or {})
+        named = dict(zip(self.component_names, components.to(dtype), strict=True))
+        return DetectionLossResult(total=components.sum().to(dtype), components=named,
+                                   per_image=per_image.sum(1).to(dtype), per_image_components=per_image.to(dtype),
+                                   assignment=assignment, branches=branches or {})
 
     def _branch_preds(self, preds: object) -> dict[str, Sequence[Tensor]]:
         if not self.end2end:
