@@ -254,9 +254,92 @@ def test_probes_match_hand_values():
     assert probe_loss("ldam").error.startswith("needs option(s) class_counts")
 
 
-def test_plot_losses_errors(tmp_path):
+def test_every_family_has_a_probe():
+    import losskit
+    from losskit.arena import plots
+
+    assert set(losskit.families()) <= set(plots.PROBE_FAMILIES)
+    for family in losskit.families():
+        for name in losskit.available(family):
+            probe = probe_loss(name, points=9)
+            if name in ("gaussian_nll", "balanced_softmax", "ldam", "logit_adjusted_cross_entropy"):
+                continue  # need options (the docs hook passes them)
+            assert probe.error is None, (name, probe.error)
+            assert probe.axis and probe.variable and probe.curves, name
+            for _, loss, grad in probe.curves:
+                assert loss.shape == grad.shape == (9,), name
+                assert all(math.isfinite(v) for v in [*loss, *grad]), name
+
+
+def test_new_family_probes_match_hand_values():
+    # Detection: at logit 0 with target 1, varifocal is q * BCE = ln 2 with slope -1/2; quality
+    # focal is |1 - 1/2|^2 ln 2. Distribution focal on 8 bins, the target bin at logit x and the
+    # others at 0: -log softmax = log(1 + 7 e^-x), ln 8 at x = 0.
+    vfl, qfl, dfl = (probe_loss(n, points=5) for n in ("varifocal", "quality_focal", "distribution_focal"))
+    assert vfl.x[2] == 0.0 and vfl.loss[2] == pytest.approx(math.log(2)) and vfl.grad[2] == pytest.approx(-0.5)
+    assert qfl.loss[2] == pytest.approx(0.25 * math.log(2))
+    assert dfl.loss == pytest.approx([math.log1p(7 * math.exp(-x)) for x in dfl.x])
+    # Segmentation: at margin 0 every pixel is 1/2 for both classes, so soft Dice is 1/2 for each.
+    dice = probe_loss("dice", points=5)
+    assert dice.loss[2] == pytest.approx(0.5, abs=1e-4) and dice.loss[0] > 0.99 and dice.loss[-1] < 0.01
+    # Contrastive: at s = 0 the positive and the negative tie: SupCon gives ln 2 per anchor.
+    supcon = probe_loss("supervised_contrastive", points=5)  # s = -1, -0.5, 0, 0.5, 1
+    assert supcon.loss[2] == pytest.approx(math.log(2))
+    assert supcon.loss == pytest.approx([math.log1p(math.exp(-s / 0.1)) for s in supcon.x])
+    # Triplet (margin 1, Euclidean): d+ = sqrt(2 - 2s), d- = sqrt(2): [d+ - d- + 1]_+.
+    triplet = probe_loss("triplet_margin", points=5)
+    assert triplet.loss == pytest.approx([max(0.0, math.sqrt(2 - 2 * s) - math.sqrt(2) + 1) for s in triplet.x],
+                                         abs=1e-6)
+    # Divergence: KL(P || softmax(x, 0)) is 0 at x = ln 3 (P = (0.75, 0.25)); negative slope left of it.
+    kl = probe_loss("kl_div", points=13)  # x = -6, -5, ..., 6
+    assert kl.loss[7] == pytest.approx(0.75 * math.log(0.75 / (math.e / (math.e + 1)))
+                                       + 0.25 * math.log(0.25 / (1 / (math.e + 1))))
+    assert kl.grad[6] < 0 < kl.grad[8]
+
+
+def test_rl_and_preference_probes():
+    # PPO at r = 1.5 with A = +1 is clipped to -(1.2) (zero slope), at r = 0.5 unclipped -0.5
+    # (slope -1); with A = -1 it is max(-r, -clip(r)) * -1 -> 0.8 flat at r = 0.5 and 1.5 at r = 1.5.
+    ppo = probe_loss("ppo_clip", points=11)  # r = 0.5, 0.6, ..., 1.5
+    assert ppo.axis.startswith("probability ratio") and ppo.variable == "r"
+    (pos, pos_loss, pos_grad), (neg, neg_loss, neg_grad) = ppo.curves
+    assert pos == "A = +1" and neg == "A = -1"
+    assert pos_loss[[0, -1]] == pytest.approx([-0.5, -1.2]) and pos_grad[[0, -1]] == pytest.approx([-1.0, 0.0])
+    assert neg_loss[[0, -1]] == pytest.approx([0.8, 1.5]) and neg_grad[[0, -1]] == pytest.approx([0.0, 1.0])
+    assert [label for label, *_ in probe_loss("grpo", points=5).curves] == [
+        "reward 1 of (1, 0): A > 0", "reward 0 of (1, 0): A < 0"]
+    assert probe_loss("reinforce", points=4).grad.tolist() == pytest.approx([-1.0] * 4)  # return +1: -l
+    value = probe_loss("value", points=7)
+    assert value.variable == "e" and value.loss[0] == pytest.approx(9.0)
+    kl = probe_loss("kl_penalty", points=5)  # k3 at d: e^-d - 1 + d
+    assert kl.loss == pytest.approx([math.exp(-d) - 1 + d for d in kl.x])
+    # DPO (beta 0.1) at margin m, the reference log-probs equal: -log sigmoid(0.1 m).
+    dpo = probe_loss("dpo", points=5)
+    assert dpo.variable == "m" and dpo.loss == pytest.approx([math.log1p(math.exp(-0.1 * m)) for m in dpo.x])
+    kto = probe_loss("kto", points=5)
+    assert [label for label, *_ in kto.curves] == ["desirable", "undesirable"]
+    assert kto.curves[0][1][2] == pytest.approx(0.5) and kto.curves[0][2][2] < 0 < kto.curves[1][2][2]
+
+
+def test_plot_losses_every_family(tmp_path):
+    import losskit
+
+    names = [losskit.available(f)[0] for f in losskit.families()] + ["ppo_clip", "value", "kto"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_losses(names, tmp_path / "all.png", points=21,
+                          options={"balanced_softmax": {"class_counts": [90, 10]}})
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    assert matplotlib.image.imread(out, format="png").shape[0] > 1000  # one row per (family, axis)
+
+
+def test_plot_losses_errors(tmp_path, monkeypatch):
+    from losskit.arena import plots
+
+    monkeypatch.setattr(plots, "PROBE_FAMILIES", ("regression", "classification", "boxes"))
     with pytest.raises(ValueError, match="no 1-D probe for family segmentation; plot supports regression"):
         plot_losses(["dice"], tmp_path / "x.png")
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="did you mean 'huber'"):
         plot_losses(["hubr"], tmp_path / "x.png")
     with pytest.warns(UserWarning, match="'ldam' needs option"):

@@ -1,7 +1,8 @@
 """Build-time generation for the docs site (registered under ``hooks:`` in mkdocs.yml).
 
-* ``on_files`` draws each probed family's losses and gradients with
-  :func:`losskit.arena.plots.plot_losses` and adds the PNGs to the site as
+* ``on_files`` draws each family's losses and gradients (every family in
+  ``losskit.arena.plots.PROBE_FAMILIES``) with :func:`losskit.arena.plots.plot_losses` and adds
+  the PNGs to the site as
   ``families/plots/<family>.png``; nothing generated is stored in the repository.
 * ``on_page_markdown`` expands two markers in the family pages from the registry, so a page
   lists every registered loss of its family without being edited:
