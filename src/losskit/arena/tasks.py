@@ -391,8 +391,9 @@ def _shapes_data(seed: int) -> tuple[list, list]:
 def _shapes_loss(spec: str) -> nn.Module:
     from losskit.detection import YOLOLoss
 
+    # distributed=True: under torchrun the target-score normalizer is the global one (a no-op otherwise)
     return YOLOLoss(num_classes=SHAPES_CLASSES, strides=SHAPES_STRIDES, reg_max=SHAPES_REG_MAX,
-                    box_loss=spec.strip())
+                    box_loss=spec.strip(), distributed=True)
 
 
 def _shapes_metrics(model: nn.Module, val: list, device: torch.device) -> dict[str, float]:
