@@ -25,7 +25,7 @@ from losskit.arena.tasks import (
     TinyDetector,
     make_shapes,
 )
-from losskit.boxes import box_iou
+from losskit.boxes import box_convert, box_iou
 from losskit.detection import YOLOLoss, dfl_decode, dist2bbox, make_anchors
 
 SIZE, STRIDES, REG_MAX, CLASSES = SHAPES_SIZE, SHAPES_STRIDES, SHAPES_REG_MAX, SHAPES_CLASSES
@@ -41,8 +41,8 @@ def recall(model: TinyDetector, images: torch.Tensor, targets: dict[str, torch.T
     scores = flat[..., 4 * REG_MAX:].sigmoid()
     found = 0
     table = zip(targets["batch_idx"].long(), targets["cls"].long(), targets["bboxes"], strict=True)
-    for image, label, (cx, cy, w, h) in table:
-        truth = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]) * SIZE
+    for image, label, box in table:
+        truth = box_convert(box[None] * SIZE, "cxcywh", "xyxy")
         confident = scores[image, :, label] > 0.5
         found += bool((box_iou(truth, boxes[image][confident]) > 0.5).any())
     return found / len(targets["cls"])

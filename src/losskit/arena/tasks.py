@@ -400,6 +400,8 @@ def _shapes_metrics(model: nn.Module, val: list, device: torch.device) -> dict[s
     """COCO mAP with faster-coco-eval (boxes in COCO's x, y, w, h pixels)."""
     from faster_coco_eval import COCO, COCOeval_faster
 
+    from losskit.boxes import box_convert
+
     images, annotations, detections = [], [], []
     for start in range(0, len(val), 32):
         batch, targets = _shapes_collate(val[start:start + 32])
@@ -408,14 +410,13 @@ def _shapes_metrics(model: nn.Module, val: list, device: torch.device) -> dict[s
             image_id = start + i + 1
             images.append({"id": image_id, "width": SHAPES_SIZE, "height": SHAPES_SIZE})
             rows = targets["batch_idx"] == i
-            for label, (cx, cy, w, h) in zip(targets["cls"][rows].tolist(), (targets["bboxes"][rows] * SHAPES_SIZE)
-                                             .tolist(), strict=True):
+            gt_boxes = box_convert(targets["bboxes"][rows] * SHAPES_SIZE, "cxcywh", "xywh")  # COCO x, y, w, h
+            for label, box in zip(targets["cls"][rows].tolist(), gt_boxes.tolist(), strict=True):
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                                    "bbox": [cx - w / 2, cy - h / 2, w, h], "area": w * h, "iscrowd": 0})
-            for (x1, y1, x2, y2), score, label in zip(found["boxes"].tolist(), found["scores"].tolist(),
-                                                      found["labels"].tolist(), strict=True):
-                detections.append({"image_id": image_id, "category_id": int(label) + 1,
-                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+                                    "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+            found_boxes = box_convert(found["boxes"], "xyxy", "xywh").tolist()
+            for box, score, label in zip(found_boxes, found["scores"].tolist(), found["labels"].tolist(), strict=True):
+                detections.append({"image_id": image_id, "category_id": int(label) + 1, "bbox": box, "score": score})
     truth = COCO({"images": images, "annotations": annotations,
                   "categories": [{"id": c + 1, "name": str(c)} for c in range(SHAPES_CLASSES)]})
     if not detections:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_number, check_one_of
-from losskit.boxes import iou_family, pair_geometry
+from losskit.boxes import box_convert, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid
 
 __all__ = ["Assignment", "TaskAlignedAssigner"]
@@ -195,12 +195,13 @@ class TaskAlignedAssigner:
     def _selection_boxes(self, boxes: Tensor) -> Tensor:
         if self.small_object_size is None:
             return boxes
-        # Written as centre and size, exactly as Ultralytics does, so boxes that are not enlarged
-        # still go through the same rounding and the inside test agrees with it bit for bit.
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        size = boxes[:, 2:] - boxes[:, :2]
-        size = torch.where(size < self.small_object_size, torch.full_like(size, self.small_object_size), size)
-        return torch.cat((centre - size / 2, centre + size / 2), -1)
+        # Through centre and size for every box, as Ultralytics does, so boxes that are not
+        # enlarged still go through the same rounding and the inside test agrees bit for bit.
+        centred = box_convert(boxes, "xyxy", "cxcywh")
+        size = centred[:, 2:]
+        centred[:, 2:] = torch.where(size < self.small_object_size, torch.full_like(size, self.small_object_size),
+                                     size)
+        return box_convert(centred, "cxcywh", "xyxy")
 
     # --- the assignment proper -----------------------------------------------------------------
 

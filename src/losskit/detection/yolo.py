@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from losskit._core.checks import check_bool, check_number, check_one_of, checks_enabled
-from losskit.boxes import IOU_KINDS, box_to_distance, distance_to_box, iou_family, pair_geometry
+from losskit.boxes import IOU_KINDS, box_convert, box_to_distance, distance_to_box, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid, dfl_decode
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
 from losskit.distributed import global_normalizer
@@ -117,11 +117,10 @@ def _prepare_targets(batch: Mapping[str, Tensor], num_images: int, num_classes: 
     cls, image = cls.reshape(-1), image.reshape(-1)
     if checks_enabled() and m:
         _check_target_values(bboxes, cls, image, num_images, num_classes)
-    # Scaled, then centre -/+ half size: Ultralytics' arithmetic, so that boxes agree bit for bit.
-    scaled = bboxes.to(image_size.dtype) * image_size.flip(0).repeat(2)  # (W, H, W, H)
-    half = scaled[:, 2:] / 2
-    boxes = torch.cat((scaled[:, :2] - half, scaled[:, :2] + half), -1)
-    boxes = torch.minimum(boxes.clamp(min=0), image_size.flip(0).repeat(2))  # clip to the image
+    # Scaled, then centre -/+ half size (Ultralytics' order of operations: boxes agree bit for bit).
+    size = image_size.flip(0).repeat(2)  # (W, H, W, H)
+    boxes = box_convert(bboxes.to(image_size.dtype) * size, "cxcywh", "xyxy")
+    boxes = torch.minimum(boxes.clamp(min=0), size)  # clip to the image
     return _Targets(boxes, cls.long(), image.long())
 
 
