@@ -271,6 +271,25 @@ def test_fused_kernel_equals_plain_autograd():
         S._CPU_CHUNK = old
 
 
+def test_fused_kernel_second_backward_and_no_grad_and_double_backward():
+    # The softmax buffer becomes the first gradient in place; a retained graph must recompute it.
+    x, y = data(n=2, c=4, spatial=(6, 7))
+    y[1, 0] = -1
+    x.requires_grad_(True)
+    before = x.detach().clone()
+    out = losskit.dice_ce_loss(x, y, ignore_index=-1)
+    (first,) = torch.autograd.grad(out, x, retain_graph=True)
+    (second,) = torch.autograd.grad(out, x)
+    close(first, second, 1e-12)
+    plain = losskit.dice_ce_loss(x, y, ignore_index=-1, class_weight=torch.ones(4, dtype=torch.float64))
+    close(first, grad_of(plain, x), 1e-10)
+    assert torch.equal(x.detach(), before) and x.grad is None
+    with torch.no_grad():  # no buffer is kept, the value is the same
+        close(losskit.dice_ce_loss(x, y, ignore_index=-1), out.detach(), 1e-12)
+    # Second derivatives differentiate the plain expression.
+    assert torch.autograd.gradgradcheck(lambda z: losskit.dice_loss(z, y, ignore_index=-1), (x,))
+
+
 # --- absent classes and policies --------------------------------------------------------------
 
 

@@ -72,9 +72,10 @@ ABSENT = ("keep", "zero", "exclude")
 
 # Elements (N * C * voxels) per chunk on a CPU: a 2 MB float32 block stays in cache and keeps the
 # temporaries small (peak = the gradient + about one block). Measured with
-# benchmarks/bench_segmentation.py (2 cores, idle): 8 MB blocks were slower and used 8 MB more.
+# benchmarks/bench_segmentation.py on (2, 8, 96^3) logits (2 cores, idle), time / peak memory:
+# 1 MB blocks 60 ms / 55.3 MB, 2 MB 49 ms / 56.5 MB, 4 MB 46 ms / 59.0 MB, 8 MB 49 ms / 64.0 MB.
 # Caveat: on an oversubscribed machine (another process holding a core) every parallel op waits
-# for its threads, and the ~30 ops per chunk then cost far more than on an idle one; torch with
+# for its threads, and the ~20 ops per chunk then cost far more than on an idle one; torch with
 # one thread does not suffer from that. GPUs take everything in one chunk: their limit is
 # launches, not cache.
 _CPU_CHUNK = 1 << 19
@@ -198,60 +199,72 @@ def region_stats(probs: Tensor, target: DenseTarget, *, squared: bool = False, s
 class _SoftmaxIndexStats(torch.autograd.Function):
     r"""Softmax + :func:`region_stats` (+ the cross-entropy sum) for index targets, without a graph.
 
-    Forward saves the logits and the labels only and returns ``TP, P`` (N, C) and the per-sample
-    cross-entropy sum (N,) (zeros unless ``with_ce``), one cache-sized chunk at a time. Backward
-    recomputes the softmax into the gradient buffer itself and turns it into the gradient in
-    place, chunk by chunk over space (few large ops: they matter on a loaded CPU):
+    Returns ``TP, P`` (N, C) and the per-sample cross-entropy sum (N,) (zeros unless
+    ``with_ce``), one cache-sized chunk of voxels at a time: the shifted logits go straight into
+    the output buffer, are exponentiated and normalised there, and the statistics are read while
+    the chunk is in cache. The cross-entropy comes free from the same pass:
+    :math:`-\log p_y = \log \sum_k e^{z_k - m} - (z_y - m)`.
+
+    With ``keep_probs`` (a gradient will be wanted) the probabilities are kept and backward turns
+    them into the gradient in place, chunk by chunk:
     :math:`\partial L / \partial z_c = p_c (g^P_c + g^{CE} - \sum_k p_k g^P_k - p_y g^{TP}_y)
-    + [c = y] (p_y g^{TP}_y - g^{CE})` (0 at ignored voxels). So the peak memory of a pass is the
-    gradient plus chunk-sized temporaries, where autograd through the formula keeps the softmax,
-    a one-hot target and products alive. Second derivatives differentiate the plain expression.
+    + [c = y] (p_y g^{TP}_y - g^{CE})` (0 at ignored voxels). The buffer that holds the softmax
+    *is* the gradient, so the peak memory of a pass is the gradient plus chunk-sized temporaries,
+    where autograd through the formula keeps the softmax, a one-hot target and products alive. A
+    second backward (``retain_graph=True``) recomputes the softmax; second derivatives
+    differentiate the plain expression.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, index: Tensor, valid: Tensor | None, with_ce: bool):  # noqa: ANN205
+    def forward(ctx, logits: Tensor, index: Tensor, valid: Tensor | None, with_ce: bool,  # noqa: ANN205
+                keep_probs: bool):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, index, valid)
+        probs = torch.empty_like(logits, memory_format=torch.contiguous_format) if keep_probs else None
+        ctx.probs = probs
         n, c, _ = logits.shape
         tp = logits.new_zeros(n, c)
         psum = logits.new_zeros(n, c)
         ce = logits.new_zeros(n)
-        for part in _chunks(logits):  # each chunk's softmax stays in cache
-            idx = index[:, part]
-            v = None if valid is None else valid[:, part].to(logits.dtype)
+        for part in _chunks(logits):  # each chunk stays in cache through every step below
+            idx = index[:, part].unsqueeze(1)  # (N, 1, s)
+            x = logits[:, :, part]
+            shifted = x.amax(1, keepdim=True)
+            p = torch.sub(x, shifted, out=probs[:, :, part]) if keep_probs else x - shifted
+            at_y = p.gather(1, idx)  # z_y - m, (N, 1, s)
+            total = p.exp_().sum(1, keepdim=True)  # sum_k exp(z_k - m)
+            p.div_(total)
+            picked = at_y.exp().div_(total)  # p_y, from the small tensors rather than a second gather
+            v = None if valid is None else valid[:, part].unsqueeze(1).to(logits.dtype)
             if with_ce:
-                p = torch.log_softmax(logits[:, :, part], dim=1)
-                nll = p.gather(1, idx.unsqueeze(1)).squeeze(1).neg_()
-                ce += (nll if v is None else nll.mul_(v)).sum(-1)
-                p = p.exp_()
-            else:
-                p = torch.softmax(logits[:, :, part], dim=1)
-            picked = p.gather(1, idx.unsqueeze(1)).squeeze(1)
+                nll = total.log_().sub_(at_y)
+                ce += (nll if v is None else nll.mul_(v)).sum((1, 2))
             if v is None:
                 psum += p.sum(-1)
             else:
                 picked.mul_(v)
-                psum += torch.bmm(p, v.unsqueeze(-1)).squeeze(-1)
-            tp.scatter_add_(1, idx, picked)
+                psum += torch.bmm(p, v.transpose(1, 2)).squeeze(-1)
+            tp.scatter_add_(1, idx.squeeze(1), picked.squeeze(1))
         return tp, psum, ce
 
     @staticmethod
     def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_ce: Tensor | None):  # noqa: ANN205
         logits, index, valid = ctx.saved_tensors
+        probs, ctx.probs = ctx.probs, None  # used up below: a second backward recomputes it
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain expression
             with torch.enable_grad():
                 outs = _softmax_index_plain(logits, index, valid)
                 pairs = [(o, g) for o, g in zip(outs, (g_tp, g_p, g_ce), strict=True) if g is not None]
                 (grad,) = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
                                               create_graph=True, allow_unused=True)
-            return (torch.zeros_like(logits) if grad is None else grad), None, None, None
+            return (torch.zeros_like(logits) if grad is None else grad), None, None, None, None
         n, c, s = logits.shape
         g_p = logits.new_zeros(n, c) if g_p is None else g_p
         g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
         row = g_p.unsqueeze(-1)  # (N, C, 1)
         if g_ce is not None:
             row = row + g_ce.view(-1, 1, 1)
-        grad = torch.softmax(logits, dim=1)  # becomes the gradient, in place, chunk by chunk
+        grad = torch.softmax(logits, dim=1) if probs is None else probs  # becomes the gradient, in place
         g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
         for part in _chunks(logits):
             p = grad[:, :, part]
@@ -264,7 +277,7 @@ class _SoftmaxIndexStats(torch.autograd.Function):
             p.scatter_add_(1, idx, at_y)
             if valid is not None:
                 p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def _chunks(logits: Tensor) -> list[slice]:
@@ -314,7 +327,8 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
         logits = _flat(upcast(input), 2)
         index = _flat(dt.index, 1)
         valid = None if dt.valid is None else _flat(dt.valid, 1)
-        tp, psum, ce = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce)
+        keep = torch.is_grad_enabled() and logits.requires_grad
+        tp, psum, ce = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce, keep)
         ones = logits.new_ones(()) if valid is None else valid.to(logits.dtype)
         if valid is None:
             tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones.expand(index.shape))
