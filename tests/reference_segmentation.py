@@ -96,8 +96,8 @@ def one_hot(labels, num_classes, ignore_index=None):
     return t, mask
 
 
-def cross_entropy_per_sample(logits, labels, mask):
-    """Mean over each sample's valid voxels of -log softmax(logits)[label]."""
+def cross_entropy_per_sample(logits, labels, mask, class_weight=None):
+    """Mean over each sample's valid voxels of -log softmax(logits)[label], weighted by class_weight[label]."""
     logp = torch.log_softmax(logits.double(), 1)
     out = torch.zeros(logits.shape[0], dtype=torch.float64)
     for i in range(logits.shape[0]):
@@ -107,7 +107,8 @@ def cross_entropy_per_sample(logits, labels, mask):
         total, count = 0.0, 0.0
         for j in range(flat_l.numel()):
             if flat_m[j] > 0:
-                total = total - flat_p[int(flat_l[j]), j]
-                count += 1
-        out[i] = total / max(count, 1)
+                w = 1.0 if class_weight is None else float(class_weight[int(flat_l[j])])
+                total = total - w * flat_p[int(flat_l[j]), j]
+                count += w
+        out[i] = total / count if count > 0 else total * 0.0
     return out

@@ -86,6 +86,21 @@ def test_dice_ce_matches_reference(ignore):
     close(got, expected, 1e-10)
 
 
+def test_dice_ce_class_weight_matches_reference_values_and_gradients():
+    # class_weight weights the Dice class mean and, per voxel, the CE mean (sum w_y CE / sum w_y).
+    x, y = data(n=2, spatial=(3, 4))
+    y[1, 0] = 255
+    w = torch.tensor([0.2, 1.0, 3.0, 0.5], dtype=torch.float64)
+    t, m = ref.one_hot(y, 4, 255)
+    x.requires_grad_(True)
+    d = ref.dice(ref.sums(torch.softmax(x, 1), t, m))
+    expected = (d * w).sum(1) / w.sum() + 0.5 * ref.cross_entropy_per_sample(x, torch.where(y == 255, 0, y), m, w)
+    got = losskit.dice_ce_loss(x, y, lambda_ce=0.5, class_weight=w, ignore_index=255, reduction="none")
+    close(got, expected, 1e-10)
+    upstream = torch.tensor([0.3, -1.7], dtype=torch.float64)  # a non-uniform upstream gradient
+    close(torch.autograd.grad(got, x, upstream)[0], torch.autograd.grad(expected, x, upstream)[0], 1e-10)
+
+
 def test_hand_worked_dice():
     # probabilities with activation=None: sample 0 class 1: p = [1, .5], t = [1, 0]:
     # TP = 1, P = 1.5, T = 1 -> 1 - 2/2.5 = 0.2 (no smoothing)
@@ -260,8 +275,11 @@ def test_fused_kernel_equals_plain_autograd():
     try:
         S._CPU_CHUNK = 2560  # 10 classes x 256 voxels
         x.requires_grad_(True)
-        fused = losskit.dice_ce_loss(x, y, ignore_index=-1)
-        plain = losskit.dice_ce_loss(x, y, ignore_index=-1, class_weight=torch.ones(5, dtype=torch.float64))
+        w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+        fused = losskit.dice_ce_loss(x, y, ignore_index=-1, class_weight=w)
+        t, m = ref.one_hot(y, 5, -1)
+        d = ref.dice(ref.sums(torch.softmax(x, 1), t, m))
+        plain = ((d * w).sum(1) / w.sum() + ref.cross_entropy_per_sample(x, y.clamp_min(0), m, w)).mean()
         close(fused, plain, 1e-10)
         close(grad_of(fused, x), grad_of(plain, x), 1e-10)
         fused = losskit.dice_loss(x, y, ignore_index=-1)
@@ -281,7 +299,9 @@ def test_fused_kernel_second_backward_and_no_grad_and_double_backward():
     (first,) = torch.autograd.grad(out, x, retain_graph=True)
     (second,) = torch.autograd.grad(out, x)
     close(first, second, 1e-12)
-    plain = losskit.dice_ce_loss(x, y, ignore_index=-1, class_weight=torch.ones(4, dtype=torch.float64))
+    t, m = ref.one_hot(y, 4, -1)
+    plain = (ref.dice(ref.sums(torch.softmax(x, 1), t, m)).mean(1)
+             + ref.cross_entropy_per_sample(x, y.clamp_min(0), m)).mean()
     close(first, grad_of(plain, x), 1e-10)
     assert torch.equal(x.detach(), before) and x.grad is None
     with torch.no_grad():  # no buffer is kept, the value is the same

@@ -94,7 +94,8 @@ class RegionStats:
     count: Tensor  # (N, 1) number of valid voxels
     psq: Tensor | None = None  # sum p^2 (squared=True)
     tsq: Tensor | None = None  # sum t^2 (squared=True)
-    ce: Tensor | None = None  # (N,) sum of softmax cross-entropy over valid voxels (fused kernel only)
+    ce: Tensor | None = None  # (N,) weighted sum of softmax cross-entropy over valid voxels (fused kernel only)
+    ce_den: Tensor | None = None  # (N,) sum of those cross-entropy weights (fused kernel only)
 
     @property
     def fp(self) -> Tensor:
@@ -113,7 +114,7 @@ class RegionStats:
             return None if x is None else drop_background(x, include_background)
 
         return RegionStats(drop(self.tp), drop(self.psum), drop(self.tsum), self.count, drop(self.psq),
-                           drop(self.tsq), self.ce)
+                           drop(self.tsq), self.ce, self.ce_den)
 
     def pooled(self, sync: bool = False) -> RegionStats:
         """Sums over the batch: ``(1, C)``, or ``(0, C)`` for an empty batch (nothing to pool).
@@ -126,7 +127,8 @@ class RegionStats:
         def pool(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.sum(0, keepdim=True)
 
-        fields = [pool(x) for x in (self.tp, self.psum, self.tsum, self.count, self.psq, self.tsq, self.ce)]
+        fields = [pool(x) for x in (self.tp, self.psum, self.tsum, self.count, self.psq, self.tsq, self.ce,
+                                    self.ce_den)]
         if sync:
             fields = _all_reduce_fields(fields)
         return RegionStats(*fields)
@@ -199,16 +201,18 @@ def region_stats(probs: Tensor, target: DenseTarget, *, squared: bool = False, s
 class _SoftmaxIndexStats(torch.autograd.Function):
     r"""Softmax + :func:`region_stats` (+ the cross-entropy sum) for index targets, without a graph.
 
-    Returns ``TP, P`` (N, C) and the per-sample cross-entropy sum (N,) (zeros unless
-    ``with_ce``), one cache-sized chunk of voxels at a time: the shifted logits go straight into
-    the output buffer, are exponentiated and normalised there, and the statistics are read while
-    the chunk is in cache. The cross-entropy comes free from the same pass:
-    :math:`-\log p_y = \log \sum_k e^{z_k - m} - (z_y - m)`.
+    Returns ``TP, P`` (N, C), the per-sample cross-entropy sum (N,) (zeros unless ``with_ce``)
+    and its weight sum (N,) (:math:`\sum_x u_x`, no gradient), one cache-sized chunk of voxels
+    at a time: the shifted logits go straight into the output buffer, are exponentiated and
+    normalised there, and the statistics are read while the chunk is in cache. The
+    cross-entropy comes free from the same pass:
+    :math:`-\log p_y = \log \sum_k e^{z_k - m} - (z_y - m)`, weighted per voxel by
+    :math:`u_x = w_{y_x}` (``ce_weight``, else 1) times the valid mask.
 
     With ``keep_probs`` (a gradient will be wanted) the probabilities are kept and backward turns
-    them into the gradient in place, chunk by chunk:
-    :math:`\partial L / \partial z_c = p_c (g^P_c + g^{CE} - \sum_k p_k g^P_k - p_y g^{TP}_y)
-    + [c = y] (p_y g^{TP}_y - g^{CE})` (0 at ignored voxels). The buffer that holds the softmax
+    them into the gradient in place, chunk by chunk, with :math:`G_x = g^{CE} u_x`:
+    :math:`\partial L / \partial z_c = p_c (g^P_c + G - \sum_k p_k g^P_k - p_y g^{TP}_y)
+    + [c = y] (p_y g^{TP}_y - G)` (0 at ignored voxels). The buffer that holds the softmax
     *is* the gradient, so the peak memory of a pass is the gradient plus chunk-sized temporaries,
     where autograd through the formula keeps the softmax, a one-hot target and products alive. A
     second backward (``retain_graph=True``) recomputes the softmax; second derivatives
@@ -217,67 +221,93 @@ class _SoftmaxIndexStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, valid: Tensor | None, with_ce: bool,  # noqa: ANN205
-                keep_probs: bool):
+                ce_weight: Tensor | None, keep_probs: bool):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, index, valid)
+        ctx.save_for_backward(logits, index, valid, ce_weight)
         probs = torch.empty_like(logits, memory_format=torch.contiguous_format) if keep_probs else None
         ctx.probs = probs
         n, c, _ = logits.shape
         tp = logits.new_zeros(n, c)
         psum = logits.new_zeros(n, c)
         ce = logits.new_zeros(n)
+        ce_den = logits.new_zeros(n)
         for part in _chunks(logits):  # each chunk stays in cache through every step below
             idx = index[:, part].unsqueeze(1)  # (N, 1, s)
-            x = logits[:, :, part]
-            shifted = x.amax(1, keepdim=True)
-            p = torch.sub(x, shifted, out=probs[:, :, part]) if keep_probs else x - shifted
-            at_y = p.gather(1, idx)  # z_y - m, (N, 1, s)
-            total = p.exp_().sum(1, keepdim=True)  # sum_k exp(z_k - m)
-            p.div_(total)
+            p = torch.empty_like(logits[:, :, part]) if probs is None else probs[:, :, part]
+            at_y, total = _softmax_chunk(logits[:, :, part], idx, out=p)  # z_y - m and sum_k exp(z_k - m)
             picked = at_y.exp().div_(total)  # p_y, from the small tensors rather than a second gather
             v = None if valid is None else valid[:, part].unsqueeze(1).to(logits.dtype)
             if with_ce:
+                u = _voxel_ce_weight(ce_weight, idx, v)
                 nll = total.log_().sub_(at_y)
-                ce += (nll if v is None else nll.mul_(v)).sum((1, 2))
+                ce += (nll if u is None else nll.mul_(u)).sum((1, 2))
+                ce_den += idx.shape[-1] if u is None else u.sum((1, 2))
             if v is None:
                 psum += p.sum(-1)
             else:
                 picked.mul_(v)
                 psum += torch.bmm(p, v.transpose(1, 2)).squeeze(-1)
             tp.scatter_add_(1, idx.squeeze(1), picked.squeeze(1))
-        return tp, psum, ce
+        ctx.mark_non_differentiable(ce_den)
+        return tp, psum, ce, ce_den
 
     @staticmethod
-    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_ce: Tensor | None):  # noqa: ANN205
-        logits, index, valid = ctx.saved_tensors
+    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_ce: Tensor | None, _g_den: None):  # noqa: ANN205
+        logits, index, valid, ce_weight = ctx.saved_tensors
         probs, ctx.probs = ctx.probs, None  # used up below: a second backward recomputes it
+        nothing = (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain expression
             with torch.enable_grad():
-                outs = _softmax_index_plain(logits, index, valid)
+                outs = _softmax_index_plain(logits, index, valid, ce_weight)
                 pairs = [(o, g) for o, g in zip(outs, (g_tp, g_p, g_ce), strict=True) if g is not None]
                 (grad,) = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
                                               create_graph=True, allow_unused=True)
-            return (torch.zeros_like(logits) if grad is None else grad), None, None, None, None
+            return (torch.zeros_like(logits) if grad is None else grad), *nothing
         n, c, s = logits.shape
         g_p = logits.new_zeros(n, c) if g_p is None else g_p
         g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
         row = g_p.unsqueeze(-1)  # (N, C, 1)
-        if g_ce is not None:
+        if g_ce is not None and ce_weight is None:  # G is one number per sample: fold it into the row
             row = row + g_ce.view(-1, 1, 1)
-        grad = torch.softmax(logits, dim=1) if probs is None else probs  # becomes the gradient, in place
+        if probs is None:  # the same arithmetic as forward, so a second backward gives the same gradient
+            probs = torch.empty_like(logits, memory_format=torch.contiguous_format)
+            for part in _chunks(logits):
+                _softmax_chunk(logits[:, :, part], index[:, part].unsqueeze(1), out=probs[:, :, part])
+        grad = probs  # becomes the gradient, in place
         g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
         for part in _chunks(logits):
             p = grad[:, :, part]
             idx = index[:, part].unsqueeze(1)  # (N, 1, s)
             at_y = p.gather(1, idx).mul_(g_tp.gather(1, idx.squeeze(1)).unsqueeze(1))  # p_y g_y, (N, 1, s)
             inner = torch.bmm(g_p_row, p).add_(at_y)  # sum_k p_k g_k, (N, 1, s)
-            p.mul_(row - inner)
             if g_ce is not None:
-                at_y.sub_(g_ce.view(-1, 1, 1))
+                voxel_g = g_ce.view(-1, 1, 1) if ce_weight is None else ce_weight[idx] * g_ce.view(-1, 1, 1)
+                at_y.sub_(voxel_g)
+                if ce_weight is not None:
+                    inner.sub_(voxel_g)
+            p.mul_(row - inner)
             p.scatter_add_(1, idx, at_y)
             if valid is not None:
                 p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
-        return grad, None, None, None, None
+        return grad, *nothing
+
+
+def _softmax_chunk(x: Tensor, idx: Tensor, *, out: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax of ``x`` (N, C, s) over dim 1 into ``out``; returns ``z_y - m`` and ``sum_k exp(z_k - m)``."""
+    shift = x.amax(1, keepdim=True)
+    torch.sub(x, shift, out=out)
+    at_y = out.gather(1, idx)
+    total = out.exp_().sum(1, keepdim=True)
+    out.div_(total)
+    return at_y, total
+
+
+def _voxel_ce_weight(ce_weight: Tensor | None, idx: Tensor, valid: Tensor | None) -> Tensor | None:
+    """The cross-entropy weight of each voxel, ``w[y] * valid`` (``None`` when it is 1 everywhere)."""
+    if ce_weight is None:
+        return valid
+    u = ce_weight[idx]
+    return u if valid is None else u * valid
 
 
 def _chunks(logits: Tensor) -> list[slice]:
@@ -289,13 +319,15 @@ def _chunks(logits: Tensor) -> list[slice]:
     return [slice(start, min(start + step, size)) for start in range(0, size, step)]
 
 
-def _softmax_index_plain(logits: Tensor, index: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """The same three outputs as :class:`_SoftmaxIndexStats` through plain autograd."""
+def _softmax_index_plain(logits: Tensor, index: Tensor, valid: Tensor | None,
+                         ce_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The three differentiable outputs of :class:`_SoftmaxIndexStats` through plain autograd."""
     logp = torch.log_softmax(logits, dim=1)
     stats = region_stats(logp.exp(), DenseTarget(index, None, valid))
     nll = -logp.gather(1, index.unsqueeze(1)).squeeze(1)
-    if valid is not None:
-        nll = nll * valid.to(nll.dtype)
+    u = _voxel_ce_weight(ce_weight, index, None if valid is None else valid.to(nll.dtype))
+    if u is not None:
+        nll = nll * u
     return stats.tp, stats.psum, nll.sum(-1)
 
 
@@ -312,7 +344,8 @@ def _check_sync(sync_stats: object, aggregate: str) -> None:
 
 def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_background: bool, aggregate: str,
            ignore_index: int | None, squared: bool = False, soft_label: bool = False,
-           fused_ce: bool = False, sync_stats: bool = False) -> tuple[RegionStats, DenseTarget]:
+           fused_ce: bool = False, ce_weight: Tensor | None = None,
+           sync_stats: bool = False) -> tuple[RegionStats, DenseTarget]:
     check_one_of("aggregate", aggregate, AGGREGATES)
     _check_sync(sync_stats, aggregate)
     check_one_of("activation", activation, ("softmax", "sigmoid", None))
@@ -328,7 +361,8 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
         index = _flat(dt.index, 1)
         valid = None if dt.valid is None else _flat(dt.valid, 1)
         keep = torch.is_grad_enabled() and logits.requires_grad
-        tp, psum, ce = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce, keep)
+        ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
+        tp, psum, ce, ce_den = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce, ce_weight, keep)
         ones = logits.new_ones(()) if valid is None else valid.to(logits.dtype)
         if valid is None:
             tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones.expand(index.shape))
@@ -336,7 +370,7 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
         else:
             tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones)
             count = ones.sum(-1, keepdim=True)
-        stats = RegionStats(tp, psum, tsum, count, ce=ce if fused_ce else None)
+        stats = RegionStats(tp, psum, tsum, count, ce=ce if fused_ce else None, ce_den=ce_den if fused_ce else None)
     else:
         stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
     stats = stats.select(include_background)
@@ -974,13 +1008,13 @@ def dice_ce_loss(
         raise ValueError(f"activation must be 'softmax' or 'sigmoid' for dice_ce_loss (its CE half takes "
                          f"logits), got {activation!r}")
     _check_smoothing(smooth_nr, smooth_dr, eps)
-    fused = activation == "softmax" and class_weight is None
+    cw = _class_weight(class_weight, input, include_background)  # validates class_weight first
     full, dt = _stats(input, target, activation=activation, include_background=True, aggregate="per_sample",
-                      ignore_index=ignore_index, squared=squared, fused_ce=fused)
+                      ignore_index=ignore_index, squared=squared, fused_ce=activation == "softmax",
+                      ce_weight=class_weight)
     stats = full.select(include_background)
     if aggregate == "batch":
         stats = stats.pooled(sync_stats)
-    cw = _class_weight(class_weight, input, include_background)
     dice = _dice_from_stats(stats, squared, smooth_nr, smooth_dr, eps)
     unit_w = cw.expand(dice.shape) if cw is not None else torch.ones_like(dice)
     if absent == "zero":
@@ -991,7 +1025,7 @@ def dice_ce_loss(
 
     # CE: per-sample sum over valid voxels and its denominator.
     if full.ce is not None:
-        ce_sum, ce_count = full.ce, full.count.squeeze(1)
+        ce_sum, ce_count = full.ce, full.ce_den
     elif activation == "softmax":
         labels = target
         if not target.is_floating_point() and target.dim() == input.dim():
