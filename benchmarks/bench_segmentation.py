@@ -1,9 +1,12 @@
 """dice_loss and dice_ce_loss forward+backward on (2, 8, 96, 96, 96) logits: losskit vs MONAI.
 
 Integer labels; MONAI gets them as (N, 1, ...) with ``softmax=True, to_onehot_y=True``.
-Goal: losskit at least 2x faster than MONAI with at most 1/3 of its peak memory.
+Goal: losskit at least 2x faster than MONAI with at most 1/3 of its peak memory. Peak memory
+includes the logits' gradient, which every implementation must return (54.0 MiB at the default
+shape). A third table is binary segmentation: one sigmoid channel, (2, 1, 128, 128, 128),
+against a float mask, versus MONAI ``DiceLoss(sigmoid=True)``.
 
-    python -m benchmarks.bench_segmentation [--device cuda] [--size 96] [--rounds 5] [--threads 1]
+    python -m benchmarks.bench_segmentation [--device cuda] [--size 96] [--binary-size 128] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=96, help="edge of the cubic volume (default 96)")
+    parser.add_argument("--binary-size", type=int, default=128, help="edge of the binary case's volume (0: skip)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
@@ -53,6 +57,17 @@ def main(argv: list[str] | None = None) -> str:
         {"losskit": lambda: losskit.dice_ce_loss(logits, labels),
          "monai.DiceCELoss": lambda: monai_dice_ce(logits, labels_monai)},
         (logits,), rounds=args.rounds, checks=args.checks))
+    if args.binary_size:
+        del logits, labels, labels_monai
+        edge = args.binary_size
+        binary = torch.randn((args.batch, 1, edge, edge, edge), generator=gen).to(device).requires_grad_()
+        mask = (torch.rand(binary.shape, generator=gen) < 0.1).float().to(device)
+        monai_binary = DiceLoss(sigmoid=True)
+        texts.append(benchmark(
+            f"binary sigmoid dice fwd+bwd, shape {tuple(binary.shape)}, float mask, {device}, float32",
+            {"losskit": lambda: losskit.dice_loss(binary, mask, activation="sigmoid"),
+             "monai.DiceLoss(sigmoid=True)": lambda: monai_binary(binary, mask)},
+            (binary,), rounds=args.rounds, checks=args.checks))
     return "\n\n".join(texts)
 
 

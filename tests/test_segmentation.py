@@ -310,6 +310,68 @@ def test_fused_kernel_second_backward_and_no_grad_and_double_backward():
     assert torch.autograd.gradgradcheck(lambda z: losskit.dice_loss(z, y, ignore_index=-1), (x,))
 
 
+def _squared_dice_reference(p, t, m, snr=1e-5, sdr=1e-5):
+    # V-Net Dice from the formula: 1 - (2 sum p t + snr) / (sum p^2 + sum t^2 + sdr), valid voxels only.
+    n, c = p.shape[:2]
+    out = torch.zeros(n, c, dtype=torch.float64)
+    for i in range(n):
+        for k in range(c):
+            pk, tk = p[i, k] * m[i], t[i, k] * m[i]
+            out[i, k] = 1 - (2 * (pk * tk).sum() + snr) / ((pk * pk).sum() + (tk * tk).sum() + sdr)
+    return out
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("target_kind", ["index", "ignore", "one_hot", "soft"])
+def test_fused_sigmoid_kernel_matches_the_formula(target_kind, squared):
+    # Several chunks (4 classes x 256 voxels each), a non-uniform upstream gradient, float64.
+    x, y = data(n=2, c=4, spatial=(30, 40))
+    ignore = None
+    if target_kind == "ignore":
+        y[0, :5] = ignore = 255
+    t, m = ref.one_hot(y, 4, ignore)
+    target = y
+    if target_kind in ("one_hot", "soft"):
+        target = t if target_kind == "one_hot" else torch.rand(t.shape, generator=torch.Generator().manual_seed(1),
+                                                                 dtype=torch.float64)
+        t = target
+    old = S._CPU_CHUNK
+    try:
+        S._CPU_CHUNK = 1024
+        x.requires_grad_(True)
+        got = losskit.dice_loss(x, target, activation="sigmoid", squared=squared, ignore_index=ignore,
+                                reduction="none")
+        p = torch.sigmoid(x)
+        expected = _squared_dice_reference(p, t, m) if squared else ref.dice(ref.sums(p, t, m))
+        close(got, expected, 1e-10)
+        upstream = torch.rand(got.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        g_got, g_exp = (torch.autograd.grad(v, x, upstream, retain_graph=True)[0] for v in (got, expected))
+        close(g_got, g_exp, 1e-10)
+        close(torch.autograd.grad(got, x, upstream)[0], g_got, 0.0)  # a second backward recomputes the sigmoid
+        if ignore is not None:
+            assert (g_got[0, :, :5] == 0).all()
+    finally:
+        S._CPU_CHUNK = old
+
+
+def test_fused_sigmoid_kernel_double_backward_no_grad_and_target_gradient():
+    x, y = data(n=2, c=3, spatial=(4, 5))
+    x.requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda z: losskit.dice_loss(z, y, activation="sigmoid", squared=True), (x,))
+    out = losskit.dice_loss(x, y, activation="sigmoid")
+    with torch.no_grad():
+        close(losskit.dice_loss(x, y, activation="sigmoid"), out.detach(), 1e-12)
+    # A soft target that carries a gradient (distillation) takes the plain path and gets its gradient.
+    t = torch.rand(x.shape, dtype=torch.float64, requires_grad=True)
+    out = losskit.dice_loss(x, t, activation="sigmoid")
+    g_x, g_t = torch.autograd.grad(out, (x, t))
+    p = torch.sigmoid(x)
+    expected = ref.dice(ref.sums(p, t, torch.ones(2, 4, 5, dtype=torch.float64))).mean()
+    e_x, e_t = torch.autograd.grad(expected, (x, t))
+    close(g_x, e_x, 1e-10)
+    close(g_t, e_t, 1e-10)
+
+
 # --- absent classes and policies --------------------------------------------------------------
 
 

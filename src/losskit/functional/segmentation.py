@@ -29,6 +29,16 @@ Conventions shared by all of them (see each docstring for the formula):
   Tilborghs et al., "Dice loss in the context of missing or empty labels", MICCAI 2022).
   Denominators are also floored at ``eps`` (default ``1e-7``, SMP's clamp), which changes
   nothing while ``smooth_dr >= eps``.
+* **Memory.** The statistics come from fused kernels that never build a one-hot tensor or an
+  autograd graph over the volume: the activation is written once, into the buffer that backward
+  turns into the gradient in place, so a forward+backward pass needs the gradient plus
+  cache-sized temporaries (autograd through the formula keeps the probabilities, a one-hot
+  target and products: about three times as much). They serve ``activation="softmax"`` with
+  index targets (Dice+CE's cross-entropy included, ``class_weight`` too) and
+  ``activation="sigmoid"`` with index or one-hot / soft targets (``squared`` too). Softmax with
+  one-hot / soft targets or ``squared=True``, ``soft_label=True``, targets that require a
+  gradient, ``activation=None`` and code being traced by ``torch.compile`` (which fuses the
+  plain form itself) use plain autograd: the same values and gradients, not the same memory.
 * **Absent classes** (``T = 0`` for that unit): ``absent="keep"`` (default) uses the formula as
   is, so a false positive on an empty class costs nearly 1 and an empty prediction nearly 0;
   ``absent="zero"`` sets those units to 0 but keeps them in the mean (SMP);
@@ -56,6 +66,7 @@ To reproduce a peer (each row is proved by a test: MONAI and kornia live in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -224,8 +235,7 @@ class _SoftmaxIndexStats(torch.autograd.Function):
                 ce_weight: Tensor | None, keep_probs: bool):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, index, valid, ce_weight)
-        probs = torch.empty_like(logits, memory_format=torch.contiguous_format) if keep_probs else None
-        ctx.probs = probs
+        probs = ctx.probs = _new_buffer(logits) if keep_probs else None
         n, c, _ = logits.shape
         tp = logits.new_zeros(n, c)
         psum = logits.new_zeros(n, c)
@@ -242,38 +252,26 @@ class _SoftmaxIndexStats(torch.autograd.Function):
                 nll = total.log_().sub_(at_y)
                 ce += (nll if u is None else nll.mul_(u)).sum((1, 2))
                 ce_den += idx.shape[-1] if u is None else u.sum((1, 2))
-            if v is None:
-                psum += p.sum(-1)
-            else:
-                picked.mul_(v)
-                psum += torch.bmm(p, v.transpose(1, 2)).squeeze(-1)
-            tp.scatter_add_(1, idx.squeeze(1), picked.squeeze(1))
+            psum += _masked_sum(p, v)
+            tp.scatter_add_(1, idx.squeeze(1), (picked if v is None else picked.mul_(v)).squeeze(1))
         ctx.mark_non_differentiable(ce_den)
         return tp, psum, ce, ce_den
 
     @staticmethod
     def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_ce: Tensor | None, _g_den: None):  # noqa: ANN205
         logits, index, valid, ce_weight = ctx.saved_tensors
-        probs, ctx.probs = ctx.probs, None  # used up below: a second backward recomputes it
         nothing = (None,) * 5
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain expression
-            with torch.enable_grad():
-                outs = _softmax_index_plain(logits, index, valid, ce_weight)
-                pairs = [(o, g) for o, g in zip(outs, (g_tp, g_p, g_ce), strict=True) if g is not None]
-                (grad,) = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
-                                              create_graph=True, allow_unused=True)
-            return (torch.zeros_like(logits) if grad is None else grad), *nothing
+        if torch.is_grad_enabled():  # create_graph=True
+            outs = _softmax_index_plain(logits, index, valid, ce_weight)
+            return _plain_gradient(outs, (g_tp, g_p, g_ce), logits), *nothing
+        grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(
+            logits[:, :, part], index[:, part].unsqueeze(1), out=out))  # becomes the gradient, in place
         n, c, s = logits.shape
         g_p = logits.new_zeros(n, c) if g_p is None else g_p
         g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
         row = g_p.unsqueeze(-1)  # (N, C, 1)
         if g_ce is not None and ce_weight is None:  # G is one number per sample: fold it into the row
             row = row + g_ce.view(-1, 1, 1)
-        if probs is None:  # the same arithmetic as forward, so a second backward gives the same gradient
-            probs = torch.empty_like(logits, memory_format=torch.contiguous_format)
-            for part in _chunks(logits):
-                _softmax_chunk(logits[:, :, part], index[:, part].unsqueeze(1), out=probs[:, :, part])
-        grad = probs  # becomes the gradient, in place
         g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
         for part in _chunks(logits):
             p = grad[:, :, part]
@@ -290,6 +288,100 @@ class _SoftmaxIndexStats(torch.autograd.Function):
             if valid is not None:
                 p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
         return grad, *nothing
+
+
+class _SigmoidStats(torch.autograd.Function):
+    r"""Sigmoid + :func:`region_stats` for index or dense (no-gradient) targets, without a graph.
+
+    Returns ``TP, P`` and :math:`\sum p^2` (zeros unless ``squared``), each (N, C), one
+    cache-sized chunk at a time; ``labels`` is the dense target (N, C, S) or ``None`` for index
+    targets. As in :class:`_SoftmaxIndexStats`, the sigmoid is kept (with ``keep_probs``) in the
+    buffer that backward turns into the gradient in place:
+    :math:`\partial L / \partial z_c = p_c (1 - p_c) (g^P_c + g^{TP}_c t_c + 2 g^{P^2}_c p_c)`
+    (0 at ignored voxels).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor | None, labels: Tensor | None,  # noqa: ANN205
+                valid: Tensor | None, squared: bool, keep_probs: bool):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, index, labels, valid)
+        ctx.squared = squared
+        probs = ctx.probs = _new_buffer(logits) if keep_probs else None
+        n, c, _ = logits.shape
+        tp, psum, psq = (logits.new_zeros(n, c) for _ in range(3))
+        for part in _chunks(logits):
+            x = logits[:, :, part]
+            p = torch.sigmoid(x, out=torch.empty_like(x) if probs is None else probs[:, :, part])
+            v = None if valid is None else valid[:, part].unsqueeze(1).to(logits.dtype)
+            if index is None:
+                tp += (p * labels[:, :, part]).sum(-1)
+            else:
+                idx = index[:, part].unsqueeze(1)
+                picked = p.gather(1, idx)
+                tp.scatter_add_(1, idx.squeeze(1), (picked if v is None else picked.mul_(v)).squeeze(1))
+            psum += _masked_sum(p, v)
+            if squared:
+                psq += _masked_sum(p.square(), v)
+        return tp, psum, psq
+
+    @staticmethod
+    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_psq: Tensor | None):  # noqa: ANN205
+        logits, index, labels, valid = ctx.saved_tensors
+        nothing = (None,) * 5
+        if torch.is_grad_enabled():  # create_graph=True
+            target = DenseTarget(index, labels, valid)
+            stats = region_stats(torch.sigmoid(logits), target, squared=ctx.squared)
+            outs = (stats.tp, stats.psum, stats.psq)
+            return _plain_gradient(outs, (g_tp, g_p, g_psq), logits), *nothing
+        grad = _gradient_buffer(ctx, logits, lambda part, out: torch.sigmoid(logits[:, :, part], out=out))
+        n, c, _ = logits.shape
+        g_p = (logits.new_zeros(n, c) if g_p is None else g_p).unsqueeze(-1)  # (N, C, 1)
+        g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
+        for part in _chunks(logits):
+            p = grad[:, :, part]
+            if index is None:  # dL/dp = g_P + g_TP t
+                dp = torch.addcmul(g_p, labels[:, :, part], g_tp.unsqueeze(-1))
+            else:
+                idx = index[:, part].unsqueeze(1)
+                dp = g_p.expand(p.shape).contiguous()
+                dp.scatter_add_(1, idx, g_tp.gather(1, idx.squeeze(1)).unsqueeze(1))
+            if ctx.squared and g_psq is not None:
+                dp.addcmul_(p, g_psq.unsqueeze(-1), value=2.0)
+            p.addcmul_(p, p, value=-1.0).mul_(dp)  # p (1 - p) dL/dp
+            if valid is not None:
+                p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
+        return grad, *nothing
+
+
+def _new_buffer(logits: Tensor) -> Tensor:
+    """The activation buffer a fused kernel keeps for backward, which turns it into the gradient."""
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _gradient_buffer(ctx: object, logits: Tensor, fill: Callable[[slice, Tensor], object]) -> Tensor:
+    """The buffer forward kept, handed over once; a later backward refills a new one chunk by chunk
+    with ``fill(part, out)``, the same arithmetic as forward, so every backward gives the same gradient."""
+    probs, ctx.probs = ctx.probs, None
+    if probs is None:
+        probs = _new_buffer(logits)
+        for part in _chunks(logits):
+            fill(part, probs[:, :, part])
+    return probs
+
+
+def _plain_gradient(outputs: tuple[Tensor | None, ...], grads: tuple[Tensor | None, ...], logits: Tensor) -> Tensor:
+    """The gradient through the plain autograd expression (``create_graph=True``: second derivatives)."""
+    with torch.enable_grad():
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if o is not None and g is not None]
+        (grad,) = torch.autograd.grad([o for o, _ in pairs], logits, [g for _, g in pairs],
+                                      create_graph=True, allow_unused=True)
+    return torch.zeros_like(logits) if grad is None else grad
+
+
+def _masked_sum(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Sum of ``x`` (N, C, s) over the voxels, those where ``valid`` (N, 1, s) is 0 left out."""
+    return x.sum(-1) if valid is None else torch.bmm(x, valid.transpose(1, 2)).squeeze(-1)
 
 
 def _softmax_chunk(x: Tensor, idx: Tensor, *, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -354,27 +446,47 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     dt = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
     if not include_background and input.shape[1] < 2:
         raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
-    fast = (activation == "softmax" and dt.index is not None and not squared and input.shape[1] > 1
-            and not torch.compiler.is_compiling())
-    if fast:
+    if torch.compiler.is_compiling():  # the fused kernels are eager code; the compiler fuses the plain form
+        fused = None
+    elif activation == "softmax" and dt.index is not None and not squared and input.shape[1] > 1:
+        fused = "softmax"
+    elif activation == "sigmoid" and not soft_label and (dt.dense is None or not dt.dense.requires_grad):
+        fused = "sigmoid"
+    else:
+        fused = None
+    if fused is None:
+        stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
+    else:
         logits = _flat(upcast(input), 2)
-        index = _flat(dt.index, 1)
+        index = None if dt.index is None else _flat(dt.index, 1)
         valid = None if dt.valid is None else _flat(dt.valid, 1)
         keep = torch.is_grad_enabled() and logits.requires_grad
-        ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
-        tp, psum, ce, ce_den = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce, ce_weight, keep)
-        ones = logits.new_ones(()) if valid is None else valid.to(logits.dtype)
-        if valid is None:
-            tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones.expand(index.shape))
-            count = logits.new_full((tp.shape[0], 1), float(index.shape[-1]))
+        if fused == "softmax":
+            ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
+            tp, psum, ce, ce_den = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce, ce_weight, keep)
+            stats = RegionStats(tp, psum, *_target_sums(index, valid, logits),
+                                ce=ce if fused_ce else None, ce_den=ce_den if fused_ce else None)
         else:
-            tsum = logits.new_zeros(tp.shape).scatter_add_(1, index, ones)
-            count = ones.sum(-1, keepdim=True)
-        stats = RegionStats(tp, psum, tsum, count, ce=ce if fused_ce else None, ce_den=ce_den if fused_ce else None)
-    else:
-        stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
+            labels = None if dt.dense is None else _flat(dt.dense, 2)
+            tp, psum, psq = _SigmoidStats.apply(logits, index, labels, valid, squared, keep)
+            if labels is None:
+                tsum, count = _target_sums(index, valid, logits)
+                tsq = tsum  # one-hot labels: t^2 = t
+            else:
+                tsum, count = labels.sum(-1), logits.new_full((tp.shape[0], 1), float(labels.shape[-1]))
+                tsq = labels.square().sum(-1) if squared else None
+            stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsq if squared else None)
     stats = stats.select(include_background)
     return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
+
+
+def _target_sums(index: Tensor, valid: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(sample, class) label counts ``T`` (N, C) and valid voxel counts (N, 1) of index targets (N, S)."""
+    n, c = like.shape[:2]
+    ones = like.new_ones(()).expand(index.shape) if valid is None else valid.to(like.dtype)
+    tsum = like.new_zeros(n, c).scatter_add_(1, index, ones)
+    count = like.new_full((n, 1), float(index.shape[-1])) if valid is None else ones.sum(-1, keepdim=True)
+    return tsum, count
 
 
 def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
