@@ -445,3 +445,334 @@ def test_errors_name_the_argument(gen):
         boundary_loss(x, t, include_background=1)
     with pytest.raises(ValueError, match="weight"):
         boundary_loss(x, t, weight=torch.ones(3))
+
+
+# --- ignore_index, aggregate="batch", log=True --------------------------------------------------------
+
+IGNORE = 255
+
+
+def with_ignored(gen, t, fraction=0.3, all_ignored_sample=None):
+    """``t`` with about ``fraction`` of the voxels set to ``IGNORE`` (and one sample entirely, if asked)."""
+    t = t.clone()
+    t[torch.rand(t.shape, generator=gen) < fraction] = IGNORE
+    if all_ignored_sample is not None:
+        t[all_ignored_sample] = IGNORE
+    return t
+
+
+def masked_mean_reference(values, valid, aggregate):
+    """``values[n][c]`` and ``valid[n]`` numpy arrays: sum(v f) / sum(v) per (n, c), or per c over the batch."""
+    sums = np.array([[(f * valid[n]).sum() for f in row] for n, row in enumerate(values)])
+    counts = np.array([valid[n].sum() for n in range(len(values))], dtype=np.float64)
+    if aggregate == "batch":
+        return torch.from_numpy(sums.sum(0, keepdims=True) / max(counts.sum(), np.finfo(np.float64).tiny))
+    return torch.from_numpy(sums / np.maximum(counts, np.finfo(np.float64).tiny)[:, None])
+
+
+def class_masks(t, classes, first):
+    """Per-class boolean labels of an index target, ignored voxels in no class: ``[n][c - first]``."""
+    t = t.numpy()
+    return [[(t[n] == c) & (t[n] != IGNORE) for c in range(first, classes)] for n in range(t.shape[0])]
+
+
+def reference_boundary_ignore(x, t, include_background=False, aggregate="per_sample"):
+    p = torch.softmax(x, 1).numpy()
+    first = 0 if include_background else 1
+    labels = class_masks(t, x.shape[1], first)
+    values = [[p[n, c + first] * reference_signed(m) for c, m in enumerate(row)] for n, row in enumerate(labels)]
+    return masked_mean_reference(values, (t != IGNORE).numpy(), aggregate)
+
+
+def reference_hausdorff_ignore(x, t, alpha=2.0, include_background=False, aggregate="per_sample"):
+    p = torch.softmax(x, 1).numpy()
+    valid = (t != IGNORE).numpy()
+    first = 0 if include_background else 1
+    labels = class_masks(t, x.shape[1], first)
+    values = []
+    for n, row in enumerate(labels):
+        values.append([])
+        for c, m in enumerate(row):
+            pc = p[n, c + first]
+            pred = (pc > 0.5) & valid[n]  # an ignored voxel is outside the predicted mask too
+            dist = reference_field(pred) ** alpha + reference_field(m) ** alpha
+            values[-1].append((pc - m) ** 2 * dist)
+    return masked_mean_reference(values, valid, aggregate)
+
+
+def reference_cldice_ignore(x, t, iterations=2, smooth=1.0, eps=1e-4, pool_classes=False, aggregate="per_sample"):
+    """Skeletons of the masked images from losskit's soft_skeleton, the four sums written out over valid voxels."""
+    v = (t != IGNORE).double()[:, None]
+    p = torch.softmax(x, 1)[:, 1:] * v
+    labels = torch.stack([torch.from_numpy(np.stack(row)) for row in class_masks(t, x.shape[1], 1)]).double()
+    sp, st = soft_skeleton(p, iterations).numpy(), soft_skeleton(labels, iterations).numpy()
+    p, labels, v = p.numpy(), labels.numpy(), v.numpy()
+    groups = [[(n, c)] for n in range(p.shape[0]) for c in range(p.shape[1])]
+    if pool_classes:
+        groups = [[(n, c) for c in range(p.shape[1])] for n in range(p.shape[0])]
+    if aggregate == "batch":
+        groups = [[u for g in groups if g[0][1] == c for u in g] for c in range(p.shape[1])]
+        groups = [[u for g in groups for u in g]] if pool_classes else groups
+    out = []
+    for group in groups:
+        s = np.zeros(4)
+        count = 0.0
+        for n, c in group:
+            s += [(sp[n, c] * labels[n, c] * v[n, 0]).sum(), (sp[n, c] * v[n, 0]).sum(),
+                  (st[n, c] * p[n, c] * v[n, 0]).sum(), (st[n, c] * v[n, 0]).sum()]
+            count += v[n, 0].sum()
+        if not count:  # every voxel of the unit ignored: 0 by definition
+            out.append(0.0)
+            continue
+        tprec, tsens = (s[0] + smooth) / (s[1] + smooth), (s[2] + smooth) / (s[3] + smooth)
+        out.append(1 - 2 * tprec * tsens / (tprec + tsens + eps))
+    out = torch.tensor(out, dtype=torch.float64)
+    if aggregate == "batch":
+        return out.view(1, -1) if not pool_classes else out.view(1)
+    return out if pool_classes else out.view(p.shape[0], p.shape[1])
+
+
+@pytest.mark.parametrize("aggregate", ["per_sample", "batch"])
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+def test_boundary_loss_ignore_index_matches_the_reference(gen, shape, include_background, aggregate):
+    x, t = logits_and_labels(gen, shape)
+    t = with_ignored(gen, t, all_ignored_sample=1)
+    actual = boundary_loss(x, t, include_background=include_background, aggregate=aggregate, ignore_index=IGNORE,
+                           reduction="none")
+    expected = reference_boundary_ignore(x, t, include_background, aggregate)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    if aggregate == "per_sample":
+        assert (actual[1] == 0).all()  # the sample with every voxel ignored
+
+
+@pytest.mark.parametrize("aggregate", ["per_sample", "batch"])
+@pytest.mark.parametrize("options", [{}, {"alpha": 1.0, "include_background": True}])
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+def test_hausdorff_dt_loss_ignore_index_matches_the_reference(gen, shape, options, aggregate):
+    x, t = logits_and_labels(gen, shape)
+    t = with_ignored(gen, t, all_ignored_sample=1)
+    actual = hausdorff_dt_loss(x, t, aggregate=aggregate, ignore_index=IGNORE, reduction="none", **options)
+    torch.testing.assert_close(actual, reference_hausdorff_ignore(x, t, aggregate=aggregate, **options),
+                               rtol=1e-12, atol=1e-12)
+    logged = hausdorff_dt_loss(x, t, aggregate=aggregate, ignore_index=IGNORE, reduction="none", log=True, **options)
+    torch.testing.assert_close(logged, torch.log1p(actual), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("aggregate", ["per_sample", "batch"])
+@pytest.mark.parametrize("pool_classes", [False, True])
+def test_cldice_loss_ignore_index_matches_the_reference(gen, pool_classes, aggregate):
+    x, t = logits_and_labels(gen, (3, 7, 8))
+    t = with_ignored(gen, t, all_ignored_sample=2)
+    for smooth, eps in ((1.0, 1e-4), (0.0, 0.0)):
+        actual = cldice_loss(x, t, iterations=2, smooth=smooth, eps=eps, pool_classes=pool_classes,
+                             aggregate=aggregate, ignore_index=IGNORE, reduction="none")
+        expected = reference_cldice_ignore(x, t, 2, smooth, eps, pool_classes, aggregate)
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    if aggregate == "per_sample":
+        assert (actual[2] == 0).all()
+
+
+@pytest.mark.parametrize("aggregate", ["per_sample", "batch"])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ignored_logits_change_nothing_and_get_no_gradient(gen, name, aggregate):
+    fn = LOSSES[name]
+    x, t = logits_and_labels(gen, (2, 8, 9))
+    t = with_ignored(gen, t, fraction=0.4)
+    ignored = (t == IGNORE)[:, None].expand_as(x)
+    other = torch.where(ignored, torch.randn(x.shape, generator=gen, dtype=torch.float64) * 50, x)
+    assert (other != x).any()
+    results = []
+    for logits in (x, other):
+        logits = logits.clone().requires_grad_()
+        loss = fn(logits, t, ignore_index=IGNORE, aggregate=aggregate)
+        (grad,) = torch.autograd.grad(loss, logits)
+        results.append((loss, grad))
+    (a, grad_a), (b, grad_b) = results
+    assert a == b  # bitwise: an ignored voxel reaches neither the maps, the skeletons nor the sums
+    assert (grad_a[ignored] == 0).all() and (grad_b[ignored] == 0).all()
+    torch.testing.assert_close(grad_a, grad_b, rtol=0, atol=0)
+    assert (grad_a[~ignored] != 0).any()
+    # Without ignore_index the same logits do matter (so the check above could fail).
+    assert fn(x, t.clamp_max(2)) != fn(other, t.clamp_max(2))
+
+
+@pytest.mark.parametrize("aggregate", ["per_sample", "batch"])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_everything_ignored_gives_zero_with_a_zero_gradient(gen, name, aggregate):
+    fn = LOSSES[name]
+    x, _ = logits_and_labels(gen, (2, 6, 7))
+    t = torch.full((2, 6, 7), IGNORE)
+    options = {"smooth": 0.0, "eps": 0.0} if name == "cldice" else {}  # no smoothing to hide a 0/0
+    for reduction in ("mean", "sum", "none"):
+        logits = x.clone().requires_grad_()
+        loss = fn(logits, t, ignore_index=IGNORE, aggregate=aggregate, reduction=reduction, **options)
+        assert (loss == 0).all()
+        (grad,) = torch.autograd.grad(loss.sum(), logits)
+        assert torch.isfinite(grad).all() and (grad == 0).all()
+
+
+def test_boundary_loss_precomputed_maps_with_ignore_index(gen):
+    x, t = logits_and_labels(gen, (2, 5, 6, 7))
+    t = with_ignored(gen, t)
+    valid = (t != IGNORE)[:, None]
+    # Maps of the masks with ignored voxels in no class, then garbage where the voxels are ignored.
+    maps = signed_distance_map((one_hot(t.clamp_max(2), 3).bool() & valid).flatten(0, 1),
+                               dtype=torch.float64).view(x.shape)
+    garbage = torch.where(valid, maps, torch.tensor(float("nan"), dtype=torch.float64))
+    garbage[:, :, 0] = torch.where(valid[:, :, 0], maps[:, :, 0], torch.tensor(float("inf"), dtype=torch.float64))
+    expected = reference_boundary_ignore(x, t)
+    for aggregate in ("per_sample", "batch"):
+        computed_grad = None
+        for given in (None, maps, maps[:, 1:], garbage):
+            logits = x.clone().requires_grad_()
+            loss = boundary_loss(logits, t, ignore_index=IGNORE, distance_map=given, aggregate=aggregate,
+                                 reduction="none")
+            if aggregate == "per_sample":
+                torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+            (grad,) = torch.autograd.grad(loss.sum(), logits)
+            assert torch.isfinite(grad).all()
+            computed_grad = grad if computed_grad is None else computed_grad
+            torch.testing.assert_close(grad, computed_grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss, reference_boundary_ignore(x, t, aggregate=aggregate), rtol=1e-12,
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["boundary", "hausdorff_dt"])
+def test_batch_aggregate_without_ignored_voxels_is_the_mean_of_the_samples(gen, name):
+    # Equal sizes and nothing ignored: the mean over all voxels of the batch is the mean of the sample means.
+    x, t = logits_and_labels(gen, (3, 7, 9))
+    fn = LOSSES[name]
+    pooled = fn(x, t, aggregate="batch", reduction="none")
+    assert pooled.shape == (1, 2)
+    torch.testing.assert_close(pooled, fn(x, t, reduction="none").mean(0, keepdim=True), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(pooled, fn(x, t, reduction="none")[:1])
+
+
+def test_cldice_batch_aggregate_without_ignored_voxels_matches_the_reference(gen):
+    x, t = logits_and_labels(gen, (3, 7, 8))
+    for pool_classes in (False, True):
+        actual = cldice_loss(x, t, iterations=2, pool_classes=pool_classes, aggregate="batch", reduction="none")
+        expected = reference_cldice_ignore(x, t, 2, pool_classes=pool_classes, aggregate="batch")
+        assert actual.shape == ((1,) if pool_classes else (1, 2))
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_new_options_on_an_empty_batch_give_zero_with_a_gradient(name):
+    fn = LOSSES[name]
+    x = torch.zeros(0, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.zeros(0, 6, 7, dtype=torch.long)
+    options = {"aggregate": "batch", "ignore_index": IGNORE, **({"log": True} if name == "hausdorff_dt" else {})}
+    loss = fn(x, t, **options)
+    assert loss.shape == () and loss == 0
+    loss.backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert fn(x, t, reduction="none", **options).shape == (0, 2)  # as RegionStats.pooled: nothing to pool
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_new_options_gradcheck(gen, name):
+    x, t = logits_and_labels(gen, (2, 6, 7))
+    t = with_ignored(gen, t)
+    extra = {"log": True} if name == "hausdorff_dt" else {"iterations": 2} if name == "cldice" else {}
+    weight = torch.rand(2, generator=gen, dtype=torch.float64) + 0.5
+    for aggregate in ("per_sample", "batch"):
+        def f(logits, aggregate=aggregate):
+            return LOSSES[name](logits, t, ignore_index=IGNORE, aggregate=aggregate, weight=weight, **extra)
+
+        assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(),))
+
+
+def test_module_form_takes_the_new_options(gen):
+    x, t = logits_and_labels(gen, (2, 6, 7))
+    t = with_ignored(gen, t)
+    options = {"log": True, "aggregate": "batch", "ignore_index": IGNORE}
+    module = losskit.get("hausdorff_dt", **options)
+    torch.testing.assert_close(module(x, t), hausdorff_dt_loss(x, t, **options), rtol=0, atol=0)
+    rebuilt = losskit.get(module.get_config())
+    torch.testing.assert_close(rebuilt(x, t), module(x, t), rtol=0, atol=0)
+
+
+def test_new_option_errors_name_the_argument(gen):
+    x, t = logits_and_labels(gen, (2, 5, 6))
+    for fn in LOSSES.values():
+        with pytest.raises(ValueError, match="aggregate"):
+            fn(x, t, aggregate="global")
+        with pytest.raises(TypeError, match="ignore_index"):
+            fn(x, t, ignore_index=True)
+        with pytest.raises(TypeError, match="ignore_index"):
+            fn(x, t, ignore_index=1.0)
+        with pytest.raises(ValueError, match="ignore_index"):
+            fn(x, one_hot(t, 3), ignore_index=0)
+    with pytest.raises(TypeError, match="log"):
+        hausdorff_dt_loss(x, t, log=1)
+
+
+# --- MONAI 1.6.1 live: batch=True and LogHausdorffDTLoss ---------------------------------------------
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+@pytest.mark.parametrize("options", [{}, {"alpha": 1.5, "include_background": True}])
+def test_hausdorff_dt_loss_batch_matches_monai(gen, shape, options):
+    from monai.losses import HausdorffDTLoss
+
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0
+    for reduction in ("none", "mean"):
+        monai = HausdorffDTLoss(softmax=True, batch=True, reduction=reduction, **options)
+        actual, expected, grad, expected_grad = _monai_pair(
+            monai, lambda a, b, r=reduction: hausdorff_dt_loss(a, b, aggregate="batch", reduction=r, **options),
+            x, t, one_hot(t, 3))
+        if reduction == "none":
+            assert expected.shape == (1, actual.shape[1], *[1] * (len(shape) - 1))
+            assert actual.shape == (1, 3 - (0 if options else 1))
+            expected = expected.flatten(1)
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+def test_boundary_loss_batch_matches_monai(gen, shape):
+    from monai.losses import BoundaryLoss
+
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0
+    for reduction in ("none", "mean"):
+        monai = BoundaryLoss(batch=True, include_background=True, softmax=True, to_onehot_y=True,
+                             reduction=reduction)
+        actual, expected, grad, expected_grad = _monai_pair(
+            monai, lambda a, b, r=reduction: boundary_loss(a, b, include_background=True, aggregate="batch",
+                                                           reduction=r),
+            x, t, t[:, None])
+        if reduction == "none":
+            assert expected.shape == (3,) and actual.shape == (1, 3)  # MONAI drops the pooled batch dim
+            expected = expected[None]
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
+@pytest.mark.parametrize("options", [{}, {"alpha": 1.5, "include_background": True}])
+def test_log_hausdorff_dt_loss_matches_monai(gen, shape, options):
+    from monai.losses import LogHausdorffDTLoss
+
+    x, t = logits_and_labels(gen, shape)
+    t[0] = 0
+    # reduction="none": log1p of each (sample, class) unit, which is log=True.
+    monai = LogHausdorffDTLoss(softmax=True, reduction="none", **options)
+    actual, expected, grad, expected_grad = _monai_pair(
+        monai, lambda a, b: hausdorff_dt_loss(a, b, log=True, reduction="none", **options), x, t, one_hot(t, 3))
+    torch.testing.assert_close(actual, expected.flatten(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+    # reduction="mean" (MONAI's default): the log of the mean, i.e. log1p of the plain loss.
+    monai = LogHausdorffDTLoss(softmax=True, **options)
+    actual, expected, grad, expected_grad = _monai_pair(
+        monai, lambda a, b: torch.log1p(hausdorff_dt_loss(a, b, **options)), x, t, one_hot(t, 3))
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
+    # ... which is not the mean of the logs (log=True with reduction="mean"): the two rows differ.
+    assert not torch.allclose(hausdorff_dt_loss(x, t, log=True, **options), expected.detach(), rtol=1e-6, atol=1e-6)
