@@ -10,6 +10,8 @@ Memory, the peak of what one forward+backward pass allocates on top of the calle
   (a ``TorchDispatchMode``) and taking the largest total of those still alive after any op.
   This counts what autograd saves, what a custom ``autograd.Function`` keeps on ``ctx``, the
   temporaries and the gradient itself.
+The tables of :func:`benchmark` also give each peak beyond the inputs' gradients, the floor
+that every implementation has to allocate.
 """
 
 from __future__ import annotations
@@ -118,16 +120,22 @@ def compare(
     return results
 
 
-def report(title: str, results: list[Result], *, reference: str = "losskit") -> str:
-    """A table: time, ratio (other / reference: > 1 means the reference is faster) and memory."""
+def report(title: str, results: list[Result], *, reference: str = "losskit", gradient_bytes: int = 0) -> str:
+    """A table: time, ratio (other / reference: > 1 means the reference is faster) and memory.
+
+    ``gradient_bytes`` (the inputs' gradients, which every implementation must allocate) adds a
+    column with each peak beyond them: what the loss itself costs on top of that floor.
+    """
     ref = next(r for r in results if r.label == reference)
-    lines = [title, f"{'implementation':<34}{'time (ms)':>11}{'time ratio':>12}{'memory (MB)':>13}{'mem ratio':>11}"]
+    head = f"{'implementation':<34}{'time (ms)':>11}{'time ratio':>12}{'memory (MB)':>13}{'mem ratio':>11}"
+    lines = [title, head + (f"{'beyond grads (MB)':>19}" if gradient_bytes else "")]
     for r in results:
         time_ratio = r.seconds / ref.seconds
         mem_ratio = r.memory_bytes / ref.memory_bytes if ref.memory_bytes else float("nan")
-        lines.append(
-            f"{r.label:<34}{r.seconds * 1e3:>11.2f}{time_ratio:>12.2f}{r.memory_bytes / 2**20:>13.1f}{mem_ratio:>11.2f}"
-        )
+        line = f"{r.label:<34}{r.seconds * 1e3:>11.2f}{time_ratio:>12.2f}{r.memory_bytes / 2**20:>13.1f}{mem_ratio:>11.2f}"
+        if gradient_bytes:
+            line += f"{(r.memory_bytes - gradient_bytes) / 2**20:>19.1f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -143,6 +151,8 @@ def benchmark(title: str, forwards: dict[str, Callable[[], torch.Tensor]], input
         assert abs(value - reference) <= rtol * abs(reference), f"{label} computes {value}, losskit {reference}"
     with losskit.set_checks(checks):
         results = compare(forwards, inputs, rounds=rounds)
-    text = report(f"{title}, threads={torch.get_num_threads()}, value checks {'on' if checks else 'off'}", results)
+    gradient_bytes = sum(x.numel() * x.element_size() for x in inputs if x.requires_grad)
+    text = report(f"{title}, threads={torch.get_num_threads()}, value checks {'on' if checks else 'off'}", results,
+                  gradient_bytes=gradient_bytes)
     print(text)
     return text
