@@ -432,24 +432,26 @@ def test_batch_aggregate_shapes_and_weights():
 
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_and_3d(name, dtype):
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_low_precision_and_3d(name, dtype, activation):
     x, y = data(n=2, c=3, spatial=(4, 5, 6), dtype=dtype)
     x[0, 0, 0, 0, 0] = 1e4 if dtype == torch.bfloat16 else 6e4
     x.requires_grad_(True)
     y[1] = 0
-    out = fn(name)(x, y)
+    out = fn(name)(x, y, activation=activation)
     assert out.dtype == dtype and torch.isfinite(out)
     g = grad_of(out, x)
     assert g.dtype == dtype and torch.isfinite(g).all()
 
 
 @pytest.mark.parametrize("name", LOSSES)
-def test_extreme_logits_and_empty_masks_are_finite(name):
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_extreme_logits_and_empty_masks_are_finite(name, activation):
     x, y = data(c=3)
     x = (x.sign() * 1e4).requires_grad_(True)
     y[0] = 0
     for aggregate in ("per_sample", "batch"):
-        out = fn(name)(x, y, aggregate=aggregate)
+        out = fn(name)(x, y, aggregate=aggregate, activation=activation)
         assert torch.isfinite(out)
         assert torch.isfinite(grad_of(out, x)).all()
 
