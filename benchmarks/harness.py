@@ -132,7 +132,8 @@ def report(title: str, results: list[Result], *, reference: str = "losskit", gra
     for r in results:
         time_ratio = r.seconds / ref.seconds
         mem_ratio = r.memory_bytes / ref.memory_bytes if ref.memory_bytes else float("nan")
-        line = f"{r.label:<34}{r.seconds * 1e3:>11.2f}{time_ratio:>12.2f}{r.memory_bytes / 2**20:>13.1f}{mem_ratio:>11.2f}"
+        line = (f"{r.label:<34}{r.seconds * 1e3:>11.2f}{time_ratio:>12.2f}"
+                f"{r.memory_bytes / 2**20:>13.1f}{mem_ratio:>11.2f}")
         if gradient_bytes:
             line += f"{(r.memory_bytes - gradient_bytes) / 2**20:>19.1f}"
         lines.append(line)

@@ -212,8 +212,9 @@ def region_stats(probs: Tensor, target: DenseTarget, *, squared: bool = False, s
 class _SoftmaxIndexStats(torch.autograd.Function):
     r"""Softmax + :func:`region_stats` (+ the cross-entropy sum) for index targets, without a graph.
 
-    Returns ``TP, P`` (N, C), the per-sample cross-entropy sum (N,) (zeros unless ``with_ce``)
-    and its weight sum (N,) (:math:`\sum_x u_x`, no gradient), one cache-sized chunk of voxels
+    Returns ``TP, P`` (N, C), ``T`` (N, C) and the valid voxel count (N, 1) (no gradient), the
+    per-sample cross-entropy sum (N,) (zeros unless ``with_ce``) and its weight sum (N,)
+    (:math:`\sum_x u_x`, no gradient), one cache-sized chunk of voxels
     at a time: the shifted logits go straight into the output buffer, are exponentiated and
     normalised there, and the statistics are read while the chunk is in cache. The
     cross-entropy comes free from the same pass:
@@ -294,9 +295,10 @@ class _SoftmaxIndexStats(torch.autograd.Function):
 class _SigmoidStats(torch.autograd.Function):
     r"""Sigmoid + :func:`region_stats` for index or dense (no-gradient) targets, without a graph.
 
-    Returns ``TP, P`` and :math:`\sum p^2` (zeros unless ``squared``), each (N, C), one
-    cache-sized chunk at a time; ``labels`` is the dense target (N, C, S) or ``None`` for index
-    targets. As in :class:`_SoftmaxIndexStats`, the sigmoid is kept (with ``keep_probs``) in the
+    Returns ``TP, P`` and :math:`\sum p^2` (zeros unless ``squared``), each (N, C), then ``T``
+    (N, C) and the valid voxel count (N, 1) of index targets (zeros for dense ones; no gradient),
+    one cache-sized chunk at a time; ``labels`` is the dense target (N, C, S) or ``None`` for
+    index targets. As in :class:`_SoftmaxIndexStats`, the sigmoid is kept (with ``keep_probs``) in the
     buffer that backward turns into the gradient in place:
     :math:`\partial L / \partial z_c = p_c (1 - p_c) (g^P_c + g^{TP}_c t_c + 2 g^{P^2}_c p_c)`
     (0 at ignored voxels).
