@@ -372,6 +372,36 @@ def test_fused_sigmoid_kernel_double_backward_no_grad_and_target_gradient():
     close(g_t, e_t, 1e-10)
 
 
+@pytest.mark.parametrize("case", ["softmax", "dice_ce_weighted", "sigmoid_index", "sigmoid_mask"])
+def test_fused_kernels_need_the_gradient_plus_chunk_sized_temporaries(case):
+    # Every tensor created during forward+backward is counted (benchmarks.harness.cpu_peak_bytes).
+    # Plain autograd keeps the probabilities, a one-hot target and products: about 3 gradients.
+    from benchmarks.harness import cpu_peak_bytes
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, 32, generator=gen).requires_grad_(True)  # 1 MiB, its gradient too
+    y = torch.randint(4, (2, 32, 32, 32), generator=gen)
+    y[0, 0] = 255
+    mask = (torch.rand(x.shape, generator=gen) < 0.2).float()
+    calls = {
+        "softmax": lambda: losskit.dice_loss(x, y, ignore_index=255),
+        "dice_ce_weighted": lambda: losskit.dice_ce_loss(x, y, ignore_index=255, class_weight=torch.rand(4)),
+        "sigmoid_index": lambda: losskit.dice_loss(x, y, activation="sigmoid", ignore_index=255, squared=True),
+        "sigmoid_mask": lambda: losskit.dice_loss(x, mask, activation="sigmoid"),
+    }
+    old = S._CPU_CHUNK
+    try:
+        S._CPU_CHUNK = 1 << 15  # 128 KiB blocks: 8 chunks
+        with losskit.set_checks(False):
+            peak = cpu_peak_bytes(lambda: calls[case]().backward())
+    finally:
+        S._CPU_CHUNK = old
+    gradient = x.numel() * 4
+    # Measured: 256 to 352 KiB beyond the gradient, about 2 to 3 chunks. An int64 copy of the label
+    # map alone would be 512 KiB, the probabilities 1 MiB.
+    assert gradient <= peak <= gradient + 4 * (1 << 15) * 4, (peak - gradient) / 2**10
+
+
 # --- absent classes and policies --------------------------------------------------------------
 
 

@@ -51,38 +51,53 @@ def probabilities(input: Tensor, activation: str | None) -> Tensor:
 
 def dense_target(input: Tensor, target: Tensor, *, ignore_index: int | None, compute_dtype: torch.dtype) -> DenseTarget:
     """Validate ``target`` against logits ``input`` of shape ``(N, C, *spatial)``."""
-    check_floating("input", input)
-    check_tensor("target", target)
-    if input.dim() < 3:
-        raise ValueError(f"input must have shape (N, C, *spatial) with at least one spatial dimension, "
-                         f"got {tuple(input.shape)}")
-    num_classes = input.shape[1]
-    spatial = (input.shape[0], *input.shape[2:])
-    if target.is_floating_point():
+    if not _is_index_target(input, target):
         if target.shape != input.shape:
             raise ValueError(
                 f"target has a floating dtype, so it holds one-hot or soft labels and must have input's shape "
-                f"{tuple(input.shape)}, got {tuple(target.shape)}; class indices of shape {spatial} need an "
-                "integer dtype"
+                f"{tuple(input.shape)}, got {tuple(target.shape)}; class indices of shape "
+                f"{(input.shape[0], *input.shape[2:])} need an integer dtype"
             )
         if ignore_index is not None:
             raise ValueError("ignore_index applies to integer class-index targets; mask one-hot targets "
                              "with weight= instead")
         check_in_unit_interval("target", target)
         return DenseTarget(None, target.to(compute_dtype), None)
+    labels = index_labels(input, target, ignore_index=ignore_index).long()
+    if ignore_index is None:
+        return DenseTarget(labels, None, None)
+    valid = labels != ignore_index
+    return DenseTarget(torch.where(valid, labels, torch.zeros_like(labels)), None, valid)
+
+
+def _is_index_target(input: Tensor, target: Tensor) -> bool:
+    """Check both tensors; ``True`` for an integer (class-index) target, ``False`` for a floating one."""
+    check_floating("input", input)
+    check_tensor("target", target)
+    if input.dim() < 3:
+        raise ValueError(f"input must have shape (N, C, *spatial) with at least one spatial dimension, "
+                         f"got {tuple(input.shape)}")
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must be integer class indices or floating labels, got dtype {target.dtype}")
+    return not target.is_floating_point()
+
+
+def index_labels(input: Tensor, target: Tensor, *, ignore_index: int | None) -> Tensor:
+    """Validated class indices ``(N, *spatial)`` as given: their own integer dtype, ignored values kept.
+
+    The zero-copy form of an index target (a ``(N, 1, *spatial)`` target is squeezed, a view), for
+    kernels that convert the labels chunk by chunk rather than holding an int64 copy of the map.
+    """
+    if not _is_index_target(input, target):
+        raise TypeError(f"target must hold integer class indices here, got dtype {target.dtype}")
+    spatial = (input.shape[0], *input.shape[2:])
     if target.dim() == input.dim() and target.shape[1] == 1:
         target = target.squeeze(1)  # (N, 1, *spatial), the MONAI layout
     if target.shape != spatial:
         raise ValueError(f"target holds class indices, so it must have shape {spatial} or "
                          f"{(spatial[0], 1, *spatial[1:])}, got {tuple(target.shape)}")
-    check_class_indices("target", target, num_classes, ignore_index)
-    labels = target.long()
-    if ignore_index is None:
-        return DenseTarget(labels, None, None)
-    valid = labels != ignore_index
-    return DenseTarget(torch.where(valid, labels, torch.zeros_like(labels)), None, valid)
+    check_class_indices("target", target, input.shape[1], ignore_index)
+    return target
 
 
 def one_hot(target: DenseTarget, num_classes: int, dtype: torch.dtype) -> Tensor:

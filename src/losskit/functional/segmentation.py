@@ -73,7 +73,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_broadcastable, check_class_vector, check_number, check_one_of, check_tensor
-from losskit._core.dense import DenseTarget, dense_target, drop_background, one_hot, probabilities
+from losskit._core.dense import DenseTarget, dense_target, drop_background, index_labels, one_hot, probabilities
 from losskit._core.docs import shared_docs
 from losskit._core.numerics import compute_dtype, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
@@ -232,10 +232,11 @@ class _SoftmaxIndexStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, index: Tensor, valid: Tensor | None, with_ce: bool,  # noqa: ANN205
+    def forward(ctx, logits: Tensor, index: Tensor, ignore_index: int | None, with_ce: bool,  # noqa: ANN205
                 ce_weight: Tensor | None, keep_probs: bool):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, index, valid, ce_weight)
+        ctx.save_for_backward(logits, index, ce_weight)
+        ctx.ignore_index = ignore_index
         probs = ctx.probs = _new_buffer(logits) if keep_probs else None
         n, c, _ = logits.shape
         sums = _IndexSums(n, c, logits)
@@ -243,11 +244,10 @@ class _SoftmaxIndexStats(torch.autograd.Function):
         ce = logits.new_zeros(n)
         ce_den = logits.new_zeros(n)
         for part in _chunks(logits):  # each chunk stays in cache through every step below
-            idx = index[:, part].unsqueeze(1)  # (N, 1, s)
+            idx, v = _chunk_labels(index, ignore_index, part, logits.dtype)  # (N, 1, s) each
             p = torch.empty_like(logits[:, :, part]) if probs is None else probs[:, :, part]
             at_y, total = _softmax_chunk(logits[:, :, part], idx, out=p)  # z_y - m and sum_k exp(z_k - m)
             picked = at_y.exp().div_(total)  # p_y, from the small tensors rather than a second gather
-            v = None if valid is None else valid[:, part].unsqueeze(1).to(logits.dtype)
             if with_ce:
                 u = _voxel_ce_weight(ce_weight, idx, v)
                 nll = total.log_().sub_(at_y)
@@ -261,13 +261,13 @@ class _SoftmaxIndexStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, _g_t: None, _g_n: None,  # noqa: ANN205
                  g_ce: Tensor | None, _g_den: None):
-        logits, index, valid, ce_weight = ctx.saved_tensors
-        nothing = (None,) * 5
+        logits, index, ce_weight = ctx.saved_tensors
+        ignore_index, nothing = ctx.ignore_index, (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True
-            outs = _softmax_index_plain(logits, index, valid, ce_weight)
+            outs = _softmax_index_plain(logits, index, ignore_index, ce_weight)
             return _plain_gradient(outs, (g_tp, g_p, g_ce), logits), *nothing
         grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(
-            logits[:, :, part], index[:, part].unsqueeze(1), out=out))  # becomes the gradient, in place
+            logits[:, :, part], _chunk_labels(index, ignore_index, part, logits.dtype)[0], out=out))
         n, c, s = logits.shape
         g_p = logits.new_zeros(n, c) if g_p is None else g_p
         g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
@@ -275,9 +275,9 @@ class _SoftmaxIndexStats(torch.autograd.Function):
         if g_ce is not None and ce_weight is None:  # G is one number per sample: fold it into the row
             row = row + g_ce.view(-1, 1, 1)
         g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
-        for part in _chunks(logits):
+        for part in _chunks(logits):  # the softmax becomes the gradient in place
             p = grad[:, :, part]
-            idx = index[:, part].unsqueeze(1)  # (N, 1, s)
+            idx, v = _chunk_labels(index, ignore_index, part, p.dtype)  # (N, 1, s) each
             at_y = p.gather(1, idx).mul_(g_tp.gather(1, idx.squeeze(1)).unsqueeze(1))  # p_y g_y, (N, 1, s)
             inner = torch.bmm(g_p_row, p).add_(at_y)  # sum_k p_k g_k, (N, 1, s)
             if g_ce is not None:
@@ -287,8 +287,8 @@ class _SoftmaxIndexStats(torch.autograd.Function):
                     inner.sub_(voxel_g)
             p.mul_(row - inner)
             p.scatter_add_(1, idx, at_y)
-            if valid is not None:
-                p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
+            if v is not None:
+                p.mul_(v)
         return grad, *nothing
 
 
@@ -305,11 +305,11 @@ class _SigmoidStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, index: Tensor | None, labels: Tensor | None,  # noqa: ANN205
-                valid: Tensor | None, squared: bool, keep_probs: bool):
+    def forward(ctx, logits: Tensor, index: Tensor | None, ignore_index: int | None,  # noqa: ANN205
+                labels: Tensor | None, squared: bool, keep_probs: bool):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, index, labels, valid)
-        ctx.squared = squared
+        ctx.save_for_backward(logits, index, labels)
+        ctx.squared, ctx.ignore_index = squared, ignore_index
         probs = ctx.probs = _new_buffer(logits) if keep_probs else None
         n, c, _ = logits.shape
         sums = _IndexSums(n, c, logits)  # TP for index targets, T and the voxel count
@@ -317,11 +317,11 @@ class _SigmoidStats(torch.autograd.Function):
         for part in _chunks(logits):
             x = logits[:, :, part]
             p = torch.sigmoid(x, out=torch.empty_like(x) if probs is None else probs[:, :, part])
-            v = None if valid is None else valid[:, part].unsqueeze(1).to(logits.dtype)
+            v = None
             if index is None:
                 sums.tp += (p * labels[:, :, part]).sum(-1)
             else:
-                idx = index[:, part].unsqueeze(1)
+                idx, v = _chunk_labels(index, ignore_index, part, logits.dtype)
                 sums.add(idx, p.gather(1, idx), v)
             psum += _masked_sum(p, v)
             if squared:
@@ -332,10 +332,10 @@ class _SigmoidStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_psq: Tensor | None,  # noqa: ANN205
                  _g_t: None, _g_n: None):
-        logits, index, labels, valid = ctx.saved_tensors
-        nothing = (None,) * 5
+        logits, index, labels = ctx.saved_tensors
+        ignore_index, nothing = ctx.ignore_index, (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True
-            target = DenseTarget(index, labels, valid)
+            target = DenseTarget(None, labels, None) if index is None else _index_target(index, ignore_index)
             stats = region_stats(torch.sigmoid(logits), target, squared=ctx.squared)
             outs = (stats.tp, stats.psum, stats.psq)
             return _plain_gradient(outs, (g_tp, g_p, g_psq), logits), *nothing
@@ -345,18 +345,37 @@ class _SigmoidStats(torch.autograd.Function):
         g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
         for part in _chunks(logits):
             p = grad[:, :, part]
+            v = None
             if index is None:  # dL/dp = g_P + g_TP t
                 dp = torch.addcmul(g_p, labels[:, :, part], g_tp.unsqueeze(-1))
             else:
-                idx = index[:, part].unsqueeze(1)
+                idx, v = _chunk_labels(index, ignore_index, part, p.dtype)
                 dp = g_p.expand(p.shape).contiguous()
                 dp.scatter_add_(1, idx, g_tp.gather(1, idx.squeeze(1)).unsqueeze(1))
             if ctx.squared and g_psq is not None:
                 dp.addcmul_(p, g_psq.unsqueeze(-1), value=2.0)
             p.addcmul_(p, p, value=-1.0).mul_(dp)  # p (1 - p) dL/dp
-            if valid is not None:
-                p.mul_(valid[:, part].unsqueeze(1).to(p.dtype))
+            if v is not None:
+                p.mul_(v)
         return grad, *nothing
+
+
+def _chunk_labels(index: Tensor, ignore_index: int | None, part: slice,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """One chunk of class indices ``index`` (N, S) (any integer dtype) as int64 ``(N, 1, s)`` with
+    ignored voxels set to class 0, and their valid mask ``(N, 1, s)`` in ``dtype`` (``None``
+    without ``ignore_index``): converted here, so no int64 copy of the whole map is ever held."""
+    labels = index[:, part].unsqueeze(1)
+    if ignore_index is None:
+        return labels.long(), None
+    keep = labels != ignore_index
+    return torch.where(keep, labels, 0).long(), keep.to(dtype)
+
+
+def _index_target(index: Tensor, ignore_index: int | None) -> DenseTarget:
+    """The whole ``index`` map as a :class:`DenseTarget` (for the plain expression only)."""
+    labels, valid = _chunk_labels(index, ignore_index, slice(None), torch.bool)
+    return DenseTarget(labels.squeeze(1), None, None if valid is None else valid.squeeze(1))
 
 
 class _IndexSums:
@@ -443,11 +462,13 @@ def _chunks(logits: Tensor) -> list[slice]:
     return [slice(start, min(start + step, size)) for start in range(0, size, step)]
 
 
-def _softmax_index_plain(logits: Tensor, index: Tensor, valid: Tensor | None,
+def _softmax_index_plain(logits: Tensor, index: Tensor, ignore_index: int | None,
                          ce_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """The three differentiable outputs of :class:`_SoftmaxIndexStats` through plain autograd."""
+    target = _index_target(index, ignore_index)
+    index, valid = target.index, target.valid
     logp = torch.log_softmax(logits, dim=1)
-    stats = region_stats(logp.exp(), DenseTarget(index, None, valid))
+    stats = region_stats(logp.exp(), target)
     nll = -logp.gather(1, index.unsqueeze(1)).squeeze(1)
     u = _voxel_ce_weight(ce_weight, index, None if valid is None else valid.to(nll.dtype))
     if u is not None:
@@ -469,39 +490,44 @@ def _check_sync(sync_stats: object, aggregate: str) -> None:
 def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_background: bool, aggregate: str,
            ignore_index: int | None, squared: bool = False, soft_label: bool = False,
            fused_ce: bool = False, ce_weight: Tensor | None = None,
-           sync_stats: bool = False) -> tuple[RegionStats, DenseTarget]:
+           sync_stats: bool = False) -> tuple[RegionStats, DenseTarget | None]:
+    """The statistics (pooled with ``aggregate="batch"``) and the prepared target (``None`` when a
+    fused kernel read index labels directly: callers that need it call :func:`dense_target`)."""
     check_one_of("aggregate", aggregate, AGGREGATES)
     _check_sync(sync_stats, aggregate)
     check_one_of("activation", activation, ("softmax", "sigmoid", None))
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
-    dt = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
-    if not include_background and input.shape[1] < 2:
-        raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
-    if torch.compiler.is_compiling():  # the fused kernels are eager code; the compiler fuses the plain form
-        fused = None
-    elif activation == "softmax" and dt.index is not None and not squared and input.shape[1] > 1:
+    indices = isinstance(target, Tensor) and not target.is_floating_point()
+    if torch.compiler.is_compiling() or not isinstance(target, Tensor):  # (compiled: the compiler fuses the
+        fused = None  # plain form; not a tensor: dense_target says what is wrong)
+    elif activation == "softmax" and indices and not squared and input.shape[1] > 1:
         fused = "softmax"
-    elif activation == "sigmoid" and not soft_label and (dt.dense is None or not dt.dense.requires_grad):
+    elif activation == "sigmoid" and not soft_label and not target.requires_grad:
         fused = "sigmoid"
     else:
         fused = None
+    if fused is not None and indices:  # validated, then read chunk by chunk in the kernel: no int64 copy
+        index, dt = _flat(index_labels(input, target, ignore_index=ignore_index), 1), None
+    else:
+        index, dt = None, dense_target(input, target, ignore_index=ignore_index,
+                                       compute_dtype=compute_dtype(input.dtype))
+    if not include_background and input.shape[1] < 2:
+        raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
     if fused is None:
         stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
     else:
         logits = _flat(upcast(input), 2)
-        index = None if dt.index is None else _flat(dt.index, 1)
-        valid = None if dt.valid is None else _flat(dt.valid, 1)
         keep = torch.is_grad_enabled() and logits.requires_grad
         if fused == "softmax":
             ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
-            tp, psum, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(logits, index, valid, fused_ce,
+            tp, psum, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(logits, index, ignore_index, fused_ce,
                                                                          ce_weight, keep)
             stats = RegionStats(tp, psum, tsum, count, ce=ce if fused_ce else None,
                                 ce_den=ce_den if fused_ce else None)
         else:
-            labels = None if dt.dense is None else _flat(dt.dense, 2)
-            tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, labels, valid, squared, keep)
+            labels = None if dt is None else _flat(dt.dense, 2)
+            tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
             if labels is None:
                 tsq = tsum  # one-hot labels: t^2 = t
             else:
@@ -1180,6 +1206,8 @@ def dice_ce_loss(
                 wy = (dt.dense * w.view(1, -1, *([1] * (input.dim() - 2)))).sum(1)
             ce_count = _flat(wy, 1).sum(-1)
     else:
+        if dt is None:  # the fused sigmoid kernel read the index labels directly
+            dt = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
         labels = one_hot(dt, input.shape[1], compute_dtype(input.dtype))
         bce = binary_cross_entropy(upcast(input), labels, reduction="none")
         if dt.valid is not None:
