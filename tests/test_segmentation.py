@@ -321,9 +321,10 @@ def _squared_dice_reference(p, t, m, snr=1e-5, sdr=1e-5):
     return out
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("squared", [False, True])
 @pytest.mark.parametrize("target_kind", ["index", "ignore", "one_hot", "soft"])
-def test_fused_sigmoid_kernel_matches_the_formula(target_kind, squared):
+def test_fused_kernels_match_the_formula(target_kind, squared, activation):
     # Several chunks (4 classes x 256 voxels each), a non-uniform upstream gradient, float64.
     x, y = data(n=2, c=4, spatial=(30, 40))
     ignore = None
@@ -339,19 +340,44 @@ def test_fused_sigmoid_kernel_matches_the_formula(target_kind, squared):
     try:
         S._CPU_CHUNK = 1024
         x.requires_grad_(True)
-        got = losskit.dice_loss(x, target, activation="sigmoid", squared=squared, ignore_index=ignore,
+        got = losskit.dice_loss(x, target, activation=activation, squared=squared, ignore_index=ignore,
                                 reduction="none")
-        p = torch.sigmoid(x)
+        p = torch.sigmoid(x) if activation == "sigmoid" else torch.softmax(x, 1)
         expected = _squared_dice_reference(p, t, m) if squared else ref.dice(ref.sums(p, t, m))
         close(got, expected, 1e-10)
         upstream = torch.rand(got.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         g_got, g_exp = (torch.autograd.grad(v, x, upstream, retain_graph=True)[0] for v in (got, expected))
         close(g_got, g_exp, 1e-10)
-        close(torch.autograd.grad(got, x, upstream)[0], g_got, 0.0)  # a second backward recomputes the sigmoid
+        close(torch.autograd.grad(got, x, upstream)[0], g_got, 0.0)  # a second backward recomputes p
         if ignore is not None:
             assert (g_got[0, :, :5] == 0).all()
     finally:
         S._CPU_CHUNK = old
+
+
+@pytest.mark.parametrize("target_kind", ["one_hot", "soft"])
+def test_fused_softmax_dice_ce_with_dense_targets_matches_the_formula(target_kind):
+    # CE with probability targets: the mean over voxels of -sum_c t_c log p_c (torch's convention).
+    x, y = data(n=2, c=4, spatial=(30, 40))
+    t, m = ref.one_hot(y, 4)
+    if target_kind == "soft":
+        t = torch.rand(t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    old = S._CPU_CHUNK
+    try:
+        S._CPU_CHUNK = 1024
+        x.requires_grad_(True)
+        got = losskit.dice_ce_loss(x, t, lambda_ce=0.7, reduction="none")
+        ce = -(t * torch.log_softmax(x, 1)).sum(1).flatten(1).mean(1)
+        expected = ref.dice(ref.sums(torch.softmax(x, 1), t, m)).mean(1) + 0.7 * ce
+        close(got, expected, 1e-10)
+        upstream = torch.tensor([0.4, -1.3], dtype=torch.float64)
+        g_got = torch.autograd.grad(got, x, upstream, retain_graph=True)[0]
+        close(g_got, torch.autograd.grad(expected, x, upstream)[0], 1e-10)
+        close(torch.autograd.grad(got, x, upstream)[0], g_got, 0.0)
+    finally:
+        S._CPU_CHUNK = old
+    small = x.detach()[:, :, :3, :4].clone().requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda z: losskit.dice_ce_loss(z, t[:, :, :3, :4], squared=True), (small,))
 
 
 def test_fused_sigmoid_kernel_double_backward_no_grad_and_target_gradient():
@@ -372,7 +398,8 @@ def test_fused_sigmoid_kernel_double_backward_no_grad_and_target_gradient():
     close(g_t, e_t, 1e-10)
 
 
-@pytest.mark.parametrize("case", ["softmax", "dice_ce_weighted", "sigmoid_index", "sigmoid_mask"])
+@pytest.mark.parametrize("case", ["softmax", "dice_ce_weighted", "softmax_squared", "dice_ce_one_hot",
+                                  "sigmoid_index", "sigmoid_mask"])
 def test_fused_kernels_need_the_gradient_plus_chunk_sized_temporaries(case):
     # Every tensor created during forward+backward is counted (benchmarks.harness.cpu_peak_bytes).
     # Plain autograd keeps the probabilities, a one-hot target and products: about 3 gradients.
@@ -383,9 +410,12 @@ def test_fused_kernels_need_the_gradient_plus_chunk_sized_temporaries(case):
     y = torch.randint(4, (2, 32, 32, 32), generator=gen)
     y[0, 0] = 255
     mask = (torch.rand(x.shape, generator=gen) < 0.2).float()
+    one_hot = torch.nn.functional.one_hot(y.clamp_max(3), 4).movedim(-1, 1).float()
     calls = {
         "softmax": lambda: losskit.dice_loss(x, y, ignore_index=255),
         "dice_ce_weighted": lambda: losskit.dice_ce_loss(x, y, ignore_index=255, class_weight=torch.rand(4)),
+        "softmax_squared": lambda: losskit.dice_loss(x, y, ignore_index=255, squared=True),
+        "dice_ce_one_hot": lambda: losskit.dice_ce_loss(x, one_hot),
         "sigmoid_index": lambda: losskit.dice_loss(x, y, activation="sigmoid", ignore_index=255, squared=True),
         "sigmoid_mask": lambda: losskit.dice_loss(x, mask, activation="sigmoid"),
     }

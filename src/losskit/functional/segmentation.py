@@ -33,12 +33,13 @@ Conventions shared by all of them (see each docstring for the formula):
   autograd graph over the volume: the activation is written once, into the buffer that backward
   turns into the gradient in place, so a forward+backward pass needs the gradient plus
   cache-sized temporaries (autograd through the formula keeps the probabilities, a one-hot
-  target and products: about three times as much). They serve ``activation="softmax"`` with
-  index targets (Dice+CE's cross-entropy included, ``class_weight`` too) and
-  ``activation="sigmoid"`` with index or one-hot / soft targets (``squared`` too). Softmax with
-  one-hot / soft targets or ``squared=True``, ``soft_label=True``, targets that require a
-  gradient, ``activation=None`` and code being traced by ``torch.compile`` (which fuses the
-  plain form itself) use plain autograd: the same values and gradients, not the same memory.
+  target and products: about three times as much). They serve ``activation="softmax"`` and
+  ``"sigmoid"`` with index or one-hot / soft targets, ``squared`` too, and Dice+CE's
+  cross-entropy. Index labels are read in their own integer dtype, chunk by chunk, so no int64
+  copy of the label map is made either. ``soft_label=True``, targets that require a gradient,
+  ``activation=None``, Dice+CE with ``class_weight`` and one-hot / soft targets, and code being
+  traced by ``torch.compile`` (which fuses the plain form itself) use plain autograd: the same
+  values and gradients, not the same memory.
 * **Absent classes** (``T = 0`` for that unit): ``absent="keep"`` (default) uses the formula as
   is, so a false positive on an empty class costs nearly 1 and an empty prediction nearly 0;
   ``absent="zero"`` sets those units to 0 but keeps them in the mean (SMP);
@@ -233,20 +234,20 @@ class _SoftmaxIndexStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, ignore_index: int | None, with_ce: bool,  # noqa: ANN205
-                ce_weight: Tensor | None, keep_probs: bool):
+                ce_weight: Tensor | None, squared: bool, keep_probs: bool):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, index, ce_weight)
-        ctx.ignore_index = ignore_index
+        ctx.ignore_index, ctx.squared = ignore_index, squared
         probs = ctx.probs = _new_buffer(logits) if keep_probs else None
         n, c, _ = logits.shape
         sums = _IndexSums(n, c, logits)
-        psum = logits.new_zeros(n, c)
+        psum, psq = logits.new_zeros(n, c), logits.new_zeros(n, c)
         ce = logits.new_zeros(n)
         ce_den = logits.new_zeros(n)
         for part in _chunks(logits):  # each chunk stays in cache through every step below
             idx, v = _chunk_labels(index, ignore_index, part, logits.dtype)  # (N, 1, s) each
             p = torch.empty_like(logits[:, :, part]) if probs is None else probs[:, :, part]
-            at_y, total = _softmax_chunk(logits[:, :, part], idx, out=p)  # z_y - m and sum_k exp(z_k - m)
+            at_y, total = _softmax_chunk(logits[:, :, part], out=p, read=lambda z, i=idx: z.gather(1, i))  # z_y - m
             picked = at_y.exp().div_(total)  # p_y, from the small tensors rather than a second gather
             if with_ce:
                 u = _voxel_ce_weight(ce_weight, idx, v)
@@ -254,20 +255,21 @@ class _SoftmaxIndexStats(torch.autograd.Function):
                 ce += (nll if u is None else nll.mul_(u)).sum((1, 2))
                 ce_den += idx.shape[-1] if u is None else u.sum((1, 2))
             psum += _masked_sum(p, v)
+            if squared:
+                psq += _masked_sum(p.square(), v)
             sums.add(idx, picked, v)
         ctx.mark_non_differentiable(sums.tsum, sums.count, ce_den)
-        return sums.tp, psum, sums.tsum, sums.count, ce, ce_den
+        return sums.tp, psum, psq, sums.tsum, sums.count, ce, ce_den
 
     @staticmethod
-    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, _g_t: None, _g_n: None,  # noqa: ANN205
-                 g_ce: Tensor | None, _g_den: None):
+    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_psq: Tensor | None,  # noqa: ANN205
+                 _g_t: None, _g_n: None, g_ce: Tensor | None, _g_den: None):
         logits, index, ce_weight = ctx.saved_tensors
-        ignore_index, nothing = ctx.ignore_index, (None,) * 5
+        ignore_index, nothing = ctx.ignore_index, (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True
-            outs = _softmax_index_plain(logits, index, ignore_index, ce_weight)
-            return _plain_gradient(outs, (g_tp, g_p, g_ce), logits), *nothing
-        grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(
-            logits[:, :, part], _chunk_labels(index, ignore_index, part, logits.dtype)[0], out=out))
+            outs = _softmax_plain(logits, _index_target(index, ignore_index), ctx.squared, ce_weight)
+            return _plain_gradient(outs, (g_tp, g_p, g_psq, g_ce), logits), *nothing
+        grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(logits[:, :, part], out=out))
         n, c, s = logits.shape
         g_p = logits.new_zeros(n, c) if g_p is None else g_p
         g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
@@ -275,6 +277,7 @@ class _SoftmaxIndexStats(torch.autograd.Function):
         if g_ce is not None and ce_weight is None:  # G is one number per sample: fold it into the row
             row = row + g_ce.view(-1, 1, 1)
         g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
+        g_psq = g_psq if ctx.squared else None  # (sum p^2 is only an output with squared=True)
         for part in _chunks(logits):  # the softmax becomes the gradient in place
             p = grad[:, :, part]
             idx, v = _chunk_labels(index, ignore_index, part, p.dtype)  # (N, 1, s) each
@@ -285,10 +288,75 @@ class _SoftmaxIndexStats(torch.autograd.Function):
                 at_y.sub_(voxel_g)
                 if ce_weight is not None:
                     inner.sub_(voxel_g)
-            p.mul_(row - inner)
+            if g_psq is None:
+                p.mul_(row - inner)
+            else:  # dL/dp_c also holds 2 g_c p_c
+                twice = 2 * g_psq.unsqueeze(-1)
+                inner.add_(torch.bmm(twice.transpose(1, 2), p.square()))
+                p.mul_(torch.addcmul(row - inner, p, twice))
             p.scatter_add_(1, idx, at_y)
             if v is not None:
                 p.mul_(v)
+        return grad, *nothing
+
+
+class _SoftmaxDenseStats(torch.autograd.Function):
+    r""":class:`_SoftmaxIndexStats` for one-hot / soft targets ``labels`` (N, C, S) without a gradient.
+
+    Returns ``TP, P`` and :math:`\sum p^2` (zeros unless ``squared``), each (N, C), and the
+    per-sample cross-entropy sum (N,) (zeros unless ``with_ce``):
+    :math:`\sum_c t_c (-\log p_c) = T_x \log \sum_k e^{z_k - m} - \sum_c t_c (z_c - m)` with
+    :math:`T_x = \sum_c t_c`. Backward, with :math:`d_c = g^P_c + g^{TP}_c t_c + 2 g^{P^2}_c p_c`:
+    :math:`\partial L / \partial z_c = p_c (d_c + g^{CE} T_x - \sum_k p_k d_k) - g^{CE} t_c`,
+    in place in the softmax buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, with_ce: bool, squared: bool, keep_probs: bool):  # noqa: ANN205
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits, labels)
+        ctx.squared = squared
+        probs = ctx.probs = _new_buffer(logits) if keep_probs else None
+        n, c, _ = logits.shape
+        tp, psum, psq = (logits.new_zeros(n, c) for _ in range(3))
+        ce = logits.new_zeros(n)
+        for part in _chunks(logits):
+            t = labels[:, :, part]
+            p = torch.empty_like(logits[:, :, part]) if probs is None else probs[:, :, part]
+            tz, total = _softmax_chunk(logits[:, :, part], out=p,
+                                       read=(lambda z, t=t: (z * t).sum(1, keepdim=True)) if with_ce else None)
+            if with_ce:
+                ce += (t.sum(1, keepdim=True) * total.log_() - tz).sum((1, 2))
+            tp += (p * t).sum(-1)
+            psum += p.sum(-1)
+            if squared:
+                psq += p.square().sum(-1)
+        return tp, psum, psq, ce
+
+    @staticmethod
+    def backward(ctx, g_tp: Tensor | None, g_p: Tensor | None, g_psq: Tensor | None,  # noqa: ANN205
+                 g_ce: Tensor | None):
+        logits, labels = ctx.saved_tensors
+        nothing = (None,) * 4
+        if torch.is_grad_enabled():  # create_graph=True
+            outs = _softmax_plain(logits, DenseTarget(None, labels, None), ctx.squared, None)
+            return _plain_gradient(outs, (g_tp, g_p, g_psq, g_ce), logits), *nothing
+        grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(logits[:, :, part], out=out))
+        n, c, _ = logits.shape
+        g_p = (logits.new_zeros(n, c) if g_p is None else g_p).unsqueeze(-1)  # (N, C, 1)
+        g_tp = (logits.new_zeros(n, c) if g_tp is None else g_tp).unsqueeze(-1)
+        g_ce = None if g_ce is None else g_ce.view(-1, 1, 1)
+        for part in _chunks(logits):  # the softmax becomes the gradient in place
+            p, t = grad[:, :, part], labels[:, :, part]
+            d = torch.addcmul(g_p, t, g_tp)
+            if ctx.squared and g_psq is not None:
+                d.addcmul_(p, g_psq.unsqueeze(-1), value=2.0)
+            inner = (p * d).sum(1, keepdim=True)
+            if g_ce is not None:
+                d.addcmul_(t.sum(1, keepdim=True), g_ce)
+            p.mul_(d.sub_(inner))
+            if g_ce is not None:
+                p.addcmul_(t, g_ce, value=-1.0)
         return grad, *nothing
 
 
@@ -435,14 +503,16 @@ def _masked_sum(x: Tensor, valid: Tensor | None) -> Tensor:
     return x.sum(-1) if valid is None else torch.bmm(x, valid.transpose(1, 2)).squeeze(-1)
 
 
-def _softmax_chunk(x: Tensor, idx: Tensor, *, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax of ``x`` (N, C, s) over dim 1 into ``out``; returns ``z_y - m`` and ``sum_k exp(z_k - m)``."""
+def _softmax_chunk(x: Tensor, *, out: Tensor,
+                   read: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
+    """Softmax of ``x`` (N, C, s) over dim 1 into ``out``; returns ``read(z - m)`` (what a loss needs
+    from the shifted logits, taken before they are exponentiated in place) and ``sum_k exp(z_k - m)``."""
     shift = x.amax(1, keepdim=True)
     torch.sub(x, shift, out=out)
-    at_y = out.gather(1, idx)
+    shifted = None if read is None else read(out)
     total = out.exp_().sum(1, keepdim=True)
     out.div_(total)
-    return at_y, total
+    return shifted, total
 
 
 def _voxel_ce_weight(ce_weight: Tensor | None, idx: Tensor, valid: Tensor | None) -> Tensor | None:
@@ -462,18 +532,18 @@ def _chunks(logits: Tensor) -> list[slice]:
     return [slice(start, min(start + step, size)) for start in range(0, size, step)]
 
 
-def _softmax_index_plain(logits: Tensor, index: Tensor, ignore_index: int | None,
-                         ce_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """The three differentiable outputs of :class:`_SoftmaxIndexStats` through plain autograd."""
-    target = _index_target(index, ignore_index)
-    index, valid = target.index, target.valid
+def _softmax_plain(logits: Tensor, target: DenseTarget, squared: bool,
+                   ce_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``TP, P, sum p^2`` (``None`` unless ``squared``) and the cross-entropy sum of the fused
+    softmax kernels, through plain autograd (their second derivatives)."""
     logp = torch.log_softmax(logits, dim=1)
-    stats = region_stats(logp.exp(), target)
-    nll = -logp.gather(1, index.unsqueeze(1)).squeeze(1)
-    u = _voxel_ce_weight(ce_weight, index, None if valid is None else valid.to(nll.dtype))
-    if u is not None:
-        nll = nll * u
-    return stats.tp, stats.psum, nll.sum(-1)
+    stats = region_stats(logp.exp(), target, squared=squared)
+    if target.index is None:
+        return stats.tp, stats.psum, stats.psq, -(target.dense * logp).sum((1, 2))
+    nll = -logp.gather(1, target.index.unsqueeze(1)).squeeze(1)
+    valid = None if target.valid is None else target.valid.to(nll.dtype)
+    u = _voxel_ce_weight(ce_weight, target.index, valid)
+    return stats.tp, stats.psum, stats.psq, (nll if u is None else nll * u).sum(-1)
 
 
 # --- shared front end ---------------------------------------------------------------------------
@@ -501,7 +571,8 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     indices = isinstance(target, Tensor) and not target.is_floating_point()
     if torch.compiler.is_compiling() or not isinstance(target, Tensor):  # (compiled: the compiler fuses the
         fused = None  # plain form; not a tensor: dense_target says what is wrong)
-    elif activation == "softmax" and indices and not squared and input.shape[1] > 1:
+    elif activation == "softmax" and input.shape[1] > 1 and (indices or (
+            not soft_label and not target.requires_grad and ce_weight is None)):
         fused = "softmax"
     elif activation == "sigmoid" and not soft_label and not target.requires_grad:
         fused = "sigmoid"
@@ -519,23 +590,33 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     else:
         logits = _flat(upcast(input), 2)
         keep = torch.is_grad_enabled() and logits.requires_grad
-        if fused == "softmax":
+        if fused == "softmax" and index is not None:
             ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
-            tp, psum, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(logits, index, ignore_index, fused_ce,
-                                                                         ce_weight, keep)
-            stats = RegionStats(tp, psum, tsum, count, ce=ce if fused_ce else None,
-                                ce_den=ce_den if fused_ce else None)
+            tp, psum, psq, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
+                logits, index, ignore_index, fused_ce, ce_weight, squared, keep)
+            stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsum if squared else None,
+                                ce=ce if fused_ce else None, ce_den=ce_den if fused_ce else None)
+        elif fused == "softmax":
+            labels = _flat(dt.dense, 2)
+            tp, psum, psq, ce = _SoftmaxDenseStats.apply(logits, labels, fused_ce, squared, keep)
+            stats = _dense_stats(tp, psum, psq if squared else None, labels, squared)
+            if fused_ce:
+                stats.ce, stats.ce_den = ce, stats.count.squeeze(1)
         else:
             labels = None if dt is None else _flat(dt.dense, 2)
             tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
-            if labels is None:
-                tsq = tsum  # one-hot labels: t^2 = t
+            if labels is None:  # one-hot labels: t^2 = t
+                stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsum if squared else None)
             else:
-                tsum, count = labels.sum(-1), logits.new_full((tp.shape[0], 1), float(labels.shape[-1]))
-                tsq = labels.square().sum(-1) if squared else None
-            stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsq if squared else None)
+                stats = _dense_stats(tp, psum, psq if squared else None, labels, squared)
     stats = stats.select(include_background)
     return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
+
+
+def _dense_stats(tp: Tensor, psum: Tensor, psq: Tensor | None, labels: Tensor, squared: bool) -> RegionStats:
+    """:class:`RegionStats` from a kernel's sums and dense labels (N, C, S), whose sums need no gradient."""
+    count = tp.new_full((tp.shape[0], 1), float(labels.shape[-1]))
+    return RegionStats(tp, psum, labels.sum(-1), count, psq, labels.square().sum(-1) if squared else None)
 
 
 def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
