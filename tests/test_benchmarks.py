@@ -30,5 +30,7 @@ def test_benchmark_scripts_run():
     assert "reference (eager formula)" in boxes
     seg = bench_segmentation.main(["--size", "12", "--binary-size", "8", "--rounds", "1"])
     assert "monai.DiceLoss" in seg and "monai.DiceCELoss" in seg and "sigmoid=True" in seg
+    seg = bench_segmentation.main(["--size", "12", "--binary-size", "0", "--rounds", "1", "--one-hot"])
+    assert "one-hot targets" in seg and "sigmoid" not in seg
     distance = bench_distance.main(["--size", "8", "--rounds", "1"])
     assert "HausdorffDTLoss" in distance
