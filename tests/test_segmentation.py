@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import losskit
-from losskit.functional import segmentation as S
+from losskit.functional import _region_stats as S
 from tests import reference_segmentation as ref
 
 LOSSES = ["dice_loss", "jaccard_loss", "tversky_loss", "focal_tversky_loss", "generalized_dice_loss", "mcc_loss",
