@@ -98,7 +98,9 @@ def _nearest_on_line(background: Tensor, dim: int, step: float, dtype: torch.dty
 
 
 def _envelope(d2: Tensor, dim: int, step: float) -> Tensor:
-    """``out[i] = min_j (d2[j] + ((i - j) * step)^2)`` along ``dim``, in chunks of lines."""
+    """``out[i] = min_j (d2[j] + ((i - j) * step)^2)`` along ``dim``, in chunks of lines.
+
+    Overwrites ``d2`` when its lines along ``dim`` are contiguous (callers pass their own buffers)."""
     length = d2.shape[dim]
     if d2.numel() == 0 or length == 1:
         return d2
@@ -107,15 +109,14 @@ def _envelope(d2: Tensor, dim: int, step: float) -> Tensor:
     offsets = torch.arange(length, device=d2.device, dtype=d2.dtype)
     cost = ((offsets.view(-1, 1) - offsets.view(1, -1)) * step) ** 2  # (i, j)
     per_chunk = max(1, _chunk_budget(d2.device) // (length * length))
-    out = torch.empty_like(lines)
     # One scratch block, reused: fresh multi-megabyte temporaries per chunk cost page faults on the CPU.
     scratch = lines.new_empty((min(per_chunk, lines.shape[0]), length, length))
     for start in range(0, lines.shape[0], per_chunk):
         block = lines[start:start + per_chunk]
         work = scratch[:block.shape[0]]
         torch.add(block.unsqueeze(1), cost, out=work)
-        torch.amin(work, dim=-1, out=out[start:start + block.shape[0]])
-    return out.view(moved.shape).movedim(-1, dim)
+        torch.amin(work, dim=-1, out=block)  # in place: a block's result depends on its own lines only
+    return lines.view(moved.shape).movedim(-1, dim)
 
 
 def _squared_distance(foreground: Tensor, spacing: tuple[float, ...], dtype: torch.dtype) -> Tensor:
@@ -184,7 +185,7 @@ def distance_transform(mask: Tensor, *, spacing: float | Sequence[float] | None 
     dtype = _check_dtype(dtype)
     steps = _spacing(spacing, foreground.dim() - 1)
     with torch.no_grad():
-        return _squared_distance(foreground, steps, dtype).sqrt()
+        return _squared_distance(foreground, steps, dtype).sqrt_()
 
 
 def _interface(foreground: Tensor) -> Tensor:
@@ -196,8 +197,8 @@ def _interface(foreground: Tensor) -> Tensor:
 
 def inside_outside_distances(mask: Tensor, *, spacing: float | Sequence[float] | None = None,
                              dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
-    """``(d_fg, d_bg, interface)``: :func:`distance_transform` of the mask and of its complement
-    (one batched call), and whether each sample has both foreground and background
+    """``(d_fg, d_bg, interface)``: :func:`distance_transform` of the mask and of its complement,
+    and whether each sample has both foreground and background
     (``(N, 1, ..., 1)`` bool). Building block of the signed and unsigned maps the losses use.
 
     Examples:
@@ -208,10 +209,10 @@ def inside_outside_distances(mask: Tensor, *, spacing: float | Sequence[float] |
     foreground = _check_mask(mask)
     dtype = _check_dtype(dtype)
     steps = _spacing(spacing, foreground.dim() - 1)
-    n = foreground.shape[0]
-    with torch.no_grad():
-        both = _squared_distance(torch.cat([foreground, ~foreground]), steps, dtype).sqrt()
-        return both[:n], both[n:], _interface(foreground)
+    with torch.no_grad():  # one after the other: the working set of one transform at a time
+        d_fg = _squared_distance(foreground, steps, dtype).sqrt_()
+        d_bg = _squared_distance(~foreground, steps, dtype).sqrt_()
+        return d_fg, d_bg, _interface(foreground)
 
 
 def signed_distance_map(mask: Tensor, *, spacing: float | Sequence[float] | None = None,

@@ -328,15 +328,22 @@ def hausdorff_dt_loss(
     with torch.no_grad():
         predicted = d.probs.detach() > 0.5
         predicted = predicted if d.valid is None else predicted & d.valid
-        masks = torch.cat([predicted, d.labels > 0.5]).flatten(0, 1)
-        d_fg, d_bg, interface = inside_outside_distances(masks, spacing=spacing, dtype=dtype)
-        # On each voxel one of the two is 0; inf only where the mask has no interface (then 0).
-        field = torch.where(interface, d_fg + d_bg, d_fg.new_zeros(()))
-        field = field.view(2, *d.probs.shape).to(d.probs.dtype)
-        distance = field[0] ** alpha + field[1] ** alpha
-    loss = d.mean((d.probs - d.labels) ** 2 * distance)
+        # One mask set after the other: the working set of one distance transform at a time.
+        distance = _distance_field(predicted, spacing, dtype, alpha)
+        distance += _distance_field(d.labels > 0.5, spacing, dtype, alpha)
+    loss = d.mean((d.probs - d.labels) ** 2 * distance.to(d.probs.dtype))
     loss = torch.log1p(loss) if log else loss
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
+
+
+def _distance_field(mask: Tensor, spacing: float | Sequence[float] | None, dtype: torch.dtype,
+                    alpha: float) -> Tensor:
+    """``(edt(m) + edt(~m)) ** alpha`` of masks ``(N, C', *spatial)``, 0 before the power for a
+    mask without interface (MONAI's ``distance_field``)."""
+    d_fg, d_bg, interface = inside_outside_distances(mask.flatten(0, 1), spacing=spacing, dtype=dtype)
+    # On each voxel one of the two is 0; inf only where the mask has no interface (then 0).
+    field = d_fg.add_(d_bg).masked_fill_(~interface, 0.0)
+    return field.pow_(alpha).view(mask.shape)
 
 
 def cldice_loss(
