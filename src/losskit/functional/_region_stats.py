@@ -20,8 +20,8 @@ from losskit._core.dense import DenseTarget, drop_background
 
 # Elements (N * C * voxels) per chunk on a CPU: a 2 MB float32 block stays in cache and keeps the
 # temporaries small (peak = the gradient + about one block). Measured with
-# benchmarks/bench_segmentation.py on (2, 8, 96^3) logits (2 cores, idle), time / peak memory:
-# 1 MB blocks 60 ms / 55.3 MB, 2 MB 49 ms / 56.5 MB, 4 MB 46 ms / 59.0 MB, 8 MB 49 ms / 64.0 MB.
+# benchmarks/bench_segmentation.py on (2, 8, 96^3) logits (2 cores, idle), Dice time / peak memory:
+# 1 MB blocks 63 ms / 55.3 MB, 2 MB 47 ms / 56.5 MB, 4 MB 46 ms / 59.0 MB, 8 MB 43 ms / 64.0 MB.
 # Caveat: on an oversubscribed machine (another process holding a core) every parallel op waits
 # for its threads, and the ~20 ops per chunk then cost far more than on an idle one; torch with
 # one thread does not suffer from that. GPUs take everything in one chunk: their limit is
