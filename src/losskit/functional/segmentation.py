@@ -110,49 +110,60 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     check_one_of("activation", activation, ("softmax", "sigmoid", None))
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
-    indices = isinstance(target, Tensor) and not target.is_floating_point()
-    if torch.compiler.is_compiling() or not isinstance(target, Tensor):  # (compiled: the compiler fuses the
-        fused = None  # plain form; not a tensor: dense_target says what is wrong)
-    elif activation == "softmax" and input.shape[1] > 1 and (indices or (
-            not soft_label and not target.requires_grad and ce_weight is None)):
-        fused = "softmax"
-    elif activation == "sigmoid" and not soft_label and not target.requires_grad:
-        fused = "sigmoid"
-    else:
-        fused = None
-    if fused is not None and indices:  # validated, then read chunk by chunk in the kernel: no int64 copy
+    kernel = _fused_kernel(input, target, activation, soft_label, ce_weight)
+    if kernel is not None and not target.is_floating_point():  # read chunk by chunk: no int64 copy
         index, dt = _flat(index_labels(input, target, ignore_index=ignore_index), 1), None
     else:
         index, dt = None, dense_target(input, target, ignore_index=ignore_index,
                                        compute_dtype=compute_dtype(input.dtype))
     if not include_background and input.shape[1] < 2:
         raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
-    if fused is None:
+    if kernel is None:
         stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
     else:
-        logits = _flat(upcast(input), 2)
-        keep = torch.is_grad_enabled() and logits.requires_grad
-        if fused == "softmax" and index is not None:
-            ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
-            tp, psum, psq, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
-                logits, index, ignore_index, fused_ce, ce_weight, squared, keep)
-            stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsum if squared else None,
-                                ce=ce if fused_ce else None, ce_den=ce_den if fused_ce else None)
-        elif fused == "softmax":
-            labels = _flat(dt.dense, 2)
-            tp, psum, psq, ce = _SoftmaxDenseStats.apply(logits, labels, fused_ce, squared, keep)
-            stats = _dense_stats(tp, psum, psq if squared else None, labels, squared)
-            if fused_ce:
-                stats.ce, stats.ce_den = ce, stats.count.squeeze(1)
-        else:
-            labels = None if dt is None else _flat(dt.dense, 2)
-            tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
-            if labels is None:  # one-hot labels: t^2 = t
-                stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsum if squared else None)
-            else:
-                stats = _dense_stats(tp, psum, psq if squared else None, labels, squared)
+        labels = None if dt is None else _flat(dt.dense, 2)
+        stats = _fused_stats(kernel, _flat(upcast(input), 2), index, ignore_index, labels, squared=squared,
+                             with_ce=fused_ce, ce_weight=ce_weight)
     stats = stats.select(include_background)
     return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
+
+
+def _fused_kernel(input: Tensor, target: Tensor, activation: str | None, soft_label: bool,
+                  ce_weight: Tensor | None) -> str | None:
+    """``"softmax"`` or ``"sigmoid"`` when a fused kernel computes these statistics, else ``None``."""
+    if torch.compiler.is_compiling() or not isinstance(target, Tensor):  # compiled: the compiler fuses the
+        return None  # plain form; not a tensor: dense_target says what is wrong
+    indices = not target.is_floating_point()
+    # One-hot / soft labels: none that need a gradient, no soft-label TP, no per-class CE weights.
+    supported = indices or (not target.requires_grad and not soft_label)
+    if activation == "softmax" and input.shape[1] > 1 and supported and (indices or ce_weight is None):
+        return "softmax"
+    if activation == "sigmoid" and supported:
+        return "sigmoid"
+    return None
+
+
+def _fused_stats(kernel: str, logits: Tensor, index: Tensor | None, ignore_index: int | None,
+                 labels: Tensor | None, *, squared: bool, with_ce: bool, ce_weight: Tensor | None) -> RegionStats:
+    """:class:`RegionStats` of logits ``(N, C, S)`` from the fused kernel, index (N, S) or dense labels."""
+    keep = torch.is_grad_enabled() and logits.requires_grad
+    if kernel == "sigmoid":
+        tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
+        ce = ce_den = None
+    elif index is not None:
+        ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
+        tp, psum, psq, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
+            logits, index, ignore_index, with_ce, ce_weight, squared, keep)
+    else:
+        tp, psum, psq, ce = _SoftmaxDenseStats.apply(logits, labels, with_ce, squared, keep)
+        ce_den = None
+    if labels is None:  # index labels: T from the kernel, and t^2 = t
+        stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsum if squared else None)
+    else:
+        stats = _dense_stats(tp, psum, psq if squared else None, labels, squared)
+    if with_ce and ce is not None:
+        stats.ce, stats.ce_den = ce, (stats.count.squeeze(1) if ce_den is None else ce_den)
+    return stats
 
 
 def _dense_stats(tp: Tensor, psum: Tensor, psq: Tensor | None, labels: Tensor, squared: bool) -> RegionStats:
