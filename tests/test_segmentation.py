@@ -432,6 +432,21 @@ def test_fused_kernels_need_the_gradient_plus_chunk_sized_temporaries(case):
     assert gradient <= peak <= gradient + 4 * (1 << 15) * 4, (peak - gradient) / 2**10
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_narrow_integer_labels_equal_int64_labels(dtype, activation):
+    # The kernels read labels in their own dtype (PIL masks are uint8) and widen them chunk by chunk.
+    x, y = data(n=2, c=4, spatial=(6, 7))
+    y[0, :2] = 255
+    x.requires_grad_(True)
+    wide = losskit.dice_ce_loss(x, y, activation=activation, ignore_index=255, reduction="none")
+    narrow = losskit.dice_ce_loss(x, y.to(dtype), activation=activation, ignore_index=255, reduction="none")
+    close(narrow, wide, 0.0)
+    close(grad_of(narrow.sum(), x), grad_of(wide.sum(), x), 0.0)
+    with pytest.raises(ValueError, match="class indices"):
+        losskit.dice_loss(x, torch.full_like(y, 7, dtype=dtype))
+
+
 # --- absent classes and policies --------------------------------------------------------------
 
 
