@@ -447,6 +447,51 @@ def test_narrow_integer_labels_equal_int64_labels(dtype, activation):
         losskit.dice_loss(x, torch.full_like(y, 7, dtype=dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["dice_ce", "dice_squared_one_hot", "sigmoid"])
+def test_half_logits_are_computed_in_float32_and_rounded_once(dtype, case):
+    # The kernels read half logits chunk by chunk in float32 and write a half gradient: value and
+    # gradient equal the float32 computation on the same (rounded) logits, cast once.
+    x, y = data(n=2, c=4, spatial=(30, 40), dtype=dtype)
+    y[0, :3] = 255
+    one_hot = torch.nn.functional.one_hot(y.clamp_max(3), 4).movedim(-1, 1).float()
+    w = torch.rand(4, generator=torch.Generator().manual_seed(1))
+    calls = {"dice_ce": lambda z: losskit.dice_ce_loss(z, y, ignore_index=255, class_weight=w),
+             "dice_squared_one_hot": lambda z: losskit.dice_loss(z, one_hot, squared=True),
+             "sigmoid": lambda z: losskit.dice_loss(z, y, activation="sigmoid", ignore_index=255)}
+    old = S._CPU_CHUNK
+    try:
+        S._CPU_CHUNK = 1024
+        half = x.clone().requires_grad_(True)
+        full = x.float().requires_grad_(True)
+        out_half, out_full = calls[case](half), calls[case](full)
+        assert out_half.dtype == dtype
+        assert torch.equal(out_half, out_full.to(dtype))
+        (g_half,) = torch.autograd.grad(out_half, half)
+        (g_full,) = torch.autograd.grad(out_full, full)
+        assert g_half.dtype == dtype and torch.equal(g_half, g_full.to(dtype))
+    finally:
+        S._CPU_CHUNK = old
+
+
+def test_half_logits_need_no_float32_copy():
+    from benchmarks.harness import cpu_peak_bytes
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, 32, generator=gen).to(torch.bfloat16).requires_grad_(True)  # 0.5 MiB
+    y = torch.randint(4, (2, 32, 32, 32), generator=gen)
+    old = S._CPU_CHUNK
+    try:
+        S._CPU_CHUNK = 1 << 15  # float32 chunks of 128 KiB
+        with losskit.set_checks(False):
+            peak = cpu_peak_bytes(lambda: losskit.dice_ce_loss(x, y).backward())
+    finally:
+        S._CPU_CHUNK = old
+    gradient = x.numel() * 2
+    # A float32 copy of the logits alone would be 1 MiB, a float32 softmax another.
+    assert gradient <= peak <= gradient + 6 * (1 << 15) * 4, (peak - gradient) / 2**10
+
+
 # --- absent classes and policies --------------------------------------------------------------
 
 

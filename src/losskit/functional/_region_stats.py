@@ -10,13 +10,14 @@ region losses in :mod:`losskit.functional.segmentation` choose between them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from losskit._core.dense import DenseTarget, drop_background
+from losskit._core.numerics import compute_dtype, upcast
 
 # Elements (N * C * voxels) per chunk on a CPU: a 2 MB float32 block stays in cache and keeps the
 # temporaries small (peak = the gradient + about one block). Measured with
@@ -174,15 +175,16 @@ class _SoftmaxIndexStats(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, index, ce_weight)
         ctx.ignore_index, ctx.squared = ignore_index, squared
-        probs = ctx.probs = _new_buffer(logits) if keep_probs else None
+        probs = ctx.probs = _kept_buffer(logits, keep_probs)
+        like = _zeros_like_stats(logits)
         n, c, _ = logits.shape
-        sums = _IndexSums(n, c, logits)
-        psum, psq = logits.new_zeros(n, c), logits.new_zeros(n, c)
-        ce = logits.new_zeros(n)
-        ce_den = logits.new_zeros(n)
+        sums = _IndexSums(n, c, like)
+        psum, psq = like.new_zeros(n, c), like.new_zeros(n, c)
+        ce = like.new_zeros(n)
+        ce_den = like.new_zeros(n)
         for part in _chunks(logits):  # each chunk stays in cache through every step below
-            idx, v = _chunk_labels(index, ignore_index, part, logits.dtype)  # (N, 1, s) each
-            p = torch.empty_like(logits[:, :, part]) if probs is None else probs[:, :, part]
+            idx, v = _chunk_labels(index, ignore_index, part, like.dtype)  # (N, 1, s) each
+            p = _chunk_buffer(logits, part, probs)
             at_y, total = _softmax_chunk(logits[:, :, part], out=p, read=lambda z, i=idx: z.gather(1, i))  # z_y - m
             picked = at_y.exp().div_(total)  # p_y, from the small tensors rather than a second gather
             if with_ce:
@@ -205,17 +207,17 @@ class _SoftmaxIndexStats(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             outs = _softmax_plain(logits, _index_target(index, ignore_index), ctx.squared, ce_weight)
             return _plain_gradient(outs, (g_tp, g_p, g_psq, g_ce), logits), *nothing
-        grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(logits[:, :, part], out=out))
+        blocks = _GradientBlocks(ctx, logits, lambda part, out: _softmax_chunk(logits[:, :, part], out=out))
         n, c, s = logits.shape
-        g_p = logits.new_zeros(n, c) if g_p is None else g_p
-        g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
+        like = _zeros_like_stats(logits)
+        g_p = like.new_zeros(n, c) if g_p is None else g_p
+        g_tp = like.new_zeros(n, c) if g_tp is None else g_tp
         row = g_p.unsqueeze(-1)  # (N, C, 1)
         if g_ce is not None and ce_weight is None:  # G is one number per sample: fold it into the row
             row = row + g_ce.view(-1, 1, 1)
         g_p_row = g_p.unsqueeze(1)  # (N, 1, C)
         g_psq = g_psq if ctx.squared else None  # (sum p^2 is only an output with squared=True)
-        for part in _chunks(logits):  # the softmax becomes the gradient in place
-            p = grad[:, :, part]
+        for part, p in blocks:  # the softmax becomes the gradient in place
             idx, v = _chunk_labels(index, ignore_index, part, p.dtype)  # (N, 1, s) each
             at_y = p.gather(1, idx).mul_(g_tp.gather(1, idx.squeeze(1)).unsqueeze(1))  # p_y g_y, (N, 1, s)
             inner = torch.bmm(g_p_row, p).add_(at_y)  # sum_k p_k g_k, (N, 1, s)
@@ -233,7 +235,7 @@ class _SoftmaxIndexStats(torch.autograd.Function):
             p.scatter_add_(1, idx, at_y)
             if v is not None:
                 p.mul_(v)
-        return grad, *nothing
+        return blocks.gradient, *nothing
 
 
 class _SoftmaxDenseStats(torch.autograd.Function):
@@ -252,13 +254,14 @@ class _SoftmaxDenseStats(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, labels)
         ctx.squared = squared
-        probs = ctx.probs = _new_buffer(logits) if keep_probs else None
+        probs = ctx.probs = _kept_buffer(logits, keep_probs)
+        like = _zeros_like_stats(logits)
         n, c, _ = logits.shape
-        tp, psum, psq = (logits.new_zeros(n, c) for _ in range(3))
-        ce = logits.new_zeros(n)
+        tp, psum, psq = (like.new_zeros(n, c) for _ in range(3))
+        ce = like.new_zeros(n)
         for part in _chunks(logits):
             t = labels[:, :, part]
-            p = torch.empty_like(logits[:, :, part]) if probs is None else probs[:, :, part]
+            p = _chunk_buffer(logits, part, probs)
             tz, total = _softmax_chunk(logits[:, :, part], out=p,
                                        read=(lambda z, t=t: (z * t).sum(1, keepdim=True)) if with_ce else None)
             if with_ce:
@@ -277,13 +280,14 @@ class _SoftmaxDenseStats(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             outs = _softmax_plain(logits, DenseTarget(None, labels, None), ctx.squared, None)
             return _plain_gradient(outs, (g_tp, g_p, g_psq, g_ce), logits), *nothing
-        grad = _gradient_buffer(ctx, logits, lambda part, out: _softmax_chunk(logits[:, :, part], out=out))
+        blocks = _GradientBlocks(ctx, logits, lambda part, out: _softmax_chunk(logits[:, :, part], out=out))
         n, c, _ = logits.shape
-        g_p = (logits.new_zeros(n, c) if g_p is None else g_p).unsqueeze(-1)  # (N, C, 1)
-        g_tp = (logits.new_zeros(n, c) if g_tp is None else g_tp).unsqueeze(-1)
+        like = _zeros_like_stats(logits)
+        g_p = (like.new_zeros(n, c) if g_p is None else g_p).unsqueeze(-1)  # (N, C, 1)
+        g_tp = (like.new_zeros(n, c) if g_tp is None else g_tp).unsqueeze(-1)
         g_ce = None if g_ce is None else g_ce.view(-1, 1, 1)
-        for part in _chunks(logits):  # the softmax becomes the gradient in place
-            p, t = grad[:, :, part], labels[:, :, part]
+        for part, p in blocks:  # the softmax becomes the gradient in place
+            t = labels[:, :, part]
             d = torch.addcmul(g_p, t, g_tp)
             if ctx.squared and g_psq is not None:
                 d.addcmul_(p, g_psq.unsqueeze(-1), value=2.0)
@@ -293,7 +297,7 @@ class _SoftmaxDenseStats(torch.autograd.Function):
             p.mul_(d.sub_(inner))
             if g_ce is not None:
                 p.addcmul_(t, g_ce, value=-1.0)
-        return grad, *nothing
+        return blocks.gradient, *nothing
 
 
 class _SigmoidStats(torch.autograd.Function):
@@ -314,18 +318,18 @@ class _SigmoidStats(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, index, labels)
         ctx.squared, ctx.ignore_index = squared, ignore_index
-        probs = ctx.probs = _new_buffer(logits) if keep_probs else None
+        probs = ctx.probs = _kept_buffer(logits, keep_probs)
+        like = _zeros_like_stats(logits)
         n, c, _ = logits.shape
-        sums = _IndexSums(n, c, logits)  # TP for index targets, T and the voxel count
-        psum, psq = logits.new_zeros(n, c), logits.new_zeros(n, c)
+        sums = _IndexSums(n, c, like)  # TP for index targets, T and the voxel count
+        psum, psq = like.new_zeros(n, c), like.new_zeros(n, c)
         for part in _chunks(logits):
-            x = logits[:, :, part]
-            p = torch.sigmoid(x, out=torch.empty_like(x) if probs is None else probs[:, :, part])
+            p = _sigmoid_chunk(logits[:, :, part], out=_chunk_buffer(logits, part, probs))
             v = None
             if index is None:
                 sums.tp += (p * labels[:, :, part]).sum(-1)
             else:
-                idx, v = _chunk_labels(index, ignore_index, part, logits.dtype)
+                idx, v = _chunk_labels(index, ignore_index, part, like.dtype)
                 sums.add(idx, p.gather(1, idx), v)
             psum += _masked_sum(p, v)
             if squared:
@@ -340,15 +344,15 @@ class _SigmoidStats(torch.autograd.Function):
         ignore_index, nothing = ctx.ignore_index, (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True
             target = DenseTarget(None, labels, None) if index is None else _index_target(index, ignore_index)
-            stats = region_stats(torch.sigmoid(logits), target, squared=ctx.squared)
+            stats = region_stats(torch.sigmoid(upcast(logits)), target, squared=ctx.squared)
             outs = (stats.tp, stats.psum, stats.psq)
             return _plain_gradient(outs, (g_tp, g_p, g_psq), logits), *nothing
-        grad = _gradient_buffer(ctx, logits, lambda part, out: torch.sigmoid(logits[:, :, part], out=out))
+        blocks = _GradientBlocks(ctx, logits, lambda part, out: _sigmoid_chunk(logits[:, :, part], out=out))
         n, c, _ = logits.shape
-        g_p = (logits.new_zeros(n, c) if g_p is None else g_p).unsqueeze(-1)  # (N, C, 1)
-        g_tp = logits.new_zeros(n, c) if g_tp is None else g_tp
-        for part in _chunks(logits):
-            p = grad[:, :, part]
+        like = _zeros_like_stats(logits)
+        g_p = (like.new_zeros(n, c) if g_p is None else g_p).unsqueeze(-1)  # (N, C, 1)
+        g_tp = like.new_zeros(n, c) if g_tp is None else g_tp
+        for part, p in blocks:  # the sigmoid becomes the gradient in place
             v = None
             if index is None:  # dL/dp = g_P + g_TP t
                 dp = torch.addcmul(g_p, labels[:, :, part], g_tp.unsqueeze(-1))
@@ -361,7 +365,7 @@ class _SigmoidStats(torch.autograd.Function):
             p.addcmul_(p, p, value=-1.0).mul_(dp)  # p (1 - p) dL/dp
             if v is not None:
                 p.mul_(v)
-        return grad, *nothing
+        return blocks.gradient, *nothing
 
 
 def _chunk_labels(index: Tensor, ignore_index: int | None, part: slice,
@@ -409,20 +413,52 @@ class _IndexSums:
         self.tp.view(-1).scatter_add_(0, flat, picked.reshape(-1))
 
 
-def _new_buffer(logits: Tensor) -> Tensor:
-    """The activation buffer a fused kernel keeps for backward, which turns it into the gradient."""
+def _zeros_like_stats(logits: Tensor) -> Tensor:
+    """A 0-d tensor in the compute dtype of ``logits`` (float32 for half and bfloat16), for ``new_zeros``."""
+    return logits.new_zeros((), dtype=compute_dtype(logits.dtype))
+
+
+def _kept_buffer(logits: Tensor, keep: bool) -> Tensor | None:
+    """The activation buffer forward keeps for backward to turn into the gradient: only when a
+    gradient is wanted and the logits are in their compute dtype (a float32 buffer for half
+    logits would outweigh the half gradient; backward recomputes those chunk by chunk)."""
+    if not keep or logits.dtype != compute_dtype(logits.dtype):
+        return None
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def _gradient_buffer(ctx: object, logits: Tensor, fill: Callable[[slice, Tensor], object]) -> Tensor:
-    """The buffer forward kept, handed over once; a later backward refills a new one chunk by chunk
-    with ``fill(part, out)``, the same arithmetic as forward, so every backward gives the same gradient."""
-    probs, ctx.probs = ctx.probs, None
-    if probs is None:
-        probs = _new_buffer(logits)
-        for part in _chunks(logits):
-            fill(part, probs[:, :, part])
-    return probs
+def _chunk_buffer(logits: Tensor, part: slice, probs: Tensor | None) -> Tensor:
+    """Where a chunk's activation goes: the kept buffer's slice, or a chunk-sized compute-dtype block."""
+    if probs is not None:
+        return probs[:, :, part]
+    return torch.empty(logits[:, :, part].shape, dtype=compute_dtype(logits.dtype), device=logits.device)
+
+
+class _GradientBlocks:
+    """Backward's chunks ``(part, p)``: ``p`` holds the chunk's activation in the compute dtype, and
+    the loop turns it into the gradient in place.
+
+    With forward's buffer (handed over once), ``p`` is a view of it and the buffer is the
+    gradient. Otherwise (a second backward, or half / bfloat16 logits) ``p`` is recomputed by
+    ``fill(part, out)`` with forward's arithmetic, so every backward gives the same gradient, and
+    copied, rounded once, into a new gradient in the logits' dtype.
+    """
+
+    def __init__(self, ctx: object, logits: Tensor, fill: Callable[[slice, Tensor], object]) -> None:
+        self.buffer, ctx.probs = ctx.probs, None
+        self.logits, self.fill = logits, fill
+        self.gradient = self.buffer if self.buffer is not None else torch.empty_like(
+            logits, memory_format=torch.contiguous_format)
+
+    def __iter__(self) -> Iterator[tuple[slice, Tensor]]:
+        for part in _chunks(self.logits):
+            if self.buffer is not None:
+                yield part, self.buffer[:, :, part]
+                continue
+            p = _chunk_buffer(self.logits, part, None)
+            self.fill(part, p)
+            yield part, p
+            self.gradient[:, :, part] = p
 
 
 def _plain_gradient(outputs: tuple[Tensor | None, ...], grads: tuple[Tensor | None, ...], logits: Tensor) -> Tensor:
@@ -441,14 +477,21 @@ def _masked_sum(x: Tensor, valid: Tensor | None) -> Tensor:
 
 def _softmax_chunk(x: Tensor, *, out: Tensor,
                    read: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
-    """Softmax of ``x`` (N, C, s) over dim 1 into ``out``; returns ``read(z - m)`` (what a loss needs
-    from the shifted logits, taken before they are exponentiated in place) and ``sum_k exp(z_k - m)``."""
+    """Softmax of ``x`` (N, C, s) over dim 1 into ``out`` (the compute dtype); returns ``read(z - m)``
+    (what a loss needs from the shifted logits, taken before they are exponentiated in place) and
+    ``sum_k exp(z_k - m)``."""
+    x = x.to(out.dtype)  # half logits: every step in float32
     shift = x.amax(1, keepdim=True)
     torch.sub(x, shift, out=out)
     shifted = None if read is None else read(out)
     total = out.exp_().sum(1, keepdim=True)
     out.div_(total)
     return shifted, total
+
+
+def _sigmoid_chunk(x: Tensor, *, out: Tensor) -> Tensor:
+    """Sigmoid of ``x`` into ``out``, computed in ``out``'s dtype (float32 for half logits)."""
+    return torch.sigmoid(x.to(out.dtype), out=out)
 
 
 def _voxel_ce_weight(ce_weight: Tensor | None, idx: Tensor, valid: Tensor | None) -> Tensor | None:
@@ -472,7 +515,7 @@ def _softmax_plain(logits: Tensor, target: DenseTarget, squared: bool,
                    ce_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """``TP, P, sum p^2`` (``None`` unless ``squared``) and the cross-entropy sum of the fused
     softmax kernels, through plain autograd (their second derivatives)."""
-    logp = torch.log_softmax(logits, dim=1)
+    logp = torch.log_softmax(upcast(logits), dim=1)
     stats = region_stats(logp.exp(), target, squared=squared)
     if target.index is None:
         return stats.tp, stats.psum, stats.psq, -(target.dense * logp).sum((1, 2))

@@ -36,10 +36,12 @@ Conventions shared by all of them (see each docstring for the formula):
   target and products: about three times as much). They serve ``activation="softmax"`` and
   ``"sigmoid"`` with index or one-hot / soft targets, ``squared`` too, and Dice+CE's
   cross-entropy. Index labels are read in their own integer dtype, chunk by chunk, so no int64
-  copy of the label map is made either. ``soft_label=True``, targets that require a gradient,
-  ``activation=None``, Dice+CE with ``class_weight`` and one-hot / soft targets, and code being
-  traced by ``torch.compile`` (which fuses the plain form itself) use plain autograd: the same
-  values and gradients, not the same memory.
+  copy of the label map is made either; half and bfloat16 logits are read the same way and
+  computed in float32, with no float32 copy of the logits (backward recomputes each chunk's
+  activation and writes the gradient, rounded once, in the logits' dtype). ``soft_label=True``,
+  targets that require a gradient, ``activation=None``, Dice+CE with ``class_weight`` and
+  one-hot / soft targets, and code being traced by ``torch.compile`` (which fuses the plain form
+  itself) use plain autograd: the same values and gradients, not the same memory.
 * **Absent classes** (``T = 0`` for that unit): ``absent="keep"`` (default) uses the formula as
   is, so a false positive on an empty class costs nearly 1 and an empty prediction nearly 0;
   ``absent="zero"`` sets those units to 0 but keeps them in the mean (SMP);
@@ -122,7 +124,7 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
         stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
     else:
         labels = None if dt is None else _flat(dt.dense, 2)
-        stats = _fused_stats(kernel, _flat(upcast(input), 2), index, ignore_index, labels, squared=squared,
+        stats = _fused_stats(kernel, _flat(input, 2), index, ignore_index, labels, squared=squared,
                              with_ce=fused_ce, ce_weight=ce_weight)
     stats = stats.select(include_background)
     return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
@@ -151,7 +153,7 @@ def _fused_stats(kernel: str, logits: Tensor, index: Tensor | None, ignore_index
         tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
         ce = ce_den = None
     elif index is not None:
-        ce_weight = None if ce_weight is None else upcast(ce_weight.to(logits.device)).to(logits.dtype)
+        ce_weight = None if ce_weight is None else ce_weight.to(logits.device, compute_dtype(logits.dtype))
         tp, psum, psq, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
             logits, index, ignore_index, with_ce, ce_weight, squared, keep)
     else:
