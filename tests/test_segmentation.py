@@ -648,5 +648,7 @@ def test_benchmark_script_runs_on_a_tiny_volume():
     pytest.importorskip("monai")
     from benchmarks import bench_segmentation
 
-    text = bench_segmentation.main(["--size", "6", "--rounds", "1", "--classes", "3"])
-    assert "monai.DiceLoss" in text and "monai.DiceCELoss" in text
+    text = bench_segmentation.main(["--size", "6", "--binary-size", "8", "--rounds", "1", "--classes", "3"])
+    assert "monai.DiceLoss" in text and "monai.DiceCELoss" in text and "sigmoid=True" in text
+    text = bench_segmentation.main(["--size", "6", "--binary-size", "0", "--rounds", "1", "--one-hot"])
+    assert "one-hot targets" in text and "sigmoid" not in text
