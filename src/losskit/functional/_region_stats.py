@@ -25,9 +25,12 @@ from losskit._core.numerics import compute_dtype, upcast
 # 1 MB blocks 63 ms / 55.3 MB, 2 MB 47 ms / 56.5 MB, 4 MB 46 ms / 59.0 MB, 8 MB 43 ms / 64.0 MB.
 # Caveat: on an oversubscribed machine (another process holding a core) every parallel op waits
 # for its threads, and the ~20 ops per chunk then cost far more than on an idle one; torch with
-# one thread does not suffer from that. GPUs take everything in one chunk: their limit is
-# launches, not cache.
+# one thread does not suffer from that.
 _CPU_CHUNK = 1 << 19
+# On a GPU the limit is kernel launches, not cache: 64 MB float32 blocks take a (2, 8, 128^3) volume
+# in one chunk, and still bound the temporaries (about one block) of larger ones. Not measured here
+# (no GPU was at hand); the multi-chunk code is the one the CPU tests run.
+_ACCELERATOR_CHUNK = 1 << 24
 
 
 # --- the statistics kernel ----------------------------------------------------------------------
@@ -505,9 +508,10 @@ def _voxel_ce_weight(ce_weight: Tensor | None, idx: Tensor, valid: Tensor | None
 def _chunks(logits: Tensor) -> list[slice]:
     """Slices of the voxel dimension of ``logits`` (N, C, S)."""
     n, c, size = logits.shape
-    if logits.device.type != "cpu" or size == 0:
-        return [slice(0, size)]
-    step = max(_CPU_CHUNK // max(n * c, 1), 256)
+    if size == 0:
+        return [slice(0, 0)]
+    budget = _CPU_CHUNK if logits.device.type == "cpu" else _ACCELERATOR_CHUNK
+    step = max(budget // max(n * c, 1), 256)
     return [slice(start, min(start + step, size)) for start in range(0, size, step)]
 
 
