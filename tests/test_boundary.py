@@ -332,18 +332,23 @@ def _monai_pair(monai_loss, ours, x, target_ours, target_monai):
 
 @pytest.mark.peer
 @pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
-@pytest.mark.parametrize("include_background", [False, True])
-def test_boundary_loss_matches_monai(gen, shape, include_background):
+@pytest.mark.parametrize(("include_background", "batch"), [(False, False), (True, False), (True, True)])
+def test_boundary_loss_matches_monai(gen, shape, include_background, batch):
     from monai.losses import BoundaryLoss
 
     x, t = logits_and_labels(gen, shape)
     t[0] = 0
+    aggregate = "batch" if batch else "per_sample"
     for reduction in ("none", "mean"):
-        monai = BoundaryLoss(softmax=True, to_onehot_y=True, include_background=include_background,
+        monai = BoundaryLoss(softmax=True, to_onehot_y=True, include_background=include_background, batch=batch,
                              reduction=reduction)
         actual, expected, grad, expected_grad = _monai_pair(
-            monai, lambda a, b, r=reduction: boundary_loss(a, b, include_background=include_background, reduction=r),
+            monai, lambda a, b, r=reduction: boundary_loss(a, b, include_background=include_background,
+                                                           aggregate=aggregate, reduction=r),
             x, t, t[:, None])
+        if batch and reduction == "none":
+            assert expected.shape == (3,) and actual.shape == (1, 3)  # MONAI drops the pooled batch dim
+            expected = expected[None]
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
 
@@ -729,27 +734,6 @@ def test_hausdorff_dt_loss_batch_matches_monai(gen, shape, options):
             assert expected.shape == (1, actual.shape[1], *[1] * (len(shape) - 1))
             assert actual.shape == (1, 3 - (0 if options else 1))
             expected = expected.flatten(1)
-        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.peer
-@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 5, 6, 7)])
-def test_boundary_loss_batch_matches_monai(gen, shape):
-    from monai.losses import BoundaryLoss
-
-    x, t = logits_and_labels(gen, shape)
-    t[0] = 0
-    for reduction in ("none", "mean"):
-        monai = BoundaryLoss(batch=True, include_background=True, softmax=True, to_onehot_y=True,
-                             reduction=reduction)
-        actual, expected, grad, expected_grad = _monai_pair(
-            monai, lambda a, b, r=reduction: boundary_loss(a, b, include_background=True, aggregate="batch",
-                                                           reduction=r),
-            x, t, t[:, None])
-        if reduction == "none":
-            assert expected.shape == (3,) and actual.shape == (1, 3)  # MONAI drops the pooled batch dim
-            expected = expected[None]
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-6)
 

@@ -175,11 +175,8 @@ class _SoftmaxIndexStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, ignore_index: int | None, with_ce: bool,  # noqa: ANN205
                 ce_weight: Tensor | None, squared: bool, keep_probs: bool):
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, index, ce_weight)
-        ctx.ignore_index, ctx.squared = ignore_index, squared
-        probs = ctx.probs = _kept_buffer(logits, keep_probs)
-        like = _zeros_like_stats(logits)
+        probs, like = _begin(ctx, logits, (index, ce_weight), keep_probs, ignore_index=ignore_index,
+                             squared=squared)
         n, c, _ = logits.shape
         sums = _IndexSums(n, c, like)
         psum, psq = like.new_zeros(n, c), like.new_zeros(n, c)
@@ -254,11 +251,7 @@ class _SoftmaxDenseStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, with_ce: bool, squared: bool, keep_probs: bool):  # noqa: ANN205
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, labels)
-        ctx.squared = squared
-        probs = ctx.probs = _kept_buffer(logits, keep_probs)
-        like = _zeros_like_stats(logits)
+        probs, like = _begin(ctx, logits, (labels,), keep_probs, squared=squared)
         n, c, _ = logits.shape
         tp, psum, psq = (like.new_zeros(n, c) for _ in range(3))
         ce = like.new_zeros(n)
@@ -318,11 +311,8 @@ class _SigmoidStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor | None, ignore_index: int | None,  # noqa: ANN205
                 labels: Tensor | None, squared: bool, keep_probs: bool):
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(logits, index, labels)
-        ctx.squared, ctx.ignore_index = squared, ignore_index
-        probs = ctx.probs = _kept_buffer(logits, keep_probs)
-        like = _zeros_like_stats(logits)
+        probs, like = _begin(ctx, logits, (index, labels), keep_probs, ignore_index=ignore_index,
+                             squared=squared)
         n, c, _ = logits.shape
         sums = _IndexSums(n, c, like)  # TP for index targets, T and the voxel count
         psum, psq = like.new_zeros(n, c), like.new_zeros(n, c)
@@ -414,6 +404,18 @@ class _IndexSums:
             self.tsum.view(-1).scatter_add_(0, flat, valid.reshape(-1))
             self.count += valid.sum(-1)
         self.tp.view(-1).scatter_add_(0, flat, picked.reshape(-1))
+
+
+def _begin(ctx: object, logits: Tensor, saved: tuple[Tensor | None, ...], keep_probs: bool,
+           **options: object) -> tuple[Tensor | None, Tensor]:
+    """A fused kernel's forward preamble: save ``logits`` and ``saved``, store ``options`` on ``ctx``,
+    and return the kept activation buffer (or ``None``) and a 0-d tensor of the compute dtype."""
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(logits, *saved)
+    for name, value in options.items():
+        setattr(ctx, name, value)
+    ctx.probs = _kept_buffer(logits, keep_probs)
+    return ctx.probs, _zeros_like_stats(logits)
 
 
 def _zeros_like_stats(logits: Tensor) -> Tensor:
