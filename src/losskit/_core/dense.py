@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_class_indices, check_floating, check_in_unit_interval, check_one_of, check_tensor
+from losskit._core.checks import (
+    check_class_indices,
+    check_floating,
+    check_ignore_index,
+    check_in_unit_interval,
+    check_one_of,
+    check_tensor,
+)
 from losskit._core.numerics import upcast
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
@@ -51,6 +58,7 @@ def probabilities(input: Tensor, activation: str | None) -> Tensor:
 
 def dense_target(input: Tensor, target: Tensor, *, ignore_index: int | None, compute_dtype: torch.dtype) -> DenseTarget:
     """Validate ``target`` against logits ``input`` of shape ``(N, C, *spatial)``."""
+    check_ignore_index(ignore_index)
     if not _is_index_target(input, target):
         if target.shape != input.shape:
             raise ValueError(
@@ -88,6 +96,7 @@ def index_labels(input: Tensor, target: Tensor, *, ignore_index: int | None) -> 
     The zero-copy form of an index target (a ``(N, 1, *spatial)`` target is squeezed, a view), for
     kernels that convert the labels chunk by chunk rather than holding an int64 copy of the map.
     """
+    check_ignore_index(ignore_index)
     if not _is_index_target(input, target):
         raise TypeError(f"target must hold integer class indices here, got dtype {target.dtype}")
     spatial = (input.shape[0], *input.shape[2:])

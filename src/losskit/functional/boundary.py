@@ -84,8 +84,6 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
     check_reduction(reduction, normalizer)
     check_bool("include_background", include_background)
     check_one_of("aggregate", aggregate, AGGREGATES)
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
     probs = probabilities(input, activation)
     prepared = dense_target(input, target, ignore_index=ignore_index, compute_dtype=probs.dtype)
     num_classes = input.shape[1]

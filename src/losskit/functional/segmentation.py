@@ -111,8 +111,6 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     check_one_of("aggregate", aggregate, AGGREGATES)
     _check_sync(sync_stats, aggregate)
     check_one_of("activation", activation, ("softmax", "sigmoid", None))
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
     kernel = _fused_kernel(input, target, activation, soft_label, ce_weight)
     if kernel is not None and not target.is_floating_point():  # read chunk by chunk: no int64 copy
         index, dt = _flat(index_labels(input, target, ignore_index=ignore_index), 1), None
