@@ -12,11 +12,21 @@ Memory, the peak of what one forward+backward pass allocates on top of the calle
   temporaries and the gradient itself.
 The tables of :func:`benchmark` also give each peak beyond the inputs' gradients, the floor
 that every implementation has to allocate.
+
+The tracker sees torch tensors only. What a CPU user sees is the process's resident set, which
+also holds the allocator's cache, NumPy arrays and one-time costs (thread pools, workspaces).
+:func:`rss_growth` measures that: in a fresh interpreter, after the inputs exist, it resets the
+high-water mark (``5`` into ``/proc/self/clear_refs``), runs the step and reads ``VmHWM``.
+``ru_maxrss`` cannot do this: after fork+exec it starts at the parent's size.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +89,55 @@ def cuda_peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     step()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def rss_available() -> bool:
+    """Whether this system can reset and read the resident high-water mark (Linux)."""
+    return os.path.exists("/proc/self/clear_refs")
+
+
+def rss_growth(factory: str, *args: object, threads: int | None = None, warmup: int = 0) -> int:
+    """Growth of the peak resident set while one step runs, measured in a fresh interpreter.
+
+    ``factory`` is ``"module:function"``; in the child, ``function(*args)`` (JSON-able
+    arguments) creates the inputs and returns a zero-argument ``step``. The child then runs
+    ``step`` ``warmup`` times, resets ``VmHWM`` to the current resident set, runs ``step`` once
+    and reports ``VmHWM`` minus the resident set at the reset: the memory the step added as the
+    operating system sees it (allocator caching and temporaries the tensor tracker misses
+    included). With ``warmup=0`` (the default) one-time costs count too, as on a user's first step.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = json.dumps({"factory": factory, "args": list(args), "threads": threads, "warmup": warmup})
+    command = [sys.executable, "-c", "import sys, benchmarks.harness as h; h._rss_child(sys.argv[1])", spec]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=root).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["growth"])
+
+
+def _rss_child(spec_json: str) -> None:
+    import importlib
+
+    spec = json.loads(spec_json)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    module, _, name = spec["factory"].partition(":")
+    with losskit.set_checks(False):
+        step = getattr(importlib.import_module(module), name)(*spec["args"])
+        for _ in range(spec["warmup"]):
+            step()
+        baseline = _status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # VmHWM := the current resident set
+        step()
+        peak = _status_bytes("VmHWM")
+    print(json.dumps({"growth": max(peak - baseline, 0)}))
 
 
 def compare(

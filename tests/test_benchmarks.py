@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks import bench_boxes, bench_cross_entropy, bench_focal
-from benchmarks.harness import cpu_peak_bytes
+from benchmarks.harness import cpu_peak_bytes, rss_growth
 
 
 def test_cpu_peak_counts_new_tensors_but_not_views_or_inputs():
@@ -28,3 +28,18 @@ def test_benchmark_scripts_run():
     assert "torch.nn.functional" in ce and "value checks on" in ce
     boxes = bench_boxes.main(["--sizes", "2000", "--rounds", "1"])
     assert "reference (eager formula)" in boxes
+
+
+def allocate_megabytes(megabytes):
+    """A step for rss_growth: allocate and touch ``megabytes`` MB, keep it alive until the step ends."""
+
+    def step():
+        block = torch.ones(megabytes * 2**20 // 4)
+        return block.sum()
+
+    return step
+
+
+def test_rss_growth_sees_a_step_allocation_and_not_the_inputs():
+    growth = rss_growth("tests.test_benchmarks:allocate_megabytes", 64)
+    assert 60 * 2**20 <= growth <= 90 * 2**20  # the 64 MB block, plus a little for the interpreter
