@@ -1,15 +1,21 @@
 """Composite losses: algebra, the spec grammar, components, schedules, progress, configs, learned weighting."""
 
 import math
+import sys
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 from torch import nn
 
 import losskit
 from losskit import nn as lnn
+from losskit._core.registry import MAX_CONFIG_NESTING, register_class
 from losskit.compose import (
+    MAX_SPEC_LENGTH,
+    MAX_SPEC_NESTING,
     CompositeLoss,
     CompositeResult,
     Constant,
@@ -422,11 +428,11 @@ def test_list_and_single_loss_forms():
     assert names_weights(listed) == [("dice", 0.5), ("cross_entropy", 1.0), ("h", 3.0)]
     assert names_weights(losskit.build({"name": "focal", "gamma": 1.0})) == [("sigmoid_focal", 1.0)]
     assert names_weights(losskit.build({"terms": "0.5*mse + l1"})) == [("mse", 0.5), ("l1", 1.0)]
-    with pytest.raises(ValueError, match="unknown term keys \\['wieght'\\]"):
+    with pytest.raises(ValueError, match="terms\\[0\\] has unknown keys \\['wieght'\\]"):
         losskit.build([{"loss": "mse", "wieght": 2}])
-    with pytest.raises(ValueError, match="unknown composite keys"):
+    with pytest.raises(ValueError, match="the composite config has unknown keys \\['weigthing'\\]"):
         losskit.build({"terms": ["mse"], "weigthing": "fixed"})
-    with pytest.raises(ValueError, match="losskit class path"):
+    with pytest.raises(ValueError, match="must name a registered loss, penalty or criterion class, got 'os.system'"):
         losskit.build([{"loss": {"class": "os.system"}}])
     with pytest.raises(ValueError, match="invalid TOML"):
         losskit.build("[[terms]\nname = 1")
@@ -439,6 +445,7 @@ def test_toml_none_key_is_reserved():
         to_toml(CompositeLoss(Term(_NoneOption(), name="b")))
 
 
+@register_class
 class _NoneOption(nn.Module):
     """A loss whose config has a key named 'none' (not writable as TOML)."""
 
@@ -447,9 +454,6 @@ class _NoneOption(nn.Module):
 
     def forward(self, x, y):
         return x.sum()
-
-
-_NoneOption.__module__ = "losskit.testing"
 
 
 # --- learned uncertainty weighting ----------------------------------------------------------------
@@ -546,3 +550,188 @@ def test_documented_toml_is_what_to_toml_writes():
     text = (DOCS / "compose.md").read_text()
     documented = text.split("```toml\n", 1)[1].split("```", 1)[0]
     assert losskit.build("0.5*dice + linear(0.8, 0.1)*focal(alpha=None)").to_toml() == documented
+
+
+# --- specs and configs from outside: bounded, parsed, never run ---------------------------------
+
+# A message that quotes input from outside stays this short, whatever the input's size.
+SHORT = 700
+
+
+@pytest.mark.parametrize("spec", [
+    "(" * 400 + "dice" + ")" * 400,
+    "-" * 400 + "dice",
+    "focal(alpha=" + "[" * 400 + "]" * 400 + ")",
+    "dice(weight=" + "-" * 400 + "1)",
+    "warmup(0.1, " * 100 + "1" + ")" * 100 + " * dice",
+])
+def test_deep_nesting_is_a_value_error_with_the_limit(spec):
+    with pytest.raises(ValueError, match=f"nests more than {MAX_SPEC_NESTING} levels deep") as caught:
+        losskit.build(spec)
+    assert len(str(caught.value)) < SHORT
+
+
+def test_nesting_limit_is_exact():
+    inner = "(" * MAX_SPEC_NESTING + "dice" + ")" * MAX_SPEC_NESTING
+    assert names_weights(losskit.build(inner)) == [("dice", 1.0)]
+    assert names_weights(losskit.build("-" * MAX_SPEC_NESTING + "dice")) == [("dice", 1.0)]  # an even count
+    with pytest.raises(ValueError, match="at position 32: the spec nests more than 32 levels"):
+        losskit.build("(" + inner + ")")
+
+
+@pytest.mark.parametrize("spec", ["(" * 5000 + "dice" + ")" * 5000, "-" * 5000 + "dice",
+                                  "focal(alpha=" + "[" * 5000 + "]" * 5000 + ")", "dice+" * 20_000 + "hubr",
+                                  "x" * 100_000])
+def test_long_spec_is_refused_with_a_short_message(spec):
+    with pytest.raises(ValueError, match=f"longer than {MAX_SPEC_LENGTH} characters") as caught:
+        losskit.build(spec)
+    assert len(str(caught.value)) < SHORT
+
+
+def test_messages_quote_a_bounded_excerpt():
+    name = "x" * 4000  # within the length limit: the message shows the part around the position
+    with pytest.raises(ValueError, match=r"at position 5: unknown loss 'xxx.*' \(4000 characters\)") as caught:
+        losskit.build("dice+" + name)
+    assert len(str(caught.value)) < SHORT
+    cases = [
+        lambda: losskit.get({"name": "y" * 100_000}),
+        lambda: losskit.get({"name": "dice", "activation": "z" * 100_000})(torch.zeros(1, 2, 3),
+                                                                          torch.zeros(1, 3, dtype=torch.long)),
+        lambda: losskit.get({str(i): 1 for i in range(100_000)}),
+        lambda: losskit.build({"terms": ["mse"], **{f"k{i}": 1 for i in range(100_000)}}),
+        lambda: losskit.build([{"loss": "mse", "weight": {"schedule": "q" * 100_000}}]),
+        lambda: losskit.build("dice(" + "o" * 4000 + "=1)"),
+    ]
+    for case in cases:
+        with pytest.raises((TypeError, ValueError)) as caught:
+            case()
+        assert len(str(caught.value)) < SHORT, str(caught.value)[:200]
+
+
+def _nested(depth, leaf, wrap):
+    value = leaf
+    for _ in range(depth):
+        value = wrap(value)
+    return value
+
+
+@pytest.mark.parametrize("config", [
+    _nested(3000, "mse", lambda v: {"terms": [v]}),
+    [{"loss": "mse", "weight": _nested(3000, 1.0, lambda v: {"schedule": "warmup", "until": 0.5, "then": v})}],
+    [{"loss": {"name": "ce", "weight": _nested(3000, 1.0, lambda v: [v])}}],
+])
+def test_deep_configs_are_refused_before_recursing(config):
+    with pytest.raises(ValueError, match=f"more than {MAX_CONFIG_NESTING} levels deep"):
+        losskit.build(config)
+
+
+def test_deep_toml_is_refused_before_parsing():
+    with pytest.raises(ValueError, match=f"more than {MAX_CONFIG_NESTING} levels deep"):
+        losskit.build("weighting = 'fixed'\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    # brackets inside strings and comments are not structure
+    text = ('[[terms]]  # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nloss = { name = "mse" }\n'
+            'input_key = "' + "[{" * 40 + '"\ntarget_key = \'\'\'' + "[" * 40 + "\'\'\'\n")
+    term = losskit.build(text).terms[0]
+    assert term.input_key == "[{" * 40 and term.target_key == "[" * 40
+
+
+@pytest.mark.parametrize("form", ["list", "composite", "toml", "get"])
+@pytest.mark.parametrize("path", ["losskit.arena.plots.plot_losses", "losskit.__main__.main", "os.system",
+                                  "losskit.compose.build", "losskit.detection.yolo.one_to_many_weight"])
+def test_config_class_names_only_registered_classes(form, path, tmp_path):
+    """A config's "class" is looked up in the registry's allowlist: nothing is imported or called
+    by name (the plot would write a file; importing losskit.__main__ would run the command line)."""
+    target = tmp_path / "written.png"
+    loss = {"class": path, "names": ["mse"], "out": str(target)}
+    build = {"list": lambda: losskit.build([{"loss": loss}]),
+             "composite": lambda: losskit.build({"terms": [{"loss": loss, "weight": 2}]}),
+             "toml": lambda: losskit.build(f'[[terms]]\nloss = {{ class = "{path}", names = ["mse"], '
+                                           f'out = "{target.as_posix()}" }}\n'),
+             "get": lambda: losskit.get(loss)}[form]
+    main_loaded = "losskit.__main__" in sys.modules
+    with pytest.raises(ValueError, match=f"must name a registered loss, penalty or criterion class, got '{path}'"):
+        build()
+    assert not target.exists()
+    assert ("losskit.__main__" in sys.modules) == main_loaded
+
+
+def test_config_class_builds_registered_classes():
+    assert repr(losskit.get({"class": "losskit.nn.HuberLoss", "delta": 2.0})) == "HuberLoss(delta=2.0)"
+    yolo = losskit.get({"class": "losskit.detection.yolo.YOLOLoss", "num_classes": 3, "reg_max": 1})
+    assert isinstance(yolo, YOLOLoss) and yolo.reg_max == 1
+    net = nn.Linear(2, 1)
+    built = losskit.build([{"loss": {"class": "losskit.regularization.L2Penalty"}, "weight": 1e-4}], model=net)
+    assert built.get_config()["terms"][0]["loss"] == {"name": "l2_penalty"}
+    with pytest.raises(ValueError, match="L2Penalty reads a model's parameters"):
+        losskit.get({"class": "losskit.regularization.L2Penalty"})
+    with pytest.raises(ValueError, match="has both 'name' and 'class'"):
+        losskit.get({"name": "dice", "class": "losskit.nn.DiceLoss"})
+
+
+def test_penalty_type_filters_import_nothing():
+    net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    main_loaded = "losskit.__main__" in sys.modules
+    with pytest.raises(ValueError, match="names no nn.Module class of an imported module"):
+        losskit.build("ce + 1e-4*l2_penalty(exclude=['type:losskit.__main__.main'])", model=net)
+    with pytest.raises(ValueError, match="names no nn.Module class"):
+        losskit.build([{"loss": {"name": "l2_penalty", "include": ["type:os.system"]}}], model=net)
+    assert ("losskit.__main__" in sys.modules) == main_loaded
+    penalty = losskit.build("l2_penalty(include=['type:torch.nn.LayerNorm'], exclude_defaults=False)", model=net)
+    assert penalty.terms[0].loss.get_config()["include"] == ["type:torch.nn.LayerNorm"]
+
+
+@pytest.mark.parametrize(("make", "error", "message"), [
+    (lambda: losskit.get({"name": 3}), TypeError, r"the config's 'name': a loss name must be a string .*got int 3"),
+    (lambda: losskit.get({"name": None}), TypeError, "'name': a loss name must be a string"),
+    (lambda: losskit.build({"name": ["dice"]}), TypeError, "'name': a loss name must be a string"),
+    (lambda: losskit.build([{"loss": {"name": 3}}]), TypeError, r"terms\[0\]\.loss\.name: a loss name must be"),
+    (lambda: losskit.get({"name": "mse", 1: 2}), TypeError, "option names must be strings, got 1"),
+    (lambda: losskit.get({"gamma": 2}), ValueError, r"needs a 'name' key .* got keys \['gamma'\]"),
+    (lambda: losskit.build({"terms": 3}), TypeError, "terms must be a list of terms"),
+    (lambda: losskit.build([3]), TypeError, r"terms\[0\] must be a spec string, a term dict or a loss config"),
+    (lambda: losskit.build([{"loss": 3}]), TypeError, r"terms\[0\]\.loss must be a loss name"),
+    (lambda: losskit.build([{"loss": {"name": "dice", "activaton": "softmax"}}]), TypeError,
+     r"terms\[0\]\.loss: DiceLoss got an unexpected option 'activaton'; did you mean 'activation'"),
+    (lambda: losskit.build([{"loss": {"class": "losskit.detection.yolo.YOLOLoss", "num_classes": 3, "box": "big"}}]),
+     TypeError, r"terms\[0\]\.loss: box must be a number, got str"),
+    (lambda: losskit.build([{"loss": "mse", "weight": {"schedule": ["linear"]}}]), ValueError,
+     r"terms\[0\]\.weight: unknown schedule \['linear'\]"),
+    (lambda: losskit.build([{"loss": "mse", "weight": {"schedule": "step", "values": 3, "boundaries": []}}]),
+     TypeError, r"terms\[0\]\.weight: schedule 'step': values must be a list, got int"),
+    (lambda: losskit.build([{"loss": "mse", "weight": {"schedule": "linear", "start": 1, "end": 0, "stop": 1}}]),
+     TypeError, "schedule 'linear' has no option 'stop'; its options are start, end, begin, until"),
+    (lambda: losskit.build([{"loss": "mse", "weight": "heavy"}]), ValueError,
+     r"terms\[0\]\.weight: a weight must be a number or a schedule config"),
+    (lambda: losskit.build([{"loss": "mse", "name": 3}]), ValueError, r"terms\[0\]: a term name must be"),
+    (lambda: losskit.build({"terms": ["mse"], "weighting": 3}), ValueError,
+     r"the composite config: weighting must be one of"),
+    (lambda: losskit.build("[[terms]]\nloss = { name = 'focal', none = 3 }\n"), TypeError,
+     "'none' key lists the options set to None, so it must be a list of names"),
+])
+def test_malformed_configs_name_the_key(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+_KEYS = st.sampled_from(["name", "class", "terms", "loss", "weight", "schedule", "values", "boundaries", "then",
+                         "factors", "until", "start", "end", "input_key", "weighting", "total_steps", "gamma",
+                         "none", "delta", "reduction", "x"])
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
+                    st.sampled_from(["mse", "dice", "linear", "step", "warmup", "fixed", "uncertainty", "0.5*ce",
+                                     "losskit.nn.HuberLoss", "mean", "(", "l2_penalty"]))
+_CONFIGS = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner,
+                                                                                                   max_size=4),
+                        max_leaves=12)
+
+
+@settings(max_examples=150)
+@given(config=_CONFIGS)
+def test_any_malformed_config_gives_a_clear_error(config):
+    """Whatever the shape of a config, build either works or raises ValueError or TypeError
+    (never AttributeError, KeyError, IndexError or RecursionError), with a short message."""
+    if isinstance(config, str) or config is None or isinstance(config, (bool, int, float)):
+        config = {"terms": [config]}
+    try:
+        losskit.build(config, model=nn.Linear(2, 1))
+    except (TypeError, ValueError) as error:
+        assert len(str(error)) < SHORT

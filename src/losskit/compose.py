@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +40,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from losskit._core.checks import check_number, check_one_of, did_you_mean
+from losskit._core import registry
+from losskit._core.checks import check_number, check_one_of, clip, did_you_mean, excerpt
 
 __all__ = [
     "CompositeLoss",
@@ -71,6 +72,11 @@ UNCERTAINTY_FORMS: dict[str, tuple[float, float]] = {
     "regression": (0.5, 0.5),
     "classification": (1.0, 0.5),
 }
+# Specs and configs come from outside (command lines, files): they are parsed with bounded depth
+# and length, so that no input reaches Python's recursion limit or makes a megabyte message.
+MAX_SPEC_LENGTH = 4096  # characters of a spec string
+MAX_SPEC_NESTING = 32  # parentheses, brackets, signs and schedule calls inside each other
+MAX_TOML_LENGTH = 1_000_000  # characters of TOML text
 
 
 # --- schedules ----------------------------------------------------------------------------------
@@ -338,18 +344,26 @@ def schedule_from_config(config: Mapping[str, Any] | Schedule | float) -> Schedu
     if isinstance(config, (int, float)) and not isinstance(config, bool):
         return float(config)
     if not isinstance(config, Mapping) or "schedule" not in config:
-        raise ValueError(f"a weight must be a number or a schedule config with a 'schedule' key, got {config!r}")
+        raise ValueError(f"a weight must be a number or a schedule config with a 'schedule' key, got "
+                         f"{excerpt(config)}")
+    registry.check_nesting(config, "a schedule config")
     kind = config["schedule"]
-    if kind not in _SCHEDULE_CLASSES:
-        raise ValueError(f"unknown schedule {kind!r}{did_you_mean(str(kind), list(_SCHEDULE_CLASSES))}")
+    if not isinstance(kind, str) or kind not in _SCHEDULE_CLASSES:
+        hint = did_you_mean(kind, list(_SCHEDULE_CLASSES)) if isinstance(kind, str) else ""
+        raise ValueError(f"unknown schedule {excerpt(kind)}{hint}; schedules are {', '.join(_SCHEDULE_CLASSES)}")
+    cls = _SCHEDULE_CLASSES[kind]
+    fields = [f.name for f in dataclasses.fields(cls)]
     options = {k: v for k, v in config.items() if k != "schedule"}
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        raise TypeError(f"schedule {kind!r} has no option {excerpt(unknown[0])}; its options are "
+                        f"{', '.join(fields)}")
     for key in ("values", "boundaries", "factors"):
         if key in options:
+            if not isinstance(options[key], (list, tuple)):
+                raise TypeError(f"schedule {kind!r}: {key} must be a list, got {type(options[key]).__name__}")
             options[key] = tuple(options[key])
-    try:
-        return _SCHEDULE_CLASSES[kind](**options)
-    except TypeError as error:
-        raise TypeError(f"schedule {kind!r}: {error}") from None
+    return cls(**options)
 
 
 # --- the result ---------------------------------------------------------------------------------
@@ -467,7 +481,8 @@ class Term(LossAlgebra, nn.Module):
         self.weight = _check_weight(weight)
         name = _default_name(loss) if name is None else name
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"a term name must be letters, digits and '_' (not starting with a digit), got {name!r}")
+            raise ValueError("a term name must be letters, digits and '_' (not starting with a digit), got "
+                             f"{excerpt(name)}")
         self.name = name
         for key_name, key in (("input_key", input_key), ("target_key", target_key)):
             if key is not None and not isinstance(key, str):
@@ -607,7 +622,7 @@ class CompositeLoss(LossAlgebra, nn.Module):
         check_one_of("uncertainty_form", uncertainty_form, tuple(UNCERTAINTY_FORMS))
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
                                         or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive integer or None, got {total_steps!r}")
+            raise ValueError(f"total_steps must be a positive integer or None, got {excerpt(total_steps)}")
         self.weighting, self.uncertainty_form, self.total_steps = weighting, uncertainty_form, total_steps
         collected = _collect_terms(terms)
         if not collected:
@@ -790,7 +805,7 @@ def _add(a: object, b: object):
     return CompositeLoss([left, right], total_steps=steps)
 
 
-# --- configs ------------------------------------------------------------------------------------
+# --- configs ---------------------------------------------------------------------------------------
 
 
 def _loss_config(loss: nn.Module, term: str) -> dict[str, Any]:
@@ -800,71 +815,100 @@ def _loss_config(loss: nn.Module, term: str) -> dict[str, Any]:
         return loss.get_config()
     get_config = getattr(loss, "get_config", None)
     cls = type(loss)
-    if callable(get_config) and cls.__module__.startswith("losskit."):
-        return {"class": f"{cls.__module__}.{cls.__qualname__}", **get_config()}
-    raise TypeError(f"term {term!r} holds a {cls.__module__}.{cls.__qualname__}, which has no losskit config; "
-                    "use a registered loss or a losskit module with get_config()")
+    path = registry.registered_class_path(cls)
+    if callable(get_config) and path is not None:
+        return {"class": path, **get_config()}
+    raise TypeError(f"term {term!r} holds a {registry.class_path(cls)}, which has no losskit config; use a "
+                    "registered loss, or a module with get_config() registered with "
+                    "losskit._core.registry.register_class")
 
 
-def _build_loss(config: Any, model: nn.Module | None) -> nn.Module:
+@contextmanager
+def _config_errors(where: str) -> Iterator[None]:
+    """Errors raised while building the part of a config at ``where`` (``"terms[1].loss"``) start
+    with it, and stay short."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if not message.startswith(where):
+            message = f"{where}: {message}"
+        raise (ValueError if isinstance(error, ValueError) else TypeError)(clip(message)) from None
+
+
+def _build_loss(config: Any, model: nn.Module | None, where: str) -> nn.Module:
     if isinstance(config, nn.Module):
         return config
     if isinstance(config, str):
-        terms = _Parser(config, model).parse()
-        if len(terms) != 1 or terms[0][0] != 1.0:
-            raise ValueError(f"a term's loss must be one loss without a weight, got {config!r}")
+        with _config_errors(where):
+            terms = _Parser(config, model).parse()
+            if len(terms) != 1 or terms[0][0] != 1.0:
+                raise ValueError(f"a term's loss must be one loss without a weight, got {excerpt(config)}")
         return terms[0][1]
     if not isinstance(config, Mapping):
-        raise TypeError(f"a loss config must be a name or a dict, got {type(config).__name__}")
+        raise TypeError(f"{where or 'a loss'} must be a loss name, a spec string or a config dict, got "
+                        f"{type(config).__name__}")
     if "terms" in config:
-        return _composite_from_config(config, model)
-    if "class" in config:
-        path = config["class"]
-        if not isinstance(path, str) or not path.startswith("losskit."):
-            raise ValueError(f"a loss 'class' must be a losskit class path, got {path!r}")
-        module_name, _, cls_name = path.rpartition(".")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-        return cls(**{k: v for k, v in config.items() if k != "class"})
-    if "name" not in config:
-        raise ValueError(f"a loss config needs a 'name' key, got keys {sorted(config)}")
-    penalty = _penalty_class(config["name"])
-    options = {k: v for k, v in config.items() if k != "name"}
+        return _composite_from_config(config, model, where)
+    penalty = _penalty_class(config.get("name"))
     if penalty is not None:
-        return _make_penalty(penalty, options, model, str(config["name"]))
-    from losskit._core.registry import get
+        with _config_errors(where):
+            options = {k: v for k, v in config.items() if k != "name"}
+            return _make_penalty(penalty, options, model, str(config["name"]))
+    return registry.from_config(config, where, model=model)
 
-    return get(config)
+
+_TERM_KEYS = ("loss", "weight", "name", "input_key", "target_key")
 
 
-def _term_from_config(item: Any, model: nn.Module | None) -> list[Term]:
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _term_from_config(item: Any, model: nn.Module | None, where: str) -> list[Term]:
     if isinstance(item, str):
-        return list(_as_composite_from_spec(item, model).terms)
+        with _config_errors(where):
+            return list(_as_composite_from_spec(item, model).terms)
     if isinstance(item, (Term, nn.Module)):
         return _collect_terms(item)
     if not isinstance(item, Mapping):
-        raise TypeError(f"a term must be a spec string, a term dict or a loss config, got {type(item).__name__}")
+        raise TypeError(f"{where or 'a term'} must be a spec string, a term dict or a loss config, got "
+                        f"{type(item).__name__}")
     if "loss" not in item:  # a bare loss config: weight 1
-        return [Term(_build_loss(item, model))]
-    unknown = set(item) - {"loss", "weight", "name", "input_key", "target_key"}
+        return [Term(_build_loss(item, model, where))]
+    unknown = [str(k) for k in item if k not in _TERM_KEYS]
     if unknown:
-        raise ValueError(f"unknown term keys {sorted(unknown)}; a term has loss, weight, name, input_key, target_key")
-    loss = _build_loss(item["loss"], model)
-    return [Term(loss, schedule_from_config(item.get("weight", 1.0)), item.get("name"),
-                 input_key=item.get("input_key"), target_key=item.get("target_key"))]
+        raise ValueError(f"{where or 'the term'} has unknown keys {excerpt(sorted(unknown), 200)}; a term has "
+                         f"{', '.join(_TERM_KEYS)}")
+    loss = _build_loss(item["loss"], model, _at(where, "loss"))
+    with _config_errors(_at(where, "weight")):
+        weight = schedule_from_config(item.get("weight", 1.0))
+    with _config_errors(where):
+        return [Term(loss, weight, item.get("name"), input_key=item.get("input_key"),
+                     target_key=item.get("target_key"))]
 
 
-def _composite_from_config(config: Mapping[str, Any], model: nn.Module | None) -> CompositeLoss:
-    unknown = set(config) - {"terms", "weighting", "uncertainty_form", "total_steps"}
+_COMPOSITE_KEYS = ("terms", "weighting", "uncertainty_form", "total_steps")
+
+
+def _composite_from_config(config: Mapping[str, Any], model: nn.Module | None, where: str = "") -> CompositeLoss:
+    registry.check_nesting(config, where or "the config")
+    unknown = [str(k) for k in config if k not in _COMPOSITE_KEYS]
     if unknown:
-        raise ValueError(f"unknown composite keys {sorted(unknown)}; a composite config has terms, weighting, "
-                         "uncertainty_form, total_steps")
+        raise ValueError(f"{where or 'the composite config'} has unknown keys {excerpt(sorted(unknown), 200)}; a "
+                         f"composite config has {', '.join(_COMPOSITE_KEYS)}")
     terms = config["terms"]
     if isinstance(terms, (str, Mapping)):
         terms = [terms]
-    collected = [t for item in terms for t in _term_from_config(item, model)]
-    return CompositeLoss(collected, weighting=config.get("weighting", "fixed"),
-                         uncertainty_form=config.get("uncertainty_form", "plain"),
-                         total_steps=config.get("total_steps"))
+    if not isinstance(terms, (list, tuple)):
+        raise TypeError(f"{_at(where, 'terms')} must be a list of terms (spec strings, term dicts or loss configs), "
+                        f"got {type(terms).__name__}")
+    collected = [t for i, item in enumerate(terms)
+                 for t in _term_from_config(item, model, f"{_at(where, 'terms')}[{i}]")]
+    with _config_errors(where or "the composite config"):
+        return CompositeLoss(collected, weighting=config.get("weighting", "fixed"),
+                             uncertainty_form=config.get("uncertainty_form", "plain"),
+                             total_steps=config.get("total_steps"))
 
 
 def _as_composite_from_spec(spec: str, model: nn.Module | None) -> CompositeLoss:
@@ -916,7 +960,8 @@ def build(spec: Any, *, model: nn.Module | None = None) -> CompositeLoss:
     if isinstance(spec, Mapping):
         if "terms" in spec:
             return _composite_from_config(spec, model)
-        return CompositeLoss(_term_from_config(spec, model))
+        registry.check_nesting(spec)
+        return CompositeLoss(_term_from_config(spec, model, ""))
     if isinstance(spec, (list, tuple)):
         return _composite_from_config({"terms": list(spec)}, model)
     if isinstance(spec, nn.Module):
@@ -967,7 +1012,11 @@ def _none_to_list(table: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _list_to_none(value: Any) -> Any:
     if isinstance(value, Mapping):
         out = {k: _list_to_none(v) for k, v in value.items() if k != "none"}
-        for key in value.get("none", []):
+        nones = value.get("none", [])
+        if not isinstance(nones, list) or not all(isinstance(k, str) for k in nones):
+            raise TypeError(f"a table's 'none' key lists the options set to None, so it must be a list of names, "
+                            f"got {excerpt(nones)}")
+        for key in nones:
             out[key] = None
         return out
     if isinstance(value, list):
@@ -1007,7 +1056,48 @@ def to_toml(composite: CompositeLoss) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _toml_nesting(text: str) -> int:
+    """How deeply arrays and inline tables nest in TOML text: brackets and braces outside strings
+    and comments (a TOML parser recurses once per level)."""
+    depth = deepest = i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "#":
+            i = text.find("\n", i)
+            if i < 0:
+                break
+        elif char in "\"'":
+            quote = char * 3 if text.startswith(char * 3, i) else char
+            end = i + len(quote)
+            while True:
+                end = text.find(quote, end)
+                if end < 0:
+                    return deepest  # an unclosed string: the parser reports it
+                escapes = 0
+                while char == '"' and text[end - 1 - escapes] == "\\":
+                    escapes += 1
+                if escapes % 2 == 0:
+                    break
+                end += 1
+            i = end + len(quote)
+            while len(quote) == 3 and i < len(text) and text[i] == char:  # up to two quotes end a multi-line string
+                i += 1
+            continue
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+        i += 1
+    return deepest
+
+
 def _load_toml(text: str) -> dict[str, Any]:
+    if len(text) > MAX_TOML_LENGTH:
+        raise ValueError(f"the TOML composite config is {len(text)} characters long; the limit is {MAX_TOML_LENGTH}")
+    if _toml_nesting(text) > registry.MAX_CONFIG_NESTING:
+        raise ValueError(f"the TOML composite config nests arrays and tables more than {registry.MAX_CONFIG_NESTING} "
+                         "levels deep")
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -1018,7 +1108,7 @@ def _load_toml(text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"invalid TOML composite config: {error}") from None
+        raise ValueError(f"invalid TOML composite config: {clip(str(error))}") from None
 
 
 def from_toml(text: str, *, model: nn.Module | None = None) -> CompositeLoss:
@@ -1051,13 +1141,28 @@ def _make_penalty(cls: Any, options: dict[str, Any], model: nn.Module | None, na
     return cls(model, **options)
 
 
+def _spec_excerpt(spec: str, pos: int, width: int = 60) -> str:
+    """The spec, or for a long one the part around ``pos``, quoted."""
+    if len(spec) <= width:
+        return repr(spec)
+    start = max(0, min(pos - width // 2, len(spec) - width))
+    end = start + width
+    part = ("…" if start else "") + spec[start:end] + ("…" if end < len(spec) else "")
+    return f"{part!r} (part of a {len(spec)}-character spec)"
+
+
 class _Parser:
     """Recursive descent over the grammar in ``docs/compose.md``; values are either a scalar
-    (number or schedule) or a list of ``(weight, loss, name)`` terms."""
+    (number or schedule) or a list of ``(weight, loss, name)`` terms. The length is checked first,
+    and the nesting before each level, so no spec reaches Python's recursion limit."""
 
     def __init__(self, spec: str, model: nn.Module | None) -> None:
         self.spec, self.model = spec, model
         self.tokens: list[tuple[str, str, int]] = []
+        self.depth = 0
+        if len(spec) > MAX_SPEC_LENGTH:
+            raise ValueError(f"the spec {_spec_excerpt(spec, 0)} is longer than {MAX_SPEC_LENGTH} characters; build "
+                             "a long composite from a config (a list of terms or TOML)")
         pos = 0
         while pos < len(spec):
             match = _TOKEN.match(spec, pos)
@@ -1071,7 +1176,19 @@ class _Parser:
 
     def fail(self, message: str, pos: int | None = None, error: type[Exception] = ValueError):
         pos = self.tokens[self.i][2] if pos is None else pos
-        raise error(f"in {self.spec!r} at position {pos}: {message}")
+        raise error(f"in {_spec_excerpt(self.spec, pos)} at position {pos}: {clip(message)}")
+
+    @contextmanager
+    def nested(self, pos: int) -> Iterator[None]:
+        """One level deeper (a parenthesis, bracket, sign or schedule call), within the limit."""
+        if self.depth >= MAX_SPEC_NESTING:
+            self.fail(f"the spec nests more than {MAX_SPEC_NESTING} levels deep (parentheses, brackets, signs and "
+                      "schedule calls count)", pos)
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def peek(self) -> tuple[str, str, int]:
         return self.tokens[self.i]
@@ -1089,7 +1206,7 @@ class _Parser:
 
     def describe(self) -> str:
         kind, text, _ = self.peek()
-        return "the end" if kind == "end" else repr(text)
+        return "the end" if kind == "end" else excerpt(text)
 
     def parse(self) -> list[tuple[float | Schedule, nn.Module, str]]:
         if self.peek()[0] == "end":
@@ -1141,8 +1258,9 @@ class _Parser:
 
     def unary(self):
         if self.peek()[0] == "op" and self.peek()[1] in ("+", "-"):
-            sign = -1.0 if self.take()[1] == "-" else 1.0
-            value = self.unary()
+            with self.nested(self.peek()[2]):
+                sign = -1.0 if self.take()[1] == "-" else 1.0
+                value = self.unary()
             return self.scale(value, sign) if isinstance(value, list) else _times(value, sign)
         return self.primary()
 
@@ -1152,15 +1270,19 @@ class _Parser:
             self.take()
             return float(text)
         if kind == "op" and text == "(":
-            self.take()
-            value = self.expr()
-            self.expect(")")
+            with self.nested(pos):
+                self.take()
+                value = self.expr()
+                self.expect(")")
             return value
         if kind == "name":
             if text in _CONSTANTS:
                 self.fail(f"{text} is not a loss or a weight")
             self.take()
-            args, kwargs = self.call_args() if self.peek()[1] == "(" else ([], {})
+            args, kwargs = [], {}
+            if self.peek()[1] == "(":
+                with self.nested(pos):
+                    args, kwargs = self.call_args()
             if text in SCHEDULES:
                 return self.schedule(text, args, kwargs, pos)
             return [self.loss(text, args, kwargs, pos)]
@@ -1191,6 +1313,10 @@ class _Parser:
 
     def value(self) -> Any:
         kind, text, pos = self.peek()
+        with self.nested(pos):
+            return self._value(kind, text, pos)
+
+    def _value(self, kind: str, text: str, pos: int) -> Any:
         if kind == "op" and text in ("-", "+"):
             self.take()
             inner = self.value()
@@ -1229,11 +1355,9 @@ class _Parser:
         try:
             return SCHEDULES[name](*args, **kwargs)
         except (TypeError, ValueError) as error:
-            self.fail(f"{name}(...): {error}", pos, type(error))
+            self.fail(f"{name}(...): {error}", pos, ValueError if isinstance(error, ValueError) else TypeError)
 
     def loss(self, name: str, args: list[Any], kwargs: dict[str, Any], pos: int) -> tuple[float, nn.Module, str]:
-        from losskit._core import registry
-
         penalty = _penalty_class(name)
         key = name.lower()
         if penalty is None and key not in registry._LOOKUP and not (
@@ -1242,7 +1366,7 @@ class _Parser:
 
             hint = did_you_mean(key, list(registry._LOOKUP) + list(PENALTIES)) or did_you_mean(
                 key, list(SCHEDULES))
-            self.fail(f"unknown loss {name!r}{hint}", pos)
+            self.fail(f"unknown loss {excerpt(name)}{hint}", pos)
         if args:
             self.fail(f"options of {name} must be named: {name}(option=value)", pos)
         try:
@@ -1251,7 +1375,5 @@ class _Parser:
                 return 1.0, module, module.penalty_name
             module = registry.get(name, **kwargs)
         except (TypeError, ValueError) as error:
-            if str(error).startswith(f"in {self.spec!r}"):
-                raise
-            self.fail(str(error), pos, type(error))
+            self.fail(str(error), pos, ValueError if isinstance(error, ValueError) else TypeError)
         return 1.0, module, module.registered_name

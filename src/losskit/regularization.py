@@ -28,15 +28,16 @@ difference between an L2 penalty in the loss and AdamW's weight decay.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from losskit._core.checks import check_bool, check_number
+from losskit._core.checks import check_bool, check_number, excerpt
+from losskit._core.registry import register_class
 from losskit.compose import LossAlgebra
 
 __all__ = [
@@ -73,8 +74,7 @@ def _compile(filters: Iterable[Filter] | Filter | None, what: str) -> list[Filte
         if isinstance(f, str) and f.startswith("re:"):
             f = re.compile(f[3:])
         elif isinstance(f, str) and f.startswith("type:"):
-            module_name, _, cls_name = f[5:].rpartition(".")
-            f = getattr(importlib.import_module(module_name), cls_name)
+            f = _loaded_class(f[5:], what)
         if isinstance(f, type) and not issubclass(f, nn.Module):
             raise TypeError(f"{what}: a type filter must be an nn.Module class, got {f.__name__}")
         if not isinstance(f, (str, re.Pattern, type)):
@@ -82,6 +82,18 @@ def _compile(filters: Iterable[Filter] | Filter | None, what: str) -> list[Filte
                             f"got {type(f).__name__}")
         out.append(f)
     return out
+
+
+def _loaded_class(path: str, what: str) -> type:
+    """The class ``module.Class`` of a ``"type:"`` filter, looked up among the modules already
+    imported (configs come from outside: nothing is imported or called by name)."""
+    module_name, _, cls_name = path.rpartition(".")
+    namespace = getattr(sys.modules.get(module_name), "__dict__", {})
+    cls = namespace.get(cls_name)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{what}: the type filter {excerpt('type:' + path)} names no nn.Module class of an imported "
+                         "module (filters never import: import the module that defines the class first)")
+    return cls
 
 
 def _matches(filters: list[Filter], name: str, module: nn.Module) -> bool:
@@ -357,3 +369,5 @@ PENALTIES: dict[str, type[_Penalty]] = {
     "elastic_net_penalty": ElasticNetPenalty,
     "elastic_net": ElasticNetPenalty,
 }
+for _cls in (L1Penalty, L2Penalty, ElasticNetPenalty):
+    register_class(_cls)  # configs may name them by class path too

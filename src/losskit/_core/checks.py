@@ -62,6 +62,30 @@ def did_you_mean(name: str, choices: Sequence[str], n: int = 3) -> str:
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def excerpt(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut in the middle when longer than ``limit`` characters, so that a message
+    quoting a value from outside (a spec string, a config key) stays short.
+
+    Examples:
+        >>> excerpt("dice")
+        "'dice'"
+        >>> excerpt("x" * 1000, limit=20)
+        "'xxxxxxx…xxxxxxx' (1000 characters)"
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    half = max((limit - 4) // 2, 1)
+    size = f" ({len(value)} characters)" if isinstance(value, str) else f" ({len(text)} characters as text)"
+    return f"{text[:half]}…{text[-half:]}{size}"
+
+
+def clip(message: str, limit: int = 400) -> str:
+    """A message cut to about ``limit`` characters (its start kept), for errors passed on from a
+    place that may have quoted a long value."""
+    return message if len(message) <= limit else f"{message[:limit]}… (cut from {len(message)} characters)"
+
+
 def checks_enabled() -> bool:
     """Whether value checks run (they never run while ``torch.compile`` traces)."""
     return _value_checks_enabled and not torch.compiler.is_compiling()
@@ -140,7 +164,7 @@ def check_ignore_index(ignore_index: object) -> None:
 
 def check_one_of(name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {excerpt(value)}")
 
 
 def check_class_vector(name: str, x: Tensor, num_classes: int) -> None:

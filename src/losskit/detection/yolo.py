@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from losskit._core.checks import check_bool, check_number, check_one_of, checks_enabled
+from losskit._core.registry import register_class
 from losskit.boxes import IOU_KINDS, box_convert, box_to_distance, distance_to_box, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid, dfl_decode
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
@@ -339,6 +340,7 @@ def _cls_term(loss: YOLOLoss, levels: _Levels, fg: _Foreground) -> Tensor:
 # --- the module ---------------------------------------------------------------------------------
 
 
+@register_class  # configs may build it: {"class": "losskit.detection.yolo.YOLOLoss", ...}
 class YOLOLoss(nn.Module):
     r"""YOLOv8 / YOLO11 / YOLO26 detection loss: task-aligned assignment, then CIoU, DFL (or L1) and BCE.
 
