@@ -26,6 +26,7 @@ from losskit.arena.report import (  # noqa: E402
     print_results,
     results_table,
     run_dirs,
+    run_folder,
     safe_name,
     write_report,
 )
@@ -154,9 +155,9 @@ def test_history_csv(report):
     tmp_path = report.parent
     results = make_results()
     folders = run_dirs(results)
-    assert folders == {"ce": "ce", "0.5*dice+0.5*ce": "0.5xdice_plus_0.5xce", "focal<b>": "focal_b",
-                       "tversky": "tversky"}
-    with open(tmp_path / "runs" / "0.5xdice_plus_0.5xce" / "history.csv", newline="") as handle:
+    assert folders == {name: run_folder(name) for name in ("ce", "0.5*dice+0.5*ce", "focal<b>", "tversky")}
+    assert [f.rsplit("-", 1)[0] for f in folders.values()] == ["ce", "0.5xdice_plus_0.5xce", "focal_b", "tversky"]
+    with open(tmp_path / "runs" / folders["0.5*dice+0.5*ce"] / "history.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["epoch", "train_loss", "loss_dice", "loss_ce", "val_dice", "val_sensitivity",
                        "val_precision", "seconds"]
@@ -165,12 +166,12 @@ def test_history_csv(report):
         ["2", "0.5", "0.3", "0.2", "0.5", "0.6", "0.4", "1.0"],
         ["3", "0.45", "0.3", "0.15", "0.6", "0.71", "0.45", "1.0"],
     ]
-    with open(tmp_path / "runs" / "focal_b" / "history.csv", newline="") as handle:
+    with open(tmp_path / "runs" / folders["focal<b>"] / "history.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows == [["epoch", "train_loss", "val_dice", "val_sensitivity", "val_precision", "seconds"],
                     ["1", "2.0", "0.05", "0.9", "0.05", "1.0"],
                     ["2", "nan", "", "", "", "1.0"]]
-    with open(tmp_path / "runs" / "tversky" / "history.csv", newline="") as handle:
+    with open(tmp_path / "runs" / folders["tversky"] / "history.csv", newline="") as handle:
         assert list(csv.reader(handle)) == [["epoch", "train_loss", "seconds"]]
     # Nothing but the three kinds of file, no temporary files left behind.
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
@@ -182,7 +183,16 @@ def test_safe_names_are_unique():
     assert safe_name("../../etc") == "etc"
     assert safe_name("***") == "xxx" and safe_name("///") == "run"
     dirs = run_dirs({"runs": [{"name": "A b"}, {"name": "ab"}, {"name": "Ab"}]})
-    assert dirs == {"A b": "Ab", "ab": "ab-2", "Ab": "Ab-3"}  # unique even on case-insensitive disks
+    assert len({d.lower() for d in dirs.values()}) == 3  # unique even on case-insensitive disks
+    assert all(d.startswith(("Ab-", "ab-")) for d in dirs.values())
+    # Specs that differ only after the first 80 characters (where names used to be cut) differ.
+    head = "0.5*dice(smooth_nr=1.0, smooth_dr=1.0, include_background=False) + 0.5*focal(gamma=2.0, "
+    long = [head + "alpha=0.25)", head + "alpha=0.5)"]
+    assert safe_name(long[0])[:80] == safe_name(long[1])[:80]
+    assert run_folder(long[0]) != run_folder(long[1]) and all(len(run_folder(n)) <= 51 for n in long)
+    # The same name twice (a results file edited by hand) still gets two folders.
+    twice = run_dirs({"runs": [{"name": "ce"}, {"name": "ce", "spec": "ce"}]})
+    assert len(twice) == 1 and list(twice.values()) == [run_folder("ce") + "-2"]
 
 
 def test_correlations_hand_checked():

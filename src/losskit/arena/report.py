@@ -10,13 +10,16 @@ Everything here reads the results dict that the runner produces (and writes as `
      "verdict": str | None}
 
 :func:`write_report` writes ``report.html`` (inline CSS, plots embedded as base64 PNG data URIs,
-every piece of text escaped), ``results.json`` and ``runs/<safe name>/history.csv``, each file
-atomically (a temporary file, then :func:`os.replace`). :func:`results_table` and
-:func:`print_results` give the same table in the terminal with rich. The table shows each run's
-validation metrics at its last epoch, the best value of each column highlighted according to the
-metric's direction (``"max"`` or ``"min"``); final training losses are shown but not ranked, since
-different losses live on different scales. :func:`correlations` gives, per run, the Pearson
-correlation between the training loss and the primary metric over epochs.
+every piece of text escaped), ``results.json`` and ``runs/<run folder>/history.csv`` (the folder
+also holds the run's checkpoints, see :func:`run_folder`), each file atomically (a temporary
+file, then :func:`os.replace`). :func:`results_table` and :func:`print_results` give the same
+table in the terminal with rich. The table shows each run's validation metrics at its last epoch,
+the best value of each column highlighted according to the metric's direction (``"max"`` or
+``"min"``), and why a run failed; final training losses are shown but not ranked, since different
+losses live on different scales. A run's ``components`` are its loss's named parts per epoch (a
+composite's terms, weighted, which sum to the total; a detection loss's box, class and DFL terms).
+:func:`correlations` gives, per run, the Pearson correlation between the training loss and the
+primary metric over epochs.
 
 matplotlib (figures, Agg backend through :class:`matplotlib.figure.Figure`, never a window) and
 rich (terminal table) are imported only when they are needed.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 import json
@@ -44,6 +48,7 @@ __all__ = [
     "print_results",
     "results_table",
     "run_dirs",
+    "run_folder",
     "safe_name",
     "write_report",
 ]
@@ -153,7 +158,8 @@ def safe_name(name: str) -> str:
     """A file-system-safe folder name for a run name or loss spec.
 
     ``*`` becomes ``x``, ``+`` becomes ``_plus_``, spaces go, and anything outside
-    ``[A-Za-z0-9._-]`` becomes ``_``. Not unique by itself: :func:`run_dirs` resolves collisions.
+    ``[A-Za-z0-9._-]`` becomes ``_``; at most 80 characters. Not unique by itself: :func:`run_folder`
+    adds a hash of the whole name.
 
     Examples:
         >>> safe_name("0.5*dice + 0.5*ce")
@@ -167,23 +173,38 @@ def safe_name(name: str) -> str:
     return text or "run"
 
 
-def run_dirs(results: Mapping[str, Any]) -> dict[str, str]:
-    """Run name -> its folder name under ``runs/``: :func:`safe_name`, made unique (ignoring case).
+def run_folder(name: str) -> str:
+    """The folder of a run under ``runs/``: a readable prefix (:func:`safe_name`, at most 40
+    characters) and a hash of the whole name, so that names that differ anywhere, even after the
+    first 40 characters or only in case, get different folders.
 
     Examples:
-        >>> run_dirs({"runs": [{"name": "a*b"}, {"name": "a x b"}, {"name": "ce"}]})
-        {'a*b': 'axb', 'a x b': 'axb-2', 'ce': 'ce'}
+        >>> run_folder("0.5*dice + 0.5*ce")
+        '0.5xdice_plus_0.5xce-36bcec4e3b'
+        >>> run_folder("dice") != run_folder("Dice")
+        True
+    """
+    digest = hashlib.sha256(str(name).encode("utf-8")).hexdigest()[:10]
+    return f"{safe_name(name)[:40].rstrip('._-') or 'run'}-{digest}"
+
+
+def run_dirs(results: Mapping[str, Any]) -> dict[str, str]:
+    """Run name -> its folder name under ``runs/`` (:func:`run_folder`).
+
+    Examples:
+        >>> run_dirs({"runs": [{"name": "a*b"}, {"name": "ce"}]})
+        {'a*b': 'axb-15eb0a7925', 'ce': 'ce-e64c826b6b'}
     """
     names = [_run_name(run, index) for index, run in enumerate(_runs(results))]
     return dict(zip(names, _folders(results), strict=True))
 
 
 def _folders(results: Mapping[str, Any]) -> list[str]:
-    """One unique folder per run, in order (also for runs that share a name)."""
+    """One unique folder per run, in order (runs that share a name get a numbered suffix)."""
     taken: set[str] = set()
     folders = []
     for index, run in enumerate(_runs(results)):
-        base = candidate = safe_name(_run_name(run, index))
+        base = candidate = run_folder(_run_name(run, index))
         suffix = 2
         while candidate.lower() in taken:
             candidate = f"{base}-{suffix}"
@@ -290,7 +311,8 @@ def _table_model(results: Mapping[str, Any]) -> _Table:
         val = _val(epoch) if epoch is not None else {}
         row = [
             _Cell(name),
-            _Cell(status, style=f"status-{status}"),
+            _Cell(f"{status}: {_short(str(run['error']), 72)}" if run.get("error") else status,
+                  style=f"status-{status}"),
             _Cell(str(len(_epochs(run)))),
             _Cell(_format(epoch.get("train_loss")) if epoch is not None else _MISSING),
             *(_Cell(_format(val.get(m)), best=index in best[m]) for m in metrics),
