@@ -398,6 +398,7 @@ def test_a_crafted_checkpoint_never_runs(line, tmp_path, capsys):
     assert not marker.exists()
     err = capsys.readouterr().err
     assert f"losskit: warning: checkpoint {planted} is not used: torch.load(weights_only=True) refused it" in err
+    assert "falling back to epoch-0001.pt" in err
     assert results_of(out)["runs"][0]["status"] == "finished" and len(results_of(out)["runs"][0]["epochs"]) == 3
     for path in (out / "runs").glob("*/*.pt"):  # what the runner writes loads as tensors only
         assert set(torch.load(path, weights_only=True)) == {"model", "optimizer", "loss"}
@@ -415,7 +416,8 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(line, tmp_path, cap
     capsys.readouterr()
     assert cli(out, "--resume", "--epochs", "3") == 0
     err = capsys.readouterr().err
-    assert err.count("losskit: warning:") == 1 and "SHA-256 differs" in err and str(newest) in err
+    assert err.count("losskit: warning:") == 1 and f"checkpoint {newest} is not used: its SHA-256 differs" in err
+    assert err.strip().endswith("falling back to epoch-0001.pt")
     # Epoch 2 was trained again from epoch 1's checkpoint: the numbers of 3 epochs straight.
     assert histories(results_of(out)) == histories(results_of(tmp_path / "straight"))
     assert cli(out, "--resume", "--epochs", "4") == 0  # and the next resume does not fail the same way

@@ -251,9 +251,9 @@ def _restore(setup: _Setup, run_dir: Path, spec: str, model: nn.Module, optimize
         raise _OtherSettings(f"--resume: the checkpoint index {run_dir / 'checkpoint.json'} was written with other "
                              f"settings ({', '.join(differ)}); start a new comparison with another --out")
     initial = copy.deepcopy((model.state_dict(), optimizer.state_dict(), loss_fn.state_dict()))
-    entries = index.get("checkpoints")
-    for entry in entries if isinstance(entries, list) else []:
-        path = run_dir / Path(str(entry.get("file", "") if isinstance(entry, dict) else "")).name
+    entries = index.get("checkpoints") if isinstance(index.get("checkpoints"), list) else []
+    paths = [run_dir / Path(str(e.get("file", "") if isinstance(e, dict) else "")).name for e in entries]
+    for position, (entry, path) in enumerate(zip(entries, paths, strict=True)):
         try:
             if not isinstance(entry, dict) or not isinstance(entry.get("run"), dict) or not isinstance(
                     entry["run"].get("epochs"), list):
@@ -263,12 +263,13 @@ def _restore(setup: _Setup, run_dir: Path, spec: str, model: nn.Module, optimize
             optimizer.load_state_dict(state["optimizer"])
             loss_fn.load_state_dict(state["loss"])
             return entry["run"]
-        except (_Unusable, RuntimeError, ValueError, KeyError) as error:
+        except Exception as error:  # whatever is wrong with a file, it is not used
             model.load_state_dict(initial[0])
             optimizer.load_state_dict(initial[1])
             loss_fn.load_state_dict(initial[2])
-            warnings.warn(f"checkpoint {path} is not used: {error}; the run {spec!r} falls back to the checkpoint "
-                          "before it, or restarts", CheckpointWarning, stacklevel=3)
+            then = (f"falling back to {paths[position + 1].name}" if position + 1 < len(paths) else
+                    "the run restarts from epoch 0")
+            warnings.warn(f"checkpoint {path} is not used: {error}; {then}", CheckpointWarning, stacklevel=3)
     return None
 
 
