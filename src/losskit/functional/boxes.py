@@ -112,8 +112,8 @@ def _prepare(input: Tensor, target: Tensor, fmt: str, eps: float | None, reducti
                          f"{tuple(input.shape)}")
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must hold real box coordinates, got dtype {target.dtype}")
-    check_boxes("input", input, fmt)
-    check_boxes("target", target, fmt)
+    check_boxes("input", input, fmt, finite=True)
+    check_boxes("target", target, fmt, finite=True)
     x = upcast(input)
     t = target.to(x.dtype)
     if fmt in AXIS_ALIGNED_FORMATS:
