@@ -68,7 +68,7 @@ def _abs_pow(d: Tensor, exponent: float) -> Tensor:
     """
     a = d.abs()
     powered = a.clamp_min(torch.finfo(a.dtype).tiny).pow(exponent)
-    return torch.where(a > 0, powered, 1.0 if exponent == 0 else 0.0)
+    return torch.where(a == 0, 1.0 if exponent == 0 else 0.0, powered)  # a == 0, not a > 0: NaN stays NaN
 
 
 def _finish(loss: Tensor, input: Tensor, reduction: Reduction, weight: Tensor | None,
