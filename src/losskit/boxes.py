@@ -150,7 +150,7 @@ def check_boxes(name: str, boxes: Tensor, fmt: str = "xyxy", *, finite: bool = F
     flat = bad.reshape(-1)
     first = int(flat.nonzero()[0])
     example = [round(v, 6) for v in boxes.reshape(-1, boxes.shape[-1])[first].tolist()]
-    if not bool(inverted.reshape(-1)[first]):
+    if finite and not bool(torch.isfinite(boxes.reshape(-1, boxes.shape[-1])[first]).all()):
         raise ValueError(
             f"{name} has {int(flat.sum())} of {flat.numel()} boxes with NaN or infinite coordinates (first at "
             f"flat index {first}: {example}). Fix the upstream computation, or switch value checks off with "
@@ -681,8 +681,9 @@ def bhattacharyya(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     x2, y2, xx2, yy2, xy2, area2 = _gaussian(boxes2)
     a, b, c = xx1 + xx2, yy1 + yy2, xy1 + xy2  # entries of 2 S
     dx, dy = x2 - x1, y2 - y1
-    # A NaN area is not degenerate: the NaN goes on to the result instead of becoming the bound.
-    degenerate = ((area1 <= eps) | (area2 <= eps)) & ~torch.isnan(area1 * area2)
+    # A pair with a NaN coordinate is not degenerate: the NaN goes on to the result instead of
+    # becoming the bound.
+    degenerate = ((area1 <= eps) | (area2 <= eps)) & ~torch.isnan(boxes1.sum(-1) + boxes2.sum(-1))
     det_sum = torch.where(degenerate, 1.0, a * b - c * c)  # det(2 S) = 4 det S
     quad = (b * dx * dx + a * dy * dy - 2 * c * dx * dy) / det_sum  # (mu1 - mu2)^T (2 S)^-1 (mu1 - mu2)
     # det S_i = (w_i h_i)^2 / 144 exactly, so sqrt(det S1 det S2) = area1 * area2 / 144.

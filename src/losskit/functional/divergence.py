@@ -42,7 +42,7 @@ class _Distributions(NamedTuple):
 
     p: Tensor  # target probabilities P
     log_p: Tensor  # log P, floored at the dtype's most negative finite number where P = 0
-    log_q: Tensor  # log softmax(input), floored the same way where a logit is -inf
+    log_q: Tensor  # log softmax(input), not floored: -inf where a logit is -inf (weigh it with weighted_log)
     class_dim: int
 
 

@@ -146,7 +146,7 @@ def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, .
         loss[part] = value
         for name, x in chunk_extras.items():
             extras[name][part] = x
-        for i, (h, w, _) in enumerate(heads):
+        for i, (_, w, _) in enumerate(heads):
             d = None if dlogits is None else dlogits[i]
             if d is None:
                 continue
