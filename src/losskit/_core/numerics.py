@@ -74,7 +74,26 @@ class _GradientOnlyWhere(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, grad.new_zeros(())), None
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not _writable(grad, keep):
+            return torch.where(keep, grad, grad.new_zeros(())), None
+        # In place: the gradient arriving here is a buffer that the loss's own operations made
+        # and that nothing reads after this node (it is the first operation on the input). A
+        # full pass over it would cost as much as the softmax backward; on a CPU only the
+        # ignored positions are written (their indices need a sync, free there).
+        drop = ~keep
+        if grad.device.type != "cpu":
+            return grad.masked_fill_(drop, 0.0), None
+        index = drop.nonzero(as_tuple=True)
+        # A dimension along which keep broadcasts (size 1) is taken whole.
+        full = tuple(slice(None) if size == 1 and grad.shape[dim] != 1 else index[dim]
+                     for dim, size in enumerate(keep.shape))
+        grad[full] = 0.0
+        return grad, None
+
+
+def _writable(grad: Tensor, keep: Tensor) -> bool:
+    """``grad`` is a dense tensor that ``keep`` broadcasts to without adding dimensions."""
+    return grad.is_contiguous() and keep.dim() == grad.dim()
 
 
 def ignored_without_gradient(x: Tensor, keep: Tensor | None) -> Tensor:
