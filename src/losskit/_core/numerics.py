@@ -102,8 +102,12 @@ def ignored_without_gradient(x: Tensor, keep: Tensor | None) -> Tensor:
     Ignored positions may hold anything, NaN and inf included. A loss leaves them out of its value
     with ``torch.where``, but the backward of the operations that read them before (a softmax over
     a NaN row, a pooling window) multiplies 0 by NaN and returns NaN there. Replacing their
-    gradient here keeps the forward pass free (no copy of the logits) and costs one pass in the
-    backward pass; it is exact because the gradient of an ignored position is 0 by definition.
+    gradient here keeps the forward pass free (no copy of the logits); the backward pass writes
+    the ignored positions only (on a CPU; one masked pass on other devices). It is exact because
+    the gradient of an ignored position is 0 by definition.
+
+    Apply it to the loss's input before any other operation, so that the gradient arriving at it
+    is a buffer of the loss's own, which it may overwrite.
     """
     if keep is None or not (torch.is_grad_enabled() and x.requires_grad):
         return x
