@@ -3,7 +3,8 @@
 Each registered loss is called through its contract spec (``tests/specs.py``) with random
 mutations drawn by Hypothesis (derandomized ``ci`` profile in conftest):
 
-* ``clean``: batch size 0 to 3, any floating dtype, inputs scaled up to overflow float16;
+* ``clean``: batch size 0 to 3, any floating dtype, inputs as made and scaled by 300 (float16
+  results of squared losses overflow: the error must say so);
 * ``nonfinite_kept``: a NaN, +inf or -inf at a counted position of ``input``, a floating
   ``target`` or a tensor option;
 * ``nonfinite_ignored``: NaN, +inf or -inf at ignored positions (``ignore_index``, token masks);
@@ -219,14 +220,14 @@ def draw_case(name: str, data: st.DataObject, *, min_n: int = 0) -> tuple[Case, 
 
 
 @pytest.mark.parametrize("name", params("clean"))
-@settings(max_examples=6, **FAST)
+@settings(max_examples=5, **FAST)
 @given(data=st.data())
 def test_clean_input_in_every_dtype_and_scale(name, data):
     case, _, _ = draw_case(name, data)
-    dtype = data.draw(st.sampled_from(FLOATS), label="dtype")
-    scale = data.draw(st.sampled_from((1.0, 300.0)), label="scale")
-    case = scaled(name, case, scale).cast(dtype)
-    run(name, case, positional_names(name)[0])
+    drawn = data.draw(st.sampled_from(FLOATS), label="dtype")
+    # Scaled by 300, float16 results overflow for squared losses (300^2 > 65504): always tried.
+    for dtype, scale in ((drawn, 1.0), (drawn, 300.0), (torch.float16, 300.0)):
+        run(name, scaled(name, case, scale).cast(dtype), positional_names(name)[0])
 
 
 def scaled(name: str, case: Case, scale: float) -> Case:
