@@ -602,6 +602,47 @@ def test_ignored_logits_change_nothing_and_get_no_gradient(gen, name, aggregate)
     assert fn(x, t.clamp_max(2)) != fn(other, t.clamp_max(2))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ignored_voxels_may_hold_nan_or_inf(gen, name, value):
+    # The softmax of a NaN voxel is NaN in every channel; the loss never read it, but its backward
+    # multiplied the zero gradient by it, so every ignored voxel's logits got a NaN gradient.
+    fn = LOSSES[name]
+    x, t = logits_and_labels(gen, (2, 8, 9))
+    t = with_ignored(gen, t, fraction=0.4)
+    ignored = (t == IGNORE)[:, None].expand_as(x)
+    results = []
+    for logits in (x, torch.where(ignored, value, x)):
+        logits = logits.clone().requires_grad_()
+        loss = fn(logits, t, ignore_index=IGNORE)
+        (grad,) = torch.autograd.grad(loss, logits)
+        results.append((loss, grad))
+    (a, grad_a), (b, grad_b) = results
+    assert a == b
+    assert (grad_b[ignored] == 0).all()
+    torch.testing.assert_close(grad_b, grad_a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_integer_logits_are_a_type_error(name):
+    # They reached torch.softmax, which raised NotImplementedError for 'Long'.
+    with pytest.raises(TypeError, match="input must be a floating-point tensor, got dtype torch.int64"):
+        LOSSES[name](torch.zeros(1, 3, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0, 4), (2, 3, 0, 0), (1, 3, 0, 5, 5)])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_empty_spatial_input_gives_zero_with_a_gradient(name, shape):
+    # clDice's max pooling rejected an empty image, and the distance losses returned a zero that
+    # was not connected to the input (backward raised).
+    for aggregate in ("per_sample", "batch"):
+        x = torch.zeros(shape, requires_grad=True)
+        loss = LOSSES[name](x, torch.zeros((shape[0], *shape[2:]), dtype=torch.long), aggregate=aggregate)
+        assert loss.item() == 0.0
+        (grad,) = torch.autograd.grad(loss, x)
+        assert grad.shape == x.shape
+
+
 @pytest.mark.parametrize("aggregate", ["per_sample", "batch"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_everything_ignored_gives_zero_with_a_zero_gradient(gen, name, aggregate):

@@ -549,6 +549,53 @@ def test_invalid_boxes_raise_naming_the_argument_while_checks_are_on():
         assert torch.isfinite(losskit.giou_loss(bad, good))
 
 
+NONFINITE = {"NaN": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("value", sorted(NONFINITE))
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_nonfinite_coordinates_raise_naming_the_argument_and_never_give_zero(name, value, dtype):
+    # NWD and ProbIoU returned exactly 0 here: their square-root guard tested x > 0, false for NaN.
+    # Every box loss is bounded or saturating somewhere, so an infinite box can also give a finite
+    # loss with a NaN gradient; the box value check rejects NaN and inf coordinates, naming them.
+    fn, fmt = LOSSES[name]
+    good = torch.tensor([_as_format([0.0, 0.0, 2.0, 3.0], fmt)], dtype=dtype)
+    poisoned = good.clone()
+    poisoned[0, 1] = NONFINITE[value]
+    with pytest.raises(ValueError, match="input has 1 of 1 boxes with NaN or infinite coordinates"):
+        fn(poisoned, good)
+    with pytest.raises(ValueError, match="target has 1 of 1 boxes with NaN or infinite coordinates"):
+        fn(good, poisoned)
+    if value == "NaN":  # unchecked, the NaN comes out again
+        with losskit.set_checks(False):
+            assert torch.isnan(fn(poisoned, good)) and torch.isnan(fn(good, poisoned))
+
+
+def test_float16_coordinates_that_overflowed_upstream_are_rejected():
+    # 70000 rounds to inf in float16 (largest finite: 65504).
+    pred = torch.tensor([[0.0, 0.0, 70000.0, 4.0]]).half()
+    target = torch.tensor([[0.0, 0.0, 3.0, 4.0]]).half()
+    assert pred.isinf().any()
+    for fn in (losskit.nwd_loss, losskit.giou_loss, losskit.ciou_loss):
+        with pytest.raises(ValueError, match="input has 1 of 1 boxes with NaN or infinite"):
+            fn(pred, target)
+
+
+def test_safe_sqrt_and_probiou_keep_nan():
+    from losskit.boxes import bhattacharyya, safe_sqrt
+
+    x = torch.tensor([4.0, 0.0, -1.0, float("nan")], requires_grad=True)
+    y = safe_sqrt(x)
+    assert y[:3].tolist() == [2.0, 0.0, 0.0] and y[3].isnan()
+    (grad,) = torch.autograd.grad(y[:3].sum(), x)
+    assert grad[:3].tolist() == [0.25, 0.0, 0.0]
+    # A NaN box against a degenerate one (area 0, the bound 100 otherwise) stays NaN.
+    nan_box, flat = T([[0.0, float("nan"), 2.0, 2.0, 0.0]]), T([[0.0, 0.0, 0.0, 2.0, 0.0]])
+    assert bhattacharyya(nan_box, flat, 1e-7).isnan().all()
+    assert bhattacharyya(T([[0.0, 0.0, 2.0, 2.0, 0.0]]), flat, 1e-7).item() == 100.0
+
+
 def test_bad_options_and_shapes_raise():
     a = T([[0.0, 0.0, 2.0, 2.0]])
     with pytest.raises(ValueError, match="fmt"):

@@ -252,3 +252,19 @@ def test_pytorch_metric_learning_parity():
     both, pair = torch.cat((u, v)), torch.cat((torch.arange(5), torch.arange(5)))
     close(LF.info_nce_loss(u, v, temperature=0.07, same_view_negatives=True),
           pml_losses.NTXentLoss(temperature=0.07, reducer=MeanReducer())(both, pair), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("mining", ["batch_hard", "batch_all"])
+def test_a_triplet_batch_with_nothing_to_score_ignores_every_embedding(mining, value):
+    # One class only: no anchor has a negative, the loss is 0, and no embedding gets a gradient,
+    # even a non-finite one (its distances entered the masked terms as 0 * NaN before).
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x[1, 2] = value
+    x.requires_grad_()
+    out = losskit.triplet_margin_loss(x, torch.tensor([5, 5, 5]), mining=mining, normalize=True)
+    (grad,) = torch.autograd.grad(out, x)
+    assert out.item() == 0.0 and (grad == 0).all()
+    # With a second class every anchor counts and the NaN is found and named.
+    with pytest.raises(ValueError, match="input contains non-finite values"):
+        losskit.triplet_margin_loss(x.detach(), torch.tensor([5, 5, 6]), mining=mining)

@@ -464,3 +464,44 @@ def test_negative_distance_is_clamped_when_value_checks_are_off():
     with losskit.set_checks(False):
         out = losskit.distribution_focal_loss(logits, torch.tensor([-0.5, 1.5]), reduction="none")
     close(out, [LN4, LN4])  # -0.5 -> 0: CE at bin 0 of a uniform distribution
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_gaussian_focal_at_infinite_logits_has_the_limit_value_and_a_finite_gradient(value):
+    # A peak predicted with +inf and a negative with -inf are perfect: loss 0, gradient 0. The
+    # branch a peak does not use is infinite there, and its zero gradient times inf was NaN.
+    target = torch.tensor([1.0, 0.3] if value > 0 else [0.3, 1.0])
+    x = torch.tensor([value, -value], requires_grad=True)
+    out = losskit.gaussian_focal_loss(x, target, reduction="none")
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert out.tolist() == [0.0, 0.0] and grad.tolist() == [0.0, 0.0]
+    # The wrong way round the loss is infinite and the input is named.
+    with pytest.raises(ValueError, match="input contains non-finite values"):
+        losskit.gaussian_focal_loss(-x.detach(), target)
+
+
+def test_nan_targets_propagate_when_value_checks_are_off():
+    # DFL indexed a bin with NaN.long() (out of range: RuntimeError); QFL's |sigma(x) - t|^beta
+    # tested "> 0", which NaN fails, and read 0 there.
+    logits = torch.zeros(2, 4)
+    with losskit.set_checks(False):
+        dfl = losskit.distribution_focal_loss(logits, torch.tensor([1.5, float("nan")]), reduction="none")
+        qfl = losskit.quality_focal_loss(logits, torch.tensor([[0.5, 0, 0, 0], [float("nan"), 0, 0, 0]]),
+                                         reduction="none")
+    close(dfl[0], LN4)
+    assert dfl[1].isnan() and qfl[1, 0].isnan() and torch.isfinite(qfl[0]).all()
+    with pytest.raises(ValueError, match="target distances must be >= 0"):  # checked: named
+        losskit.distribution_focal_loss(logits, torch.tensor([1.5, float("nan")]))
+
+
+def test_distribution_focal_mass_on_a_masked_bin_is_an_infinite_loss():
+    # Target 1.5 puts weight 1/2 on bins 1 and 2; bin 2's logit is -inf: -log 0 = inf (it was the
+    # finite 1.7e38 of the floor in float32). Bin 3 is -inf too but has weight 0: it changes nothing.
+    logits = torch.tensor([[0.0, 0.0, float("-inf"), 0.0]])
+    with pytest.raises(ValueError, match=r"input contains non-finite values \(1 -inf\)"):
+        losskit.distribution_focal_loss(logits, torch.tensor([1.5]))
+    masked = torch.tensor([[0.0, 0.0, 0.0, float("-inf")]], requires_grad=True)
+    out = losskit.distribution_focal_loss(masked, torch.tensor([1.0]))
+    close(out, math.log(3))  # CE at bin 1 of a uniform distribution over the 3 finite bins
+    (grad,) = torch.autograd.grad(out, masked)
+    assert torch.isfinite(grad).all() and grad[0, 3] == 0

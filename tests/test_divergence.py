@@ -293,6 +293,28 @@ def test_masked_class_with_zero_target_is_finite(fn, log_target, gen):
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_target_mass_on_a_masked_class_is_an_infinite_loss_not_a_dtype_dependent_number(dtype):
+    # KL(P || Q) with P = (1/2, 1/2) and Q = (0, 1) is +inf. The floor on log Q made it 1.8e308 in
+    # float64 and 1.7e38 in float32, a finite number that depends on the dtype.
+    logits = torch.tensor([[-math.inf, 0.0]], dtype=dtype)
+    target = torch.tensor([[0.5, 0.5]], dtype=dtype)
+    soft = {"kl_div": losskit.kl_div, "cross_entropy": losskit.cross_entropy,
+            "softmax_focal": losskit.softmax_focal_loss}
+    for name, fn in soft.items():
+        with pytest.raises(ValueError, match=r"input contains non-finite values \(1 -inf\)"):
+            fn(logits, target)
+        with losskit.set_checks(False):
+            assert fn(logits, target).item() == math.inf, name
+    # An index target on the masked class, likewise (cross_entropy raised already).
+    with pytest.raises(ValueError, match=r"input contains non-finite values \(1 -inf\)"):
+        losskit.softmax_focal_loss(logits, torch.tensor([0]))
+    # JS is bounded: M = (1/4, 3/4), KL(P || M) = ln 2 / 2 + ln(2/3) / 2, KL(Q || M) = ln(4/3), and
+    # JS = (KL(P || M) + KL(Q || M)) / 2 = 0.215762.
+    expected = 0.25 * math.log(2) + 0.25 * math.log(2 / 3) + 0.5 * math.log(4 / 3)
+    torch.testing.assert_close(losskit.js_div(logits, target), torch.tensor(expected, dtype=dtype))
+
+
 def test_target_gradient_is_finite_with_zero_probabilities(gen):
     x = _logits(gen, 3, 4)
     rows = [[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.25, 0.25, 0.25, 0.25]]

@@ -146,3 +146,107 @@ def test_registry_errors():
         losskit.get("huber", detla=1.0)
     with pytest.raises(TypeError, match="spec must be a name, a config dict or a LossModule"):
         losskit.get(3)
+
+
+# --- the NaN policy, option values and the output dtype -------------------------------------------
+
+SOFTMAX_WITH_IGNORE = {
+    "cross_entropy": lambda x, t, **kw: losskit.cross_entropy(x, t, label_smoothing=0.1, z_loss=1e-3,
+                                                              softcap=5.0, **kw),
+    "softmax_focal": lambda x, t, **kw: losskit.softmax_focal_loss(x, t, gamma=2.0, **kw),
+    "poly1_cross_entropy": lambda x, t, **kw: losskit.poly1_cross_entropy(x, t, **kw),
+    "multi_margin": lambda x, t, **kw: losskit.multi_margin_loss(x, t, p=2, **kw),
+    "ldam": lambda x, t, **kw: losskit.ldam_loss(x, t, class_counts=[5, 3, 1], **kw),
+    "balanced_softmax": lambda x, t, **kw: losskit.balanced_softmax_loss(x, t, class_counts=[5, 3, 1], **kw),
+    "logit_adjusted": lambda x, t, **kw: losskit.logit_adjusted_cross_entropy(x, t, class_prior=[5, 3, 1], **kw),
+}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", sorted(SOFTMAX_WITH_IGNORE))
+def test_an_ignored_sample_may_hold_nan_or_inf(name, value):
+    # Row 1 is ignored and holds a non-finite logit; the loss and gradient equal those of the same
+    # batch with a finite row there, and the ignored row's gradient is exactly 0 (torch's own
+    # cross-entropy gives a NaN gradient row here, behind a finite loss).
+    fn = SOFTMAX_WITH_IGNORE[name]
+    finite = torch.tensor([[1.0, -0.5, 0.2], [0.3, 0.1, -2.0], [-1.0, 2.0, 0.5]], dtype=torch.float64)
+    target = torch.tensor([0, -100, 2])
+    poisoned = finite.clone()
+    poisoned[1, 1] = value
+    losses, grads = [], []
+    for logits in (finite, poisoned):
+        x = logits.clone().requires_grad_()
+        loss = fn(x, target)
+        (grad,) = torch.autograd.grad(loss, x)
+        losses.append(loss)
+        grads.append(grad)
+    torch.testing.assert_close(losses[1], losses[0])
+    assert (grads[1][1] == 0).all()
+    torch.testing.assert_close(grads[1], grads[0] * torch.tensor([[1.0], [0.0], [1.0]], dtype=torch.float64))
+
+
+def test_a_bool_ignore_index_is_rejected_with_one_message_everywhere():
+    logits, target = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    calls = [
+        lambda: losskit.cross_entropy(logits, target, ignore_index=True),
+        lambda: losskit.softmax_focal_loss(logits, target, ignore_index=True),  # read True as class 1 before
+        lambda: losskit.multi_margin_loss(logits, target, ignore_index=False),  # read False as class 0 before
+        lambda: losskit.ldam_loss(logits, target, class_counts=[1, 2, 3, 4], ignore_index=True),
+        lambda: losskit.dice_loss(torch.randn(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), ignore_index=True),
+        lambda: losskit.lovasz_hinge_loss(torch.randn(1, 1, 4), torch.ones(1, 1, 4, dtype=torch.long),
+                                          ignore_index=True),
+        lambda: losskit.fused_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), target, ignore_index=True),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="ignore_index must be an int class index, got the bool"):
+            call()
+
+
+@pytest.mark.parametrize("value", [-2.0, 0.0, float("nan")])
+def test_a_tensor_normalizer_must_be_positive(value):
+    # A negative count flipped the loss's sign (mse gave -1.5 here); 0 (no positives) gave an
+    # infinite loss blamed on overflow. Numbers were already checked; tensors are a value check.
+    x, t = torch.ones(3), torch.zeros(3)
+    with pytest.raises(ValueError, match="normalizer must be > 0"):
+        losskit.mse_loss(x, t, normalizer=torch.tensor(value))
+    with pytest.raises(ValueError, match="normalizer must be > 0"):
+        losskit.fused_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1, 2]),
+                                           normalizer=torch.tensor(value))
+    with losskit.set_checks(False):  # unchecked, the arithmetic runs as asked
+        assert losskit.mse_loss(x, t, normalizer=torch.tensor(-2.0)).item() == -1.5
+
+
+def test_a_nan_weight_is_named_as_the_cause():
+    with pytest.raises(ValueError, match=r"weight contains non-finite values \(1 NaN\)"):
+        losskit.mse_loss(torch.ones(3), torch.zeros(3), weight=torch.tensor([1.0, float("nan"), 1.0]))
+    with pytest.raises(ValueError, match="weight contains non-finite values"):
+        losskit.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), weight=torch.tensor([float("nan"), 1, 1]))
+
+
+def test_a_float16_result_that_overflows_names_the_dtype_and_the_way_out():
+    # (300 - 0)^2 = 90000 > 65504, float16's largest finite number: computed in float32 and then
+    # cast, the result was inf without an error.
+    x, t = torch.tensor([300.0], dtype=torch.float16), torch.tensor([0.0], dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"overflows torch.float16.*reaches 90000.*input.float\(\)"):
+        losskit.mse_loss(x, t)
+    assert losskit.mse_loss(x.float(), t.float()).item() == 90000.0
+    with losskit.set_checks(False):
+        assert losskit.mse_loss(x, t).isinf()
+
+
+@pytest.mark.parametrize(
+    ("call", "option"),
+    [
+        (lambda x, t: losskit.multi_margin_loss(x, t.argmax(1), p=True), "p"),
+        (lambda x, t: losskit.wiou_loss(x.abs().cumsum(1), x.abs().cumsum(1), version=True), "version"),
+        (lambda x, t: losskit.poisson_nll_loss(x, t.abs(), full=1), "full"),
+        (lambda x, t: losskit.gaussian_nll_loss(x, t, var=torch.ones(2, 4), full=1), "full"),
+        (lambda x, t: losskit.softmax_focal_loss(x, t.argmax(1), alpha=[float("nan"), 1, 1, 1]), "alpha"),
+    ],
+)
+def test_bools_for_numbers_and_nan_options_are_rejected(call, option):
+    # True == 1 in Python: version=True ran Wise-IoU v1, p=True the hinge with p=1; full=1 and a NaN
+    # alpha passed silently (the NaN was blamed on overflow).
+    x, t = torch.randn(2, 4), torch.rand(2, 4)
+    with pytest.raises((TypeError, ValueError), match=rf"\b{option}\b"):
+        call(x, t)

@@ -482,3 +482,41 @@ def test_benchmark_smoke():
 
     text = bench_large_vocab.main(["--smoke"])
     assert "fused" in text and "naive" in text and "added memory" in text
+
+
+FUSED = {
+    "cross_entropy": lambda s, t, target, **kw: losskit.fused_linear_cross_entropy(
+        *s[:2], target, bias=s[2], label_smoothing=0.1, z_loss=1e-3, **kw),
+    "kl_div": lambda s, t, target, **kw: losskit.fused_linear_kl_div(
+        *s[:2], *t[:2], student_bias=s[2], target=target, **kw),
+    "js_div": lambda s, t, target, **kw: losskit.fused_linear_js_div(
+        *s[:2], *t[:2], student_bias=s[2], target=target, **kw),
+}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_ignored_tokens_may_hold_nan_or_inf(gen, name, reduction, value):
+    # An ignored token's hidden row entered the weight gradient as 0 * NaN, so every gradient
+    # (hidden, weight, bias) came back NaN behind a finite loss. Now the result equals that of the
+    # same batch with finite rows there, and the ignored rows' gradient is exactly 0.
+    student, teacher = _teacher_student(gen, teacher_grad=False)
+    target = _target(gen)
+    ignored = target == -100
+    results = []
+    for poison in (False, True):
+        s = [None if x is None else x.detach().clone() for x in student]
+        t = [None if x is None else x.detach().clone() for x in teacher]
+        if poison:
+            s[0][ignored] = value
+            t[0][ignored] = value
+        s = [None if x is None else x.requires_grad_() for x in s]
+        loss = FUSED[name](s, t, target, reduction=reduction, chunk_size=8)
+        upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).view(loss.shape)
+        results.append(_values_and_grads(loss, s, upstream))
+    (expected, grads), (loss, poisoned_grads) = results
+    _assert_close(loss, expected)
+    assert (poisoned_grads[0][ignored] == 0).all()
+    for got, want in zip(poisoned_grads, grads, strict=True):
+        _assert_close(got, want)

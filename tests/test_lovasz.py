@@ -96,6 +96,35 @@ def test_ignore_index_equals_cropping(gen):
         assert (grad[..., -2:] == 0).all()  # ignored logits (softmax couples channels of a pixel only)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_ignored_pixels_may_hold_nan_or_inf(gen, value):
+    # As cropping them out: the same value and gradient, and a zero gradient there (a NaN pixel's
+    # softmax is NaN in every channel, and its backward turned the zero gradient into NaN).
+    logits, target = _case(gen, n=2, c=3, h=4, w=6)
+    target[..., -2:] = IGNORE
+    poisoned = logits.clone()
+    poisoned[:, 1, :, -1] = value
+    for per_image in (False, True):
+        grads = []
+        for x in (logits, poisoned):
+            x = x.clone().requires_grad_(True)
+            loss = losskit.lovasz_softmax_loss(x, target, ignore_index=IGNORE, per_image=per_image)
+            grads.append((loss, torch.autograd.grad(loss, x)[0]))
+        (expected, grad), (loss, grad_poisoned) = grads
+        close(loss, expected)
+        torch.testing.assert_close(grad_poisoned, grad, rtol=0, atol=0)
+        assert (grad_poisoned[..., -2:] == 0).all()
+    hinge_target = (torch.rand(2, 1, 4, 6, generator=gen) < 0.5).long()
+    hinge_target[..., -2:] = IGNORE
+    x = torch.randn(2, 1, 4, 6, generator=gen, dtype=DT)
+    x[..., -1] = value
+    x.requires_grad_(True)
+    loss = losskit.lovasz_hinge_loss(x, hinge_target, ignore_index=IGNORE)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and (grad[..., -2:] == 0).all()
+    close(loss, losskit.lovasz_hinge_loss(x.detach()[..., :-2], hinge_target[..., :-2]))
+
+
 def test_present_and_all_classes(gen):
     logits, target = _case(gen, n=2, c=3, drop_class=2)
     probs = torch.softmax(logits, 1)

@@ -566,3 +566,19 @@ def test_option_errors_name_the_argument(call, match):
 def test_gaussian_nll_requires_var():
     with pytest.raises(TypeError, match="var"):
         LF.gaussian_nll_loss(torch.zeros(2), torch.zeros(2))
+
+
+def test_general_robust_nan_alpha_and_infinite_residuals_are_rejected():
+    # A NaN alpha was replaced by 1 (Charbonnier) through an isfinite guard, silently; an infinite
+    # residual gave the Welsch-like limit (finite) with a NaN gradient.
+    x, t = torch.tensor([0.5, 1.0]), torch.zeros(2)
+    with pytest.raises(ValueError, match=r"alpha contains non-finite values \(1 NaN\)"):
+        losskit.general_robust_loss(x, t, alpha=torch.tensor([float("nan"), 1.0]))
+    with losskit.set_checks(False):
+        out = losskit.general_robust_loss(x, t, alpha=torch.tensor([float("nan"), 1.0]), reduction="none")
+    assert out[0].isnan() and out[1].isfinite()
+    for alpha in (-2.0, -math.inf, 1.0):
+        with pytest.raises(ValueError, match="input contains NaN or infinite values"):
+            losskit.general_robust_loss(torch.tensor([math.inf, 1.0]), t, alpha=alpha)
+        with pytest.raises(ValueError, match="target contains NaN or infinite values"):
+            losskit.general_robust_loss(x, torch.tensor([0.0, -math.inf]), alpha=alpha)

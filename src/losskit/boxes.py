@@ -122,12 +122,14 @@ def _check_fmt(fmt: object, choices: tuple[str, ...], name: str = "fmt") -> str:
     return "xywhr" if fmt == "cxcywhr" else fmt  # type: ignore[return-value]
 
 
-def check_boxes(name: str, boxes: Tensor, fmt: str = "xyxy") -> None:
+def check_boxes(name: str, boxes: Tensor, fmt: str = "xyxy", *, finite: bool = False) -> None:
     """Value check: every box has non-negative width and height (``x1 <= x2``, ``y1 <= y2``).
 
-    Zero width or height is valid. Runs only while value checks are on (it needs a device sync);
-    NaN passes here and is left to the finite-result check of the losses. Corner boxes
-    (``xyxyxyxy``) have no order to check.
+    Zero width or height is valid. Runs only while value checks are on (it needs a device sync).
+    With ``finite=True`` (the box losses) NaN and infinite coordinates are rejected too, in the
+    same sync: a bounded loss (NWD, ProbIoU, the IoU family) can be finite at an infinite box while
+    its gradient is NaN. Without it NaN passes here. Corner boxes (``xyxyxyxy``) have no order to
+    check.
 
     Raises:
         ValueError: naming ``name``, the format, how many boxes are invalid and the first one.
@@ -141,15 +143,22 @@ def check_boxes(name: str, boxes: Tensor, fmt: str = "xyxy") -> None:
     else:
         size = boxes[..., 2:4]
         rule = "w >= 0, h >= 0"
-    bad = (size < 0).any(-1)
+    inverted = (size < 0).any(-1)
+    bad = inverted | ~torch.isfinite(boxes).all(-1) if finite else inverted
     if not bool(bad.any()):
         return
     flat = bad.reshape(-1)
     first = int(flat.nonzero()[0])
-    example = boxes.reshape(-1, boxes.shape[-1])[first].tolist()
+    example = [round(v, 6) for v in boxes.reshape(-1, boxes.shape[-1])[first].tolist()]
+    if finite and not bool(torch.isfinite(boxes.reshape(-1, boxes.shape[-1])[first]).all()):
+        raise ValueError(
+            f"{name} has {int(flat.sum())} of {flat.numel()} boxes with NaN or infinite coordinates (first at "
+            f"flat index {first}: {example}). Fix the upstream computation, or switch value checks off with "
+            "losskit.set_checks(False)"
+        )
     raise ValueError(
         f"{name} has {int(flat.sum())} of {flat.numel()} boxes with negative width or height for fmt={fmt!r} "
-        f"(first at flat index {first}: {[round(v, 6) for v in example]}); boxes need {rule} (zero size is "
+        f"(first at flat index {first}: {example}); boxes need {rule} (zero size is "
         "allowed). Check the format (xyxy, xywh = x1, y1, w, h as COCO, cxcywh), or switch value checks off "
         "with losskit.set_checks(False)"
     )
@@ -410,9 +419,10 @@ def ratio(num: Tensor, den: Tensor, eps: float) -> Tensor:
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
-    """``sqrt(x)`` for ``x > 0``, else 0 with a zero gradient (the square root's slope at 0 is infinite)."""
-    ok = x > 0
-    return torch.where(ok, torch.sqrt(torch.where(ok, x, 1.0)), 0.0)
+    """``sqrt(x)`` for ``x > 0``, 0 with a zero gradient for ``x <= 0`` (the square root's slope at 0
+    is infinite), and NaN for NaN: the test is ``x <= 0``, which NaN fails, so NaN is never 0."""
+    zero = x <= 0
+    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1.0, x)))
 
 
 def pair_geometry(boxes1: Tensor, boxes2: Tensor, eps: float, *, kind: str = "diou") -> PairGeometry:
@@ -671,7 +681,9 @@ def bhattacharyya(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     x2, y2, xx2, yy2, xy2, area2 = _gaussian(boxes2)
     a, b, c = xx1 + xx2, yy1 + yy2, xy1 + xy2  # entries of 2 S
     dx, dy = x2 - x1, y2 - y1
-    degenerate = (area1 <= eps) | (area2 <= eps)
+    # A pair with a NaN coordinate is not degenerate: the NaN goes on to the result instead of
+    # becoming the bound.
+    degenerate = ((area1 <= eps) | (area2 <= eps)) & ~torch.isnan(boxes1.sum(-1) + boxes2.sum(-1))
     det_sum = torch.where(degenerate, 1.0, a * b - c * c)  # det(2 S) = 4 det S
     quad = (b * dx * dx + a * dy * dy - 2 * c * dx * dy) / det_sum  # (mu1 - mu2)^T (2 S)^-1 (mu1 - mu2)
     # det S_i = (w_i h_i)^2 / 144 exactly, so sqrt(det S1 det S2) = area1 * area2 / 144.

@@ -311,6 +311,8 @@ def soft_skeleton(x: Tensor, iterations: int = 3) -> Tensor:
                          f"got {tuple(x.shape)}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if x.numel() == 0:  # nothing to pool (max pooling rejects an empty image)
+        return x.clone()
     skel = F.relu(x - _dilate(_erode(x)))
     for _ in range(iterations):
         x = _erode(x)

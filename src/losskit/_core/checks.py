@@ -156,13 +156,22 @@ def check_bool(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
-def check_ignore_index(ignore_index: object) -> None:
-    """``ignore_index`` is an int (not a bool) or ``None``."""
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+def check_ignore_index(ignore_index: object, *, optional: bool = True) -> None:
+    """``ignore_index`` is an int, or ``None`` where ``optional``; never a bool (``True`` is not class 1)."""
+    if isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int class index, got the bool {ignore_index}: a bool is "
+                        "not taken as class 0 or 1")
+    if ignore_index is None and optional:
+        return
+    if not isinstance(ignore_index, int):
+        expected = "an int or None" if optional else "an int"
+        raise TypeError(f"ignore_index must be {expected}, got {type(ignore_index).__name__}")
 
 
 def check_one_of(name: str, value: object, choices: Sequence[object]) -> None:
+    """``value`` is one of ``choices``; a bool never passes for a number (``True == 1`` in Python)."""
+    if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices):
+        raise TypeError(f"{name} must be one of {tuple(choices)}, got the bool {value}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {excerpt(value)}")
 
@@ -177,27 +186,63 @@ def check_class_vector(name: str, x: Tensor, num_classes: int) -> None:
 # --- value checks: need a device sync, switchable ---------------------------------------------
 
 
-def check_loss_finite(loss: Tensor, inputs: Mapping[str, Tensor]) -> None:
-    """Value check on a loss's result; when it is NaN or infinite, name the input to blame.
+def check_loss_finite(loss: Tensor, inputs: Mapping[str, Tensor], *, computed: Tensor | None = None,
+                      options: Mapping[str, object] | None = None) -> None:
+    """Value check on a loss's result; when it is NaN or infinite, name the cause.
 
     Checking the result instead of every input costs one pass over the (usually much smaller)
     result, and it also catches overflow. Inputs that cannot affect the result (ignored samples,
     ``-inf`` logits of classes the target does not name) pass, as they should.
+
+    Args:
+        loss: The result, in the dtype returned to the caller.
+        inputs: The tensors the loss was computed from, by argument name.
+        computed: The result before it was cast to ``loss``'s dtype, when it was: a finite
+            ``computed`` and a non-finite ``loss`` is an overflow of the output dtype.
+        options: Tensor options that scale the result (``weight``, ``normalizer``), by name; they
+            are blamed like the inputs.
     """
     if not checks_enabled() or loss.numel() == 0 or bool(torch.isfinite(loss).all()):
         return
-    culprits = []
-    for name, x in inputs.items():
-        if isinstance(x, Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            counts = {"NaN": int(torch.isnan(x).sum()), "+inf": int((x == float("inf")).sum()),
-                      "-inf": int((x == float("-inf")).sum())}
-            found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
-            culprits.append(f"{name} contains non-finite values ({found})")
+    if computed is not None and computed.dtype != loss.dtype and bool(torch.isfinite(computed).all()):
+        largest = computed.detach().abs().max().item()
+        name = next(iter(inputs), "input")
+        raise ValueError(
+            f"the loss overflows {loss.dtype}, the dtype of {name}: its magnitude reaches {largest:g}, beyond "
+            f"{torch.finfo(loss.dtype).max:g}. Pass {name} as float32 ({name}.float()) to get a float32 result, "
+            "or scale the inputs down"
+        )
+    culprits = [_non_finite(name, x) for name, x in {**inputs, **(options or {})}.items()]
+    culprits = [c for c in culprits if c]
     cause = "; ".join(culprits) if culprits else (
         "every input is finite, so it overflowed: check the scale of the inputs and options")
     raise ValueError(
         f"the loss is not finite: {cause}. Fix the upstream computation, or switch value checks off "
         "with losskit.set_checks(False) to skip this test"
+    )
+
+
+def _non_finite(name: str, x: object) -> str:
+    """``"x contains non-finite values (1 NaN)"`` for a floating tensor with NaN or inf, else ``""``."""
+    if not (isinstance(x, Tensor) and x.is_floating_point()) or bool(torch.isfinite(x).all()):
+        return ""
+    counts = {"NaN": int(torch.isnan(x).sum()), "+inf": int((x == float("inf")).sum()),
+              "-inf": int((x == float("-inf")).sum())}
+    found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    return f"{name} contains non-finite values ({found})"
+
+
+def check_normalizer_value(normalizer: object) -> None:
+    """Value check: a tensor ``normalizer`` is > 0 (a number is checked for free by :func:`check_number`).
+
+    A count of 0 (no positives, no tokens) would make the loss infinite or NaN, and a negative
+    one would flip its sign; clamp such counts before passing them (``normalizer.clamp_min(1)``).
+    """
+    if not isinstance(normalizer, Tensor) or not checks_enabled() or bool((normalizer > 0).all()):
+        return
+    raise ValueError(
+        f"normalizer must be > 0, got {normalizer.detach().reshape(-1)[0].item():g}; a count of 0 (no "
+        "positives, no tokens) gives an infinite or NaN loss: clamp it first, e.g. normalizer.clamp_min(1)"
     )
 
 

@@ -38,11 +38,77 @@ def eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
+def weighted_log(log_values: Tensor, weights: Tensor) -> Tensor:
+    r"""``log_values`` where ``weights`` is nonzero, 0 where it is 0: the log factor of a sum
+    :math:`\sum_k w_k f(\log q_k)`.
+
+    A class of target probability 0 then contributes exactly 0, with a zero gradient, whatever its
+    log-probability holds (``-inf`` for a masked logit; ``0 * -inf`` would be NaN). A ``-inf`` under
+    a positive weight stays ``-inf``: that loss is infinite, and the finiteness check names the
+    input, where a floor (:func:`finite_log`) would give a finite number that depends on the dtype.
+    A NaN weight is not 0, so it reaches the result.
+    """
+    return torch.where(weights == 0, 0.0, log_values)
+
+
 def finite_log(log_values: Tensor) -> Tensor:
     """Log-probabilities with ``-inf`` raised to the dtype's most negative finite number.
 
     A class with probability 0 (a masked logit, a zero target) has log-probability ``-inf``;
     the floor keeps ``0 * log p`` at 0 instead of NaN, and the clamp's gradient there is 0,
-    which is the true gradient of a term whose probability is 0.
+    which is the true gradient of a term whose probability is 0. Use it only where the weight of
+    ``log p`` vanishes with ``p`` (an entropy, ``p log p``); a weight that can be positive where
+    ``p`` is 0 needs :func:`weighted_log`, or the floor turns an infinite loss into a finite one.
     """
     return log_values.clamp_min(torch.finfo(log_values.dtype).min)
+
+
+class _GradientOnlyWhere(torch.autograd.Function):
+    """Identity forward; the backward keeps the gradient where ``keep`` and writes 0 elsewhere."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keep: Tensor) -> Tensor:
+        ctx.save_for_backward(keep)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not _writable(grad, keep):
+            return torch.where(keep, grad, grad.new_zeros(())), None
+        # In place: the gradient arriving here is a buffer that the loss's own operations made
+        # and that nothing reads after this node (it is the first operation on the input). A
+        # full pass over it would cost as much as the softmax backward; on a CPU only the
+        # ignored positions are written (their indices need a sync, free there).
+        drop = ~keep
+        if grad.device.type != "cpu":
+            return grad.masked_fill_(drop, 0.0), None
+        index = drop.nonzero(as_tuple=True)
+        # A dimension along which keep broadcasts (size 1) is taken whole.
+        full = tuple(slice(None) if size == 1 and grad.shape[dim] != 1 else index[dim]
+                     for dim, size in enumerate(keep.shape))
+        grad[full] = 0.0
+        return grad, None
+
+
+def _writable(grad: Tensor, keep: Tensor) -> bool:
+    """``grad`` is a dense tensor that ``keep`` broadcasts to without adding dimensions."""
+    return grad.is_contiguous() and keep.dim() == grad.dim()
+
+
+def ignored_without_gradient(x: Tensor, keep: Tensor | None) -> Tensor:
+    """``x`` unchanged, with an exact zero gradient where ``keep`` (broadcastable to ``x``) is False.
+
+    Ignored positions may hold anything, NaN and inf included. A loss leaves them out of its value
+    with ``torch.where``, but the backward of the operations that read them before (a softmax over
+    a NaN row, a pooling window) multiplies 0 by NaN and returns NaN there. Replacing their
+    gradient here keeps the forward pass free (no copy of the logits); the backward pass writes
+    the ignored positions only (on a CPU; one masked pass on other devices). It is exact because
+    the gradient of an ignored position is 0 by definition.
+
+    Apply it to the loss's input before any other operation, so that the gradient arriving at it
+    is a buffer of the loss's own, which it may overwrite.
+    """
+    if keep is None or not (torch.is_grad_enabled() and x.requires_grad):
+        return x
+    return _GradientOnlyWhere.apply(x, keep)

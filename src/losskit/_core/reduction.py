@@ -21,7 +21,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_broadcastable, check_loss_finite, check_number, check_one_of
+from losskit._core.checks import (
+    check_broadcastable,
+    check_loss_finite,
+    check_normalizer_value,
+    check_number,
+    check_one_of,
+)
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -62,13 +68,16 @@ def reduce_loss(
         weight: Weights broadcastable to ``loss`` (a weight may not grow the loss's shape).
         mask: Boolean, ``True`` where the unit counts; ``False`` units contribute exactly 0
             even if their loss is NaN or infinite (ignored pixels may hold anything).
-        normalizer: With ``"mean"``, divide the weighted sum by this instead of ``sum(w)``.
+        normalizer: With ``"mean"``, divide the weighted sum by this instead of ``sum(w)``. A
+            tensor must be > 0 (a value check; numbers are always checked).
         weight_applied: ``loss`` already includes ``weight`` (losses whose weight enters the
             formula in more than one place, such as cross-entropy with label smoothing);
             ``weight`` is then used only as the denominator of ``"mean"``.
         out_dtype: Cast the result to this dtype (the input dtype of the loss).
         inputs: The tensors the loss came from, by argument name. When value checks are on,
-            a result that is NaN or infinite raises a ``ValueError`` naming the one to blame.
+            a result that is NaN or infinite raises a ``ValueError`` naming the one to blame
+            (``weight`` and ``normalizer`` are suspects too), or saying that the result
+            overflows ``out_dtype``.
 
     Returns:
         The reduced loss; a scalar unless ``reduction="none"``.
@@ -81,15 +90,17 @@ def reduce_loss(
         tensor(0.)
     """
     check_reduction(reduction, normalizer)
+    check_normalizer_value(normalizer)
     if weight is not None:
         check_broadcastable("weight", weight, loss.shape, "the loss's natural unit, shape")
+    options = {"weight": weight, "normalizer": normalizer}
     if mask is not None:
         loss = torch.where(mask, loss, loss.new_zeros(()))
         weight = mask.to(loss.dtype) if weight is None else torch.where(mask, weight, weight.new_zeros(()))
     if weight is not None and not weight_applied:
         loss = loss * weight
     if reduction == "none":
-        return _finish(loss, out_dtype, inputs)
+        return _finish(loss, out_dtype, inputs, options)
     total = loss.sum()
     if reduction == "mean":
         if normalizer is not None:
@@ -102,13 +113,16 @@ def reduce_loss(
             else:
                 denominator = max(denominator, 1)
             total = total / denominator
-    return _finish(total, out_dtype, inputs)
+    return _finish(total, out_dtype, inputs, options)
 
 
-def _finish(result: Tensor, out_dtype: torch.dtype | None, inputs: Mapping[str, Tensor] | None) -> Tensor:
+def _finish(result: Tensor, out_dtype: torch.dtype | None, inputs: Mapping[str, Tensor] | None,
+            options: Mapping[str, object]) -> Tensor:
+    """The result in ``out_dtype``, checked for finiteness there (a float16 result can overflow)."""
+    out = result if out_dtype is None else result.to(out_dtype)
     if inputs is not None:
-        check_loss_finite(result, inputs)
-    return result if out_dtype is None else result.to(out_dtype)
+        check_loss_finite(out, inputs, computed=result, options=options)
+    return out
 
 
 def reduce_for(
@@ -119,10 +133,12 @@ def reduce_for(
     *,
     weight: Tensor | None = None,
     normalizer: float | Tensor | None = None,
+    others: Mapping[str, object] | None = None,
     **options,
 ) -> Tensor:
     """:func:`reduce_loss` for a loss computed from ``input`` and ``target``: the result in the
-    input's dtype, and both tensors named for the finiteness value check. ``options`` go to
-    :func:`reduce_loss` (``mask``, ``weight_applied``)."""
+    input's dtype, and both tensors named for the finiteness value check, with the tensor options
+    in ``others`` (by name) that the result depends on too. ``options`` go to :func:`reduce_loss`
+    (``mask``, ``weight_applied``)."""
     return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target}, **options)
+                       inputs={"input": input, "target": target, **(others or {})}, **options)

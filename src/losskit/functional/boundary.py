@@ -40,6 +40,7 @@ from torch import Tensor
 from losskit._core.checks import check_bool, check_number, check_one_of, check_tensor
 from losskit._core.dense import dense_target, drop_background, probabilities
 from losskit._core.docs import shared_docs
+from losskit._core.numerics import compute_dtype, ignored_without_gradient
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit.functional.segmentation import AGGREGATES
 from losskit.segmentation import inside_outside_distances, signed_distance_map, soft_skeleton
@@ -84,11 +85,12 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
     check_reduction(reduction, normalizer)
     check_bool("include_background", include_background)
     check_one_of("aggregate", aggregate, AGGREGATES)
-    probs = probabilities(input, activation)
-    prepared = dense_target(input, target, ignore_index=ignore_index, compute_dtype=probs.dtype)
+    # The target first: it checks that input is floating (integer logits have no softmax).
+    prepared = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
+    valid = None if prepared.valid is None else prepared.valid.unsqueeze(1)
+    probs = probabilities(ignored_without_gradient(input, valid), activation)  # ignored voxels may hold NaN
     num_classes = input.shape[1]
     probs = drop_background(probs, include_background)
-    valid = None if prepared.valid is None else prepared.valid.unsqueeze(1)
     if prepared.dense is not None:
         labels = drop_background(prepared.dense, include_background)
     else:
@@ -102,7 +104,8 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
 
 def _per_unit_mean(x: Tensor) -> Tensor:
     """Mean over the spatial dims: ``(N, C', *spatial) -> (N, C')``."""
-    return x.flatten(2).mean(-1) if x.shape[2:].numel() else x.new_zeros(x.shape[:2])
+    # Without voxels the sum of nothing, 0, still connected to x so that backward works.
+    return x.flatten(2).mean(-1) if x.shape[2:].numel() else x.flatten(2).sum(-1)
 
 
 _MASKED_MEAN = r"""
@@ -452,4 +455,6 @@ def cldice_loss(
     loss = 1 - 2 * tprec * tsens / (tprec + tsens + eps).clamp_min(tiny)
     if d.valid is not None:
         loss = torch.where(d.count(loss.dtype, classes=pool_classes) > 0, loss, loss.new_zeros(()))
+    elif not input.shape[2:].numel():  # no voxel at all: 0, like a unit whose voxels are all ignored
+        loss = loss * 0
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)

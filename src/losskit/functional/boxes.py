@@ -26,6 +26,12 @@ MONAI ``BoxGIoULoss`` (3-D)            ``giou_3d_loss()``
 
 mmdetection's ``EIoULoss`` is a different, smooth-L1-like "extended IoU"; :func:`eiou_loss` is
 the Focal-EIoU of Zhang et al.
+
+**Non-finite boxes.** While value checks are on, a NaN or infinite coordinate in ``input`` or
+``target`` raises a ``ValueError`` naming it (in the same device sync as the ``x2 >= x1`` check).
+The result alone cannot tell: these losses are bounded (NWD and ProbIoU saturate at 1), so an
+infinite box can give a finite loss with a NaN gradient. With checks off a NaN coordinate gives a
+NaN loss, never 0.
 """
 
 from __future__ import annotations
@@ -112,8 +118,8 @@ def _prepare(input: Tensor, target: Tensor, fmt: str, eps: float | None, reducti
                          f"{tuple(input.shape)}")
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must hold real box coordinates, got dtype {target.dtype}")
-    check_boxes("input", input, fmt)
-    check_boxes("target", target, fmt)
+    check_boxes("input", input, fmt, finite=True)
+    check_boxes("target", target, fmt, finite=True)
     x = upcast(input)
     t = target.to(x.dtype)
     if fmt in AXIS_ALIGNED_FORMATS:
@@ -163,7 +169,7 @@ def iou_loss(
 
     Raises:
         ValueError: For a bad ``mode``, ``fmt``, ``reduction`` or shape, or (value checks) boxes
-            with ``x2 < x1`` or ``y2 < y1`` and non-finite results.
+            with ``x2 < x1`` or ``y2 < y1``, NaN/inf coordinates and non-finite results.
 
     Examples:
         >>> import torch, losskit
@@ -216,7 +222,8 @@ def giou_loss(
 {box_args_shape_returns}
 
     Raises:
-        ValueError: For a bad ``fmt``, ``reduction`` or shape, or (value check) inverted boxes.
+        ValueError: For a bad ``fmt``, ``reduction`` or shape, or (value check) inverted boxes or
+            NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -260,7 +267,8 @@ def diou_loss(
 {box_args_shape_returns}
 
     Raises:
-        ValueError: For a bad ``fmt``, ``reduction`` or shape, or (value check) inverted boxes.
+        ValueError: For a bad ``fmt``, ``reduction`` or shape, or (value check) inverted boxes or
+            NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -325,7 +333,8 @@ def ciou_loss(
 {box_args_shape_returns}
 
     Raises:
-        ValueError: For a bad option, ``fmt``, ``reduction`` or shape, or (value check) inverted boxes.
+        ValueError: For a bad option, ``fmt``, ``reduction`` or shape, or (value check) inverted boxes or
+            NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -391,7 +400,7 @@ def eiou_loss(
 
     Raises:
         ValueError: For a bad ``gamma``, ``fmt``, ``reduction`` or shape, or (value check)
-            inverted boxes.
+            inverted boxes or NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -460,7 +469,7 @@ def siou_loss(
 
     Raises:
         ValueError: For a bad ``theta``, ``fmt``, ``reduction`` or shape, or (value check)
-            inverted boxes.
+            inverted boxes or NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -535,7 +544,8 @@ def wiou_loss(
 
     Raises:
         ValueError: For a bad option, a missing ``iou_mean`` (versions 2 and 3), a bad ``fmt``,
-            ``reduction`` or shape, or (value check) inverted boxes.
+            ``reduction`` or shape, or (value check) inverted boxes or
+            NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -625,7 +635,7 @@ def nwd_loss(
 
     Raises:
         ValueError: For a bad ``constant``, ``fmt``, ``reduction`` or shape, or (value check)
-            inverted boxes.
+            inverted boxes or NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -695,7 +705,7 @@ def probiou_loss(
 
     Raises:
         ValueError: For a bad ``mode``, ``reduction`` or shape, or (value check) a negative
-            width or height.
+            width or height, or NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit
@@ -749,7 +759,8 @@ def giou_3d_loss(
         The loss, in ``input``'s dtype.
 
     Raises:
-        ValueError: For a bad ``reduction`` or shape, or (value check) inverted boxes.
+        ValueError: For a bad ``reduction`` or shape, or (value check) inverted boxes or
+            NaN/inf coordinates.
 
     Examples:
         >>> import torch, losskit

@@ -25,15 +25,18 @@ from losskit._core.checks import (
     check_broadcastable,
     check_class_indices,
     check_class_vector,
+    check_finite,
     check_floating,
     check_has_class_dim,
+    check_ignore_index,
     check_in_unit_interval,
     check_number,
+    check_one_of,
     check_positive_values,
     check_same_shape,
     check_tensor,
 )
-from losskit._core.numerics import finite_log, upcast
+from losskit._core.numerics import ignored_without_gradient, upcast, weighted_log
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
 
 # --- shared machinery for softmax losses ------------------------------------------------------
@@ -75,6 +78,7 @@ def _prepare_softmax(
     check_floating("input", input)
     check_tensor("target", target)
     check_has_class_dim("input", input)
+    check_ignore_index(ignore_index, optional=False)
     unbatched = input.dim() == 1
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
@@ -109,6 +113,7 @@ def _prepare_softmax(
     labels = target.long()
     mask = labels != ignore_index
     index = torch.where(mask, labels, torch.zeros_like(labels))
+    logits = ignored_without_gradient(logits, mask.unsqueeze(1))  # an ignored row may hold NaN
     return logits, _ClassTargets(index, mask, None, labels, ignore_index), weight, unbatched
 
 
@@ -141,7 +146,7 @@ def _softmax_cross_entropy(logits: Tensor, targets: _ClassTargets, weight: Tenso
     soft = _smoothed(targets.soft, label_smoothing)
     if weight is not None:
         soft = soft * _along_class_dim(weight, soft)
-    return -(soft * finite_log(torch.log_softmax(logits, dim=1))).sum(1)
+    return -(soft * weighted_log(torch.log_softmax(logits, dim=1), soft)).sum(1)
 
 
 def _finish(
@@ -288,6 +293,8 @@ def _class_vector(name: str, value: Tensor | list | tuple, input: Tensor, *, pos
     check_class_vector(name, vector, num_classes)
     if positive:
         check_positive_values(name, vector)
+    else:
+        check_finite(name, vector)
     return vector
 
 
@@ -598,23 +605,25 @@ def softmax_focal_loss(
             "ambiguous (MONAI/kornia read a as [1 - a, a, ..., a], Keras as a for every class)"
         )
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
-    log_probs = finite_log(torch.log_softmax(logits, dim=1))
-    # (1 - q)^gamma from -expm1(log q): exact for q near 1, where 1 - exp(...) would cancel. The
-    # floor keeps pow's gradient finite for gamma < 1 when q rounds to exactly 1.
-    focal = (-torch.expm1(log_probs)).clamp_min(torch.finfo(log_probs.dtype).tiny).pow(gamma)
-    per_class = focal * log_probs
+    log_probs = torch.log_softmax(logits, dim=1)
+
+    def focal_log(log_q: Tensor) -> Tensor:
+        # (1 - q)^gamma from -expm1(log q): exact for q near 1, where 1 - exp(...) would cancel. The
+        # floor keeps pow's gradient finite for gamma < 1 when q rounds to exactly 1.
+        return (-torch.expm1(log_q)).clamp_min(torch.finfo(log_q.dtype).tiny).pow(gamma) * log_q
+
     factors = None
     if alpha is not None:
         factors = _class_vector("alpha", alpha, logits, positive=False)
     if weight is not None:
         factors = weight if factors is None else factors * weight
-    if targets.index is not None:
-        loss = -_gather_class(per_class, targets.index)
+    if targets.index is not None:  # only the target class is read: a -inf there is an infinite loss
+        loss = -focal_log(_gather_class(log_probs, targets.index))
         if factors is not None:
             loss = loss * factors[targets.index]
     else:
         soft = targets.soft if factors is None else targets.soft * _along_class_dim(factors, targets.soft)
-        loss = -(soft * per_class).sum(1)
+        loss = -(soft * focal_log(weighted_log(log_probs, soft))).sum(1)
     return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
 
@@ -668,8 +677,7 @@ def multi_margin_loss(
         ``torch.nn.MultiMarginLoss``.
     """
     check_reduction(reduction, normalizer)
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    check_one_of("p", p, (1, 2))
     check_number("margin", margin)
     logits, targets, weight, unbatched = _prepare_softmax(
         input, target, ignore_index=ignore_index, weight=weight, allow_soft=False

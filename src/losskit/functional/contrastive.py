@@ -39,7 +39,7 @@ from losskit._core.checks import (
     check_one_of,
     check_tensor,
 )
-from losskit._core.numerics import upcast
+from losskit._core.numerics import ignored_without_gradient, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 __all__ = ["info_nce_loss", "supervised_contrastive_loss", "triplet_margin_loss"]
@@ -428,6 +428,12 @@ def triplet_margin_loss(
     _check_embeddings("input", input)
     _check_labels(target, input.shape[0])
     x = upcast(input)
+    if not (distributed and D.is_distributed()):
+        # A batch without any anchor to score (one class, or no class twice) is all ignored: the loss
+        # is 0 and no embedding, even a NaN one, gets a gradient. (Across ranks another rank's
+        # anchors may score these embeddings.)
+        same = target[:, None] == target[None, :]
+        x = ignored_without_gradient(x, ((same.sum(1) > 1) & ~same.all(1)).any())
     if normalize:
         x = TF.normalize(x, dim=-1)
     x_all, labels_all, offset = _gather(x, target, distributed)

@@ -36,7 +36,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
-from losskit._core.numerics import finite_log, upcast
+from losskit._core.numerics import upcast, weighted_log
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional.classification import _prepare_binary
 
@@ -68,7 +68,7 @@ def _abs_pow(d: Tensor, exponent: float) -> Tensor:
     """
     a = d.abs()
     powered = a.clamp_min(torch.finfo(a.dtype).tiny).pow(exponent)
-    return torch.where(a > 0, powered, 1.0 if exponent == 0 else 0.0)
+    return torch.where(a == 0, 1.0 if exponent == 0 else 0.0, powered)  # a == 0, not a > 0: NaN stays NaN
 
 
 def _finish(loss: Tensor, input: Tensor, reduction: Reduction, weight: Tensor | None,
@@ -367,11 +367,13 @@ def distribution_focal_loss(
     n_bins = logits.shape[-1]
     y = y.clamp(0.0, n_bins - 1 - clamp_margin)
     left = y.floor().clamp_max(n_bins - 2)  # y = n - 1 (margin 0): left bin n - 2 with weight 0
-    left_index = left.long().unsqueeze(-1)
-    log_probs = finite_log(torch.log_softmax(logits, dim=-1))
+    # A NaN distance (value checks off) reads bin 0 and stays NaN through its weights below.
+    left_index = left.nan_to_num(0.0).long().unsqueeze(-1)
+    log_probs = torch.log_softmax(logits, dim=-1)
     log_left = log_probs.gather(-1, left_index).squeeze(-1)
     log_right = log_probs.gather(-1, left_index + 1).squeeze(-1)
-    loss = -((left + 1 - y) * log_left + (y - left) * log_right)
+    w_left, w_right = left + 1 - y, y - left  # a bin of weight 0 (an integer y) is not read
+    loss = -(w_left * weighted_log(log_left, w_left) + w_right * weighted_log(log_right, w_right))
     return _finish(loss, input, reduction, weight, normalizer, target=target)
 
 
@@ -448,9 +450,12 @@ def gaussian_focal_loss(
     check_number("pos_threshold", pos_threshold, low=0.0, high=1.0, low_open=True)
     logits, t = _prepare_binary(input, target, weight)
     log_p, log_not_p = _log_sigmoids(logits)
-    positive = -torch.exp(alpha * log_not_p) * log_p
-    negative = -(1 - t).pow(gamma) * torch.exp(alpha * log_p) * log_not_p
-    loss = torch.where(t >= pos_threshold, positive, negative)
+    peak = t >= pos_threshold
+    # Each branch reads its log only where it is used: at a logit of +/-inf the unused branch is
+    # infinite, and its zero gradient would be 0 * inf = NaN.
+    positive = -torch.exp(alpha * log_not_p) * torch.where(peak, log_p, 0.0)
+    negative = -(1 - t).pow(gamma) * torch.exp(alpha * log_p) * torch.where(peak, 0.0, log_not_p)
+    loss = torch.where(peak, positive, negative)
     return _finish(loss, input, reduction, weight, normalizer, target=target)
 
 

@@ -31,7 +31,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
-from losskit._core.numerics import finite_log, upcast
+from losskit._core.numerics import finite_log, upcast, weighted_log
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 # --- shared preamble ---------------------------------------------------------------------------
@@ -42,7 +42,7 @@ class _Distributions(NamedTuple):
 
     p: Tensor  # target probabilities P
     log_p: Tensor  # log P, floored at the dtype's most negative finite number where P = 0
-    log_q: Tensor  # log softmax(input), floored the same way where a logit is -inf
+    log_q: Tensor  # log softmax(input), not floored: -inf where a logit is -inf (weigh it with weighted_log)
     class_dim: int
 
 
@@ -64,9 +64,9 @@ def _distributions(
 ) -> _Distributions:
     """Validate the arguments shared by the divergences and return P, log P and log Q.
 
-    Both logs are floored at ``finfo(dtype).min`` so that ``0 * log 0`` terms are exactly 0
-    with finite gradients: the clamp's gradient is 0 where it is active, which is the true
-    gradient of a term whose probability is 0.
+    The target's log is floored at ``finfo(dtype).min`` (where ``P`` is 0), the prediction's is
+    not: the losses weight each log with :func:`weighted_log`, so a ``0 * log 0`` term is exactly 0
+    with a zero gradient, and target mass on a class of probability 0 is an infinite loss.
     """
     check_floating("input", input)
     check_tensor("target", target)
@@ -90,7 +90,7 @@ def _distributions(
 
     logits = upcast(input)
     floor = torch.finfo(logits.dtype).min
-    log_q = finite_log(torch.log_softmax(logits, dim=class_dim))
+    log_q = torch.log_softmax(logits, dim=class_dim)  # -inf stays: under target mass it is an infinite loss
     t = upcast(target).to(logits.dtype)  # computed in the input's compute dtype, like every loss
     if log_target:
         log_p = finite_log(t)
@@ -139,8 +139,8 @@ def kl_div(
     give the same value, because ``log_softmax`` leaves them unchanged. Half and bfloat16
     inputs are computed in float32. A logit of ``-inf`` masks its class: where the target is
     0 there the term is 0 with a finite gradient. A target with mass on a masked class has
-    infinite KL; the loss is then huge (``log Q`` is floored at the dtype's most negative
-    finite number) or ``inf``. The target is not renormalised.
+    infinite KL: the loss is ``inf``, which the finiteness value check reports naming ``input``.
+    The target is not renormalised.
 
     **PyTorch's** ``reduction="mean"`` **is not the KL.** ``torch.nn.functional.kl_div``
     takes log-probabilities, returns elementwise terms, and its ``"mean"`` divides the sum by
@@ -208,7 +208,7 @@ def kl_div(
     """
     check_reduction(reduction, normalizer)
     d = _distributions(input, target, log_target=log_target, weight=weight)
-    return _reduce(d.p * (d.log_p - d.log_q), d, input, target, weight, reduction, normalizer)
+    return _reduce(d.p * weighted_log(d.log_p - d.log_q, d.p), d, input, target, weight, reduction, normalizer)
 
 
 def js_div(
@@ -295,7 +295,7 @@ def js_div(
     d = _distributions(input, target, log_target=log_target, weight=weight)
     q = d.log_q.exp()
     log_m = torch.logaddexp(math.log(beta) + d.log_p, math.log1p(-beta) + d.log_q)
-    per_class = beta * d.p * (d.log_p - log_m) + (1 - beta) * q * (d.log_q - log_m)
+    per_class = beta * d.p * weighted_log(d.log_p - log_m, d.p) + (1 - beta) * q * weighted_log(d.log_q - log_m, q)
     return _reduce(per_class, d, input, target, weight, reduction, normalizer)
 
 

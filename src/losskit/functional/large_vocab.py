@@ -43,11 +43,13 @@ from losskit._core.checks import (
     check_class_indices,
     check_class_vector,
     check_floating,
+    check_ignore_index,
     check_loss_finite,
+    check_normalizer_value,
     check_number,
     check_tensor,
 )
-from losskit._core.numerics import compute_dtype, finite_log
+from losskit._core.numerics import compute_dtype, finite_log, weighted_log
 from losskit._core.reduction import Reduction, check_reduction
 
 __all__ = [
@@ -97,6 +99,13 @@ class _Plan:
     dtype: torch.dtype  # compute dtype
     chunk: ChunkFn
     extras: dict[str, torch.dtype] = field(default_factory=dict)
+    valid: Tensor | None = None  # (N,) bool, False at ignored tokens, whose hidden rows are never read
+
+    def hidden_rows(self, h: Tensor, part: slice) -> Tensor:
+        """The chunk's hidden rows, ignored ones as 0: an ignored token may hold NaN or inf, which
+        would reach the weight gradient through 0 * NaN (and the token's own through the softmax)."""
+        rows = h[part]
+        return rows if self.valid is None else torch.where(self.valid[part].unsqueeze(1), rows, 0.0)
 
 
 def _logits(h: Tensor, w: Tensor, b: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -130,13 +139,14 @@ def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, .
     first = True  # the first chunk writes the weight and bias gradients, later ones add (no zero fill)
     for start in range(0, rows, plan.rows):
         part = slice(start, min(start + plan.rows, rows))
-        logits = [_logits(h[part], w, b, dtype) for h, w, b in heads]
+        hidden = [plan.hidden_rows(h, part) for h, _, _ in heads]
+        logits = [_logits(hp, w, b, dtype) for hp, (_, w, b) in zip(hidden, heads, strict=True)]
         value, chunk_extras, dlogits = plan.chunk(logits, part, None if scale is None else scale[part], want)
         del logits
         loss[part] = value
         for name, x in chunk_extras.items():
             extras[name][part] = x
-        for i, (h, w, _) in enumerate(heads):
+        for i, (_, w, _) in enumerate(heads):
             d = None if dlogits is None else dlogits[i]
             if d is None:
                 continue
@@ -144,8 +154,7 @@ def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, .
             if grad_h is not None:
                 torch.mm(d if d.dtype == w.dtype else d.to(w.dtype), w, out=grad_h[part])
             if grad_w is not None:
-                hp = h[part]
-                hp = hp if hp.dtype == dtype else hp.to(dtype)
+                hp = hidden[i] if hidden[i].dtype == dtype else hidden[i].to(dtype)
                 if first:
                     torch.mm(d.t(), hp, out=grad_w)
                 else:
@@ -155,7 +164,7 @@ def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, .
                     torch.sum(d, 0, out=grad_b)
                 else:
                     grad_b.add_(d.sum(0))
-        del dlogits, d
+        del dlogits, d, hidden
         first = False
     if first:  # no chunk at all: empty input
         for g in grads[1::3] + grads[2::3]:
@@ -218,6 +227,7 @@ def _divisor(reduction: Reduction, normalizer: float | Tensor | None, counted: T
     if reduction != "mean":
         return None
     if normalizer is not None:
+        check_normalizer_value(normalizer)
         return torch.as_tensor(normalizer).detach().to(device=counted.device, dtype=counted.dtype).reshape(())
     return torch.where(counted == 0, torch.ones_like(counted), counted)
 
@@ -472,6 +482,7 @@ def fused_linear_cross_entropy(
     if class_weight is not None:
         check_class_vector("class_weight", class_weight, vocab)
         class_weight = class_weight.detach().to(device=hidden.device, dtype=dtype)
+    check_ignore_index(ignore_index, optional=False)
     check_class_indices("target", target, vocab, ignore_index)
 
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -483,7 +494,7 @@ def fused_linear_cross_entropy(
     rows = _chunk_rows(flat.shape[0], vocab, dtype, hidden.device, buffers, chunk_size)
     chunk = _CrossEntropyChunk(index, valid, target_weight, class_weight, eps, zl, softcap, return_components)
     extras = {"z": dtype, **({"correct": torch.bool} if return_components else {})}
-    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras)
+    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras, valid=valid)
     reduce = reduction != "none"
     counted_weight = valid.to(dtype) if target_weight is None else torch.where(valid, target_weight, 0.0)
     divisor = _divisor(reduction, normalizer, counted_weight.sum())
@@ -491,9 +502,9 @@ def fused_linear_cross_entropy(
                                                bias)
     if not reduce:
         loss = loss.view(target.shape)
-    check_loss_finite(loss, {"hidden": hidden, "weight": weight,
-                             **({"bias": bias} if bias is not None else {})})
-    loss = loss.to(hidden.dtype)
+    computed, loss = loss, loss.to(hidden.dtype)
+    check_loss_finite(loss, {"hidden": hidden, "weight": weight, "bias": bias, "class_weight": class_weight},
+                      computed=computed, options={"normalizer": normalizer})
     if not return_components:
         return loss
     with torch.no_grad():
@@ -527,7 +538,7 @@ class _DivergenceChunk:
         with torch.enable_grad():
             student.requires_grad_(want[0])
             teacher.requires_grad_(want[1])
-            log_q = finite_log(torch.log_softmax(student / self.temperature, dim=1))
+            log_q = torch.log_softmax(student / self.temperature, dim=1)  # as losskit.kl_div: no floor
             log_p = finite_log(torch.log_softmax(teacher / self.temperature, dim=1))
             value = torch.where(valid, self.per_token(log_q, log_p), log_q.new_zeros(()))
             if self.token_weight is not None:
@@ -541,13 +552,15 @@ class _DivergenceChunk:
 
 
 def _kl_per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
-    return (log_p.exp() * (log_p - log_q)).sum(1)
+    p = log_p.exp()
+    return (p * weighted_log(log_p - log_q, p)).sum(1)
 
 
 def _js_per_token(beta: float) -> Callable[[Tensor, Tensor], Tensor]:
     def per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
         log_m = torch.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
-        terms = beta * log_p.exp() * (log_p - log_m) + (1 - beta) * log_q.exp() * (log_q - log_m)
+        p, q = log_p.exp(), log_q.exp()
+        terms = beta * p * weighted_log(log_p - log_m, p) + (1 - beta) * q * weighted_log(log_q - log_m, q)
         return terms.sum(1)
 
     return per_token
@@ -590,6 +603,7 @@ def _fused_divergence(
         raise TypeError(f"teacher_hidden must compute in student_hidden's precision ({student_hidden.dtype}), "
                         f"got {teacher_hidden.dtype}")
     device = student_hidden.device
+    check_ignore_index(ignore_index, optional=False)
     if target is not None:
         _check_labels("target", target, "student_hidden", student_hidden)
         valid = target.reshape(-1).to(device) != ignore_index
@@ -608,7 +622,7 @@ def _fused_divergence(
     # exponentials and the gradient (autograd's saved tensors on the chunk): about 10.
     rows = _chunk_rows(s_flat.shape[0], vocab, dtype, device, 10, chunk_size)
     chunk = _DivergenceChunk(per_token, temperature, valid, token_weight)
-    plan = _Plan(heads=2, rows=rows, dtype=dtype, chunk=chunk)
+    plan = _Plan(heads=2, rows=rows, dtype=dtype, chunk=chunk, valid=None if target is None else valid)
     tensors = (s_flat, student_weight, student_bias, t_flat, teacher_weight, teacher_bias)
     reduce = reduction != "none"
     counted_weight = valid.to(dtype) if token_weight is None else torch.where(valid, token_weight, 0.0)
@@ -616,10 +630,11 @@ def _fused_divergence(
     (loss,) = _FusedLinear.apply(plan, reduce, divisor, _needs(*tensors), *tensors)
     if not reduce:
         loss = loss.view(tokens)
-    named = {"student_hidden": student_hidden, "student_weight": student_weight,
-             "teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}
-    check_loss_finite(loss, named)
-    return loss.to(student_hidden.dtype)
+    named = {"student_hidden": student_hidden, "student_weight": student_weight, "student_bias": student_bias,
+             "teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight, "teacher_bias": teacher_bias}
+    computed, loss = loss, loss.to(student_hidden.dtype)
+    check_loss_finite(loss, named, computed=computed, options={"weight": weight, "normalizer": normalizer})
+    return loss
 
 
 _DIVERGENCE_ARGS = r"""

@@ -41,12 +41,13 @@ from losskit._core.checks import (
     check_class_indices,
     check_class_vector,
     check_floating,
+    check_ignore_index,
     check_in_unit_interval,
     check_one_of,
     check_tensor,
 )
 from losskit._core.dense import dense_target, drop_background, one_hot, probabilities
-from losskit._core.numerics import compute_dtype, upcast
+from losskit._core.numerics import compute_dtype, ignored_without_gradient, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 CLASSES = ("present", "all")
@@ -197,7 +198,8 @@ def lovasz_softmax_loss(
     check_bool("include_background", include_background)
     check_floating("input", input)
     labels = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
-    probs = probabilities(input, activation)
+    keep = None if labels.valid is None else labels.valid.unsqueeze(1)
+    probs = probabilities(ignored_without_gradient(input, keep), activation)  # ignored pixels may hold NaN
     num_classes = input.shape[1]
     kept = num_classes if include_background else num_classes - 1
     _check_weight(weight, (input.shape[0], kept) if per_image else (kept,))
@@ -235,6 +237,7 @@ def lovasz_softmax_loss(
 def _binary_target(input: Tensor, target: Tensor, ignore_index: int | None,
                    dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     """Binary labels with the input's shape in ``dtype`` (0 where ignored), and the valid mask."""
+    check_ignore_index(ignore_index)
     check_tensor("target", target)
     if target.shape != input.shape:
         if input.shape[1] == 1 and target.shape == (input.shape[0], *input.shape[2:]):
@@ -348,6 +351,7 @@ def lovasz_hinge_loss(
                          f"got {tuple(input.shape)}")
     logits = upcast(input)
     labels, valid = _binary_target(input, target, ignore_index, logits.dtype)
+    logits = ignored_without_gradient(logits, valid)  # ignored pixels may hold NaN
     _check_weight(weight, tuple(input.shape[:2]) if per_image else (input.shape[1],))
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=logits.dtype)

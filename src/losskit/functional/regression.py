@@ -10,7 +10,7 @@ natural unit is the element, so ``reduction="none"`` returns ``input``'s shape, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_broadcastable,
     check_finite,
     check_floating,
@@ -84,8 +85,10 @@ def _elementwise(
     normalizer: float | Tensor | None,
     *,
     target_shape: torch.Size | None = None,
+    others: Mapping[str, object] | None = None,
 ) -> Tensor:
-    """The shared preamble and ending: validate, upcast, ``loss_fn(input, target)``, reduce."""
+    """The shared preamble and ending: validate, upcast, ``loss_fn(input, target)``, reduce
+    (``others``: tensor options named in the finiteness check)."""
     check_reduction(reduction, normalizer)
     check_floating("input", input)
     check_floating("target", target)
@@ -95,7 +98,7 @@ def _elementwise(
         raise ValueError(f"target must have shape {tuple(target_shape)}, got shape {tuple(target.shape)}")
     x = upcast(input)
     loss = loss_fn(x, target.to(x.dtype))
-    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer, others=others)
 
 
 def _huber(e: Tensor, delta: float) -> Tensor:
@@ -643,7 +646,8 @@ def _rho(sq: Tensor, alpha: Tensor) -> Tensor:
     half = 0.5 * sq
     # Infinite alphas get their own branch; alpha = 1 keeps the general branch finite there,
     # because a NaN in an unselected torch.where branch still turns its gradient into NaN.
-    a = torch.where(torch.isfinite(alpha), alpha, torch.ones_like(alpha))
+    # (isinf, not isfinite: a NaN alpha must stay NaN.)
+    a = torch.where(torch.isinf(alpha), torch.ones_like(alpha), alpha)
     # |a - 2| and |a| are kept away from 0 (with a's sign) so the divisions stay finite near
     # a = 0 and a = 2; exactly there the closed forms below take over.
     b = (a - 2).abs().clamp_min(tiny)
@@ -809,15 +813,19 @@ def general_robust_loss(
         scale = check_number("scale", scale, low=0.0, low_open=True)
     if not isinstance(alpha, Tensor):
         alpha = check_number("alpha", alpha, low=0.0 if nll else None, high=2.0 if nll else None)
-
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        # Bounded for alpha < 0: an infinite residual gives a finite loss but a NaN gradient, so
+        # the inputs themselves are checked.
+        check_finite("input", x)
+        check_finite("target", y)
         a, c = _option_tensor("alpha", alpha, x), _option_tensor("scale", scale, x)
         loss = _rho(((x - y) / c) ** 2, a)
         if nll:
             loss = loss + torch.log(c) + robust_log_partition(a).to(loss.dtype)
         return loss
 
-    return _elementwise(input, target, loss_fn, weight, reduction, normalizer)
+    return _elementwise(input, target, loss_fn, weight, reduction, normalizer,
+                        others={"alpha": alpha, "scale": scale})
 
 
 # --- likelihoods ------------------------------------------------------------------------------
@@ -892,6 +900,7 @@ def gaussian_nll_loss(
         Nix and Weigend, "Estimating the Mean and Variance of the Target Probability Distribution",
         ICNN 1994. Defaults and the ``var`` shape rules follow ``torch.nn.GaussianNLLLoss``.
     """
+    check_bool("full", full)
     eps = check_number("eps", eps, low=0.0, low_open=True)
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
@@ -956,6 +965,8 @@ def poisson_nll_loss(
         Defaults and the Stirling term follow ``torch.nn.PoissonNLLLoss``.
     """
     eps = check_number("eps", eps, low=0.0)
+    check_bool("log_input", log_input)
+    check_bool("full", full)
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
         check_positive_values("target", y, strict=False)

@@ -403,7 +403,7 @@ def reinforce_loss(
     per_token = -advantages * _zero_masked(lp, mask)
     loss = _finish(per_token, mask, aggregation=aggregation, max_length=max_length, weight=weight,
                    reduction=reduction, normalizer=normalizer, input=log_probs,
-                   inputs={"log_probs": log_probs, "returns": returns})
+                   inputs={"log_probs": log_probs, "returns": returns, "baseline": baseline})
     if not return_diagnostics:
         return loss
     adv = advantages.detach()
@@ -659,7 +659,7 @@ def value_loss(
         clipped = rho(v_clipped - r)
         clipped_active = clipped > per_token
         per_token = torch.maximum(per_token, clipped)
-    inputs = {"values": values, "returns": returns}
+    inputs = {"values": values, "returns": returns, "old_values": old_values}
     loss = _finish(per_token, mask, aggregation=aggregation, max_length=max_length, weight=weight,
                    reduction=reduction, normalizer=normalizer, input=values, inputs=inputs)
     if not return_diagnostics:
@@ -956,7 +956,8 @@ def grpo_loss(
             per_token = per_token + beta * kl
     loss = _finish(per_token, mask, aggregation=aggregation, max_length=max_length, weight=weight,
                    reduction=reduction, normalizer=normalizer, input=log_probs,
-                   inputs={"log_probs": log_probs, "old_log_probs": old_log_probs, "rewards": rewards})
+                   inputs={"log_probs": log_probs, "old_log_probs": old_log_probs, "rewards": rewards,
+                           "ref_log_probs": ref_log_probs})
     if not return_diagnostics:
         return loss
     diagnostics = _ppo_diagnostics(ratio, log_ratio, adv_t.expand_as(lp), mask, clip_low, clip_high, None)
@@ -1121,7 +1122,9 @@ def dpo_loss(
     else:
         loss = (h - 1 / (2 * beta)) ** 2
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=chosen_log_probs.dtype,
-                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs})
+                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs,
+                              "ref_chosen_log_probs": ref_chosen_log_probs,
+                              "ref_rejected_log_probs": ref_rejected_log_probs})
     if not return_diagnostics:
         return out
     return out, _pair_diagnostics(beta * c_ratio, beta * r_ratio)
@@ -1206,7 +1209,8 @@ def simpo_loss(
     r = _length_normalized(upcast(rejected_log_probs).to(dtype), rejected_lengths, dtype)
     loss = _sigmoid_loss(beta * (c - r) - gamma, label_smoothing)
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=chosen_log_probs.dtype,
-                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs})
+                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs,
+                              "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths})
     return _result(out, _pair_diagnostics(beta * c, beta * r) if return_diagnostics else {}, return_diagnostics)
 
 
@@ -1292,7 +1296,8 @@ def orpo_loss(
     if include_nll:
         loss = loss - c
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=chosen_log_probs.dtype,
-                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs})
+                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs,
+                              "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths})
     if not return_diagnostics:
         return out
     diagnostics = _pair_diagnostics(beta * c, beta * r)
@@ -1401,7 +1406,7 @@ def kto_loss(
     loss = torch.where(desirable, lam_d * torch.sigmoid(-beta * (ratio - z0)),
                        lam_u * torch.sigmoid(-beta * (z0 - ratio)))
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=policy_log_probs.dtype,
-                      inputs={"policy_log_probs": policy_log_probs, "ref_log_probs": ref_log_probs})
+                      inputs={"policy_log_probs": policy_log_probs, "ref_log_probs": ref_log_probs, "kl": kl})
     if not return_diagnostics:
         return out
     rewards = beta * ratio
