@@ -674,6 +674,82 @@ def test_unclipped_boxes_match_reference(reg_max):
 # --- dtypes and edge cases ----------------------------------------------------------------------
 
 
+# --- accuracy where users train: float32 and half maps against float64 on the same values ----------
+
+# Budget (relative): float32, 1e-6 on the total and on each component, 1e-4 on the gradient norm. The
+# terms are float32 roundings of smooth functions (~1e-7), and the per-image sums over foreground
+# anchors are accumulated in float64, so nothing grows with the number of objects; without that, a
+# thousand objects in one image cost about 3e-6. Half maps are computed in float32 and the results
+# rounded once to the input dtype: the budget adds that rounding, 2^-11 (float16) or 2^-8 (bfloat16),
+# to the value and to each gradient entry.
+ACCURACY_BUDGET = {torch.float32: (1e-6, 1e-4), torch.float16: (2.0**-11 + 1e-6, 2.0**-11 + 1e-4),
+                   torch.bfloat16: (2.0**-8 + 1e-6, 2.0**-8 + 1e-4)}
+
+
+def scene(seed, *, image=320, objects=(1, 30), sides=(8.0, 160.0), clusters=0, num_images=2, num_classes=20,
+          reg_max=16):
+    """Float64 head maps (class logits N(-4, 1), box logits N(0, 1) or distances 0.5-4.5 cells) and targets:
+    objects per image uniform in ``objects``, sides uniform in ``sides`` px; with ``clusters``, centres
+    about that many cluster centres (sd 6% of the image), as in a crowd; boxes kept inside the image."""
+    gen = torch.Generator().manual_seed(seed)
+    maps = []
+    for stride in STRIDES:
+        side = image // int(stride)
+        box = (torch.randn(num_images, 4 * reg_max, side, side, generator=gen, dtype=torch.float64) if reg_max > 1
+               else torch.rand(num_images, 4, side, side, generator=gen, dtype=torch.float64) * 4 + 0.5)
+        cls = torch.randn(num_images, num_classes, side, side, generator=gen, dtype=torch.float64) - 4
+        maps.append(torch.cat((box, cls), 1))
+    counts = torch.randint(objects[0], objects[1] + 1, (num_images,), generator=gen)
+    m = int(counts.sum())
+    wh = sides[0] + torch.rand(m, 2, generator=gen, dtype=torch.float64) * (sides[1] - sides[0])
+    if clusters:
+        centres = torch.rand(clusters, 2, generator=gen, dtype=torch.float64) * image
+        xy = centres[torch.randint(clusters, (m,), generator=gen)]
+        xy = xy + torch.randn(m, 2, generator=gen, dtype=torch.float64) * 0.06 * image
+    else:
+        xy = torch.rand(m, 2, generator=gen, dtype=torch.float64) * image
+    xy = torch.maximum(torch.minimum(xy, image - wh / 2), wh / 2)
+    targets = {"batch_idx": torch.repeat_interleave(torch.arange(num_images), counts).double(),
+               "cls": torch.randint(num_classes, (m, 1), generator=gen).double(),
+               "bboxes": torch.cat((xy, wh), 1) / image}
+    return maps, targets
+
+
+ACCURACY_SCENES = {
+    "typical": dict(seed=1),
+    "crowded": dict(seed=2, objects=(1200, 1200), sides=(4.0, 40.0), clusters=25, num_images=1),
+    "crowded-l1": dict(seed=3, objects=(600, 600), sides=(4.0, 40.0), clusters=25, reg_max=1),
+}
+
+
+def relative_errors(criterion, maps, targets, dtype):
+    """Relative errors of the total, each component and the gradient norm in ``dtype`` against float64 on
+    the same values, and whether both assigned the same anchors."""
+    low = [m.to(dtype).requires_grad_() for m in maps]
+    exact = [m.detach().to(dtype).double().requires_grad_() for m in maps]  # the same values
+    out, ref = criterion(low, targets), criterion(exact, targets)
+    grad, ref_grad = torch.autograd.grad(out.total, low), torch.autograd.grad(ref.total, exact)
+    values = torch.stack([out.total.double()] + [v.double() for v in out.components.values()])
+    expected = torch.stack([ref.total] + list(ref.components.values())).detach()
+    value_error = float(((values.detach() - expected) / expected).abs().max())
+    diff = torch.sqrt(sum(((g.double() - r) ** 2).sum() for g, r in zip(grad, ref_grad, strict=True)))
+    grad_error = float(diff / torch.sqrt(sum((r**2).sum() for r in ref_grad)))
+    return value_error, grad_error, torch.equal(out.assignment.fg_mask, ref.assignment.fg_mask)
+
+
+@pytest.mark.parametrize("name", ACCURACY_SCENES)
+@pytest.mark.parametrize("dtype", list(ACCURACY_BUDGET), ids=str)
+def test_accuracy_against_float64(name, dtype):
+    options = ACCURACY_SCENES[name]
+    maps, targets = scene(**options)
+    criterion = YOLOLoss(20, reg_max=options.get("reg_max", 16))
+    value_error, grad_error, same_assignment = relative_errors(criterion, maps, targets, dtype)
+    value_budget, grad_budget = ACCURACY_BUDGET[dtype]
+    assert same_assignment  # the comparison is of the loss, not of a different assignment
+    assert value_error <= value_budget, f"{name} {dtype}: value {value_error:.2e} > {value_budget:.1e}"
+    assert grad_error <= grad_budget, f"{name} {dtype}: gradient norm {grad_error:.2e} > {grad_budget:.1e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_maps(dtype):
     gen = torch.Generator().manual_seed(2)
