@@ -12,7 +12,7 @@ Scenarios (640x640 image, feature maps 80x80 + 40x40 + 20x20 = 8400 anchors, 80 
   aspect 1:3-3:1, sides capped at the image).
   Goal: losskit at least 2x faster than Ultralytics.
 * crowded: B=4, 1000 objects per image, small boxes (sides 4-40 px) in overlapping clusters.
-  Goal: losskit at least 4x lower peak memory than Ultralytics, and faster.
+  Goal: losskit at least 4x lower peak memory than Ultralytics (by the tracker and by RSS), and faster.
 
 Ultralytics (AGPL-3.0) is called, never copied. Its criterion takes the head outputs flattened
 and concatenated over the levels, the way its ``Detect`` head builds them; that step runs inside
@@ -27,6 +27,13 @@ tests/golden/README.md), with losskit installed there without dependencies::
     cd /work/main && /tmp/peer-venv/bin/pip install -e . --no-deps
     YOLO_OFFLINE=1 /tmp/peer-venv/bin/python -m benchmarks.bench_detection [--device cuda]
         [--scenarios typical crowded] [--reg-max 16 1] [--rounds N] [--checks]
+
+Memory is reported twice. The tensor tracker (see ``benchmarks.harness``) gives the peak of live
+tensors during one pass; on the CPU (Linux) the script then measures, for each implementation in a
+fresh process with its inputs made first, the growth of the peak resident set during one first
+forward+backward (``harness.rss_growth``): what a CPU user sees, allocator caching, temporaries the
+tracker misses and one-time costs (code pages, first-use initialisation) included. ``--no-rss``
+skips it.
 
 ``--reg-max 16 1`` also runs YOLO26's reg_max=1 mode (L1 on the side distances instead of DFL).
 Without Ultralytics it times losskit alone; ``--peer-only`` times Ultralytics alone (while
@@ -45,7 +52,7 @@ from types import SimpleNamespace
 import torch
 
 import losskit
-from benchmarks.harness import compare, report
+from benchmarks.harness import compare, report, rss_available, rss_growth
 
 STRIDES = (8, 16, 32)
 GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
@@ -166,6 +173,39 @@ def losskit_forward(num_classes: int, reg_max: int, device: torch.device, feats:
     return (lambda: crit(feats, targets).total), evaluate
 
 
+def rss_step(implementation: str, scenario: str, reg_max: int, batch: int, imgsz: int, objects: list[int],
+             num_classes: int, seed: int):
+    """For :func:`benchmarks.harness.rss_growth`: the inputs and criterion of one measurement, and a step
+    that runs one forward+backward (the maps' gradients included), on the CPU."""
+    feats, targets = make_inputs(SCENARIOS[scenario], batch=batch, imgsz=imgsz, objects=tuple(objects),
+                                 num_classes=num_classes, reg_max=reg_max, device=torch.device("cpu"), seed=seed)
+    make = losskit_forward if implementation == "losskit" else ultralytics_forward
+    forward = make(num_classes, reg_max, torch.device("cpu"), feats, targets)[0]
+
+    def step() -> None:
+        for f in feats:
+            f.grad = None
+        forward().backward()
+
+    return step
+
+
+def rss_table(results: list, spec: tuple, threads: int) -> str:
+    """Growth of the peak resident set during one (first) forward+backward, each implementation in a fresh
+    process with its inputs made before the reset, beside the tensor tracker's peak; ratios over losskit."""
+    growth = {r.label: rss_growth("benchmarks.bench_detection:rss_step",
+                                  "losskit" if r.label == "losskit" else "ultralytics", *spec, threads=threads)
+              for r in results}
+    tracker = {r.label: r.memory_bytes for r in results}
+    reference = "losskit" if "losskit" in growth else next(iter(growth))
+    lines = [f"{'peak memory, one process each':<34}{'RSS growth (MB)':>17}{'tracker (MB)':>14}"
+             f"{'ratio by RSS':>14}{'by tracker':>12}"]
+    for label in growth:
+        lines.append(f"{label:<34}{growth[label] / 2**20:>17.1f}{tracker[label] / 2**20:>14.1f}"
+                     f"{growth[label] / growth[reference]:>14.2f}{tracker[label] / tracker[reference]:>12.2f}")
+    return "\n".join(lines)
+
+
 def _key(name: str) -> str:
     return name.lower().removesuffix("_loss").removeprefix("loss_")
 
@@ -219,6 +259,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--peer-only", action="store_true", help="time Ultralytics alone (no losskit.detection)")
     parser.add_argument("--checks", action="store_true", help="keep losskit's value checks on (default: off, "
                         "as the peer runs none)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the resident-set measurements (CPU, Linux: "
+                        "one fresh process per implementation and scenario)")
     args = parser.parse_args(argv)
     if args.imgsz % 32:
         parser.error("--imgsz must be a multiple of 32")
@@ -286,6 +328,11 @@ def main(argv: list[str] | None = None) -> str:
                      f"threads={torch.get_num_threads()}, value checks {'on' if args.checks else 'off'}")
             table = report(title, results, reference="losskit" if have_losskit else ULTRALYTICS)
             print(table)
+            if device.type == "cpu" and rss_available() and not args.no_rss:
+                spec = (name, reg_max, batch, args.imgsz, list(objects), args.classes, args.seed)
+                rss = rss_table(results, spec, torch.get_num_threads())
+                print(rss)
+                table += "\n" + rss
             print()
             texts.append("\n".join([shapes, values, table]))
             del feats, targets, forwards, evaluators, results

@@ -65,14 +65,14 @@ def stal_boxes(boxes, size):
     return torch.cat((centre - wh / 2, centre + wh / 2), -1)
 
 
-def targets_to_pixels(bboxes, image_wh):
-    """Normalized ``cx, cy, w, h`` to ``xyxy`` pixels, clipped to the image ``(W, H)``."""
+def targets_to_pixels(bboxes, image_wh, clip=True):
+    """Normalized ``cx, cy, w, h`` to ``xyxy`` pixels, clipped to the image ``(W, H)`` (if ``clip``)."""
     w_img, h_img = image_wh
     b = bboxes.double()
     cx, cy, w, h = b[:, 0] * w_img, b[:, 1] * h_img, b[:, 2] * w_img, b[:, 3] * h_img
     out = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1)
     limit = torch.tensor([w_img, h_img, w_img, h_img], dtype=torch.float64)
-    return torch.minimum(out.clamp(min=0), limit)
+    return torch.minimum(out.clamp(min=0), limit) if clip else out
 
 
 # --- the assigner -----------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def iou(pred, target):
 
 
 def assign(scores, pred_boxes, points, gt_boxes, gt_labels, batch_idx, *, topk, alpha=0.5, beta=6.0, topk2=None,
-           small_object_size=None, eps=1e-9, overlap="ciou"):
+           small_object_size=None, eps=1e-9, overlap="ciou", dense_topk=False):
     """Task-aligned assignment, dense: returns ``fg_mask (B, A)``, ``target_gt (B, A)``, ``target_scores (B, A)``.
 
     scores ``(B, A, C)`` probabilities; pred_boxes ``(B, A, 4)`` and points ``(A, 2)`` in pixels;
@@ -100,6 +100,11 @@ def assign(scores, pred_boxes, points, gt_boxes, gt_labels, batch_idx, *, topk, 
        of that image it is a candidate of (ties: the lowest row);
     5. topk2: g keeps its topk2 final anchors of largest t (ties to the lower anchor);
     6. score = t max_u / (max_t + eps), maxima over g's final anchors.
+
+    ``dense_topk`` (Ultralytics' rule): in 3., g keeps those of ``torch.topk(row, topk)`` that are its
+    candidates, ``row`` being t at g's candidates and 0 at every other anchor of the image (so metric-0
+    candidates can be kept); in 4., an anchor whose candidates all have u = 0 goes to the image's first
+    object, candidate or not; in 5., the same with ``torch.topk(row of t at g's final anchors, topk2)``.
     """
     scores, pred_boxes, points = scores.double(), pred_boxes.double(), points.double()
     gt_boxes = gt_boxes.double()
@@ -126,8 +131,17 @@ def assign(scores, pred_boxes, points, gt_boxes, gt_labels, batch_idx, *, topk, 
         for a in anchors:
             rivals.setdefault((images[g], a), []).append(g)
 
+    def dense_top(g, values, k):
+        row = torch.zeros(a_count, dtype=torch.float64)
+        for a, v in values.items():
+            row[a] = v
+        return [a for a in torch.topk(row, min(k, a_count)).indices.tolist() if a in values]
+
     kept = []
     for g in range(m):
+        if dense_topk:
+            kept.append(dense_top(g, metric[g], topk))
+            continue
         ranked = sorted((a for a in candidate[g] if metric[g][a] > 0), key=lambda a, g=g: (-metric[g][a], a))
         kept.append(ranked[:topk])
 
@@ -139,8 +153,14 @@ def assign(scores, pred_boxes, points, gt_boxes, gt_labels, batch_idx, *, topk, 
     for (b, a), keepers in claims.items():
         # one keeper keeps it; otherwise the largest u among all objects it is a candidate of
         owner = keepers[0] if len(keepers) == 1 else min(rivals[b, a], key=lambda g, a=a: (-overlap[g][a], g))
+        if dense_topk and len(keepers) > 1 and overlap[owner][a] == 0:
+            owner = images.index(b)  # the image's first object
+            overlap[owner].setdefault(a, 0.0)
+            metric[owner].setdefault(a, 0.0)
         final[owner].append(a)
-    if topk2 is not None:
+    if topk2 is not None and dense_topk:
+        final = [[a for a in dense_top(g, {a: metric[g][a] for a in f}, topk2)] for g, f in enumerate(final)]
+    elif topk2 is not None:
         final = [sorted(f, key=lambda a, g=g: (-metric[g][a], a))[:topk2] for g, f in enumerate(final)]
 
     fg = torch.zeros(b_count, a_count, dtype=torch.bool)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from benchmarks import bench_boxes, bench_cross_entropy, bench_focal
-from benchmarks.harness import cpu_peak_bytes, rss_growth
+from benchmarks import bench_boxes, bench_cross_entropy, bench_detection, bench_focal
+from benchmarks.harness import cpu_peak_bytes, rss_available, rss_growth
 
 
 def test_cpu_peak_counts_new_tensors_but_not_views_or_inputs():
@@ -43,3 +43,18 @@ def allocate_megabytes(megabytes):
 def test_rss_growth_sees_a_step_allocation_and_not_the_inputs():
     growth = rss_growth("tests.test_benchmarks:allocate_megabytes", 64)
     assert 60 * 2**20 <= growth <= 90 * 2**20  # the 64 MB block, plus a little for the interpreter
+
+
+@pytest.mark.slow
+def test_detection_benchmark_reports_resident_set_growth():
+    """The detection benchmark runs (losskit alone where Ultralytics is missing) and gives each
+    implementation's RSS growth, measured in its own process, beside the tracker."""
+    text = bench_detection.main(["--scenarios", "crowded", "--imgsz", "64", "--objects", "20", "--rounds", "1",
+                                 "--warmup", "0", "--classes", "4"] + ([] if rss_available() else ["--no-rss"]))
+    assert "crowded: B=4, 64x64" in text
+    if rss_available():
+        lines = text.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("peak memory, one process each"))
+        assert "RSS growth (MB)" in lines[header] and lines[header + 1].startswith("losskit")
+        growth, tracker, *_ = (float(v) for v in lines[header + 1].split()[1:])
+        assert growth > 0 and tracker > 0

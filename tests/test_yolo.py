@@ -356,6 +356,92 @@ def test_assigner_many_tiny_objects_matches_reference():
                                            small_object_size=16.0))
 
 
+def crowded_case(seed, count=60, high=12.0, num_images=2):
+    """``count`` objects of 2 to ``high`` px per image on the 64 x 64 grid (84 anchors): most have fewer
+    than 10 positive candidates, so a dense top-10 takes metric-0 anchors, and those collide."""
+    gen = torch.Generator().manual_seed(seed)
+    scores, pred_boxes = random_predictions(gen, num_images, 3)
+    images = sorted(list(range(num_images)) * count)
+    boxes, labels, idx = random_objects(gen, images, 3, low=2.0, high=high)
+    return scores, pred_boxes, boxes, labels, idx
+
+
+# (seed, objects per image, largest side): metric-0 foreground, anchors given to an image's first object
+# that is no candidate there (seeds 0, 2), and a metric-0 pick that moves an anchor's target (the last).
+CROWDED = [(0, 60, 12.0), (2, 60, 12.0), (4, 100, 40.0)]
+
+
+def dense_topk_counts(out, scores, pred_boxes, boxes, labels, idx, topk=10, stal=16.0):
+    """Metric-0 foreground anchors, and anchors given to an object they are no candidate of."""
+    zero_fg = int((out.fg_mask & (out.target_scores == 0)).sum())
+    gt, anchor = TaskAlignedAssigner(topk, 3, small_object_size=stal).candidates(GRID, boxes)
+    pairs = set(zip(gt.tolist(), anchor.tolist(), strict=True))
+    assigned = out.fg_mask.nonzero().tolist()
+    outside = sum((int(out.target_gt[b, a]), a) not in pairs for b, a in assigned)
+    return zero_fg, outside
+
+
+@pytest.mark.parametrize("crowd", CROWDED, ids=str)
+@pytest.mark.parametrize("topk2", [None, 1])
+@pytest.mark.parametrize("stal", [None, 16.0])
+def test_assigner_dense_topk_matches_reference(crowd, topk2, stal):
+    """Ultralytics' selection (torch.topk over each object's dense row of anchors) against the reference's
+    dense rule, in crowded scenes where metric-0 picks reach the foreground and collide."""
+    scores, pred_boxes, boxes, labels, idx = crowded_case(*crowd)
+    out = TaskAlignedAssigner(topk=10, num_classes=3, topk2=topk2, small_object_size=stal, dense_topk=True)(
+        scores, pred_boxes, GRID, boxes, labels, idx)
+    expected = ref.assign(scores, pred_boxes, pixel_points(), boxes, labels, idx, topk=10, topk2=topk2,
+                          small_object_size=stal, dense_topk=True)
+    assert_same_assignment(out, expected)
+    assert torch.equal(out.target_boxes[out.fg_mask], boxes[out.target_gt[out.fg_mask]])
+
+
+def test_dense_topk_cases_exercise_metric_zero_picks():
+    """The crowded cases are not vacuous: metric-0 foreground and anchors given, through a collision of
+    metric-0 picks, to an image's first object that is no candidate there; the default rule has neither,
+    and dense_topk changes the scores somewhere."""
+    zero_fg = outside = changed = 0
+    for crowd in CROWDED:
+        case = crowded_case(*crowd)
+        dense = TaskAlignedAssigner(topk=10, num_classes=3, small_object_size=16.0, dense_topk=True)(*case[:2], GRID,
+                                                                                                     *case[2:])
+        default = TaskAlignedAssigner(topk=10, num_classes=3, small_object_size=16.0)(*case[:2], GRID, *case[2:])
+        counts = dense_topk_counts(dense, *case)
+        zero_fg, outside = zero_fg + counts[0], outside + counts[1]
+        assert dense_topk_counts(default, *case) == (0, 0)
+        changed += not torch.equal(dense.target_scores, default.target_scores)
+    assert zero_fg > 0 and outside > 0 and changed > 0
+
+
+def test_dense_topk_equals_default_without_metric_zero_picks():
+    """Every object with at least topk positive candidates and no ties: the two selections agree."""
+    scores, pred_boxes, boxes, labels, idx = assigner_case(1)
+    big = (boxes[:, 2:] - boxes[:, :2]).min(-1).values >= 24  # 3 x 3 stride-8 centres at least
+    args = (scores, pred_boxes, GRID, boxes[big], labels[big], idx[big])
+    default = TaskAlignedAssigner(topk=4, num_classes=3)(*args)
+    assert int(big.sum()) >= 3 and default.fg_mask.any()
+    assert not (default.fg_mask & (default.target_scores == 0)).any()
+    dense = TaskAlignedAssigner(topk=4, num_classes=3, dense_topk=True)(*args)
+    assert_same_assignment(dense, (default.fg_mask, default.target_gt, default.target_scores.double()))
+
+
+def test_dense_topk_chunking_does_not_change_the_picks():
+    """Rows built a few objects at a time pick what one (objects, anchors) torch.topk picks."""
+    from losskit.detection.assigner import _DenseRows
+
+    scores, pred_boxes, boxes, labels, idx = crowded_case(0, count=200, num_images=1)
+    gt, anchor = TaskAlignedAssigner(10, 3, small_object_size=16.0).candidates(GRID, boxes)
+    value = torch.rand(len(gt), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    value[::3] = 0.0  # many metric-0 candidates
+    whole = _DenseRows(gt, anchor, len(boxes), GRID.num_anchors, chunk_elements=1 << 30).top(value, 10)
+    chunked = _DenseRows(gt, anchor, len(boxes), GRID.num_anchors, chunk_elements=5 * GRID.num_anchors).top(value, 10)
+    assert torch.equal(whole, chunked) and int(whole.sum()) > 0
+    rows = torch.zeros(len(boxes), GRID.num_anchors, dtype=torch.float64)
+    rows[gt, anchor] = value
+    picked = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, rows.topk(10, dim=-1).indices, True)
+    assert torch.equal(whole, picked[gt, anchor])
+
+
 # --- YOLOLoss against the reference -------------------------------------------------------------
 
 
@@ -383,11 +469,11 @@ def make_targets(gen, num_classes, num_images=2, m=6):
 
 
 def reference_branch(maps, targets, *, reg_max, num_classes, topk, topk2=None, small_object_size=16.0,
-                     class_weights=None, strides=STRIDES):
+                     class_weights=None, strides=STRIDES, clip=True):
     """Reference assignment from the maps, then the reference loss on fresh float64 leaves."""
     scores, pred_boxes, points = ref.dense_predictions(maps, strides, reg_max)
     h, w = maps[0].shape[2:]
-    gt = ref.targets_to_pixels(targets["bboxes"], (w * strides[0], h * strides[0]))
+    gt = ref.targets_to_pixels(targets["bboxes"], (w * strides[0], h * strides[0]), clip)
     labels, idx = targets["cls"].reshape(-1).long(), targets["batch_idx"].long()
     assignment = ref.assign(scores, pred_boxes, points, gt, labels, idx, topk=topk, topk2=topk2,
                             small_object_size=small_object_size)
@@ -564,7 +650,104 @@ def test_boxes_partly_outside_are_clipped():
     assert (fg_boxes >= 0).all() and (fg_boxes[:, [0, 2]] <= 64).all() and (fg_boxes[:, [1, 3]] <= 48).all()
 
 
+@pytest.mark.parametrize("reg_max", [4, 1])
+def test_unclipped_boxes_match_reference(reg_max):
+    """clip_boxes=False (Ultralytics' criterion): the boxes as given, e.g. object 0 of the test above is
+    [-9.6, 33.6, 16, 52.8] px; values and gradients against the reference on the unclipped boxes."""
+    gen = torch.Generator().manual_seed(1)
+    maps = make_maps(gen, reg_max, 3)
+    targets = {"batch_idx": torch.tensor([0.0, 1.0, 1.0]), "cls": torch.tensor([1.0, 2.0, 0.0]),
+               "bboxes": torch.tensor([[0.05, 0.9, 0.4, 0.4], [0.98, 0.02, 0.3, 0.3], [0.5, 0.5, 0.4, 0.5]],
+                                      dtype=torch.float64)}
+    out = YOLOLoss(3, reg_max=reg_max, clip_boxes=False)(maps, targets)
+    a = out.assignment
+    close(a.target_boxes[a.target_gt == 0], t64([-9.6, 33.6, 16.0, 52.8]).expand(int((a.target_gt == 0).sum()), 4))
+    expected, leaves, assignment = reference_branch(maps, targets, reg_max=reg_max, num_classes=3, topk=10,
+                                                    clip=False)
+    assert_same_assignment(a, assignment)
+    close(out.per_image_components, expected, rtol=1e-6)
+    compare_gradients(out.per_image_components, maps, expected, leaves, torch.ones(2, 3, dtype=torch.float64))
+    clipped = YOLOLoss(3, reg_max=reg_max)(maps, targets)
+    assert not torch.allclose(clipped.per_image_components[:, 0], out.per_image_components[:, 0])
+
+
 # --- dtypes and edge cases ----------------------------------------------------------------------
+
+
+# --- accuracy where users train: float32 and half maps against float64 on the same values ----------
+
+# Budget (relative): float32, 1e-6 on the total and on each component, 1e-4 on the gradient norm. The
+# terms are float32 roundings of smooth functions (~1e-7), and the per-image sums over foreground
+# anchors are accumulated in float64, so nothing grows with the number of objects; without that, a
+# thousand objects in one image cost about 3e-6. Half maps are computed in float32 and the results
+# rounded once to the input dtype: the budget adds that rounding, 2^-11 (float16) or 2^-8 (bfloat16),
+# to the value and to each gradient entry.
+ACCURACY_BUDGET = {torch.float32: (1e-6, 1e-4), torch.float16: (2.0**-11 + 1e-6, 2.0**-11 + 1e-4),
+                   torch.bfloat16: (2.0**-8 + 1e-6, 2.0**-8 + 1e-4)}
+
+
+def scene(seed, *, image=320, objects=(1, 30), sides=(8.0, 160.0), clusters=0, num_images=2, num_classes=20,
+          reg_max=16):
+    """Float64 head maps (class logits N(-4, 1), box logits N(0, 1) or distances 0.5-4.5 cells) and targets:
+    objects per image uniform in ``objects``, sides uniform in ``sides`` px; with ``clusters``, centres
+    about that many cluster centres (sd 6% of the image), as in a crowd; boxes kept inside the image."""
+    gen = torch.Generator().manual_seed(seed)
+    maps = []
+    for stride in STRIDES:
+        side = image // int(stride)
+        box = (torch.randn(num_images, 4 * reg_max, side, side, generator=gen, dtype=torch.float64) if reg_max > 1
+               else torch.rand(num_images, 4, side, side, generator=gen, dtype=torch.float64) * 4 + 0.5)
+        cls = torch.randn(num_images, num_classes, side, side, generator=gen, dtype=torch.float64) - 4
+        maps.append(torch.cat((box, cls), 1))
+    counts = torch.randint(objects[0], objects[1] + 1, (num_images,), generator=gen)
+    m = int(counts.sum())
+    wh = sides[0] + torch.rand(m, 2, generator=gen, dtype=torch.float64) * (sides[1] - sides[0])
+    if clusters:
+        centres = torch.rand(clusters, 2, generator=gen, dtype=torch.float64) * image
+        xy = centres[torch.randint(clusters, (m,), generator=gen)]
+        xy = xy + torch.randn(m, 2, generator=gen, dtype=torch.float64) * 0.06 * image
+    else:
+        xy = torch.rand(m, 2, generator=gen, dtype=torch.float64) * image
+    xy = torch.maximum(torch.minimum(xy, image - wh / 2), wh / 2)
+    targets = {"batch_idx": torch.repeat_interleave(torch.arange(num_images), counts).double(),
+               "cls": torch.randint(num_classes, (m, 1), generator=gen).double(),
+               "bboxes": torch.cat((xy, wh), 1) / image}
+    return maps, targets
+
+
+ACCURACY_SCENES = {
+    "typical": dict(seed=1),
+    "crowded": dict(seed=2, objects=(1200, 1200), sides=(4.0, 40.0), clusters=25, num_images=1),
+    "crowded-l1": dict(seed=3, objects=(600, 600), sides=(4.0, 40.0), clusters=25, reg_max=1),
+}
+
+
+def relative_errors(criterion, maps, targets, dtype):
+    """Relative errors of the total, each component and the gradient norm in ``dtype`` against float64 on
+    the same values, and whether both assigned the same anchors."""
+    low = [m.to(dtype).requires_grad_() for m in maps]
+    exact = [m.detach().to(dtype).double().requires_grad_() for m in maps]  # the same values
+    out, ref = criterion(low, targets), criterion(exact, targets)
+    grad, ref_grad = torch.autograd.grad(out.total, low), torch.autograd.grad(ref.total, exact)
+    values = torch.stack([out.total.double()] + [v.double() for v in out.components.values()])
+    expected = torch.stack([ref.total] + list(ref.components.values())).detach()
+    value_error = float(((values.detach() - expected) / expected).abs().max())
+    diff = torch.sqrt(sum(((g.double() - r) ** 2).sum() for g, r in zip(grad, ref_grad, strict=True)))
+    grad_error = float(diff / torch.sqrt(sum((r**2).sum() for r in ref_grad)))
+    return value_error, grad_error, torch.equal(out.assignment.fg_mask, ref.assignment.fg_mask)
+
+
+@pytest.mark.parametrize("name", ACCURACY_SCENES)
+@pytest.mark.parametrize("dtype", list(ACCURACY_BUDGET), ids=str)
+def test_accuracy_against_float64(name, dtype):
+    options = ACCURACY_SCENES[name]
+    maps, targets = scene(**options)
+    criterion = YOLOLoss(20, reg_max=options.get("reg_max", 16))
+    value_error, grad_error, same_assignment = relative_errors(criterion, maps, targets, dtype)
+    value_budget, grad_budget = ACCURACY_BUDGET[dtype]
+    assert same_assignment  # the comparison is of the loss, not of a different assignment
+    assert value_error <= value_budget, f"{name} {dtype}: value {value_error:.2e} > {value_budget:.1e}"
+    assert grad_error <= grad_budget, f"{name} {dtype}: gradient norm {grad_error:.2e} > {grad_budget:.1e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

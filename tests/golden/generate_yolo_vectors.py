@@ -2,7 +2,9 @@
 
 Run ONLY in the separate peer environment (see README.md in this folder)::
 
-    YOLO_OFFLINE=1 /tmp/peer-venv/bin/python tests/golden/generate_yolo_vectors.py   # from the repository root
+    YOLO_OFFLINE=1 /tmp/peer-venv/bin/python tests/golden/generate_yolo_vectors.py [case ...]  # from the repo root
+
+(naming cases rewrites only those).
 
 It writes ``tests/golden/yolo/<case>.pt``, one ``torch.save`` of a plain dict per case (tensors,
 numbers, strings, lists and dicts only, so ``torch.load(path, weights_only=True)`` reads it), and
@@ -11,13 +13,15 @@ numbers, strings, lists and dicts only, so ``torch.load(path, weights_only=True)
 - ``source``: library, version, torch version and build, the exact call;
 - ``config``: classes, strides, reg_max, gains, end2end, the one-to-many weight, image size;
 - ``feats``: the per-level head maps ``(B, 4 * reg_max + nc, H_i, W_i)`` (box channels first);
-  end-to-end cases hold ``{"one2many": [...], "one2one": [...]}``;
+  end-to-end cases hold ``{"one2many": [...], "one2one": [...]}``; the crowded cases store them as
+  float16 (``config["feats_storage"]``): their values are float16 values, so that is exact;
 - ``batch``: ``batch_idx`` (M,), ``cls`` (M, 1), ``bboxes`` (M, 4) normalised cxcywh, sorted by
   image (as Ultralytics' collate makes them: its padding assumes it);
 - ``expected``: the loss items (box, cls, dfl-or-l1) with gains applied and NOT times the batch
   size, the total Ultralytics returns (``loss.sum()``, i.e. times the batch size), the assigner's
   outputs (fg mask, per-image padded gt index, target boxes in xyxy pixels, target labels, target
-  scores), and the gradient of the total with respect to every map;
+  scores), and the gradient of the total with respect to every map; the crowded cases add
+  ``default_rule``, the same code under losskit's default rules (see ``_default_rule_record``);
 - ``diagnostics``: counts about the assignment (see ``_diagnose``) and how far Ultralytics' own
   float32 result is from the same call in float64.
 
@@ -50,7 +54,7 @@ EPOCHS = 3  # with 3 epochs, one E2ELoss.update() is progress 1 / (3 - 1) = 0.5
 
 # Every case the generator writes; tests/test_golden_yolo.py keeps the same list.
 CASES = ("v8_typical", "v8_empty_image", "v8_no_objects", "v8_crowded", "v8_tiny", "v8_overlap_ties",
-         "v8_class_weights", "yolo26_l1", "yolo26_e2e")
+         "v8_class_weights", "yolo26_l1", "yolo26_e2e", "v8_crowded_320", "v8_tiny_crowd", "yolo26_e2e_crowded")
 
 
 def progress_o2m(fraction: float) -> float:
@@ -149,6 +153,47 @@ def _ties_maps(g, nc: int, reg_max: int, imgsz) -> list:
     return maps
 
 
+def _rough_maps(g, batch_size: int, nc: int, reg_max: int, imgsz, box_sd: float) -> list:
+    """Per-level maps of a head early in training: box logits N(0, box_sd^2) (reg_max > 1; reg_max == 1:
+    distances |N(0, box_sd^2)| * 3 + 0.5 grid units), class logits N(-3, 1).
+
+    Predicted boxes are far off, so many candidate anchors have a CIoU <= 0 (alignment metric 0) and
+    objects with fewer than k positive candidates take metric-0 anchors in their top-k.
+    """
+    import torch
+
+    out = []
+    for h, w in level_sizes(imgsz):
+        if reg_max > 1:
+            box = torch.randn(batch_size, 4 * reg_max, h, w, generator=g) * box_sd
+        else:
+            box = torch.randn(batch_size, 4, h, w, generator=g).abs() * 3 * box_sd + 0.5
+        cls = torch.randn(batch_size, nc, h, w, generator=g) - 3
+        out.append(torch.cat([box, cls], 1).contiguous())
+    return out
+
+
+def _clustered_boxes(g, n: int, imgsz, side_min: float, side_max: float, clusters, spread: float,
+                     reach_outside: bool = False):
+    """(n, 4) normalised cxcywh boxes, sides uniform in [side_min, side_max] px, centres N(cluster, spread^2 px)
+    about ``clusters`` centres: that many uniform ones, or a list of (x, y) pixels. ``reach_outside``: centres
+    stay inside the image, so boxes may reach past its edges (never entirely outside); otherwise corners stay
+    inside."""
+    import torch
+
+    H, W = imgsz
+    size = torch.tensor([W, H], dtype=torch.float32)
+    wh = side_min + (side_max - side_min) * torch.rand(n, 2, generator=g)
+    centres = (torch.tensor(clusters, dtype=torch.float32) if isinstance(clusters, list)
+               else torch.rand(clusters, 2, generator=g) * size)
+    clusters = len(centres)
+    c = centres[torch.randint(clusters, (n,), generator=g)] + torch.randn(n, 2, generator=g) * spread
+    margin = 0.01  # px: corners inside after the division by the image size, whatever its rounding
+    low, high = (torch.zeros(2), size) if reach_outside else (wh / 2 + margin, size - wh / 2 - margin)
+    c = torch.maximum(torch.minimum(c, high), low)
+    return torch.cat([c / size, wh / size], 1)
+
+
 def _cxcywh(px_boxes: list, imgsz):
     """Normalised cxcywh from pixel xyxy boxes."""
     import torch
@@ -169,17 +214,22 @@ def build_cases() -> list[dict]:
         return torch.Generator().manual_seed(seed)
 
     def add(name, seed, nc, reg_max, imgsz, per_image, *, b=None, maps=None, e2e=False, class_weights=None,
-            classes=None, note=""):
+            classes=None, note="", crowded=False):
         g = gen(seed)
         per_image = [p(g) if callable(p) else p for p in per_image]
         batch = _batch(per_image, nc, g, classes)
         bs = b or len(per_image)
         if e2e:
-            feats = {"one2many": _maps(g, bs, nc, reg_max, imgsz), "one2one": _maps(g, bs, nc, reg_max, imgsz)}
+            make = maps or (lambda g: _maps(g, bs, nc, reg_max, imgsz))
+            feats = {"one2many": make(g), "one2one": make(g)}
         else:
             feats = maps(g) if maps else _maps(g, bs, nc, reg_max, imgsz)
+        if crowded:  # stored as float16: every value is a float16 value, so the float32 inputs are kept exactly
+            feats = ({k: [m.half().float() for m in v] for k, v in feats.items()} if e2e
+                     else [m.half().float() for m in feats])
         cases.append({"name": name, "nc": nc, "reg_max": reg_max, "imgsz": list(imgsz), "batch": batch,
-                      "feats": feats, "end2end": e2e, "class_weights": class_weights, "note": note})
+                      "feats": feats, "end2end": e2e, "class_weights": class_weights, "note": note,
+                      "crowded": crowded})
 
     sq = (128, 128)
 
@@ -226,6 +276,39 @@ def build_cases() -> list[dict]:
              "Image 1 has 12 overlapping objects (12-48 px, centres in a 56 px square), so anchors picked by "
              "several objects' top-7 are resolved by IoU before each object keeps its best one: the one-to-one "
              "result depends on topk = 7, not just on topk2 = 1.")
+
+    # Crowded scenes where losskit's default rules and Ultralytics' differ. Each also records the
+    # default-rule reference ("default_rule", see _default_rule_record) and must show the difference
+    # it is there for (see _check_diagnostics).
+    s320 = (320, 320)
+    add("v8_crowded_320", 32, 2, 16, s320,
+        [lambda g: torch.cat([_clustered_boxes(g, 230, s320, 4, 40, 12, 24.0, reach_outside=True),
+                              _clustered_boxes(g, 30, s320, 4, 40, [[40.0, 10.0]], 12.0, reach_outside=True),
+                              _clustered_boxes(g, 60, s320, 2, 7, 12, 24.0)])],
+        maps=lambda g: _rough_maps(g, 1, 2, 16, s320, 2.0), crowded=True,
+        note="320 x 320, one image: 260 objects of 4-40 px and 60 of 2-7 px (below every stride) in 12 "
+             "overlapping clusters and one at the top-left edge (where torch.topk's partial sort takes its "
+             "metric-0 picks: among the first anchors of each row); centres inside the image, so some boxes "
+             "reach past its edges (Ultralytics does not clip them). Rough box logits N(0, 2^2): many "
+             "candidates have CIoU <= 0, objects with fewer than 10 positive candidates take metric-0 anchors "
+             "in their top-k (rows of 2100 >= 640 "
+             "anchors: torch.topk's partial sort) and some of those picks change which object an anchor goes "
+             "to. Feats stored as float16 (exact: the inputs are float16 values).")
+    s160 = (160, 160)
+    add("v8_tiny_crowd", 32, 2, 16, s160, [lambda g: _clustered_boxes(g, 220, s160, 2, 7, 6, 20.0)],
+        maps=lambda g: _maps(g, 1, 2, 16, s160), crowded=True,
+        note="160 x 160, one image: 220 objects of 2-7 px, all below every stride (STAL enlarges them to 16 px "
+             "for candidate selection, so many candidates lie outside the object: CIoU <= 0, metric 0), in 6 "
+             "clusters. Rows of 525 < 640 anchors: torch.topk's introselect decides which metric-0 anchors fill "
+             "each top-k; those inside an enlarged box become foreground of target score 0. Feats stored as "
+             "float16 (exact).")
+    add("yolo26_e2e_crowded", 36, 2, 1, s320,
+        [lambda g: torch.cat([_clustered_boxes(g, 210, s320, 4, 40, 10, 24.0),
+                              _clustered_boxes(g, 30, s320, 4, 40, [[40.0, 10.0]], 12.0)])],
+        maps=lambda g: _rough_maps(g, 1, 2, 1, s320, 1.0), e2e=True, crowded=True,
+        note="E2ELoss on 320 x 320, one image with 240 objects of 4-40 px in 10 clusters and one at the "
+             "top-left edge, reg_max = 1 with rough distances: a metric-0 pick in the one-to-many top-10 moves an "
+             "anchor to another object. Feats stored as float16 (exact).")
     return cases
 
 
@@ -402,6 +485,59 @@ def _branch_record(rec: _Recorder, loss) -> dict:
     }
 
 
+def _stored(m, case: dict):
+    """A map as the file keeps it: float32, or float16 for the crowded cases (their values are float16 values)."""
+    out = _own(m)
+    if case["crowded"]:
+        assert out.half().float().equal(out), "crowded-case inputs must be float16 values"
+        out = out.half()
+    return out
+
+
+def _clipped(batch: dict) -> dict:
+    """The batch with every box clipped to the image (normalised cxcywh, through the corners)."""
+    import torch
+
+    b = batch["bboxes"]
+    lo, hi = (b[:, :2] - b[:, 2:] / 2).clamp(0, 1), (b[:, :2] + b[:, 2:] / 2).clamp(0, 1)
+    return {**batch, "bboxes": torch.cat([(lo + hi) / 2, hi - lo], 1)}
+
+
+def _default_rule_record(case: dict, crit, recorders: dict, leaves, bs: int) -> dict:
+    """Ultralytics' own code under losskit's default rules: target boxes clipped to the image, and top-k picks
+    whose alignment metric is 0 dropped (``_Recorder.drop_zero_picks``). The loss items, the returned total,
+    and per branch the foreground with a positive target score and the target scores (B, A)."""
+    import torch
+
+    nc, reg_max, batch = case["nc"], case["reg_max"], _clipped(case["batch"])
+    for rec in recorders.values():
+        rec.drop_zero_picks = True
+    try:
+        with torch.no_grad():
+            out = {}
+            if case["end2end"]:
+                out["total"] = _own(crit({k: _preds(leaves(v), nc, reg_max) for k, v in case["feats"].items()},
+                                         batch)[0].sum())
+                branches = {name: getattr(crit, name) for name in recorders}
+                feats = case["feats"]
+            else:
+                branches, feats = {"": crit}, {"": case["feats"]}
+            for name, sub in branches.items():
+                _, loss, _ = sub.get_assigned_targets_and_loss(_preds(leaves(feats[name]), nc, reg_max), batch)
+                _, _, scores, fg, _ = recorders[name].log["forward_out"]
+                score = scores.float().sum(-1)
+                record = {"loss_items": _own(loss), "fg_mask": _own(fg.bool() & (score > 0)),
+                          "target_scores": _own(score)}
+                if name:
+                    out[name] = record
+                else:
+                    out.update(record, total=_own(loss.sum() * bs))
+    finally:
+        for rec in recorders.values():
+            rec.drop_zero_picks = False
+    return out
+
+
 def run_case(case: dict) -> dict:
     import torch
     import ultralytics
@@ -414,6 +550,8 @@ def run_case(case: dict) -> dict:
     config = {"num_classes": nc, "strides": list(STRIDES), "reg_max": reg_max, **GAINS, "end2end": case["end2end"],
               "o2m": O2M_START if case["end2end"] else None, "imgsz": case["imgsz"],
               "class_weights": None if case["class_weights"] is None else torch.tensor(case["class_weights"])}
+    if case["crowded"]:
+        config["feats_storage"] = "float16"  # exact: every input value is a float16 value
     bs = (case["feats"]["one2many"] if case["end2end"] else case["feats"])[0].shape[0]
 
     def leaves(maps, dtype=torch.float32):
@@ -436,6 +574,8 @@ def run_case(case: dict) -> dict:
         total64 = crit(_preds(maps64, nc, reg_max), batch)[0].sum()
         diag.update(_float64_dev(total, grads, total64, torch.autograd.grad(total64, maps64)))
         expected = {**branch, "total": _own(total), "grads": [_own(g) for g in grads]}
+        if case["crowded"]:
+            expected["default_rule"] = _default_rule_record(case, crit, {"": rec}, leaves, bs)
         cw = "" if case["class_weights"] is None else ", model.class_weights = tensor(class_weights)"
         src["call"] = ("crit = ultralytics.utils.loss.v8DetectionLoss(model)  # tal_topk=10; model: a stub with "
                        f"args(box=7.5, cls=0.5, dfl=1.5), model[-1].stride=tensor([8., 16., 32.]), nc={nc}, "
@@ -444,7 +584,7 @@ def run_case(case: dict) -> dict:
                        "loss_items = crit.get_assigned_targets_and_loss(preds, batch)[1]; "
                        "total = crit(preds, batch)[0].sum(); assigner outputs recorded from crit.assigner.forward; "
                        "grads = autograd.grad(total, feats)")
-        feats_out = [_own(m) for m in case["feats"]]
+        feats_out = [_stored(m, case) for m in case["feats"]]
     else:
         crit = E2ELoss(model)
         crit.o2m, crit.o2o = O2M_START, 1.0 - O2M_START  # the initial weights (what __init__ sets)
@@ -465,6 +605,8 @@ def run_case(case: dict) -> dict:
         check = (expected["one2many"]["loss_items"].sum() * O2M_START
                  + expected["one2one"]["loss_items"].sum() * (1 - O2M_START)) * bs
         assert torch.allclose(total, check), "E2E total != weighted branch items * batch size"
+        if case["crowded"]:
+            expected["default_rule"] = _default_rule_record(case, crit, recs, leaves, bs)
         maps64 = {k: leaves(v, torch.float64) for k, v in case["feats"].items()}
         total64 = crit({k: _preds(v, nc, reg_max) for k, v in maps64.items()}, batch)[0].sum()
         diag.update(_float64_dev(total, g, total64, torch.autograd.grad(total64, maps64["one2many"]
@@ -484,7 +626,7 @@ def run_case(case: dict) -> dict:
                        "total = crit(preds, batch)[0].sum(); grads = autograd.grad(total, all maps); branch items = "
                        "crit.<branch>.get_assigned_targets_and_loss(preds[<branch>], batch)[1]; then crit.update() "
                        "(o2m = (1 - 1/2) * (0.8 - 0.1) + 0.1) and total_at_o2m_0.45 = crit(preds, batch)[0].sum()")
-        feats_out = {k: [_own(m) for m in v] for k, v in case["feats"].items()}
+        feats_out = {k: [_stored(m, case) for m in v] for k, v in case["feats"].items()}
 
     return {
         "source": src,
@@ -498,29 +640,59 @@ def run_case(case: dict) -> dict:
     }
 
 
-def _check_diagnostics(name: str, diag: dict) -> None:
-    """Refuse a case whose golden values would depend on torch.topk's order among ties, or whose gradient
-    is not unique (float32 and float64 disagree far beyond rounding: a min/max kink, e.g. a predicted
-    edge exactly on a target edge)."""
+def reaching_outside(bboxes) -> int:
+    """How many normalised cxcywh boxes reach past an edge of the image.
+
+    >>> import torch
+    >>> reaching_outside(torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.05, 0.5, 0.2, 0.2]]))
+    1
+    """
+    lo, hi = bboxes[:, :2] - bboxes[:, 2:] / 2, bboxes[:, :2] + bboxes[:, 2:] / 2
+    return int(((lo < 0) | (hi > 1)).any(1).sum())
+
+
+def _check_diagnostics(case: dict, payload: dict) -> None:
+    """Refuse a case whose golden values would depend on torch.topk's order among positive ties, or whose
+    gradient is not unique (float32 and float64 disagree far beyond rounding: a min/max kink, e.g. a
+    predicted edge exactly on a target edge).
+
+    Metric-0 picks are what the crowded cases are for (``YOLOLoss(dense_topk=True)`` reproduces them;
+    losskit's default rule is checked against ``default_rule``): a crowded case must have metric-0 foreground
+    or metric-0 picks that change the assignment (``zero_pick_conflicts``), ``v8_crowded_320`` the latter
+    and boxes reaching outside the image; the other cases no such change.
+    """
+    name, diag = case["name"], payload["diagnostics"]
     if diag["float64_grad_max_abs_dev"] > 1e-5 or diag["float64_total_rel_dev"] > 1e-5:
         raise SystemExit(f"{name}: float32 and float64 runs disagree ({diag['float64_total_rel_dev']:.3g} relative "
                          f"in the total, {diag['float64_grad_max_abs_dev']:.3g} in a gradient); change the case")
-    for d in ([diag] if "fg" in diag else [diag["one2many"], diag["one2one"]]):
-        for key in ("topk_boundary_ties", "topk2_ties", "zero_pick_conflicts"):
+    branches = [diag] if "fg" in diag else [diag["one2many"], diag["one2one"]]
+    for d in branches:
+        for key in ("topk_boundary_ties", "topk2_ties") + (() if case["crowded"] else ("zero_pick_conflicts",)):
             if d[key]:
                 raise SystemExit(f"{name}: {key} = {d[key]}: the golden values would depend on the order "
                                  "torch.topk gives tied values; change the case")
+    if case["crowded"] and not any(d["zero_pick_conflicts"] + d["zero_score_fg"] for d in branches):
+        raise SystemExit(f"{name}: no metric-0 pick reaches the foreground; change the case")
+    if name == "v8_crowded_320" and not (diag["zero_pick_conflicts"] and reaching_outside(case["batch"]["bboxes"])):
+        raise SystemExit(f"{name}: needs a metric-0 pick that changes the assignment and a box reaching outside the "
+                         "image; change the case")
 
 
-def main() -> list[Path]:
+def main(names: list[str] | None = None) -> list[Path]:
+    """Write every case, or the cases named (the others are left as they are)."""
     import torch
 
+    unknown = set(names or ()) - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown case(s) {sorted(unknown)}; the cases are {CASES}")
     torch.use_deterministic_algorithms(True)
     OUT.mkdir(exist_ok=True)
     written = []
     for case in build_cases():
+        if names and case["name"] not in names:
+            continue
         payload = run_case(case)
-        _check_diagnostics(case["name"], payload["diagnostics"])
+        _check_diagnostics(case, payload)
         path = OUT / f"{case['name']}.pt"
         torch.save(payload, path)
         loaded = torch.load(path, weights_only=True)
@@ -533,6 +705,7 @@ def main() -> list[Path]:
                  f"{path.stat().st_size / 1024:7.1f} KiB"]
         for branch, dd in ([("", diag)] if "fg" in diag else [("o2m ", diag["one2many"]), ("o2o ", diag["one2one"])]):
             parts.append(f"{branch}fg={dd['fg']} zero-score-fg={dd['zero_score_fg']} "
+                         f"zero-pick-conflicts={dd['zero_pick_conflicts']} "
                          f"multi-gt={dd['multi_gt_anchors']} (to unpicking gt {dd['multi_gt_to_unpicking_gt']}, "
                          f"IoU ties {dd['iou_argmax_ties']}) gts-with-zero-picks={dd['gts_with_zero_picks']}")
         print("  ".join(parts))
@@ -540,6 +713,6 @@ def main() -> list[Path]:
 
 
 if __name__ == "__main__":
-    paths = main()
+    paths = main(sys.argv[1:])
     total = sum(p.stat().st_size for p in paths)
     print(f"{len(paths)} files, {total / 1024:.1f} KiB", file=sys.stderr)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_number, check_one_of
+from losskit._core.checks import check_bool, check_number, check_one_of
 from losskit.boxes import box_convert, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid
 
@@ -103,6 +103,20 @@ class TaskAlignedAssigner:
     foreground through step 2, when the object it goes to predicts probability 0 there, as in
     YOLOv8.
 
+    **Ultralytics' top-k** (``dense_topk=True``). Ultralytics ranks each object's whole row of
+    anchors with ``torch.topk`` (anchors outside the object count as metric 0), so an object with
+    fewer than ``topk`` positive candidates also takes metric-0 anchors, in the order
+    ``torch.topk`` gives equal values (on the CPU: among the first anchors of the row for rows of
+    at least ``64 * topk`` anchors, from an introselect otherwise; CUDA has its own order).
+    Those inside the object become foreground with target score 0, and they count as claims in
+    step 2: an anchor that one object kept with a positive metric and another took with metric 0
+    goes to the candidate object of largest overlap, which may be a third object. That moves
+    targets and changes the loss (up to 1.4e-4 of the total and 6e-4 of a component in the
+    crowded scenes measured). With ``dense_topk=True`` the selection (and ``topk2``'s) runs
+    ``torch.topk`` on the same rows, objects in chunks, and reproduces Ultralytics on the same
+    device (measured on the CPU); a contested anchor whose candidates all have overlap 0 goes to
+    the first object of its image, as there.
+
     **Small objects** (STAL, YOLO26): with ``small_object_size=m``, for candidate selection only,
     a box side shorter than ``m`` pixels is widened to ``m`` about the box centre, so objects
     smaller than the stride still reach anchors; the metric and the losses use the real box.
@@ -116,6 +130,8 @@ class TaskAlignedAssigner:
         small_object_size: STAL's minimum side in pixels for candidate selection, or ``None``.
         topk2: Anchors each object keeps after conflicts are resolved (one-to-one: 1), or ``None``.
         eps: Margin of the inside test and the division guard of step 4.
+        dense_topk: Select with ``torch.topk`` over each object's dense row of anchors, as Ultralytics
+            does (see above), instead of among positive candidates with ties to the lower anchor.
 
     Examples:
         >>> import torch
@@ -140,7 +156,7 @@ class TaskAlignedAssigner:
 
     def __init__(self, topk: int = 10, num_classes: int = 80, alpha: float = 0.5, beta: float = 6.0, *,
                  overlap: str = "ciou", small_object_size: float | None = None, topk2: int | None = None,
-                 eps: float = 1e-9) -> None:
+                 eps: float = 1e-9, dense_topk: bool = False) -> None:
         for name, value in (("topk", topk), ("num_classes", num_classes)) + ((("topk2", topk2),) if topk2 else ()):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -152,11 +168,13 @@ class TaskAlignedAssigner:
         self.small_object_size = (None if small_object_size is None
                                   else check_number("small_object_size", small_object_size, low=0.0))
         self.eps = check_number("eps", eps, low=0.0)
+        check_bool("dense_topk", dense_topk)
+        self.dense_topk = dense_topk
 
     def __repr__(self) -> str:
         return (f"TaskAlignedAssigner(topk={self.topk}, num_classes={self.num_classes}, alpha={self.alpha}, "
                 f"beta={self.beta}, overlap={self.overlap!r}, small_object_size={self.small_object_size}, "
-                f"topk2={self.topk2}, eps={self.eps})")
+                f"topk2={self.topk2}, eps={self.eps}, dense_topk={self.dense_topk})")
 
     # --- dense convenience ---------------------------------------------------------------------
 
@@ -210,16 +228,22 @@ class TaskAlignedAssigner:
                num_images: int, num_anchors: int) -> Assignment:
         """Assign from candidate pairs (see :class:`CandidatePairs`); the dense outputs are ``(B, A)``."""
         gt_labels, batch_idx = gt_labels.long(), batch_idx.long()
-        overlap = self._overlap(gt_boxes[pairs.gt].to(pairs.pred_box.dtype), pairs.pred_box)
+        gt, anchor = pairs.gt, pairs.anchor
+        overlap = self._overlap(gt_boxes[gt].to(pairs.pred_box.dtype), pairs.pred_box)
         metric = pairs.score.to(overlap.dtype).pow(self.alpha) * overlap.pow(self.beta)
-        slot = batch_idx[pairs.gt] * num_anchors + pairs.anchor  # (image, anchor) as one index
+        slot = batch_idx[gt] * num_anchors + anchor  # (image, anchor) as one index
+        slots = num_images * num_anchors
 
-        keep = _top_per_group(pairs.gt, metric, self.topk) & (metric > 0)
-        final = _resolve_conflicts(keep, slot, pairs.gt, overlap, num_images * num_anchors)
-        if self.topk2 is not None:
-            final &= _top_per_group(pairs.gt, torch.where(final, metric, -1.0), self.topk2)
+        if self.dense_topk:
+            gt, slot, metric, overlap, final = self._dense_selection(gt, anchor, slot, metric, overlap, batch_idx,
+                                                                     num_images, num_anchors)
+        else:
+            keep = _top_per_group(gt, metric, self.topk) & (metric > 0)
+            final = _resolve_conflicts(keep, slot, gt, overlap, slots)
+            if self.topk2 is not None:
+                final &= _top_per_group(gt, torch.where(final, metric, -1.0), self.topk2)
 
-        gt, slot, metric, overlap = pairs.gt[final], slot[final], metric[final], overlap[final]
+        gt, slot, metric, overlap = gt[final], slot[final], metric[final], overlap[final]
         best_overlap = _group_max(overlap, gt, len(gt_boxes))
         best_metric = _group_max(metric, gt, len(gt_boxes))
         score = metric * best_overlap[gt] / (best_metric[gt] + self.eps)
@@ -240,6 +264,28 @@ class TaskAlignedAssigner:
         out.target_scores.view(-1)[slot] = score
         out.alignment.view(-1)[slot] = metric
         return out
+
+    def _dense_selection(self, gt: Tensor, anchor: Tensor, slot: Tensor, metric: Tensor, overlap: Tensor,
+                         batch_idx: Tensor, num_images: int, num_anchors: int) -> tuple[Tensor, ...]:
+        """Steps 1-3 as Ultralytics takes them: ``torch.topk`` over each object's dense row of anchors.
+
+        Returns ``(gt, slot, metric, overlap, final)`` over the pairs, with a pair of metric and
+        overlap 0 added for each contested anchor whose candidates all have overlap 0: it goes to
+        the first object of its image, candidate or not (Ultralytics' argmax over its padded table).
+        """
+        first_gt = _first_row_of_image(batch_idx, num_images)
+        num_gt, slots = len(batch_idx), num_images * num_anchors
+        keep = _DenseRows(gt, anchor, num_gt, num_anchors).top(metric, self.topk)
+        final = _resolve_conflicts(keep, slot, gt, overlap, slots, first_gt[batch_idx[gt]])
+        orphan = _unresolved(keep, final, slot, slots)
+        if len(orphan):
+            zeros = metric.new_zeros(len(orphan))
+            gt, anchor = torch.cat((gt, first_gt[orphan // num_anchors])), torch.cat((anchor, orphan % num_anchors))
+            slot, metric, overlap = torch.cat((slot, orphan)), torch.cat((metric, zeros)), torch.cat((overlap, zeros))
+            final = torch.cat((final, torch.ones_like(orphan, dtype=torch.bool)))
+        if self.topk2 is not None:
+            final &= _DenseRows(gt, anchor, num_gt, num_anchors).top(torch.where(final, metric, 0.0), self.topk2)
+        return gt, slot, metric, overlap, final
 
     def _overlap(self, gt_boxes: Tensor, pred_boxes: Tensor) -> Tensor:
         """Per pair, CIoU (or IoU) clamped at 0; float32 at least (the metric raises it to the 6th power)."""
@@ -285,11 +331,15 @@ def _group_max(value: Tensor, group: Tensor, groups: int) -> Tensor:
     return value.new_zeros(groups).scatter_reduce(0, group, value, reduce="amax", include_self=True)
 
 
-def _resolve_conflicts(keep: Tensor, slot: Tensor, gt: Tensor, overlap: Tensor, slots: int) -> Tensor:
+def _resolve_conflicts(keep: Tensor, slot: Tensor, gt: Tensor, overlap: Tensor, slots: int,
+                       first_gt: Tensor | None = None) -> Tensor:
     """Give an anchor kept by several objects to its highest-overlap candidate object.
 
     The choice runs over every object the anchor is a candidate of, kept or not (as YOLOv8 does);
-    equal overlaps go to the first object of the table.
+    equal overlaps go to the first object of the table. ``first_gt`` (per pair, the first row of
+    its image), where given, takes an anchor whose candidates all have overlap 0 (possible only
+    when metric-0 picks count as claims), as Ultralytics' argmax over its padded table does; if
+    that object is not a candidate of the anchor, no pair wins (see :func:`_unresolved`).
     """
     claims = torch.zeros(slots, dtype=torch.long, device=slot.device).index_add_(
         0, slot, keep.long())
@@ -298,10 +348,62 @@ def _resolve_conflicts(keep: Tensor, slot: Tensor, gt: Tensor, overlap: Tensor, 
         return keep
     best = _group_max(torch.where(contested, overlap, -1.0), slot, slots)
     is_best = contested & (overlap == best[slot])
-    first_gt = torch.full((slots,), torch.iinfo(torch.long).max, dtype=torch.long, device=gt.device)
-    first_gt = first_gt.scatter_reduce(0, slot[is_best], gt[is_best], reduce="amin", include_self=True)
-    winner = is_best & (gt == first_gt[slot])
+    if first_gt is not None:
+        is_best &= (best[slot] > 0) | (gt == first_gt)
+    first = torch.full((slots,), torch.iinfo(torch.long).max, dtype=torch.long, device=gt.device)
+    first = first.scatter_reduce(0, slot[is_best], gt[is_best], reduce="amin", include_self=True)
+    winner = is_best & (gt == first[slot])
     return torch.where(contested, winner, keep)
+
+
+def _unresolved(keep: Tensor, final: Tensor, slot: Tensor, slots: int) -> Tensor:
+    """The slots that several pairs claimed (``keep``) and none won (``final``)."""
+    claims = torch.zeros(slots, dtype=torch.long, device=slot.device).index_add_(0, slot, keep.long())
+    won = torch.zeros(slots, dtype=torch.long, device=slot.device).index_add_(0, slot, final.long())
+    return ((claims > 1) & (won == 0)).nonzero().squeeze(1)
+
+
+def _first_row_of_image(batch_idx: Tensor, num_images: int) -> Tensor:
+    """``(num_images,)`` the first row of each image in the target table (the row count if none)."""
+    rows = torch.arange(len(batch_idx), device=batch_idx.device)
+    first = torch.full((num_images,), len(batch_idx), dtype=torch.long, device=batch_idx.device)
+    return first.scatter_reduce(0, batch_idx, rows, reduce="amin", include_self=True)
+
+
+class _DenseRows:
+    """Each object's dense row of anchors (a value at its candidate pairs, 0 elsewhere), for ``torch.topk``.
+
+    Rows are built a chunk of objects at a time, so memory stays at ``chunk_elements`` values
+    whatever the number of objects; ``torch.topk`` treats every row alone, so the picks do not
+    depend on the chunking.
+    """
+
+    def __init__(self, gt: Tensor, anchor: Tensor, num_gt: int, num_anchors: int,
+                 chunk_elements: int = 1 << 20) -> None:
+        self.gt, self.anchor, self.num_gt, self.num_anchors = gt, anchor, num_gt, num_anchors
+        self.by_gt = torch.sort(gt, stable=True).indices
+        self.key, self.by_key = torch.sort(gt * num_anchors + anchor)  # every pair's (object, anchor), sorted
+        self.rows_per_chunk = max(1, chunk_elements // max(num_anchors, 1))
+        starts = torch.arange(0, num_gt + 1, self.rows_per_chunk, device=gt.device)
+        self.bounds = torch.searchsorted(gt[self.by_gt], starts).tolist() + [len(gt)]
+
+    def top(self, value: Tensor, k: int) -> Tensor:
+        """Mask of the pairs ``torch.topk(row, k)`` picks in their object's row."""
+        picked = torch.zeros(len(value), dtype=torch.bool, device=value.device)
+        k = min(k, self.num_anchors)
+        if not len(value) or k == 0:
+            return picked
+        for chunk, start in enumerate(range(0, self.num_gt, self.rows_per_chunk)):
+            stop = min(start + self.rows_per_chunk, self.num_gt)
+            pairs = self.by_gt[self.bounds[chunk]:self.bounds[chunk + 1]]
+            rows = value.new_zeros((stop - start, self.num_anchors))
+            rows[self.gt[pairs] - start, self.anchor[pairs]] = value[pairs]
+            top = torch.topk(rows, k, dim=-1).indices
+            key = (torch.arange(start, stop, device=value.device)[:, None] * self.num_anchors + top).flatten()
+            at = torch.searchsorted(self.key, key).clamp(max=len(self.key) - 1)
+            found = self.key[at] == key  # a picked anchor outside the object is no pair: dropped
+            picked[self.by_key[at[found]]] = True
+        return picked
 
 
 def _inside_points(points: Tensor, boxes: Tensor, eps: float, chunk_elements: int = 1 << 22,

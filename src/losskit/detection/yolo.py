@@ -97,8 +97,8 @@ class _Targets:
 
 
 def _prepare_targets(batch: Mapping[str, Tensor], num_images: int, num_classes: int, image_size: Tensor,
-                     ) -> _Targets:
-    """The target table (normalized ``cxcywh``) as pixel ``xyxy`` boxes clipped to the image, checked."""
+                     clip: bool = True) -> _Targets:
+    """The target table (normalized ``cxcywh``) as pixel ``xyxy`` boxes (clipped to the image), checked."""
     if not isinstance(batch, Mapping) or not {"batch_idx", "cls", "bboxes"} <= set(batch):
         raise ValueError("targets must be a dict with 'batch_idx' (M,), 'cls' (M,) or (M, 1) and 'bboxes' (M, 4), "
                          f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping)
@@ -121,7 +121,8 @@ def _prepare_targets(batch: Mapping[str, Tensor], num_images: int, num_classes: 
     # Scaled, then centre -/+ half size (Ultralytics' order of operations: boxes agree bit for bit).
     size = image_size.flip(0).repeat(2)  # (W, H, W, H)
     boxes = box_convert(bboxes.to(image_size.dtype) * size, "cxcywh", "xyxy")
-    boxes = torch.minimum(boxes.clamp(min=0), size)  # clip to the image
+    if clip:
+        boxes = torch.minimum(boxes.clamp(min=0), size)
     return _Targets(boxes, cls.long(), image.long())
 
 
@@ -319,8 +320,7 @@ def _box_terms(loss: YOLOLoss, levels: _Levels, fg: _Foreground, target_px: Tens
             fg.third_grad = torch.autograd.grad(third.sum(), logits)[0]
         elif need_grad:
             fg.box_grad = fg.third_grad = logits.new_zeros(logits.shape)
-    per_image = logits.new_zeros(levels.num_images, 2)
-    per_image.index_add_(0, fg.image, torch.stack((box.detach(), third.detach()), -1))
+    per_image = _per_image_sum(torch.stack((box.detach(), third.detach()), -1), fg.image, levels.num_images)
     return per_image[:, 0], per_image[:, 1]
 
 
@@ -334,7 +334,17 @@ def _cls_term(loss: YOLOLoss, levels: _Levels, fg: _Foreground) -> Tensor:
         total += (spread if weights is None else spread * weights).sum((1, 2, 3))
     x = levels.gather(fg.image, fg.anchor, r + fg.label)
     label_weight = 1.0 if loss.class_weights is None else loss.class_weights[fg.label]
-    return total.index_add_(0, fg.image, -(x * fg.score * label_weight))
+    return total - _per_image_sum(x * fg.score * label_weight, fg.image, levels.num_images)
+
+
+def _per_image_sum(values: Tensor, image: Tensor, num_images: int) -> Tensor:
+    """Sum of per-anchor values ``(F, ...)`` by image, accumulated in float64 and returned in their dtype.
+
+    ``index_add_`` adds one value at a time: in float32, a thousand foreground anchors of one image
+    would lose about 1e-6 of the sum (crowded scenes), beyond the float32 budget of the loss.
+    """
+    out = torch.zeros((num_images, *values.shape[1:]), dtype=torch.float64, device=values.device)
+    return out.index_add_(0, image, values.double()).to(values.dtype)
 
 
 # --- the module ---------------------------------------------------------------------------------
@@ -391,6 +401,12 @@ class YOLOLoss(nn.Module):
         end2end: YOLO26's dual-branch end-to-end loss.
         one_to_one_topk: Candidates of the one-to-one branch before keeping one per object.
         scale_by_batch: Multiply the results by the batch size, as Ultralytics' criterion returns them.
+        clip_boxes: Clip target boxes to the image. Ultralytics' criterion does not (its data
+            pipeline clips boxes before they reach it); ``False`` reproduces it on boxes that reach
+            outside the image.
+        dense_topk: The assigner's selection as Ultralytics makes it, ``torch.topk`` over each
+            object's dense row of anchors (see :class:`TaskAlignedAssigner`); the default selects
+            among positive candidates, ties to the lower anchor, on any device alike.
         dfl_clamp_margin: DFL targets are clamped to ``reg_max - 1 - margin``.
         distributed: Sum the target-score normalizer :math:`N` over the ranks of
             ``torch.distributed`` and divide by the world size
@@ -404,7 +420,8 @@ class YOLOLoss(nn.Module):
             (side by side ``l, t, r, b``, each ``reg_max`` bins) then class logits; with
             ``end2end=True`` a dict ``{"one2many": [...], "one2one": [...]}``.
         targets: ``{"batch_idx": (M,), "cls": (M,) or (M, 1), "bboxes": (M, 4)}`` with boxes as
-            normalized ``cx, cy, w, h``. Boxes reaching outside the image are clipped to it.
+            normalized ``cx, cy, w, h``. Boxes reaching outside the image are clipped to it
+            (unless ``clip_boxes=False``).
 
     Returns:
         A :class:`DetectionLossResult`.
@@ -440,14 +457,15 @@ class YOLOLoss(nn.Module):
                  small_object_size: float | str | None = "auto",
                  class_weights: Sequence[float] | Tensor | None = None, end2end: bool = False,
                  one_to_one_topk: int = 7, scale_by_batch: bool = False, dfl_clamp_margin: float = 0.01,
-                 distributed: bool = False) -> None:
+                 distributed: bool = False, clip_boxes: bool = True, dense_topk: bool = False) -> None:
         super().__init__()
         if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 1:
             raise ValueError(f"reg_max must be a positive integer, got {reg_max!r}")
         strides = tuple(check_number(f"strides[{i}]", s, low=0.0, low_open=True) for i, s in enumerate(strides))
         if not strides:
             raise ValueError("strides must name at least one level")
-        for name, value in (("end2end", end2end), ("scale_by_batch", scale_by_batch), ("distributed", distributed)):
+        for name, value in (("end2end", end2end), ("scale_by_batch", scale_by_batch), ("distributed", distributed),
+                            ("clip_boxes", clip_boxes), ("dense_topk", dense_topk)):
             check_bool(name, value)
         if small_object_size == "auto":
             small_object_size = strides[1] if len(strides) > 1 else strides[0]
@@ -455,7 +473,8 @@ class YOLOLoss(nn.Module):
                             topk=topk, alpha=alpha, beta=beta, overlap=overlap, box_loss=box_loss,
                             small_object_size=small_object_size,
                             end2end=end2end, one_to_one_topk=one_to_one_topk, scale_by_batch=scale_by_batch,
-                            dfl_clamp_margin=dfl_clamp_margin, distributed=distributed)
+                            dfl_clamp_margin=dfl_clamp_margin, distributed=distributed, clip_boxes=clip_boxes,
+                            dense_topk=dense_topk)
         check_one_of("box_loss", box_loss, IOU_KINDS)
         self.box_kind = box_loss
         self.num_classes, self.strides, self.reg_max = num_classes, strides, reg_max
@@ -464,8 +483,9 @@ class YOLOLoss(nn.Module):
         self.third_gain = check_number("dfl", dfl, low=0.0)
         self.dfl_clamp_margin = check_number("dfl_clamp_margin", dfl_clamp_margin, low=0.0, high=1.0, high_open=True)
         self.end2end, self.scale_by_batch, self.distributed = end2end, scale_by_batch, distributed
+        self.clip_boxes = clip_boxes
         common = dict(num_classes=num_classes, alpha=alpha, beta=beta, overlap=overlap,
-                      small_object_size=small_object_size)
+                      small_object_size=small_object_size, dense_topk=dense_topk)
         self.assigners = {"one2many": TaskAlignedAssigner(topk, **common)}
         if end2end:
             self.assigners["one2one"] = TaskAlignedAssigner(one_to_one_topk, topk2=1, **common)
@@ -515,7 +535,8 @@ class YOLOLoss(nn.Module):
         for name, maps in branch_preds.items():
             levels = _Levels(maps, self.strides, self.reg_max, self.num_classes)
             if prepared is None:
-                prepared = _prepare_targets(targets, levels.num_images, self.num_classes, levels.image_size)
+                prepared = _prepare_targets(targets, levels.num_images, self.num_classes, levels.image_size,
+                                            self.clip_boxes)
             per_image, assignment = _branch_loss(levels, prepared, self.assigners[name], self)
             if self.scale_by_batch:
                 per_image = per_image * levels.num_images
