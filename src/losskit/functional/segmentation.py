@@ -73,8 +73,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_broadcastable, check_class_vector, check_number, check_one_of, check_tensor
-from losskit._core.dense import DenseTarget, dense_target, drop_background, index_labels, one_hot, probabilities
+from losskit._core.checks import (
+    check_broadcastable,
+    check_class_vector,
+    check_in_unit_interval,
+    check_number,
+    check_one_of,
+    check_tensor,
+)
+from losskit._core.dense import DenseTarget, check_activation, dense_target, drop_background, index_labels, one_hot
 from losskit._core.docs import shared_docs
 from losskit._core.numerics import compute_dtype, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
@@ -85,6 +92,7 @@ from losskit.functional._region_stats import (
     _SigmoidStats,
     _SoftmaxDenseStats,
     _SoftmaxIndexStats,
+    probabilities_with_complement,
     region_stats,
 )
 
@@ -110,7 +118,7 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     fused kernel read index labels directly: callers that need it call :func:`dense_target`)."""
     check_one_of("aggregate", aggregate, AGGREGATES)
     _check_sync(sync_stats, aggregate)
-    check_one_of("activation", activation, ("softmax", "sigmoid", None))
+    check_activation(input, activation)
     kernel = _fused_kernel(input, target, activation, soft_label, ce_weight)
     if kernel is not None and not target.is_floating_point():  # read chunk by chunk: no int64 copy
         index, dt = _flat(index_labels(input, target, ignore_index=ignore_index), 1), None
@@ -120,13 +128,32 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     if not include_background and input.shape[1] < 2:
         raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
     if kernel is None:
-        stats = region_stats(probabilities(input, activation), dt, squared=squared, soft_label=soft_label)
+        x = _zero_ignored(input, dt)
+        if activation is None:
+            _check_probabilities(x)
+        p, q = probabilities_with_complement(x, activation)
+        stats = region_stats(p, dt, squared=squared, soft_label=soft_label, complement=q)
     else:
         labels = None if dt is None else _flat(dt.dense, 2)
         stats = _fused_stats(kernel, _flat(input, 2), index, ignore_index, labels, squared=squared,
                              with_ce=fused_ce, ce_weight=ce_weight)
     stats = stats.select(include_background)
     return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
+
+
+def _zero_ignored(input: Tensor, target: DenseTarget) -> Tensor:
+    """``input`` with 0 at the ignored positions of ``target``, which may hold anything (NaN, inf):
+    they then count in no sum and get a zero gradient."""
+    return input if target.valid is None else torch.where(target.valid.unsqueeze(1), input, 0.0)
+
+
+def _check_probabilities(input: Tensor) -> None:
+    """Value check: with ``activation=None`` the input holds probabilities (logits would score garbage)."""
+    try:
+        check_in_unit_interval("input", input)
+    except ValueError as error:
+        raise ValueError(f"{error}: activation=None takes probabilities; pass logits with "
+                         "activation='softmax' or 'sigmoid'") from None
 
 
 def _fused_kernel(input: Tensor, target: Tensor, activation: str | None, soft_label: bool,
@@ -148,29 +175,26 @@ def _fused_stats(kernel: str, logits: Tensor, index: Tensor | None, ignore_index
                  labels: Tensor | None, *, squared: bool, with_ce: bool, ce_weight: Tensor | None) -> RegionStats:
     """:class:`RegionStats` of logits ``(N, C, S)`` from the fused kernel, index (N, S) or dense labels."""
     keep = torch.is_grad_enabled() and logits.requires_grad
+    ce = ce_den = None
     if kernel == "sigmoid":
-        tp, psum, psq, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
-        ce = ce_den = None
+        tp, fp, fn, psq, sqerr, tsum, count = _SigmoidStats.apply(logits, index, ignore_index, labels, squared, keep)
     elif index is not None:
         ce_weight = None if ce_weight is None else ce_weight.to(logits.device, compute_dtype(logits.dtype))
-        tp, psum, psq, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
+        tp, fp, fn, psq, sqerr, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
             logits, index, ignore_index, with_ce, ce_weight, squared, keep)
     else:
-        tp, psum, psq, ce = _SoftmaxDenseStats.apply(logits, labels, with_ce, squared, keep)
-        ce_den = None
+        tp, fp, fn, psq, sqerr, ce = _SoftmaxDenseStats.apply(logits, labels, with_ce, squared, keep)
     if labels is None:  # index labels: T from the kernel, and t^2 = t
-        stats = RegionStats(tp, psum, tsum, count, psq if squared else None, tsum if squared else None)
-    else:
-        stats = _dense_stats(tp, psum, psq if squared else None, labels, squared)
+        stats = RegionStats(tp, fp, fn, tsum, count)
+        if squared:
+            stats.psq, stats.tsq, stats.sqerr = psq, tsum, sqerr
+    else:  # dense labels: their sums need no gradient
+        stats = RegionStats(tp, fp, fn, labels.sum(-1), tp.new_full((tp.shape[0], 1), float(labels.shape[-1])))
+        if squared:
+            stats.psq, stats.tsq, stats.sqerr = psq, labels.square().sum(-1), sqerr
     if with_ce and ce is not None:
         stats.ce, stats.ce_den = ce, (stats.count.squeeze(1) if ce_den is None else ce_den)
     return stats
-
-
-def _dense_stats(tp: Tensor, psum: Tensor, psq: Tensor | None, labels: Tensor, squared: bool) -> RegionStats:
-    """:class:`RegionStats` from a kernel's sums and dense labels (N, C, S), whose sums need no gradient."""
-    count = tp.new_full((tp.shape[0], 1), float(labels.shape[-1]))
-    return RegionStats(tp, psum, labels.sum(-1), count, psq, labels.square().sum(-1) if squared else None)
 
 
 def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
@@ -179,8 +203,15 @@ def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
     check_number("eps", eps, low=0.0)
 
 
-def _ratio(numerator: Tensor, denominator: Tensor, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
-    return (numerator + smooth_nr) / (denominator + smooth_dr).clamp_min(eps)
+def _one_minus_ratio(numerator: Tensor, complement: Tensor, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
+    r""":math:`1 - (a + s_{nr}) / \max(a + b + s_{dr}, \epsilon)` for ``numerator`` :math:`a` and its
+    ``complement`` :math:`b` (the denominator minus the numerator, summed as such: :math:`FP + FN`
+    for Dice), written as :math:`(b + s_{dr} - s_{nr} + \text{floor}) / \max(a + b + s_{dr}, \epsilon)`.
+    Near a perfect score the plain form subtracts two nearly equal numbers and keeps few digits
+    (float32: 6% of a Dice loss of 1e-6); this one keeps them all."""
+    denominator = numerator + complement + smooth_dr
+    floored = denominator.clamp_min(eps)
+    return (complement + (smooth_dr - smooth_nr) + (floored - denominator)) / floored
 
 
 def _class_weight(class_weight: Tensor | None, input: Tensor, include_background: bool) -> Tensor | None:
@@ -333,8 +364,9 @@ def dice_loss(
 
 
 def _dice_from_stats(stats: RegionStats, squared: bool, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
-    denominator = stats.psq + stats.tsq if squared else stats.psum + stats.tsum
-    return 1 - _ratio(2 * stats.tp, denominator, smooth_nr, smooth_dr, eps)
+    # P + T - 2 TP = FP + FN; sum p^2 + sum t^2 - 2 TP = sum (p - t)^2
+    complement = stats.sqerr if squared else stats.fp + stats.fn
+    return _one_minus_ratio(2 * stats.tp, complement, smooth_nr, smooth_dr, eps)
 
 
 @_doc
@@ -390,15 +422,14 @@ def jaccard_loss(
                        smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
-    loss = 1 - _ratio(stats.tp, stats.psum + stats.tsum - stats.tp, smooth_nr, smooth_dr, eps)
+    loss = _one_minus_ratio(stats.tp, stats.fp + stats.fn, smooth_nr, smooth_dr, eps)
     return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
                    reduction=reduction, normalizer=normalizer)
 
 
-def _tversky_index(stats: RegionStats, alpha: float, beta: float, smooth_nr: float, smooth_dr: float,
-                   eps: float) -> Tensor:
-    denominator = stats.tp + alpha * stats.fp + beta * stats.fn
-    return _ratio(stats.tp, denominator, smooth_nr, smooth_dr, eps)
+def _one_minus_tversky(stats: RegionStats, alpha: float, beta: float, smooth_nr: float, smooth_dr: float,
+                       eps: float) -> Tensor:
+    return _one_minus_ratio(stats.tp, alpha * stats.fp + beta * stats.fn, smooth_nr, smooth_dr, eps)
 
 
 @_doc
@@ -461,7 +492,7 @@ def tversky_loss(
                        smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
-    loss = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
+    loss = _one_minus_tversky(stats, alpha, beta, smooth_nr, smooth_dr, eps)
     return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
                    reduction=reduction, normalizer=normalizer)
 
@@ -534,9 +565,10 @@ def focal_tversky_loss(
                        smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
-    base = 1 - _tversky_index(stats, alpha, beta, smooth_nr, smooth_dr, eps)
+    base = _one_minus_tversky(stats, alpha, beta, smooth_nr, smooth_dr, eps)
     floor = torch.finfo(base.dtype).tiny
-    loss = torch.where(base > floor, base.clamp_min(floor).pow(1.0 / gamma), base.new_zeros(()))
+    # base * 0: an exact match gives 0 with a zero gradient, and NaN stays NaN (never a silent 0)
+    loss = torch.where(base > floor, base.clamp_min(floor).pow(1.0 / gamma), base * 0)
     return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
                    reduction=reduction, normalizer=normalizer)
 
@@ -631,13 +663,35 @@ def generalized_dice_loss(
         if absent == "max":
             w = torch.where(present, w, w.amax(1, keepdim=True) if w.shape[1] else w)
     numerator = 2 * (w * stats.tp).sum(1)
-    denominator = (w * (stats.psum + stats.tsum)).sum(1)
-    loss = 1 - _ratio(numerator, denominator, smooth_nr, smooth_dr, eps)
+    complement = (w * (stats.fp + stats.fn)).sum(1)  # sum_c w_c (P_c + T_c) - numerator
+    loss = _one_minus_ratio(numerator, complement, smooth_nr, smooth_dr, eps)
     if weight is not None:
         check_tensor("weight", weight)
         check_broadcastable("weight", weight, loss.shape, "the loss's natural unit, shape")
         weight = upcast(weight)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
+
+
+def _one_minus_mcc(stats: RegionStats, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
+    r""":math:`1 - (a d - b c + s_{nr}) / r` with :math:`a, b, c, d = TP, FP, FN, TN` and
+    :math:`r = \sqrt{\max((a+b)(a+c)(d+b)(d+c) + s_{dr}, \epsilon)}`; 0 where :math:`b = c = 0`.
+
+    Near a perfect score (numerator :math:`u = ad - bc + s_{nr} > 0`) it is
+    :math:`(r^2 - u^2) / (r (r + u))`, with :math:`r^2 - u^2` expanded into terms that each hold
+    :math:`b` or :math:`c`: :math:`(a+b)(a+c)(d+b)(d+c) - (ad - bc)^2 = (ad + bc)(a + d)(b + c)
+    + (ac + bd)(ab + cd) + 4abcd`, so no two large numbers are subtracted.
+    """
+    a, b, c, d = stats.tp, stats.fp, stats.fn, stats.tn
+    product = (a + b) * (a + c) * (d + b) * (d + c)
+    shifted = product + smooth_dr
+    squared_root = shifted.clamp_min(eps)
+    root = squared_root.sqrt()
+    numerator = a * d - b * c + smooth_nr
+    gap = (a * d + b * c) * (a + d) * (b + c) + (a * c + b * d) * (a * b + c * d) + 4 * a * b * c * d
+    difference = gap + smooth_dr + (squared_root - shifted) - smooth_nr * (2 * (a * d - b * c) + smooth_nr)
+    near = difference / (root + numerator.clamp_min(0))  # root - numerator, where numerator > 0
+    loss = torch.where(numerator > 0, near, root - numerator) / root
+    return torch.where((b == 0) & (c == 0), loss.new_zeros(()), loss)  # a perfect hard prediction
 
 
 @_doc
@@ -699,11 +753,7 @@ def mcc_loss(
                        smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
                        class_weight=class_weight, soft_label=soft_label)
-    tp, fp, fn, tn = stats.tp, stats.fp, stats.fn, stats.tn
-    product = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    root = (product + smooth_dr).clamp_min(eps).sqrt()
-    loss = 1 - (tp * tn - fp * fn + smooth_nr) / root
-    loss = torch.where((fp == 0) & (fn == 0), loss.new_zeros(()), loss)  # a perfect hard prediction
+    loss = _one_minus_mcc(stats, smooth_nr, smooth_dr, eps)
     return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
                    reduction=reduction, normalizer=normalizer)
 
