@@ -266,21 +266,54 @@ class _Sigmoid(torch.autograd.Function):
 # --- the fused kernels --------------------------------------------------------------------------
 
 
-def _coefficients(g_tp: Tensor | None, g_fp: Tensor | None, g_fn: Tensor | None, g_psq: Tensor | None,
-                  g_sqerr: Tensor | None, zeros: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    r"""The gradient of the statistics as :math:`\partial L / \partial p_c = G^P_c + t_c G^T_c + 2 p_c G^Q_c`.
+@dataclass
+class _Coefficients:
+    r"""The gradient of the statistics as
+    :math:`\partial L / \partial p_c = G^P_c + t_c G^T_c + 2 g^{P^2}_c p_c + 2 g^E_c (p_c - t_c)`.
 
-    With :math:`FP = \sum p (1 - t)`, :math:`FN = \sum (1 - p) t`, :math:`\sum (p - t)^2`:
-    :math:`G^P = g^{FP}`, :math:`G^T = g^{TP} - g^{FP} - g^{FN} - 2 g^{(p-t)^2}` and
-    :math:`G^Q = g^{P^2} + g^{(p-t)^2}` (``None`` when neither square is wanted); ``zeros`` (N, C)."""
+    With :math:`FP = \sum p (1 - t)` and :math:`FN = \sum (1 - p) t`: :math:`G^P = g^{FP}` and
+    :math:`G^T = g^{TP} - g^{FP} - g^{FN}`; ``psq`` and ``sqerr`` are :math:`2 g^{P^2}` and
+    :math:`2 g^E = 2 g^{(p-t)^2}` (N, C, 1), ``None`` when not wanted. The squared error's term
+    stays a multiple of :math:`p - t`, which is small and known to full precision near a perfect
+    prediction (:math:`-(1 - p_y)` at the label); split into :math:`p` and :math:`t` parts it
+    would be the difference of two large ones.
+    """
 
-    def value(g: Tensor | None) -> Tensor:
-        return zeros if g is None else g
+    g_p: Tensor  # (N, C)
+    g_t: Tensor  # (N, C)
+    psq: Tensor | None
+    sqerr: Tensor | None
 
-    g_p = value(g_fp)
-    g_t = value(g_tp) - g_p - value(g_fn) - 2 * value(g_sqerr)
-    g_q = None if g_psq is None and g_sqerr is None else value(g_psq) + value(g_sqerr)
-    return g_p, g_t, g_q
+    @staticmethod
+    def of(grads: tuple[Tensor | None, ...], squared: bool, zeros: Tensor) -> _Coefficients:
+        """From the incoming gradients of ``TP, FP, FN, sum p^2, sum (p - t)^2``; ``zeros`` (N, C)."""
+        g_tp, g_fp, g_fn, g_psq, g_sqerr = grads
+
+        def value(g: Tensor | None) -> Tensor:
+            return zeros if g is None else g
+
+        def twice(g: Tensor | None) -> Tensor | None:
+            return None if g is None or not squared else 2 * g.unsqueeze(-1)
+
+        g_p = value(g_fp)
+        return _Coefficients(g_p, value(g_tp) - g_p - value(g_fn), twice(g_psq), twice(g_sqerr))
+
+    @property
+    def squares(self) -> Tensor | None:
+        """The coefficient of :math:`p_c` off the label, :math:`2 g^{P^2} + 2 g^E` (N, C, 1)."""
+        if self.psq is None:
+            return self.sqerr
+        return self.psq if self.sqerr is None else self.psq + self.sqerr
+
+    def dense(self, p: Tensor | None, t: Tensor, error: Callable[[], Tensor], *, out: Tensor) -> Tensor:
+        r""":math:`\partial L / \partial p` for dense labels ``t`` (N, C, s) into ``out``; ``p`` (asked
+        only with ``psq``) and ``error()``, :math:`p - t` (asked only with ``sqerr``)."""
+        d = torch.addcmul(self.g_p.unsqueeze(-1), t, self.g_t.unsqueeze(-1), out=out)
+        if self.psq is not None:
+            d.addcmul_(p, self.psq)
+        if self.sqerr is not None:
+            d.addcmul_(error(), self.sqerr)
+        return d
 
 
 class _Sums:
@@ -367,9 +400,7 @@ class _SoftmaxIndexStats(torch.autograd.Function):
 
     With ``keep_probs`` (a gradient will be wanted) the probabilities are kept and backward turns
     them into the gradient in place, chunk by chunk, with :math:`G_x = g^{CE} u_x` and the
-    coefficients :math:`G^P, G^T, G^Q` of :func:`_coefficients`
-    (:math:`d_c = G^P_c + [c = y] G^T_c + 2 p_c G^Q_c`; :math:`p_y = 1 - \sum_{k \ne y} p_k`, whose
-    rounding is that of the sum :math:`\sum_k p_k d_k` it enters):
+    derivatives :math:`d_c = \partial L / \partial p_c` of :class:`_Coefficients`:
     :math:`\partial L / \partial z_c = p_c (d_c + G - \sum_k p_k d_k) - [c = y] G`
     (0 at ignored voxels), the label's entry as minus the sum of the others (see
     :func:`_sum_to_zero`; a confidently wrong voxel keeps the formula's rounding). The buffer
@@ -405,10 +436,9 @@ class _SoftmaxIndexStats(torch.autograd.Function):
             return _plain_gradient(outs, (g_tp, g_fp, g_fn, g_psq, g_sqerr, g_ce), logits), *nothing
         n, c, _ = logits.shape
         zeros = _zeros_like_stats(logits).new_zeros(n, c)
-        g_p, g_t, g_q = _coefficients(g_tp, g_fp, g_fn, g_psq if ctx.squared else None,
-                                      g_sqerr if ctx.squared else None, zeros)
-        step = _SoftmaxIndexGradient(g_p, g_t, g_q, g_ce, ce_weight)
-        labels = lambda part: _chunk_labels(index, ignore_index, part, g_p.dtype)  # noqa: E731
+        step = _SoftmaxIndexGradient(_Coefficients.of((g_tp, g_fp, g_fn, g_psq, g_sqerr), ctx.squared, zeros),
+                                     g_ce, ce_weight)
+        labels = lambda part: _chunk_labels(index, ignore_index, part, zeros.dtype)  # noqa: E731
         blocks = _GradientBlocks(ctx, logits, labels, lambda part, out, chunk_labels: _softmax_label_chunk(
             logits[:, :, part], chunk_labels[0], out=out, drop=chunk_labels[1]))
         for (idx, _, _), p in blocks:  # the softmax (0 at the label) becomes the gradient in place
@@ -427,7 +457,8 @@ def _softmax_index_chunk(logits: Tensor, index: Tensor, part: slice, probs: Tens
                                                        shifted=ce is not None)
     if ce is not None:
         u = _voxel_ce_weight(ce_weight, idx, v)
-        nll = total.log_().sub_(at_y)
+        # -log p_y: log1p((1 - p_y) / p_y) where p_y >= 1/2 (the log of a total near 1 keeps few digits)
+        nll = torch.where(picked >= 0.5, torch.log1p(missed / picked), total.log_().sub_(at_y))
         ce[0].add_((nll if u is None else nll.mul_(u)).sum((1, 2)))
         ce[1].add_(idx.shape[-1] if u is None else u.sum((1, 2)))
     sums.add_index(p, idx, picked, missed, v)
@@ -437,7 +468,8 @@ class _SoftmaxIndexGradient:
     r"""One chunk of :class:`_SoftmaxIndexStats` backward: the softmax ``p`` (N, C, s), 0 at each
     voxel's label ``idx`` (N, 1, s), becomes the gradient in place.
 
-    With :math:`d_c = G^P_c + [c = y] G^T_c + 2 p_c G^Q_c`, :math:`S = \sum_k p_k d_k` and the
+    With :math:`d_c = \partial L / \partial p_c` (:class:`_Coefficients`; off the label
+    :math:`G^P_c + (2 g^{P^2}_c + 2 g^E_c) p_c`), :math:`S = \sum_k p_k d_k` and the
     cross-entropy's :math:`G`, entry :math:`c \ne y` is :math:`p_c (d_c + G - S)`. The label's entry
     is minus the sum of the others, :math:`(1 - p_y)(S - G) - \sum_{k \ne y} p_k d_k`, from sums over
     the classes: exact where :math:`p_y` is near 1, where the formula's own entry is a difference
@@ -446,11 +478,12 @@ class _SoftmaxIndexGradient:
     :math:`\sum_{k \ne y} p_k` together.
     """
 
-    def __init__(self, g_p: Tensor, g_t: Tensor, g_q: Tensor | None, g_ce: Tensor | None,
-                 ce_weight: Tensor | None) -> None:
-        self.g_p, self.g_t, self.ce_weight = g_p, g_t, ce_weight
+    def __init__(self, coefficients: _Coefficients, g_ce: Tensor | None, ce_weight: Tensor | None) -> None:
+        g_p = coefficients.g_p
+        self.g_p, self.g_t, self.ce_weight = g_p, coefficients.g_t, ce_weight
+        self.psq, self.sqerr = coefficients.psq, coefficients.sqerr
         self.rows = torch.stack([g_p, torch.ones_like(g_p)], 1)  # (N, 2, C)
-        self.twice = None if g_q is None else 2 * g_q.unsqueeze(-1)  # (N, C, 1)
+        self.twice = coefficients.squares  # (N, C, 1)
         self.row = g_p.unsqueeze(-1)  # (N, C, 1)
         self.folded = None  # G where it is one number per sample (no class weights): in the row
         self.voxel_ce = None if g_ce is None else g_ce.view(-1, 1, 1)
@@ -462,11 +495,14 @@ class _SoftmaxIndexGradient:
     def __call__(self, p: Tensor, idx: Tensor) -> None:
         y = idx.squeeze(1)
         off, missed = torch.bmm(self.rows, p).split(1, dim=1)  # sum over k != y of p_k G^P_k, of p_k
-        d_y = self.g_p.gather(1, y).add_(self.g_t.gather(1, y)).unsqueeze(1)  # G^P_y + G^T_y (+ 2 G^Q_y p_y)
+        d_y = self.g_p.gather(1, y).add_(self.g_t.gather(1, y)).unsqueeze(1)  # G^P_y + G^T_y
         if self.twice is not None:
             off.add_(torch.bmm(self.twice.transpose(1, 2), torch.mul(p, p, out=self.scratch.like(p))))
-            twice_y = self.twice.squeeze(-1).gather(1, y).unsqueeze(1)
-            d_y.add_(twice_y).addcmul_(missed, twice_y, value=-1.0)
+            if self.psq is not None:  # + 2 g^{P^2}_y p_y
+                psq_y = self.psq.squeeze(-1).gather(1, y).unsqueeze(1)
+                d_y.add_(psq_y).addcmul_(missed, psq_y, value=-1.0)
+            if self.sqerr is not None:  # + 2 g^E_y (p_y - 1) = -2 g^E_y (1 - p_y)
+                d_y.addcmul_(missed, self.sqerr.squeeze(-1).gather(1, y).unsqueeze(1), value=-1.0)
         inner = torch.add(off, d_y).addcmul_(missed, d_y, value=-1.0)  # S = off + p_y d_y
         if self.voxel_ce is not None and self.ce_weight is not None:
             inner.sub_(self.ce_weight[idx] * self.voxel_ce)
@@ -487,7 +523,7 @@ class _SoftmaxDenseStats(torch.autograd.Function):
     :math:`\sum_c t_c (-\log p_c) = T_x \log \sum_k e^{z_k - m} - \sum_c t_c (z_c - m)` with
     :math:`T_x = \sum_c t_c`. :math:`1 - p_c` is taken as the sum of the other classes'
     probabilities at each voxel's most probable class (:func:`_softmax_complement`). Backward,
-    with :math:`d_c = G^P_c + t_c G^T_c + 2 p_c G^Q_c` (:func:`_coefficients`):
+    with :math:`d_c = \partial L / \partial p_c` (:class:`_Coefficients`):
     :math:`\partial L / \partial z_c = p_c (d_c + g^{CE} T_x - \sum_k p_k d_k) - g^{CE} t_c`,
     in place in the softmax buffer, the most probable class's entry by :func:`_sum_to_zero`.
     """
@@ -503,9 +539,10 @@ class _SoftmaxDenseStats(torch.autograd.Function):
             p = _chunk_buffer(logits, part, probs)
             read = (lambda z, t=t: torch.mul(z, t, out=complement.like(z)).sum(1, keepdim=True)) if with_ce else None
             tz, total = _softmax_chunk(logits[:, :, part], out=p, read=read)
+            q, dominant, others = _softmax_complement(p, out=complement.like(p))
             if with_ce:
-                ce += (t.sum(1, keepdim=True) * total.log_() - tz).sum((1, 2))
-            sums.add_dense(p, t, _softmax_complement(p, out=complement.like(p)))
+                ce += _dense_cross_entropy(t, tz, total, dominant, others).sum((1, 2))
+            sums.add_dense(p, t, q)
         tp, fp, fn, psq, sqerr, _, _ = sums.outputs()
         return tp, fp, fn, psq, sqerr, ce.to(like.dtype)
 
@@ -519,19 +556,21 @@ class _SoftmaxDenseStats(torch.autograd.Function):
             return _plain_gradient(outs, (g_tp, g_fp, g_fn, g_psq, g_sqerr, g_ce), logits), *nothing
         n, c, _ = logits.shape
         zeros = _zeros_like_stats(logits).new_zeros(n, c)
-        g_p, g_t, g_q = _coefficients(g_tp, g_fp, g_fn, g_psq if ctx.squared else None,
-                                      g_sqerr if ctx.squared else None, zeros)
-        g_p, g_t = g_p.unsqueeze(-1), g_t.unsqueeze(-1)  # (N, C, 1)
+        coefficients = _Coefficients.of((g_tp, g_fp, g_fn, g_psq, g_sqerr), ctx.squared, zeros)
         g_ce = None if g_ce is None else g_ce.view(-1, 1, 1)
         fill = lambda part, out, _: _softmax_chunk(logits[:, :, part], out=out)  # noqa: E731
         blocks = _GradientBlocks(ctx, logits, lambda part: (None, None, None), fill)
-        blocks_d, blocks_dominant = _Scratch(), _Scratch()
+        blocks_d, blocks_dominant, blocks_error = _Scratch(), _Scratch(), _Scratch()
+        zero = zeros.new_zeros(())
         for part, p in blocks.with_parts():  # the softmax becomes the gradient in place
             t = labels[:, :, part]
             dominant = torch.gt(p, 0.5, out=blocks_dominant.like(p))
-            d = torch.addcmul(g_p, t, g_t, out=blocks_d.like(p))
-            if g_q is not None:
-                d.addcmul_(p, g_q.unsqueeze(-1), value=2.0)
+
+            def error(p: Tensor = p, t: Tensor = t) -> Tensor:  # p - t = p (1 - t) - t (1 - p)
+                q = _softmax_complement(p, out=blocks_error.like(p))[0]
+                return q.mul_(t).neg_().add_(torch.lerp(p, zero, t))
+
+            d = coefficients.dense(p, t, error, out=blocks_d.like(p))
             inner = torch.linalg.vecdot(p, d, dim=1).unsqueeze(1)
             if g_ce is not None:
                 d.addcmul_(t.sum(1, keepdim=True), g_ce)
@@ -551,8 +590,8 @@ class _SigmoidStats(torch.autograd.Function):
     the dense target (N, C, S) or ``None`` for index targets. :math:`1 - p = \sigma(-z)`. As in
     :class:`_SoftmaxIndexStats`, the buffer that backward turns into the gradient in place is
     kept (with ``keep_probs``): here it holds the sigmoid's slope :math:`\sigma(z) \sigma(-z)`, and
-    :math:`\partial L / \partial z_c = \sigma(z_c) \sigma(-z_c) (G^P_c + t_c G^T_c + 2 p_c G^Q_c)`
-    (:func:`_coefficients`; 0 at ignored voxels) is one product with it (``squared`` recomputes
+    :math:`\partial L / \partial z_c = \sigma(z_c) \sigma(-z_c)\, \partial L / \partial p_c`
+    (:class:`_Coefficients`; 0 at ignored voxels) is one product with it (``squared`` recomputes
     :math:`p`).
     """
 
@@ -586,26 +625,51 @@ class _SigmoidStats(torch.autograd.Function):
             return _plain_gradient(outs, (g_tp, g_fp, g_fn, g_psq, g_sqerr), logits), *nothing
         n, c, _ = logits.shape
         zeros = _zeros_like_stats(logits).new_zeros(n, c)
-        g_p, g_t, g_q = _coefficients(g_tp, g_fp, g_fn, g_psq if ctx.squared else None,
-                                      g_sqerr if ctx.squared else None, zeros)
-        g_p, g_t = g_p.unsqueeze(-1), g_t.unsqueeze(-1)  # (N, C, 1)
+        coefficients = _Coefficients.of((g_tp, g_fp, g_fn, g_psq, g_sqerr), ctx.squared, zeros)
         labels_of = (lambda part: (None, None, None)) if index is None else (
-            lambda part: _chunk_labels(index, ignore_index, part, g_p.dtype))
+            lambda part: _chunk_labels(index, ignore_index, part, zeros.dtype))
         scratch, activation = _Scratch(), _Scratch()
         fill = lambda part, out, chunk_labels: _sigmoid_slope_chunk(  # noqa: E731
             logits[:, :, part], out=out, drop=chunk_labels[1], scratch=scratch)
         blocks = _GradientBlocks(ctx, logits, labels_of, fill)
+        zero = zeros.new_zeros(())
         for part, (idx, drop, _), slope in blocks.with_parts(labels=True):  # the slope becomes the gradient
-            if index is None:  # dL/dp = G^P + G^T t
-                dp = torch.addcmul(g_p, labels[:, :, part], g_t, out=scratch.like(slope))
+            x = logits[:, :, part]
+            p = None if coefficients.squares is None else _sigmoid_chunk(x, out=activation.like(slope), drop=drop)
+            if index is None:
+                t = labels[:, :, part]
+
+                def error(p: Tensor = p, t: Tensor = t, x: Tensor = x) -> Tensor:  # p (1 - t) - t sigma(-z)
+                    q = _sigmoid_chunk(x, out=torch.empty_like(p), negate=True)
+                    return q.mul_(t).neg_().add_(torch.lerp(p, zero, t))
+
+                dp = coefficients.dense(p, t, error, out=scratch.like(slope))
             else:
-                dp = scratch.like(slope).copy_(g_p.expand(slope.shape))
-                dp.scatter_add_(1, idx, g_t.squeeze(-1).gather(1, idx.squeeze(1)).unsqueeze(1))
-            if g_q is not None:
-                p = _sigmoid_chunk(logits[:, :, part], out=activation.like(slope), drop=drop)
-                dp.addcmul_(p, g_q.unsqueeze(-1), value=2.0)
+                dp = _sigmoid_index_derivative(coefficients, p, x, idx, drop, out=scratch.like(slope))
             slope.mul_(dp)  # 0 at ignored voxels, where the slope is 0
         return blocks.gradient, *nothing
+
+
+def _sigmoid_index_derivative(coefficients: _Coefficients, p: Tensor | None, x: Tensor, idx: Tensor,
+                              drop: Tensor | None, *, out: Tensor) -> Tensor:
+    r""":math:`\partial L / \partial p` (N, C, s) into ``out`` for index labels ``idx`` (N, 1, s):
+    :math:`G^P_c + (2 g^{P^2}_c + 2 g^E_c) p_c` off the label, and at it
+    :math:`G^P_y + G^T_y + 2 g^{P^2}_y p_y - 2 g^E_y \sigma(-z_y)`; ``p`` is the sigmoid of the
+    logits ``x`` (``None`` without squares).
+    """
+    y = idx.squeeze(1)
+    dp = out.copy_(coefficients.g_p.unsqueeze(-1).expand(out.shape))
+    if coefficients.squares is not None:
+        dp.addcmul_(p, coefficients.squares)
+    at_label = (coefficients.g_p.gather(1, y) + coefficients.g_t.gather(1, y)).unsqueeze(1)
+    if coefficients.psq is not None:
+        at_label.addcmul_(p.gather(1, idx), coefficients.psq.squeeze(-1).gather(1, y).unsqueeze(1))
+    if coefficients.sqerr is not None:
+        missed = torch.sigmoid(x.gather(1, idx).to(out.dtype).neg_())
+        if drop is not None:
+            missed.masked_fill_(drop, 0.0)
+        at_label.addcmul_(missed, coefficients.sqerr.squeeze(-1).gather(1, y).unsqueeze(1), value=-1.0)
+    return dp.scatter_(1, idx, at_label)
 
 
 def _sigmoid_stats_chunk(x: Tensor, out: Tensor, sums: _Sums, complement: _Scratch, *, labels: Tensor | None,
@@ -794,13 +858,27 @@ class _Scratch:
         return self.block[:x.numel()].view(x.shape)
 
 
-def _softmax_complement(p: Tensor, *, out: Tensor) -> Tensor:
+def _softmax_complement(p: Tensor, *, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``1 - p`` of a softmax chunk ``p`` (N, C, s) into ``out``, the entry of a class with
     :math:`p > 1/2` taken as the sum of the other classes' probabilities (``1 - p`` keeps few
-    digits there)."""
+    digits there); also that mask (N, C, s) and that sum (N, 1, s) (1 where no class has
+    :math:`p > 1/2`)."""
     dominant = p > 0.5
     others = out.copy_(p).masked_fill_(dominant, 0.0).sum(1, keepdim=True)
-    return torch.where(dominant, others, torch.neg(p, out=out).add_(1.0), out=out)
+    return torch.where(dominant, others, torch.neg(p, out=out).add_(1.0), out=out), dominant, others
+
+
+def _dense_cross_entropy(t: Tensor, tz: Tensor, total: Tensor, dominant: Tensor, others: Tensor) -> Tensor:
+    r"""Per voxel :math:`-\sum_c t_c \log p_c` (N, 1, s) of dense labels ``t`` (N, C, s), from
+    :math:`\sum_c t_c (z_c - m)` ``tz``, :math:`\sum_k e^{z_k - m}` ``total`` and the class with
+    :math:`p > 1/2` (``dominant``, ``others``: :func:`_softmax_complement`).
+
+    :math:`T_x \log \sum_k e^{z_k - m} - \sum_c t_c (z_c - m)`, except for the dominant class
+    :math:`a` (:math:`z_a = m`), whose :math:`-\log p_a` is :math:`-\log(1 - \sum_{k \ne a} p_k)`
+    (``log1p``): near a perfect prediction :math:`\log` of a total near 1 keeps few digits.
+    """
+    t_a = torch.where(dominant, t, 0.0).sum(1, keepdim=True)
+    return (t.sum(1, keepdim=True) - t_a) * total.log() - tz - t_a * torch.log1p(-others.clamp_max(0.5))
 
 
 def _sigmoid_chunk(x: Tensor, *, out: Tensor, drop: Tensor | None = None, negate: bool = False) -> Tensor:
