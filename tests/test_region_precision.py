@@ -57,28 +57,32 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def _signs(y: torch.Tensor, c: int) -> torch.Tensor:
+    """+1 at each voxel's class, -1 elsewhere: (N, C, H, W)."""
+    return 2.0 * torch.nn.functional.one_hot(y, c).movedim(-1, 1) - 1
+
+
 def _regime(name: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 logits (N, C, H, W) and class indices (N, H, W)."""
+    if name in ("large", "imbalanced"):  # 2 classes
+        shape = (1, 2, 400, 400) if name == "large" else (1, 2, 100, 1000)
+        y = torch.randint(2, (shape[0], *shape[2:]), generator=gen)
+        if name == "imbalanced":  # one foreground voxel in 1e5, found with moderate confidence
+            y = torch.zeros_like(y)
+            y[0, 37, 512] = 1
+        # large: 160k voxels, 80k per class, moderately confident (+-2)
+        return (2.0 * _signs(y, 2) + torch.randn(shape, generator=gen)).float(), y
+    y = torch.randint(3, (2, 24, 20), generator=gen)
+    noise = torch.randn(2, 3, 24, 20, generator=gen)
+    uniform = torch.rand(2, 3, 24, 20, generator=gen)
     if name == "typical":
-        y = torch.randint(3, (2, 24, 20), generator=gen)
-        x = torch.randn(2, 3, 24, 20, generator=gen) * 1.5
+        x = 1.5 * noise
     elif name == "near_converged":  # confident and right: every region loss below 1e-3
-        y = torch.randint(3, (2, 24, 20), generator=gen)
-        x = 12.0 * (2 * torch.nn.functional.one_hot(y, 3).movedim(-1, 1) - 1) + torch.randn(2, 3, 24, 20, generator=gen)
+        x = 12.0 * _signs(y, 3) + noise
     elif name == "saturated":  # logits of 15 to 30 in size, every voxel right: losses of 1e-7 and below
-        y = torch.randint(3, (2, 24, 20), generator=gen)
-        size = 15 + 15 * torch.rand(2, 3, 24, 20, generator=gen)
-        x = size * (2 * torch.nn.functional.one_hot(y, 3).movedim(-1, 1) - 1)
+        x = (15 + 15 * uniform) * _signs(y, 3)
     elif name == "saturated_wrong":  # logits up to |x| = 30 at random: two thirds confidently wrong
-        y = torch.randint(3, (2, 24, 20), generator=gen)
-        x = (torch.rand(2, 3, 24, 20, generator=gen) * 2 - 1) * 30
-    elif name == "large":  # 2 classes, 160k voxels: 80k per class, moderately confident (+-2)
-        y = torch.randint(2, (1, 400, 400), generator=gen)
-        x = 2.0 * (2 * torch.nn.functional.one_hot(y, 2).movedim(-1, 1) - 1) + torch.randn(1, 2, 400, 400, generator=gen)
-    elif name == "imbalanced":  # one foreground voxel in 1e5, found with moderate confidence
-        y = torch.zeros(1, 100, 1000, dtype=torch.long)
-        y[0, 37, 512] = 1
-        x = 3.0 * (2 * torch.nn.functional.one_hot(y, 2).movedim(-1, 1) - 1) + torch.randn(1, 2, 100, 1000, generator=gen)
+        x = (2 * uniform - 1) * 30
     else:
         raise AssertionError(name)
     return x.float(), y

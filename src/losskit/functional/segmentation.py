@@ -876,8 +876,9 @@ def dice_ce_loss(
         labels = target
         if not target.is_floating_point() and target.dim() == input.dim():
             labels = target.squeeze(1)
-        ce = cross_entropy(input, labels, weight=class_weight, ignore_index=-100 if ignore_index is None
-                           else ignore_index, reduction="none").to(full.tp.dtype)
+        ce = cross_entropy(_zero_ignored(input, dt), labels, weight=class_weight,
+                           ignore_index=-100 if ignore_index is None else ignore_index,
+                           reduction="none").to(full.tp.dtype)
         ce_sum = _flat(ce, 1).sum(-1)
         if class_weight is None:
             ce_count = full.count.squeeze(1)
@@ -894,7 +895,7 @@ def dice_ce_loss(
         if dt is None:  # the fused sigmoid kernel read the index labels directly
             dt = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
         labels = one_hot(dt, input.shape[1], compute_dtype(input.dtype))
-        bce = binary_cross_entropy(upcast(input), labels, reduction="none")
+        bce = binary_cross_entropy(upcast(_zero_ignored(input, dt)), labels, reduction="none")
         if dt.valid is not None:
             bce = bce * dt.valid.unsqueeze(1)
         if class_weight is not None:
