@@ -541,7 +541,7 @@ class _SoftmaxDenseStats(torch.autograd.Function):
             tz, total = _softmax_chunk(logits[:, :, part], out=p, read=read)
             q, dominant, others = _softmax_complement(p, out=complement.like(p))
             if with_ce:
-                ce += _dense_cross_entropy(t, tz, total, dominant, others).sum((1, 2))
+                ce += _dense_cross_entropy(t, tz, total, dominant, others, out=sums.scratch.like(t)).sum((1, 2))
             sums.add_dense(p, t, q)
         tp, fp, fn, psq, sqerr, _, _ = sums.outputs()
         return tp, fp, fn, psq, sqerr, ce.to(like.dtype)
@@ -868,17 +868,20 @@ def _softmax_complement(p: Tensor, *, out: Tensor) -> tuple[Tensor, Tensor, Tens
     return torch.where(dominant, others, torch.neg(p, out=out).add_(1.0), out=out), dominant, others
 
 
-def _dense_cross_entropy(t: Tensor, tz: Tensor, total: Tensor, dominant: Tensor, others: Tensor) -> Tensor:
+def _dense_cross_entropy(t: Tensor, tz: Tensor, total: Tensor, dominant: Tensor, others: Tensor, *,
+                         out: Tensor) -> Tensor:
     r"""Per voxel :math:`-\sum_c t_c \log p_c` (N, 1, s) of dense labels ``t`` (N, C, s), from
     :math:`\sum_c t_c (z_c - m)` ``tz``, :math:`\sum_k e^{z_k - m}` ``total`` and the class with
-    :math:`p > 1/2` (``dominant``, ``others``: :func:`_softmax_complement`).
+    :math:`p > 1/2` (``dominant``, ``others``: :func:`_softmax_complement`); ``out`` (N, C, s) is a
+    temporary block.
 
     :math:`T_x \log \sum_k e^{z_k - m} - \sum_c t_c (z_c - m)`, except for the dominant class
     :math:`a` (:math:`z_a = m`), whose :math:`-\log p_a` is :math:`-\log(1 - \sum_{k \ne a} p_k)`
     (``log1p``): near a perfect prediction :math:`\log` of a total near 1 keeps few digits.
     """
-    t_a = torch.where(dominant, t, 0.0).sum(1, keepdim=True)
-    return (t.sum(1, keepdim=True) - t_a) * total.log() - tz - t_a * torch.log1p(-others.clamp_max(0.5))
+    t_a = torch.mul(t, dominant, out=out).sum(1, keepdim=True)
+    ce = torch.sum(t, 1, keepdim=True).sub_(t_a).mul_(total.log()).sub_(tz)
+    return ce.sub_(t_a.mul_(others.clamp_max(0.5).neg_().log1p_()))
 
 
 def _sigmoid_chunk(x: Tensor, *, out: Tensor, drop: Tensor | None = None, negate: bool = False) -> Tensor:

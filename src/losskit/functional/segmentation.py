@@ -206,12 +206,47 @@ def _check_smoothing(smooth_nr: float, smooth_dr: float, eps: float) -> None:
 def _one_minus_ratio(numerator: Tensor, complement: Tensor, smooth_nr: float, smooth_dr: float, eps: float) -> Tensor:
     r""":math:`1 - (a + s_{nr}) / \max(a + b + s_{dr}, \epsilon)` for ``numerator`` :math:`a` and its
     ``complement`` :math:`b` (the denominator minus the numerator, summed as such: :math:`FP + FN`
-    for Dice), written as :math:`(b + s_{dr} - s_{nr} + \text{floor}) / \max(a + b + s_{dr}, \epsilon)`.
-    Near a perfect score the plain form subtracts two nearly equal numbers and keeps few digits
-    (float32: 6% of a Dice loss of 1e-6); this one keeps them all."""
-    denominator = numerator + complement + smooth_dr
-    floored = denominator.clamp_min(eps)
-    return (complement + (smooth_dr - smooth_nr) + (floored - denominator)) / floored
+    for Dice), keeping every digit at both ends (:class:`_OneMinusRatio`)."""
+    return _OneMinusRatio.apply(numerator, complement, smooth_nr, smooth_dr, eps)
+
+
+class _OneMinusRatio(torch.autograd.Function):
+    r""":math:`L = 1 - n / F` with :math:`n = a + s_{nr}`, :math:`F = \max(a + b + s_{dr}, \epsilon)`.
+
+    The value is :math:`c / F` with :math:`c = b + s_{dr} - s_{nr} + (F - a - b - s_{dr})`: near a
+    perfect score :math:`1 - n / F` subtracts two nearly equal numbers and keeps few digits (6% of
+    a float32 Dice loss of 1e-6). The gradient is :math:`\partial L / \partial a = -c / F^2`,
+    :math:`\partial L / \partial b = n / F^2` (:math:`-1/F` and 0 where the floor holds), each one
+    product: differentiating either written form gives a difference of two nearly equal terms at
+    one end (a loss near 1 or near 0). Second derivatives differentiate the same expressions.
+    """
+
+    @staticmethod
+    def forward(ctx, numerator: Tensor, complement: Tensor, smooth_nr: float, smooth_dr: float,  # noqa: ANN205
+                eps: float):
+        ctx.save_for_backward(numerator, complement)
+        ctx.constants = smooth_nr, smooth_dr, eps
+        return _OneMinusRatio.parts(numerator, complement, smooth_nr, smooth_dr, eps)[0]
+
+    @staticmethod
+    def parts(numerator: Tensor, complement: Tensor, smooth_nr: float, smooth_dr: float,
+              eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The value, :math:`n`, :math:`c` and :math:`F`."""
+        denominator = numerator + complement + smooth_dr
+        floored = denominator.clamp_min(eps)
+        kept = complement + (smooth_dr - smooth_nr) + (floored - denominator)
+        return kept / floored, numerator + smooth_nr, kept, floored
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN205
+        numerator, complement = ctx.saved_tensors
+        smooth_nr, smooth_dr, eps = ctx.constants
+        _, kept_nr, kept, floored = _OneMinusRatio.parts(numerator, complement, smooth_nr, smooth_dr, eps)
+        free = numerator + complement + smooth_dr >= eps  # the floor does not hold
+        square = floored.square()
+        g_numerator = torch.where(free, -kept / square, -1 / floored) * grad
+        g_complement = torch.where(free, kept_nr / square, 0.0) * grad
+        return g_numerator, g_complement, None, None, None
 
 
 def _class_weight(class_weight: Tensor | None, input: Tensor, include_background: bool) -> Tensor | None:
