@@ -709,3 +709,19 @@ def test_benchmark_script_runs_on_a_tiny_volume():
     assert "monai.DiceLoss" in text and "monai.DiceCELoss" in text and "sigmoid=True" in text
     text = bench_segmentation.main(["--size", "6", "--binary-size", "0", "--rounds", "1", "--one-hot"])
     assert "one-hot targets" in text and "sigmoid" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mcc_sigmoid", "dice_ce_squared"])
+def test_compiled_plain_path_matches_the_eager_kernels(case):
+    # torch.compile traces the plain expression (float64 class sums, the accurate softmax and
+    # sigmoid); with a reduction in the graph, an earlier float64 scatter_add compiled to zeros.
+    x, y = data(n=2, c=3, spatial=(8, 8), dtype=torch.float32)
+    y[0, 0] = 255
+    calls = {"mcc_sigmoid": lambda z: losskit.mcc_loss(z, y, activation="sigmoid", ignore_index=255),
+             "dice_ce_squared": lambda z: losskit.dice_ce_loss(z, y, squared=True, ignore_index=255)}
+    eager_x, compiled_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    eager = calls[case](eager_x)
+    compiled = torch.compile(calls[case], fullgraph=True, dynamic=False)(compiled_x)
+    close(compiled, eager, 1e-5)
+    close(grad_of(compiled, compiled_x), grad_of(eager, eager_x), 1e-5)
