@@ -512,10 +512,14 @@ class _SoftmaxIndexGradient:
         at_label = off.neg_().addcmul_(missed, inner)
         if self.folded is not None:
             at_label.addcmul_(missed, self.folded, value=-1.0)
-        factor = torch.sub(self.row, inner, out=self.scratch.like(p))
-        if self.twice is not None:
-            factor.addcmul_(p, self.twice)
-        p.mul_(factor).scatter_add_(1, idx, at_label)  # ignored voxels: p = 0, every entry stays 0
+        # p_c (d_c + G - S), one class at a time: an (N, 1, s) temporary instead of an (N, C, s) one
+        for c in range(p.shape[1]):
+            p_c = p[:, c:c + 1]
+            factor = torch.sub(self.row[:, c:c + 1], inner)
+            if self.twice is not None:
+                factor.addcmul_(p_c, self.twice[:, c:c + 1])
+            p_c.mul_(factor)
+        p.scatter_add_(1, idx, at_label)  # ignored voxels: p = 0, every entry stays 0
 
 
 class _SoftmaxDenseStats(torch.autograd.Function):
