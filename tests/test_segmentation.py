@@ -701,14 +701,19 @@ def test_losses_are_nonnegative_and_bounded(seed):
         assert (out >= -1e-12).all() and (out <= 1 + 1e-12).all()
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_on_a_tiny_volume():
     pytest.importorskip("monai")
     from benchmarks import bench_segmentation
+    from benchmarks.harness import rss_available
 
-    text = bench_segmentation.main(["--size", "6", "--binary-size", "8", "--rounds", "1", "--classes", "3"])
+    text = bench_segmentation.main(["--size", "6", "--binary-size", "8", "--rounds", "1", "--classes", "3",
+                                    "--threads", "1"])
     assert "monai.DiceLoss" in text and "monai.DiceCELoss" in text and "sigmoid=True" in text
-    text = bench_segmentation.main(["--size", "6", "--binary-size", "0", "--rounds", "1", "--one-hot"])
-    assert "one-hot targets" in text and "sigmoid" not in text
+    if rss_available():  # one fresh process per library, loss and warm-up: the resident-set table
+        assert "RSS, 1st step (MB)" in text and text.count("monai / losskit") == 2
+    text = bench_segmentation.main(["--size", "6", "--binary-size", "0", "--rounds", "1", "--one-hot", "--no-rss"])
+    assert "one-hot targets" in text and "sigmoid" not in text and "RSS" not in text
 
 
 @pytest.mark.slow

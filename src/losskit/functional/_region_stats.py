@@ -22,13 +22,18 @@ by subtraction:
   running sum per class) are accumulated in float64. A float32 running sum of 65k values near
   0.88 rounds each addition the same way and drifts by about 1%.
 * A softmax gradient sums to 0 over the classes. The entry of a class whose probability is near
-  1 is the difference of two nearly equal numbers; it is taken as minus the sum of the others
-  (:func:`_sum_to_zero`): the label's entry for index targets (exact wherever the prediction is
-  right, which is where a small loss is decided), the entry of a class with :math:`p > 1/2`
-  otherwise.
+  1 is the difference of two nearly equal numbers; it is taken as minus the sum of the others:
+  the label's entry for index targets (:class:`_SoftmaxIndexGradient`; exact wherever the
+  prediction is right, which is where a small loss is decided), the entry of a class with
+  :math:`p > 1/2` otherwise (:func:`_sum_to_zero`). A sigmoid's slope is
+  :math:`\sigma(z) \sigma(-z)`, never :math:`p - p^2`.
+* A ratio loss :math:`1 - n/F` is computed as :math:`c/F` with :math:`c = F - n` summed as such,
+  and differentiated as :math:`-c/F^2` and :math:`n/F^2`
+  (:class:`losskit.functional.segmentation._OneMinusRatio`), exact near 0 and near 1.
 
 Ignored voxels (``ignore_index``) may hold anything, NaN and infinity included: their logits are
-replaced by 0 before the activation, their activation by 0 after it, and their gradient is 0.
+replaced by 0 before the activation or their activation by 0 after it, they count in no sum,
+and their gradient is 0.
 """
 
 from __future__ import annotations
@@ -43,11 +48,14 @@ from losskit._core.dense import DenseTarget, drop_background
 from losskit._core.numerics import compute_dtype, upcast
 
 # Elements (N * C * voxels) per chunk on a CPU: a 2 MB float32 block stays in cache and keeps the
-# temporaries small (peak = the gradient + about one block). Measured with
-# benchmarks/bench_segmentation.py on (2, 8, 96^3) logits (2 cores, idle), Dice time / peak memory:
-# 1 MB blocks 63 ms / 55.3 MB, 2 MB 47 ms / 56.5 MB, 4 MB 46 ms / 59.0 MB, 8 MB 43 ms / 64.0 MB.
+# temporaries small (peak = the gradient + less than one block). Dice on (2, 8, 96^3) index labels,
+# temporaries beyond the gradient by the tensor tracker / resident-set growth of a step after a
+# warm-up call (benchmarks.harness.rss_profile): 0.5 MB blocks 0.44 / 0.1 MB, 1 MB 0.88 / 0.3-1.1 MB,
+# 2 MB 1.75 / 1.3-2.5 MB; one thread: 104, 100 and 105 ms a step (CPU time, machine shared with other
+# work). Smaller blocks mean more ops: on 2 threads of the shared machine 0.5 MB blocks took 362 ms
+# against 251 ms for 2 MB. An earlier kernel, idle 2 cores: 1 MB 63 ms, 2 MB 47 ms, 8 MB 43 ms.
 # Caveat: on an oversubscribed machine (another process holding a core) every parallel op waits
-# for its threads, and the ~20 ops per chunk then cost far more than on an idle one; torch with
+# for its threads, and the ~30 ops per chunk then cost far more than on an idle one; torch with
 # one thread does not suffer from that.
 _CPU_CHUNK = 1 << 19
 # On a GPU the limit is kernel launches, not cache: 64 MB float32 blocks take a (2, 8, 128^3) volume
@@ -228,11 +236,11 @@ def _sum_to_zero(grad: Tensor, dominant: Tensor, *, inplace: bool = True) -> Ten
     class with :math:`p > 1/2`, at most one per voxel) replaced by minus the sum of the others:
     ``grad - dominant * grad.sum(1)``. The entries sum to 0 exactly, and where :math:`p` is near
     1 the others are small products while the formula's own entry is a difference of two nearly
-    equal numbers. In place (``dominant``, a float mask, is overwritten) unless ``inplace=False``
+    equal numbers. In place (``dominant`` is a float mask) unless ``inplace=False``
     (differentiable, for second derivatives)."""
     if not inplace:
         return grad - dominant * grad.sum(1, keepdim=True)
-    return grad.sub_(dominant.mul_(grad.sum(1, keepdim=True)))
+    return grad.addcmul_(dominant, grad.sum(1, keepdim=True), value=-1.0)
 
 
 class _Softmax(torch.autograd.Function):
@@ -578,7 +586,9 @@ class _SoftmaxDenseStats(torch.autograd.Function):
                 return q.mul_(t).neg_().add_(torch.lerp(p, zero, t))
 
             d = coefficients.dense(p, t, error, out=blocks_d.like(p))
-            inner = torch.linalg.vecdot(p, d, dim=1).unsqueeze(1)
+            inner = p[:, :1] * d[:, :1]  # sum_k p_k d_k, one class at a time: no (N, C, s) temporary
+            for k in range(1, p.shape[1]):
+                inner.addcmul_(p[:, k:k + 1], d[:, k:k + 1])
             if g_ce is not None:
                 d.addcmul_(t.sum(1, keepdim=True), g_ce)
             p.mul_(d.sub_(inner))
@@ -871,8 +881,10 @@ def _softmax_complement(p: Tensor, *, out: Tensor) -> tuple[Tensor, Tensor, Tens
     digits there); also that mask (N, C, s) and that sum (N, 1, s) (1 where no class has
     :math:`p > 1/2`)."""
     dominant = p > 0.5
-    others = out.copy_(p).masked_fill_(dominant, 0.0).sum(1, keepdim=True)
-    return torch.where(dominant, others, torch.neg(p, out=out).add_(1.0), out=out), dominant, others
+    zero, one = p.new_zeros(()), p.new_ones(())
+    others = torch.where(dominant, zero, p, out=out).sum(1, keepdim=True)
+    complement = torch.sub(one, p, out=out)  # exact for p > 1/2
+    return torch.where(dominant, others, complement, out=out), dominant, others
 
 
 def _dense_cross_entropy(t: Tensor, tz: Tensor, total: Tensor, dominant: Tensor, others: Tensor, *,
