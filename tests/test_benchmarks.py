@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks import bench_boxes, bench_cross_entropy, bench_focal
-from benchmarks.harness import cpu_peak_bytes, rss_growth
+from benchmarks.harness import cpu_peak_bytes, rss_growth, rss_profile
 
 
 def test_cpu_peak_counts_new_tensors_but_not_views_or_inputs():
@@ -43,3 +43,11 @@ def allocate_megabytes(megabytes):
 def test_rss_growth_sees_a_step_allocation_and_not_the_inputs():
     growth = rss_growth("tests.test_benchmarks:allocate_megabytes", 64)
     assert 60 * 2**20 <= growth <= 90 * 2**20  # the 64 MB block, plus a little for the interpreter
+
+
+def test_rss_profile_puts_the_code_pages_apart():
+    profile = rss_profile("tests.test_benchmarks:allocate_megabytes", 16)
+    # torch.ones and sum run for the first time in the fresh process: their code pages are file-backed
+    # resident memory, part of the growth but not of the anonymous 16 MB block.
+    assert 0 <= profile["file"] < profile["growth"]
+    assert 14 * 2**20 <= profile["growth"] - profile["file"] <= 40 * 2**20  # page-level noise either way

@@ -321,7 +321,8 @@ def _front(input, target, *, activation, include_background, aggregate, absent, 
 
 
 _COMMON_ARGS = r"""
-        input: Logits ``(N, C, *spatial)`` (probabilities with ``activation=None``).
+        input: Logits ``(N, C, *spatial)`` (probabilities in ``[0, 1]`` with ``activation=None``, a
+            value check).
         target: Class indices ``(N, *spatial)`` / ``(N, 1, *spatial)`` (integer), or one-hot / soft
             labels with the input's shape (floating).
         activation: ``"softmax"`` (over dim 1) | ``"sigmoid"`` | ``None``; applied before the
@@ -361,7 +362,9 @@ _RETURNS_RAISES = r"""
 
     Raises:
         ValueError: Shapes that do not match, a class index out of range, a bad option or
-            reduction, softmax over one channel, a non-finite result (naming the input).
+            reduction, softmax over one channel, probabilities outside ``[0, 1]`` with
+            ``activation=None``, a non-finite result (naming the input; NaN or infinity at
+            ignored voxels changes nothing).
         TypeError: A non-floating input or a boolean target."""
 
 
