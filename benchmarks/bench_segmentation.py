@@ -15,7 +15,8 @@ first step of a process also faults in the pages of library code it runs for the
 (shown apart); "after warm-up" runs the same loss once on a small input first, as every later
 step of a training run finds it.
 
-    python -m benchmarks.bench_segmentation [--device cuda] [--size 96] [--binary-size 128] [--one-hot] [--no-rss]
+    python -m benchmarks.bench_segmentation [--device cuda] [--size 96] [--binary-size 128] [--one-hot]
+        [--no-rss | --rss-losses dice,dice_ce]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--checks", action="store_true", help="keep losskit's value checks on (default: off, "
                         "as the peers run none)")
     parser.add_argument("--no-rss", action="store_true", help="skip the resident-set table (CPU, Linux)")
+    parser.add_argument("--rss-losses", default="dice,dice_ce", help="losses of the resident-set table, "
+                        "comma-separated (four fresh processes each; default dice,dice_ce)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,9 +68,10 @@ def main(argv: list[str] | None = None) -> str:
          "monai.DiceCELoss": lambda: monai_dice_ce(logits, labels_monai)},
         (logits,), rounds=args.rounds, checks=args.checks))
     if device.type == "cpu" and rss_available() and not args.no_rss:
+        losses = [loss for loss in args.rss_losses.split(",") if loss]
         trackers = {(library, loss): _tracker_peak(library, loss, logits, labels, labels_monai)
-                    for library in ("losskit", "monai") for loss in ("dice", "dice_ce")}
-        texts.append(_rss_table(args, shape, where, trackers))
+                    for library in ("losskit", "monai") for loss in losses}
+        texts.append(_rss_table(args, shape, where, losses, trackers))
     if args.binary_size:
         del logits, labels, labels_monai
         edge = args.binary_size
@@ -140,14 +144,15 @@ def rss_step(library: str, loss: str, shape: list[int], one_hot: bool, warm: boo
     return step
 
 
-def _rss_table(args, shape: tuple[int, ...], where: str, trackers: dict[tuple[str, str], int]) -> str:
+def _rss_table(args, shape: tuple[int, ...], where: str, losses: list[str],
+               trackers: dict[tuple[str, str], int]) -> str:
     mb = 2**20
     gradient = torch.Size(shape).numel() * 4
     head = (f"{'step':<22}{'tracker (MB)':>14}{'RSS, 1st step (MB)':>20}{'of it code (MB)':>17}"
             f"{'RSS, warm (MB)':>16}")
     lines = [f"peak resident-set growth of one fwd+bwd, each in a fresh process, {where}, "
              f"threads={args.threads or torch.get_num_threads()} (gradient {gradient / mb:.1f} MB)", head]
-    for loss in ("dice", "dice_ce"):
+    for loss in losses:
         cold, warm = {}, {}
         for library in ("losskit", "monai"):
             key = (library, loss)
