@@ -105,7 +105,8 @@ def rss_available() -> bool:
 
 
 def rss_growth(factory: str, *args: object, threads: int | None = None, warmup: int = 0) -> int:
-    """Growth of the peak resident set while one step runs, measured in a fresh interpreter.
+    """Growth of the peak resident set while one step runs, measured in a fresh interpreter
+    (``rss_profile(...)["growth"]``).
 
     ``factory`` is ``"module:function"``; in the child, ``function(*args)`` (JSON-able
     arguments) creates the inputs and returns a zero-argument ``step``. The child then runs
@@ -114,11 +115,19 @@ def rss_growth(factory: str, *args: object, threads: int | None = None, warmup: 
     operating system sees it (allocator caching and temporaries the tensor tracker misses
     included). With ``warmup=0`` (the default) one-time costs count too, as on a user's first step.
     """
+    return rss_profile(factory, *args, threads=threads, warmup=warmup)["growth"]
+
+
+def rss_profile(factory: str, *args: object, threads: int | None = None, warmup: int = 0) -> dict[str, int]:
+    """:func:`rss_growth`'s measurement, with where the memory went: ``"growth"`` (bytes, the peak
+    resident set's growth) and ``"file"``, the growth of the file-backed resident set
+    (``RssFile``): the pages of the libraries' code that the step ran for the first time in this
+    process. The rest is anonymous memory: tensors, the allocator's heap, thread stacks."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = json.dumps({"factory": factory, "args": list(args), "threads": threads, "warmup": warmup})
     command = [sys.executable, "-c", "import sys, benchmarks.harness as h; h._rss_child(sys.argv[1])", spec]
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=root).stdout
-    return int(json.loads(out.strip().splitlines()[-1])["growth"])
+    return {key: int(value) for key, value in json.loads(out.strip().splitlines()[-1]).items()}
 
 
 def _rss_child(spec_json: str) -> None:
@@ -132,12 +141,13 @@ def _rss_child(spec_json: str) -> None:
         step = getattr(importlib.import_module(module), name)(*spec["args"])
         for _ in range(spec["warmup"]):
             step()
-        baseline = _status_bytes("VmRSS")
+        baseline, code = _status_bytes("VmRSS"), _status_bytes("RssFile")
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # VmHWM := the current resident set
         step()
         peak = _status_bytes("VmHWM")
-    print(json.dumps({"growth": max(peak - baseline, 0)}))
+        code = _status_bytes("RssFile") - code
+    print(json.dumps({"growth": max(peak - baseline, 0), "file": max(code, 0)}))
 
 
 def compare(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks import bench_boxes, bench_cross_entropy, bench_detection, bench_focal
-from benchmarks.harness import cpu_peak_bytes, rss_available, rss_growth
+from benchmarks.harness import cpu_peak_bytes, rss_available, rss_growth, rss_profile
 
 
 def test_cpu_peak_counts_new_tensors_but_not_views_or_inputs():
@@ -58,3 +58,11 @@ def test_detection_benchmark_reports_resident_set_growth():
         assert "RSS growth (MB)" in lines[header] and lines[header + 1].startswith("losskit")
         growth, tracker, *_ = (float(v) for v in lines[header + 1].split()[1:])
         assert growth > 0 and tracker > 0
+
+
+def test_rss_profile_puts_the_code_pages_apart():
+    profile = rss_profile("tests.test_benchmarks:allocate_megabytes", 16)
+    # torch.ones and sum run for the first time in the fresh process: their code pages are file-backed
+    # resident memory, part of the growth but not of the anonymous 16 MB block.
+    assert 0 <= profile["file"] < profile["growth"]
+    assert 14 * 2**20 <= profile["growth"] - profile["file"] <= 40 * 2**20  # page-level noise either way

@@ -31,6 +31,15 @@ the same float32 values and compared with ``rtol=atol=2e-5``. SMP's calls map to
 
 (SMP's multiclass ``per_image=True`` averages per-image class means; the vector has every class
 that occurs at all present in every image, where that equals losskit's mean over units.)
+
+SMP's ``MCCLoss(eps=e)`` (binary, probabilities in, ``e`` added to each confusion count, one
+value over the batch) is reproduced by::
+
+    mcc_loss(p, t, activation=None, aggregate="batch", smooth_nr=0, smooth_dr=0, eps=0, smooth_counts=e)
+
+on ordinary and degenerate inputs (an empty target predicted almost empty, a perfect hard
+prediction, a full target), where MONAI's convention (losskit's default) differs: 0 for the
+perfect prediction, 1 for the empty target.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ EXPECTED_FILES = {
     *(f"smp.{loss}.{mode}" for loss in REGION for mode in ("binary", "multiclass", "multilabel")),
     *(f"smp.lovasz.{name}" for name in ("binary", "binary.per_image", "multiclass", "multiclass.ignore",
                                         "multiclass.per_image", "multilabel", "multilabel.per_image")),
+    *(f"smp.mcc.{name}" for name in ("binary", "empty", "perfect", "full")),
 }
 DT = torch.float64
 
@@ -82,6 +92,11 @@ def _lovasz(case: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return losskit.lovasz_hinge_loss(x.reshape(n, 1, -1), t.reshape(n, 1, -1), per_image=per_image)
 
 
+def _mcc(case: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return losskit.mcc_loss(x, t, activation=None, aggregate="batch", smooth_nr=0.0, smooth_dr=0.0, eps=0.0,
+                            smooth_counts=case["options"]["eps"])
+
+
 def _region(loss: str, case: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     options = case["options"]
     activation = "softmax" if options["mode"] == "multiclass" else "sigmoid"
@@ -106,7 +121,10 @@ def test_provenance(path: Path):
     src = case["source"]
     assert src["lib"] == "segmentation_models_pytorch" and src["version"] == "0.6.0"
     assert src["torch"] == "2.14.1" and src["call"].startswith("segmentation_models_pytorch.losses.")
-    assert case["options"]["from_logits"] is True
+    if path.stem.split(".")[1] == "mcc":  # SMP's MCCLoss takes probabilities
+        assert case["inputs"]["input_kind"] == "probabilities"
+    else:
+        assert case["options"]["from_logits"] is True
     value = torch.tensor(case["expected"]["value"])
     grad = torch.tensor(case["expected"]["grad"])
     assert torch.isfinite(value) and torch.isfinite(grad).all()
@@ -122,6 +140,9 @@ def test_replay(path: Path):
     if loss == "lovasz":
         out = _lovasz(case, x, t)
         tol = 2e-5
+    elif loss == "mcc":
+        out = _mcc(case, x, t)
+        tol = 1e-9
     else:
         try:
             out = _region(loss, case, x, t)
@@ -132,3 +153,15 @@ def test_replay(path: Path):
     torch.testing.assert_close(out.detach(), expected, rtol=tol, atol=tol)
     (grad,) = torch.autograd.grad(out, x)
     torch.testing.assert_close(grad, torch.tensor(case["expected"]["grad"], dtype=DT), rtol=tol, atol=tol)
+
+
+def test_smp_mcc_differs_from_the_monai_convention_on_degenerate_inputs():
+    # The rows' reason: without smooth_counts (MONAI's MCCLoss, losskit's default) a perfect hard
+    # prediction is an exact 0 and an empty target gives 1 - 0 / sqrt(...) = 1.
+    perfect, empty = (_load(FOLDER / f"smp.mcc.{name}.json") for name in ("perfect", "empty"))
+    x, t = _tensors(perfect)
+    assert losskit.mcc_loss(x, t, activation=None, aggregate="batch").item() == 0.0
+    assert perfect["expected"]["value"] > 0
+    x, t = _tensors(empty)
+    assert losskit.mcc_loss(x, t, activation=None, aggregate="batch").item() == 1.0
+    assert empty["expected"]["value"] < 1

@@ -180,9 +180,7 @@ def test_monai_class_weight_is_a_plain_mean_of_weighted_units():
     close(ours, theirs)
 
 
-def _kornia_macro(ours_none, y, c):
-    present = torch.stack([(y == k).flatten(1).any(1) for k in range(c)], 1)
-    return ((ours_none * present).sum(1) / present.sum(1).clamp_min(1)).mean()
+KORNIA_MACRO = {"smooth_nr": 0.0, "smooth_dr": 1e-8, "eps": 0.0, "absent": "sample_mean"}
 
 
 @pytest.mark.peer
@@ -194,15 +192,74 @@ def test_kornia_dice_macro_and_tversky(ignore):
     if ignore is not None:
         y[0, 0] = ignore
     x.requires_grad_(True)
-    opts = {"smooth_nr": 0.0, "smooth_dr": 1e-8, "absent": "exclude", "reduction": "none"}
-    ours = _kornia_macro(losskit.dice_loss(x, y, ignore_index=ignore, **opts), y, 5)
+    ours = losskit.dice_loss(x, y, ignore_index=ignore, **KORNIA_MACRO)
     theirs = kornia.dice_loss(x, y, average="macro", ignore_index=-100 if ignore is None else ignore)
     close(ours, theirs)
     close(grad_of(ours, x), grad_of(theirs, x))
-    ours = _kornia_macro(losskit.tversky_loss(x, y, alpha=0.2, beta=0.8, ignore_index=ignore, **opts), y, 5)
+    ours = losskit.tversky_loss(x, y, alpha=0.2, beta=0.8, ignore_index=ignore, **KORNIA_MACRO)
     theirs = kornia.tversky_loss(x, y, 0.2, 0.8, ignore_index=-100 if ignore is None else ignore)
     close(ours, theirs)
     close(grad_of(ours, x), grad_of(theirs, x))
+
+
+@pytest.mark.peer
+def test_kornia_macro_scores_a_sample_without_present_classes_one_with_zero_gradient():
+    kornia = pytest.importorskip("kornia.losses")
+    x, y = data(n=3, c=4)
+    y[0] = 7  # sample 0: every voxel ignored
+    y[1] = torch.where(y[1] == 3, 1, 3)  # sample 1: classes 1 and 3, and class 3 has weight 0 below
+    x.requires_grad_(True)
+    w = torch.tensor([1.0, 0.0, 2.0, 0.5], dtype=torch.float64)
+    w[3] = 0.0
+    ours = losskit.dice_loss(x, y, ignore_index=7, class_weight=w, **KORNIA_MACRO)
+    theirs = kornia.dice_loss(x, y, average="macro", weight=w, ignore_index=7)
+    close(ours, theirs)
+    g = grad_of(ours, x)
+    close(g, grad_of(theirs, x))
+    assert (g[:2] == 0).all() and g[2].abs().sum() > 0
+    # Each sample counts once: (1 + 1 + loss of sample 2) / 3, and "none" sums to it per sample.
+    units = losskit.dice_loss(x, y, ignore_index=7, class_weight=w, reduction="none", **KORNIA_MACRO)
+    close(units.sum(1)[:2], torch.ones(2, dtype=torch.float64), 0.0)
+    close(units.sum(1).mean(), ours, 1e-12)
+    ours = losskit.tversky_loss(x, y, ignore_index=7, **KORNIA_MACRO)
+    close(ours, kornia.tversky_loss(x, y, 0.5, 0.5, ignore_index=7))
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kornia_micro_dice_is_uniform_generalized_dice(weighted):
+    kornia = pytest.importorskip("kornia.losses")
+    x, y = data(c=5)
+    y[0, 0] = 7
+    x.requires_grad_(True)
+    w = torch.tensor([0.5, 1.0, 2.0, 0.0, 3.0], dtype=torch.float64) if weighted else None
+    ours = losskit.generalized_dice_loss(x, y, weight_type="uniform", class_weight=w, smooth_nr=0.0,
+                                         smooth_dr=1e-8, eps=0.0, ignore_index=7)
+    theirs = kornia.dice_loss(x, y, average="micro", weight=w, ignore_index=7)
+    close(ours, theirs)
+    close(grad_of(ours, x), grad_of(theirs, x))
+
+
+@pytest.mark.peer
+def test_monai_has_no_denominator_floor_eps_0_reproduces_it():
+    monai = pytest.importorskip("monai.losses")
+    x, _ = data()
+    y = torch.zeros(3, 5, 6, dtype=torch.long)  # only the background: every other class absent
+    x = x.clone()
+    x[:, 0] += 25.0  # and predicted absent: P of each foreground class is about 1e-9
+    x.requires_grad_(True)
+    common = {"softmax": True, "to_onehot_y": True, "include_background": False, "smooth_nr": 1e-8,
+              "smooth_dr": 1e-8}
+    ours_options = {"include_background": False, "smooth_nr": 1e-8, "smooth_dr": 1e-8}
+    theirs = monai.GeneralizedDiceLoss(**common)(x, y.unsqueeze(1))
+    assert theirs.item() == 0.0  # every class weight is 0: (0 + s) / (0 + s)
+    close(losskit.generalized_dice_loss(x, y, eps=0.0, **ours_options), theirs, 0.0)
+    assert losskit.generalized_dice_loss(x, y, **ours_options).item() == pytest.approx(0.9)  # 1 - 1e-8 / 1e-7
+    ours = losskit.dice_loss(x, y, eps=0.0, **ours_options)
+    theirs = monai.DiceLoss(**common)(x, y.unsqueeze(1))
+    close(ours, theirs, 1e-10)
+    close(grad_of(ours, x), grad_of(theirs, x), 1e-10)
+    assert abs(losskit.dice_loss(x, y, **ours_options).item() - theirs.item()) > 0.01  # the floor bites here
 
 
 def test_smp_convention_batch_pooled_absent_zero():
@@ -644,11 +701,32 @@ def test_losses_are_nonnegative_and_bounded(seed):
         assert (out >= -1e-12).all() and (out <= 1 + 1e-12).all()
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_on_a_tiny_volume():
     pytest.importorskip("monai")
     from benchmarks import bench_segmentation
+    from benchmarks.harness import rss_available
 
-    text = bench_segmentation.main(["--size", "6", "--binary-size", "8", "--rounds", "1", "--classes", "3"])
+    text = bench_segmentation.main(["--size", "6", "--binary-size", "8", "--rounds", "1", "--classes", "3",
+                                    "--threads", "1", "--rss-losses", "dice"])
     assert "monai.DiceLoss" in text and "monai.DiceCELoss" in text and "sigmoid=True" in text
-    text = bench_segmentation.main(["--size", "6", "--binary-size", "0", "--rounds", "1", "--one-hot"])
-    assert "one-hot targets" in text and "sigmoid" not in text
+    if rss_available():  # one fresh process per library and warm-up: the resident-set table
+        assert "RSS, 1st step (MB)" in text and text.count("monai / losskit") == 1
+    text = bench_segmentation.main(["--size", "6", "--binary-size", "0", "--rounds", "1", "--one-hot", "--no-rss"])
+    assert "one-hot targets" in text and "sigmoid" not in text and "RSS" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mcc_sigmoid", "dice_ce_squared"])
+def test_compiled_plain_path_matches_the_eager_kernels(case):
+    # torch.compile traces the plain expression (float64 class sums, the accurate softmax and
+    # sigmoid); with a reduction in the graph, an earlier float64 scatter_add compiled to zeros.
+    x, y = data(n=2, c=3, spatial=(8, 8), dtype=torch.float32)
+    y[0, 0] = 255
+    calls = {"mcc_sigmoid": lambda z: losskit.mcc_loss(z, y, activation="sigmoid", ignore_index=255),
+             "dice_ce_squared": lambda z: losskit.dice_ce_loss(z, y, squared=True, ignore_index=255)}
+    eager_x, compiled_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    eager = calls[case](eager_x)
+    compiled = torch.compile(calls[case], fullgraph=True, dynamic=False)(compiled_x)
+    close(compiled, eager, 1e-5)
+    close(grad_of(compiled, compiled_x), grad_of(eager, eager_x), 1e-5)

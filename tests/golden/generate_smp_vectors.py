@@ -10,6 +10,10 @@ checks that the top-level ``*.json`` files are exactly the box generator's outpu
 ``source`` (lib, version, torch, the exact call), ``dtype``, ``inputs`` (input logits, target and
 its dtype), ``options`` (the SMP constructor arguments) and ``expected`` (the loss value and the
 gradient of the loss with respect to the logits). ``tests/test_golden_smp.py`` replays them.
+SMP's ``MCCLoss`` (binary only) takes probabilities, not logits: its files hold probabilities as
+the input (``"inputs": {"input_kind": "probabilities"}``) and the gradient with respect to them, on ordinary
+and on degenerate inputs (an empty target predicted empty, a perfect hard prediction, a full
+target), where the ``eps`` it adds to each confusion count decides the value.
 
 Inputs come from Python's ``random.Random`` with fixed seeds, rounded to 3 decimals, so reruns are
 byte-identical. Everything runs in float64 on the CPU, except SMP's Lovász loss: its Jaccard
@@ -64,7 +68,8 @@ def main() -> int:
 
     OUT.mkdir(exist_ok=True)
 
-    def emit(name: str, cls: str, options: dict, logits: list, target: list, target_dtype: str, dtype: str) -> None:
+    def emit(name: str, cls: str, options: dict, logits: list, target: list, target_dtype: str, dtype: str,
+             input_kind: str = "logits") -> None:
         torch_dtype = getattr(torch, dtype)
         x = torch.tensor(logits, dtype=torch_dtype, requires_grad=True)
         t = torch.tensor(target, dtype=getattr(torch, target_dtype) if target_dtype != "float" else torch_dtype)
@@ -72,14 +77,16 @@ def main() -> int:
         value = loss_fn(x, t)
         (grad,) = torch.autograd.grad(value, x)
         args = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        inputs = {"input": logits, "target": target, "target_dtype": dtype if target_dtype == "float" else target_dtype}
+        if input_kind != "logits":
+            inputs["input_kind"] = input_kind
         record = {
             "source": {"lib": "segmentation_models_pytorch", "version": smp.__version__,
                        "torch": torch.__version__.split("+")[0], "torch_build": torch.__version__,
                        "call": f"segmentation_models_pytorch.losses.{cls}({args})(input, target)"},
             "dtype": dtype,
             "options": options,
-            "inputs": {"input": logits, "target": target,
-                       "target_dtype": dtype if target_dtype == "float" else target_dtype},
+            "inputs": inputs,
             "expected": {"value": value.item(), "grad": grad.tolist()},
         }
         path = OUT / f"smp.{name}.json"
@@ -121,7 +128,30 @@ def main() -> int:
         logits, target, tdt = inputs(200 + offset, mode, **kw)
         emit(f"lovasz.{name}", "LovaszLoss", {"mode": mode, "from_logits": True, **extra}, logits, target, tdt,
              "float32")
+
+    for name, probabilities, target in _mcc_cases():
+        emit(f"mcc.{name}", "MCCLoss", {"eps": 1e-5}, probabilities, target, "float", "float64",
+             input_kind="probabilities")
     return 0
+
+
+def _mcc_cases() -> list[tuple[str, list, list]]:
+    """(name, probabilities (N, 1, H, W), binary target (N, 1, H, W)) for SMP's MCCLoss."""
+    rng = random.Random(300)
+
+    def grid(value) -> list:
+        return [[[[value(n, y, x) for x in range(W)] for y in range(H)]] for n in range(N)]
+
+    target = grid(lambda n, y, x: float(rng.random() < 0.4))
+    typical = grid(lambda n, y, x: round(rng.uniform(0.02, 0.98), 3))
+    near_zero = grid(lambda n, y, x: round(rng.uniform(0.0, 0.05), 3))
+    near_one = grid(lambda n, y, x: round(rng.uniform(0.95, 1.0), 3))
+    return [
+        ("binary", typical, target),
+        ("empty", near_zero, grid(lambda n, y, x: 0.0)),  # no foreground, predicted (almost) none
+        ("perfect", target, target),  # a hard prediction equal to the target
+        ("full", near_one, grid(lambda n, y, x: 1.0)),  # foreground everywhere
+    ]
 
 
 if __name__ == "__main__":

@@ -40,16 +40,21 @@ class DenseTarget:
     valid: Tensor | None  # (N, *spatial) bool, False where ignored; None when nothing is ignored
 
 
+def check_activation(input: Tensor, activation: object) -> None:
+    """``activation`` is one of :data:`ACTIVATIONS`, and a softmax has more than one channel."""
+    check_one_of("activation", activation, ACTIVATIONS)
+    if activation == "softmax" and input.dim() > 1 and input.shape[1] == 1:
+        raise ValueError(
+            "activation='softmax' over a single channel is constant 1; use activation='sigmoid' for "
+            "binary segmentation with one channel, or give two channels"
+        )
+
+
 def probabilities(input: Tensor, activation: str | None) -> Tensor:
     """Class probabilities ``(N, C, *spatial)`` in the compute dtype (float32 for half inputs)."""
-    check_one_of("activation", activation, ACTIVATIONS)
+    check_activation(input, activation)
     x = upcast(input)
     if activation == "softmax":
-        if x.shape[1] == 1:
-            raise ValueError(
-                "activation='softmax' over a single channel is constant 1; use activation='sigmoid' for "
-                "binary segmentation with one channel, or give two channels"
-            )
         return torch.softmax(x, dim=1)
     if activation == "sigmoid":
         return torch.sigmoid(x)
