@@ -52,11 +52,6 @@ NONFINITE = (float("nan"), float("inf"), float("-inf"))
 # (its check sits in the region statistics). strict=True turns each into a failure as soon as it
 # passes, so this set must shrink to nothing; never add a case of another loss to it.
 REGION_LOSSES = ("dice", "jaccard", "tversky", "focal_tversky", "generalized_dice", "mcc", "dice_ce")
-PENDING_REGION_FIXES = {
-    *((name, "nonfinite_ignored") for name in REGION_LOSSES),
-    ("focal_tversky", "nonfinite_kept"),
-    ("jaccard", "options"),
-}
 
 
 def function(name: str) -> Callable:
@@ -198,16 +193,6 @@ def run(name: str, case: Case, *expected_culprits: str, ignored: torch.Tensor | 
     assert_matches_float64(name, case, out, grad, ignored, **options)
 
 
-def xfail_pending(name: str, kind: str):
-    marks = [pytest.mark.xfail(strict=True, reason="pending region-loss fix")] if (name, kind) in \
-        PENDING_REGION_FIXES else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-def params(kind: str, names: list[str] = NAMES) -> list:
-    return [xfail_pending(name, kind) for name in names]
-
-
 def draw_case(name: str, data: st.DataObject, *, min_n: int = 0) -> tuple[Case, torch.Generator, int]:
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
     n = data.draw(st.integers(min_n, 3), label="n")
@@ -219,7 +204,7 @@ def draw_case(name: str, data: st.DataObject, *, min_n: int = 0) -> tuple[Case, 
 # --- the properties ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", params("clean"))
+@pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=5, **FAST)
 @given(data=st.data())
 def test_clean_input_in_every_dtype_and_scale(name, data):
@@ -273,7 +258,7 @@ def place(case: Case, key: str, index: int, value: float) -> Case:
     return replace(case, kwargs={**case.kwargs, key: poke(case.kwargs[key])})
 
 
-@pytest.mark.parametrize("name", params("nonfinite_kept"))
+@pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=8, **FAST)
 @given(data=st.data())
 def test_nonfinite_at_a_counted_position_raises_or_propagates(name, data):
@@ -296,7 +281,7 @@ def test_nonfinite_at_a_counted_position_raises_or_propagates(name, data):
     assert torch.isnan(out).all(), f"a NaN in {culprit} gave {out}"
 
 
-@pytest.mark.parametrize("name", params("nonfinite_ignored", IGNORING))
+@pytest.mark.parametrize("name", IGNORING)
 @settings(max_examples=8, **FAST)
 @given(data=st.data())
 def test_nonfinite_at_ignored_positions_is_harmless(name, data):
@@ -340,7 +325,7 @@ def option_mutations(name: str, case: Case, n: int) -> list[tuple[str, dict]]:
     return out
 
 
-@pytest.mark.parametrize("name", params("options"))
+@pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=8, **FAST)
 @given(data=st.data())
 def test_bad_option_values_raise_naming_the_option(name, data):
@@ -352,7 +337,7 @@ def test_bad_option_values_raise_naming_the_option(name, data):
     assert_error_names(info.value, culprit)
 
 
-@pytest.mark.parametrize("name", params("dtype_shape"))
+@pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=4, **FAST)
 @given(data=st.data())
 def test_integer_input_and_wrong_target_shape_raise_naming_the_argument(name, data):

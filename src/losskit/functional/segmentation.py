@@ -90,6 +90,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_broadcastable,
     check_class_vector,
     check_in_unit_interval,
@@ -133,6 +134,7 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
     """The statistics (pooled with ``aggregate="batch"``) and the prepared target (``None`` when a
     fused kernel read index labels directly: callers that need it call :func:`dense_target`)."""
     check_one_of("aggregate", aggregate, AGGREGATES)
+    check_bool("include_background", include_background)
     _check_sync(sync_stats, aggregate)
     check_activation(input, activation)
     kernel = _fused_kernel(input, target, activation, soft_label, ce_weight)
