@@ -33,8 +33,9 @@ from losskit._core.checks import (
     check_same_shape,
     check_tensor,
 )
-from losskit._core.numerics import finite_log, upcast
+from losskit._core.numerics import compute_dtype, finite_log, log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
+from losskit.functional._softmax import cross_entropy_rows
 
 # --- shared machinery for softmax losses ------------------------------------------------------
 
@@ -71,7 +72,11 @@ def _prepare_softmax(
     weight: Tensor | None,
     allow_soft: bool = True,
 ) -> tuple[Tensor, _ClassTargets, Tensor | None, bool]:
-    """Validate a softmax loss's inputs; return (logits in compute dtype, targets, class weight, unbatched)."""
+    """Validate a softmax loss's inputs; return (logits, targets, class weight, unbatched).
+
+    The logits are in the compute dtype for probability targets and as given for index targets
+    (:func:`upcast` them before computing anything but the cross-entropy kernel).
+    """
     check_floating("input", input)
     check_tensor("target", target)
     check_has_class_dim("input", input)
@@ -79,10 +84,10 @@ def _prepare_softmax(
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     num_classes = input.shape[1]
-    logits = upcast(input)
+    dtype = compute_dtype(input.dtype)
     if weight is not None:
         check_class_vector("weight", weight, num_classes)
-        weight = weight.to(device=logits.device, dtype=logits.dtype)
+        weight = weight.to(device=input.device, dtype=dtype)
 
     if target.is_floating_point():
         if not allow_soft:
@@ -95,7 +100,7 @@ def _prepare_softmax(
                 f"{index_shape} need an integer dtype"
             )
         check_in_unit_interval("target", target)
-        return logits, _ClassTargets(None, None, upcast(target).to(logits.dtype)), weight, unbatched
+        return upcast(input), _ClassTargets(None, None, upcast(target).to(dtype)), weight, unbatched
 
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must be integer class indices or floating probabilities, got dtype {target.dtype}")
@@ -109,7 +114,9 @@ def _prepare_softmax(
     labels = target.long()
     mask = labels != ignore_index
     index = torch.where(mask, labels, torch.zeros_like(labels))
-    return logits, _ClassTargets(index, mask, None, labels, ignore_index), weight, unbatched
+    # Index targets: the logits as given; the cross-entropy kernel reads them in the compute dtype
+    # without a full upcast copy, and the other losses call upcast() themselves.
+    return input, _ClassTargets(index, mask, None, labels, ignore_index), weight, unbatched
 
 
 def _gather_class(values: Tensor, index: Tensor) -> Tensor:
@@ -126,22 +133,108 @@ def _smoothed(soft: Tensor, label_smoothing: float) -> Tensor:
     return soft * (1 - label_smoothing) + label_smoothing / soft.shape[1] if label_smoothing else soft
 
 
+# Elements per chunk when a CPU cross-entropy is walked in pieces, so that the kernel's passes
+# over a chunk run in cache (as in the focal loss below); GPUs take everything at once.
+_CPU_CROSS_ENTROPY_CHUNK = 1 << 20
+
+
+def _cross_entropy_reference(logits: Tensor, index: Tensor, valid: Tensor, weight: Tensor | None,
+                             label_smoothing: float, z_loss: float, softcap: float | None) -> Tensor:
+    """The per-sample cross-entropy as a plain differentiable expression, on the exact log-softmax:
+    for second derivatives and for ``torch.compile``."""
+    x = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    log_q = finite_log(log_softmax(x, 1))
+    w_y = None if weight is None else weight[index]
+    nll = -_gather_class(log_q, index)
+    loss = nll if w_y is None else nll * w_y
+    if label_smoothing:
+        per_class = -log_q if weight is None else -log_q * _along_class_dim(weight, log_q)
+        loss = (1 - label_smoothing) * loss + label_smoothing / x.shape[1] * per_class.sum(1)
+    if z_loss:
+        z_term = torch.logsumexp(x, dim=1).square() * z_loss
+        loss = loss + (z_term if w_y is None else z_term * w_y)
+    return torch.where(valid, loss, loss.new_zeros(()))
+
+
+def _cross_entropy_pass(input: Tensor, index: Tensor, valid: Tensor, weight: Tensor | None, label_smoothing: float,
+                        z_loss: float, softcap: float | None, with_grad: bool) -> tuple[Tensor, Tensor]:
+    """Per-sample loss ``index.shape`` and, in the returned buffer ``(N, *d, C)``, its gradient."""
+    classes, dtype = input.shape[1], upcast(input[:0]).dtype
+    work = torch.empty((input.shape[0], *input.shape[2:], classes), dtype=dtype, device=input.device)
+    work.copy_(input.movedim(1, -1))
+    rows, flat_index, flat_valid = work.view(-1, classes), index.reshape(-1), valid.reshape(-1)
+    target_weight = None if weight is None else weight[flat_index]
+    loss = work.new_empty(rows.shape[0])
+    step = max(1, _CPU_CROSS_ENTROPY_CHUNK // max(classes, 1)) if input.device.type == "cpu" else rows.shape[0]
+    for start in range(0, rows.shape[0], step):
+        part = slice(start, start + step)
+        loss[part] = cross_entropy_rows(
+            rows[part], flat_index[part], flat_valid[part],
+            target_weight=None if target_weight is None else target_weight[part], class_weight=weight,
+            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, with_grad=with_grad)[0]
+    return loss.view(index.shape), work
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Index-target cross-entropy on the shared exact kernel, its gradient computed in forward.
+
+    The logits are copied once, in the compute dtype and with the class dimension last, into the
+    buffer that :func:`~losskit.functional._softmax.cross_entropy_rows` turns into their gradient
+    in place (chunk by chunk on a CPU), so the loss keeps no log-softmax alive until backward and
+    backward is one multiply. Second derivatives differentiate :func:`_cross_entropy_reference`.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, index: Tensor, valid: Tensor, weight: Tensor | None,
+                label_smoothing: float, z_loss: float, softcap: float | None) -> Tensor:
+        ctx.options = (label_smoothing, z_loss, softcap)
+        ctx.save_for_backward(input, index, valid, weight)
+        loss, work = _cross_entropy_pass(input, index, valid, weight, *ctx.options, with_grad=ctx.needs_input_grad[0])
+        ctx.grad = work if ctx.needs_input_grad[0] else None
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        input, index, valid, weight = ctx.saved_tensors
+        none = (None,) * 6
+        if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+            logits = upcast(input)
+            loss = _cross_entropy_reference(logits, index, valid, weight, *ctx.options)
+            (grad,) = torch.autograd.grad(loss, input, grad_out, create_graph=True)
+            return grad, *none
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # an earlier backward through this graph (retain_graph=True) used it
+            _, grad = _cross_entropy_pass(input, index, valid, weight, *ctx.options, with_grad=True)
+        grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype))
+        return grad.movedim(-1, 1).to(input.dtype), *none
+
+
+def _index_cross_entropy(input: Tensor, targets: _ClassTargets, weight: Tensor | None, label_smoothing: float,
+                         z_loss: float = 0.0, softcap: float | None = None) -> Tensor:
+    """Per-sample cross-entropy of index targets (0 at ignored samples), with class weights,
+    smoothing, z-loss and softcap applied; ``input`` in any floating dtype, the result in its
+    compute dtype."""
+    if torch.compiler.is_compiling():
+        return _cross_entropy_reference(upcast(input), targets.index, targets.mask, weight, label_smoothing,
+                                        z_loss, softcap)
+    return _CrossEntropy.apply(input, targets.index, targets.mask, weight, label_smoothing, z_loss, softcap)
+
+
 def _softmax_cross_entropy(logits: Tensor, targets: _ClassTargets, weight: Tensor | None,
                            label_smoothing: float) -> Tensor:
-    """Per-sample cross-entropy with class weights and smoothing applied (0 at ignored samples).
+    r"""Per-sample cross-entropy with class weights and smoothing applied (0 at ignored samples).
 
-    Index targets go to ``torch.nn.functional.cross_entropy(reduction="none")``, one fused
-    kernel whose per-sample value is exactly this formula: :math:`(1-\\varepsilon) w_y (-\\log q_y)
-    + \\frac{\\varepsilon}{C} \\sum_k w_k (-\\log q_k)`. Probability targets use the same formula
-    with :math:`t` in place of the one-hot :math:`y`.
+    Index targets go to the shared exact kernel (:func:`_index_cross_entropy`), whose per-sample
+    value is this formula: :math:`(1-\varepsilon) w_y (-\log q_y) + \frac{\varepsilon}{C}
+    \sum_k w_k (-\log q_k)`. Probability targets use the same formula with :math:`t` in place of
+    the one-hot :math:`y`, on the exact log-softmax.
     """
-    if targets.labels is not None:
-        return TF.cross_entropy(logits, targets.labels, weight=weight, ignore_index=targets.ignore_index,
-                                label_smoothing=label_smoothing, reduction="none")
+    if targets.index is not None:
+        return _index_cross_entropy(logits, targets, weight, label_smoothing)
     soft = _smoothed(targets.soft, label_smoothing)
     if weight is not None:
         soft = soft * _along_class_dim(weight, soft)
-    return -(soft * finite_log(torch.log_softmax(logits, dim=1))).sum(1)
+    return -(soft * finite_log(log_softmax(logits, 1))).sum(1)
 
 
 def _finish(
@@ -252,6 +345,9 @@ def cross_entropy(
     if softcap is not None:
         check_number("softcap", softcap, low=0.0, low_open=True)
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
+    if targets.index is not None:
+        loss = _index_cross_entropy(logits, targets, weight, label_smoothing, z_loss, softcap)
+        return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     loss = _softmax_cross_entropy(logits, targets, weight, label_smoothing)
@@ -460,6 +556,7 @@ def ldam_loss(
     logits, targets, weight, unbatched = _prepare_softmax(
         input, target, ignore_index=ignore_index, weight=weight, allow_soft=False
     )
+    logits = upcast(logits)
     counts = _class_vector("class_counts", class_counts, logits, positive=True)
     margins = counts.pow(-0.25)
     margins = margins * (max_margin / margins.max())
@@ -523,16 +620,19 @@ def poly1_cross_entropy(
     check_number("epsilon", epsilon, low=-1.0)
     _check_smoothing(label_smoothing)
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
+    logits = upcast(logits)  # once: both terms' gradients then add up in the compute dtype
     loss = _softmax_cross_entropy(logits, targets, weight, label_smoothing)
-    probs = torch.softmax(logits, dim=1)
+    # 1 - q_k as -expm1(log q_k) on the exact log-softmax: 1 - p_t keeps its digits when p_t is near 1.
+    log_probs = finite_log(log_softmax(logits, 1))
     if targets.index is not None:
-        p_target = _gather_class(probs, targets.index)
-        if label_smoothing:  # sum_k t'_k q_k with t' = (1 - e) onehot + e / C, and sum_k q_k = 1
-            p_target = (1 - label_smoothing) * p_target + label_smoothing / logits.shape[1]
-    else:
-        p_target = (_smoothed(targets.soft, label_smoothing) * probs).sum(1)
+        miss = -torch.expm1(_gather_class(log_probs, targets.index))
+        if label_smoothing:  # 1 - sum_k t'_k q_k with t' = (1 - e) onehot + e / C, and sum_k q_k = 1
+            miss = (1 - label_smoothing) * miss + label_smoothing * (1 - 1 / logits.shape[1])
+    else:  # 1 - sum_k t'_k q_k = (1 - sum_k t'_k) + sum_k t'_k (1 - q_k)
+        smoothed = _smoothed(targets.soft, label_smoothing)
+        miss = (1 - smoothed.sum(1)) + (smoothed * -torch.expm1(log_probs)).sum(1)
     unit_weight = targets.unit_weight(weight)
-    poly = epsilon * (1 - p_target)
+    poly = epsilon * miss
     loss = loss + (poly if unit_weight is None else poly * unit_weight)
     return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
 
@@ -598,7 +698,7 @@ def softmax_focal_loss(
             "ambiguous (MONAI/kornia read a as [1 - a, a, ..., a], Keras as a for every class)"
         )
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
-    log_probs = finite_log(torch.log_softmax(logits, dim=1))
+    log_probs = finite_log(log_softmax(upcast(logits), 1))
     # (1 - q)^gamma from -expm1(log q): exact for q near 1, where 1 - exp(...) would cancel. The
     # floor keeps pow's gradient finite for gamma < 1 when q rounds to exactly 1.
     focal = (-torch.expm1(log_probs)).clamp_min(torch.finfo(log_probs.dtype).tiny).pow(gamma)
@@ -674,6 +774,7 @@ def multi_margin_loss(
     logits, targets, weight, unbatched = _prepare_softmax(
         input, target, ignore_index=ignore_index, weight=weight, allow_soft=False
     )
+    logits = upcast(logits)
     target_score = _gather_class(logits, targets.index).unsqueeze(1)
     hinge = (margin - target_score + logits).clamp_min(0).pow(p)
     hinge = hinge.scatter(1, targets.index.unsqueeze(1), 0.0)  # the target class is not a competitor

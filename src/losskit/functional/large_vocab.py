@@ -49,6 +49,7 @@ from losskit._core.checks import (
 )
 from losskit._core.numerics import compute_dtype, finite_log
 from losskit._core.reduction import Reduction, check_reduction
+from losskit.functional._softmax import cross_entropy_rows
 
 __all__ = [
     "fused_linear_cross_entropy",
@@ -286,7 +287,8 @@ class FusedCrossEntropyOutput(NamedTuple):
 
 @dataclass
 class _CrossEntropyChunk:
-    """The elementwise part of cross-entropy on one chunk of logits, in place."""
+    """The elementwise part of cross-entropy on one chunk of logits, in place (the shared kernel
+    :func:`losskit.functional._softmax.cross_entropy_rows`)."""
 
     index: Tensor  # (N,) class, 0 at ignored tokens
     valid: Tensor  # (N,) bool
@@ -299,60 +301,12 @@ class _CrossEntropyChunk:
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
-        z = logits[0]  # (n, V), ours to overwrite
-        index, valid = self.index[part], self.valid[part]
-        w_y = None if self.target_weight is None else self.target_weight[part]
-        eps, zl, cap, classes = self.label_smoothing, self.z_loss, self.softcap, z.shape[1]
-        grad = want[0]
-
-        dcap = None
-        if cap is not None:  # x~ = c tanh(x / c); d x~ / d x = 1 - tanh^2
-            z.div_(cap).tanh_()
-            if grad:
-                dcap = torch.mul(z, z).neg_().add_(1)
-            z.mul_(cap)
-        extras: dict[str, Tensor] = {}
-        if self.accuracy:
-            extras["correct"] = (z.argmax(1) == index) & valid
-        x_y = z.gather(1, index.unsqueeze(1)).squeeze(1)
-        if eps:
-            smooth = z.sum(1) if self.class_weight is None else torch.mv(z, self.class_weight)
-            weight_sum = classes if self.class_weight is None else self.class_weight.sum()
-        peak = z.amax(1, keepdim=True)
-        z.sub_(peak).exp_()  # z = exp(x~ - max)
-        total = z.sum(1, keepdim=True)
-        lse = (peak + total.log()).squeeze(1)
-
-        # l = (1-eps) w_y (lse - x~_y) + eps/C sum_k w_k (lse - x~_k) + z_loss w_y lse^2
-        nll = lse - x_y
-        if w_y is not None:
-            nll = nll * w_y
-        ce = nll * (1 - eps) if eps else nll
-        if eps:
-            ce = ce + (eps / classes) * (weight_sum * lse - smooth)
-        z_term = lse.square() * zl if zl else torch.zeros_like(lse)
-        if zl and w_y is not None:
-            z_term = z_term * w_y
-        zero = lse.new_zeros(())
-        extras["z"] = torch.where(valid, z_term, zero)
-        loss = torch.where(valid, ce + z_term, zero)
-        if not grad:
-            return loss, extras, None
-
-        # d l / d x~_k = p_k [(1-eps) w_y + eps/C sum(w) + 2 z_loss w_y lse] - (1-eps) w_y [k=y] - eps/C w_k
-        rows = valid.to(z.dtype) if scale is None else torch.where(valid, scale, zero)
-        wy_rows = rows if w_y is None else rows * w_y
-        coef = wy_rows * (1 - eps) + 2 * zl * lse * wy_rows
-        if eps:
-            coef = coef + rows * (eps / classes * weight_sum)
-        z.mul_((coef / total.squeeze(1)).unsqueeze(1))  # p_k * coef
-        z.scatter_add_(1, index.unsqueeze(1), (-(1 - eps) * wy_rows).unsqueeze(1))
-        if eps:
-            w = self.class_weight if self.class_weight is not None else z.new_ones(classes)
-            z.addr_(rows, w, alpha=-eps / classes)
-        if dcap is not None:
-            z.mul_(dcap)
-        return loss, extras, [z]
+        loss, extras, grad = cross_entropy_rows(
+            logits[0], self.index[part], self.valid[part],
+            target_weight=None if self.target_weight is None else self.target_weight[part],
+            class_weight=self.class_weight, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy)
+        return loss, extras, None if grad is None else [grad]
 
 
 def fused_linear_cross_entropy(
