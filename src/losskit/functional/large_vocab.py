@@ -47,9 +47,10 @@ from losskit._core.checks import (
     check_number,
     check_tensor,
 )
-from losskit._core.numerics import compute_dtype, finite_log
+from losskit._core.numerics import compute_dtype, finite_log, log_softmax
 from losskit._core.reduction import Reduction, check_reduction
 from losskit.functional._softmax import cross_entropy_rows
+from losskit.functional.divergence import kl_terms
 
 __all__ = [
     "fused_linear_cross_entropy",
@@ -172,11 +173,11 @@ class _FusedLinear(torch.autograd.Function):
     def forward(ctx, plan: _Plan, reduce: bool, divisor: Tensor | None, needs: tuple[bool, ...],
                 *tensors: Tensor | None):
         """``reduce``: return ``sum(loss) / divisor`` (``divisor`` None: 1), else the per-token loss."""
-        rows = tensors[0].shape[0]
         in_forward = reduce and any(needs)
-        scale = None if divisor is None else (1 / divisor).expand(rows)
-        loss, extras, grads = _sweep(plan, tensors, needs if in_forward else (False,) * len(needs),
-                                     scale if in_forward else None)
+        # The gradients are computed for the sum; backward divides them by ``divisor`` with the
+        # upstream gradient. Dividing the logits' gradient first would push the entries of a mean
+        # over many tokens below float16's normal range before its matrix products.
+        loss, extras, grads = _sweep(plan, tensors, needs if in_forward else (False,) * len(needs), None)
         ctx.plan, ctx.reduce, ctx.divisor, ctx.needs = plan, reduce, divisor, needs
         ctx.save_for_backward(*tensors)
         ctx.grads = grads if in_forward else None
@@ -192,12 +193,12 @@ class _FusedLinear(torch.autograd.Function):
         dtype = ctx.plan.dtype
         if ctx.reduce and ctx.grads is not None:
             grads, ctx.grads = ctx.grads, None  # used once; a second backward recomputes
-            factor = grad_out.to(dtype)
-            # loss.backward() sends exactly 1: skip two passes over the gradients. Reading the
-            # value needs a host sync, free on a CPU and avoided on other devices.
+            factor = grad_out.to(dtype) if ctx.divisor is None else grad_out.to(dtype) / ctx.divisor
+            # loss.backward() of a sum sends exactly 1: skip two passes over the gradients. Reading
+            # the value needs a host sync, free on a CPU and avoided on other devices.
             if factor.device.type != "cpu" or factor.item() != 1.0:
-                grads = [None if g is None else g.mul_(factor if g.dtype == dtype else factor.to(g.dtype))
-                         for g in grads]
+                grads = [None if g is None else g.mul_(factor) if g.dtype == dtype
+                         else g.copy_(g.to(dtype).mul_(factor)) for g in grads]
         else:
             rows = tensors[0].shape[0]
             scale = grad_out.to(dtype)
@@ -481,8 +482,8 @@ class _DivergenceChunk:
         with torch.enable_grad():
             student.requires_grad_(want[0])
             teacher.requires_grad_(want[1])
-            log_q = finite_log(torch.log_softmax(student / self.temperature, dim=1))
-            log_p = finite_log(torch.log_softmax(teacher / self.temperature, dim=1))
+            log_q = finite_log(log_softmax(student / self.temperature, 1))
+            log_p = finite_log(log_softmax(teacher / self.temperature, 1))
             value = torch.where(valid, self.per_token(log_q, log_p), log_q.new_zeros(()))
             if self.token_weight is not None:
                 value = value * self.token_weight[part]
@@ -494,14 +495,19 @@ class _DivergenceChunk:
         return value.detach(), {}, [next(grads) if w else None for w in want]
 
 
+# Both distributions are softmaxes, so each sums to 1 and the divergences are sums of the
+# non-negative terms of losskit.functional.divergence.kl_terms, exact near convergence.
+
+
 def _kl_per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
-    return (log_p.exp() * (log_p - log_q)).sum(1)
+    return kl_terms(log_p.exp(), log_p, log_q, log_q.exp()).sum(1)
 
 
 def _js_per_token(beta: float) -> Callable[[Tensor, Tensor], Tensor]:
     def per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
         log_m = torch.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
-        terms = beta * log_p.exp() * (log_p - log_m) + (1 - beta) * log_q.exp() * (log_q - log_m)
+        m = log_m.exp()
+        terms = beta * kl_terms(log_p.exp(), log_p, log_m, m) + (1 - beta) * kl_terms(log_q.exp(), log_q, log_m, m)
         return terms.sum(1)
 
     return per_token
