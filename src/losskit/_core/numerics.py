@@ -7,6 +7,8 @@ is expected are an error raised by the checks, never a silent cast.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -46,6 +48,21 @@ def finite_log(log_values: Tensor) -> Tensor:
     which is the true gradient of a term whose probability is 0.
     """
     return log_values.clamp_min(torch.finfo(log_values.dtype).min)
+
+
+# Taylor coefficients 1/k! of e^u - 1 - u = sum_{k >= 2} u^k / k!, highest first (Horner's order).
+_EXP_TAIL = tuple(1 / math.factorial(k) for k in range(11, 1, -1))
+
+
+def exp_tail(u: Tensor) -> Tensor:
+    r""":math:`e^u - 1 - u \ge 0` to full relative precision: its Taylor series for :math:`|u| < 1/2`,
+    where ``expm1(u) - u`` cancels to :math:`u^2 / 2`, and ``expm1(u) - u`` elsewhere."""
+    near = u.abs() < 0.5
+    v = torch.where(near, u, torch.zeros_like(u))
+    tail = torch.full_like(v, _EXP_TAIL[0])
+    for coefficient in _EXP_TAIL[1:]:
+        tail = tail * v + coefficient
+    return torch.where(near, v * v * tail, torch.expm1(u) - u)
 
 
 class _LogSoftmax(torch.autograd.Function):

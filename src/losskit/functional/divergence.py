@@ -31,7 +31,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
-from losskit._core.numerics import finite_log, log_softmax, upcast
+from losskit._core.numerics import exp_tail, finite_log, log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 # --- shared preamble ---------------------------------------------------------------------------
@@ -103,10 +103,6 @@ def _distributions(
     return _Distributions(p, log_p, log_q, class_dim)
 
 
-# Taylor coefficients 1/k! of e^u - 1 - u = sum_{k >= 2} u^k / k!, highest first (Horner's order).
-_EXP_TAIL = tuple(1 / math.factorial(k) for k in range(11, 1, -1))
-
-
 def kl_terms(p: Tensor, log_p: Tensor, log_m: Tensor, m: Tensor) -> Tensor:
     r"""The classwise terms :math:`p \log(p / m) - p + m \ge 0`, exact near :math:`p = m`.
 
@@ -114,18 +110,14 @@ def kl_terms(p: Tensor, log_p: Tensor, log_m: Tensor, m: Tensor) -> Tensor:
     non-negative terms. The textbook :math:`\sum p \log(p/m)` cancels to second order near
     convergence (its first-order terms sum to about 0), which leaves a float32 KL of 5e-5 with a
     few percent of error per sample; here each term is :math:`p\, \psi(\delta)`, with
-    :math:`\delta = \log p - \log m` and :math:`\psi(\delta) = e^{-\delta} - 1 + \delta` summed
-    as its Taylor series for :math:`|\delta| < 1/2`. What remains is the rounding of
+    :math:`\delta = \log p - \log m` and :math:`\psi(\delta) = e^{-\delta} - 1 + \delta`
+    (:func:`~losskit._core.numerics.exp_tail`). What remains is the rounding of
     :math:`\log p` and :math:`\log m` themselves: relative error about
     :math:`2 \epsilon |\log p| / |\delta|`. Where :math:`p = 0` the term is :math:`m`.
     """
     delta = log_p - log_m
-    near = delta.abs() < 0.5
-    u = torch.where(near, -delta, torch.zeros_like(delta))
-    tail = torch.full_like(u, _EXP_TAIL[0])
-    for coefficient in _EXP_TAIL[1:]:
-        tail = tail * u + coefficient
-    return torch.where(near, p * (u * u * tail), p * delta - p + m)
+    near = delta.abs() < 0.5  # far from it, p delta - p + m has no cancellation (and e^-delta may overflow)
+    return torch.where(near, p * exp_tail(torch.where(near, -delta, torch.zeros_like(delta))), p * delta - p + m)
 
 
 def _reduce(per_class: Tensor, d: _Distributions, input: Tensor, target: Tensor, weight: Tensor | None,
