@@ -36,7 +36,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
-from losskit._core.numerics import finite_log, upcast
+from losskit._core.numerics import finite_log, log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional.classification import _prepare_binary
 
@@ -368,7 +368,7 @@ def distribution_focal_loss(
     y = y.clamp(0.0, n_bins - 1 - clamp_margin)
     left = y.floor().clamp_max(n_bins - 2)  # y = n - 1 (margin 0): left bin n - 2 with weight 0
     left_index = left.long().unsqueeze(-1)
-    log_probs = finite_log(torch.log_softmax(logits, dim=-1))
+    log_probs = finite_log(log_softmax(logits, -1))
     log_left = log_probs.gather(-1, left_index).squeeze(-1)
     log_right = log_probs.gather(-1, left_index + 1).squeeze(-1)
     loss = -((left + 1 - y) * log_left + (y - left) * log_right)
