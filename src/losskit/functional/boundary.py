@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_bool, check_number, check_one_of, check_tensor
-from losskit._core.dense import dense_target, drop_background, probabilities
+from losskit._core.dense import dense_target, drop_background, miss, probabilities_and_misses
 from losskit._core.docs import shared_docs
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit.functional.segmentation import AGGREGATES
@@ -52,6 +52,7 @@ class _Dense:
     """Probabilities and labels ``(N, C', *spatial)``, the ignore mask, and how units are pooled."""
 
     probs: Tensor
+    misses: Tensor  # 1 - probs, each to full precision
     labels: Tensor  # 0 for every class at ignored voxels
     valid: Tensor | None  # (N, 1, *spatial) bool, False where ignored; None when nothing is ignored
     pooled: bool  # aggregate="batch" on a non-empty batch (an empty one stays (0, ...), as RegionStats.pooled)
@@ -84,10 +85,10 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
     check_reduction(reduction, normalizer)
     check_bool("include_background", include_background)
     check_one_of("aggregate", aggregate, AGGREGATES)
-    probs = probabilities(input, activation)
+    probs, misses = probabilities_and_misses(input, activation)
     prepared = dense_target(input, target, ignore_index=ignore_index, compute_dtype=probs.dtype)
     num_classes = input.shape[1]
-    probs = drop_background(probs, include_background)
+    probs, misses = drop_background(probs, include_background), drop_background(misses, include_background)
     valid = None if prepared.valid is None else prepared.valid.unsqueeze(1)
     if prepared.dense is not None:
         labels = drop_background(prepared.dense, include_background)
@@ -97,7 +98,7 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
         classes = classes.view(1, -1, *([1] * (input.dim() - 2)))
         hits = prepared.index.unsqueeze(1) == classes
         labels = (hits if valid is None else hits & valid).to(probs.dtype)  # ignored: no class at all
-    return _Dense(probs, labels, valid, aggregate == "batch" and input.shape[0] > 0)
+    return _Dense(probs, misses, labels, valid, aggregate == "batch" and input.shape[0] > 0)
 
 
 def _per_unit_mean(x: Tensor) -> Tensor:
@@ -329,7 +330,7 @@ def hausdorff_dt_loss(
         # One mask set after the other: the working set of one distance transform at a time.
         distance = _distance_field(predicted, spacing, dtype, alpha)
         distance += _distance_field(d.labels > 0.5, spacing, dtype, alpha)
-    loss = d.mean((d.probs - d.labels) ** 2 * distance.to(d.probs.dtype))
+    loss = d.mean(miss(d.probs, d.misses, d.labels) ** 2 * distance.to(d.probs.dtype))
     loss = torch.log1p(loss) if log else loss
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
@@ -444,12 +445,17 @@ def cldice_loss(
     skel_true = soft_skeleton(d.labels, iterations)  # differentiable too, for targets that carry a gradient
     tiny = torch.finfo(d.probs.dtype).tiny
 
-    def ratio(overlap: Tensor, skeleton: Tensor) -> Tensor:
-        sums = d.sum(overlap, classes=pool_classes), d.sum(skeleton, classes=pool_classes)
-        return (sums[0] + smooth) / (sums[1] + smooth).clamp_min(tiny)
+    def ratio(overlap: Tensor, missed: Tensor, skeleton: Tensor) -> tuple[Tensor, Tensor]:
+        """(overlap + smooth) / (skeleton + smooth) and 1 minus it, from the missed part's own sum."""
+        denominator = (d.sum(skeleton, classes=pool_classes) + smooth).clamp_min(tiny)
+        hit = (d.sum(overlap, classes=pool_classes) + smooth) / denominator
+        return hit, d.sum(missed, classes=pool_classes) / denominator
 
-    tprec, tsens = ratio(skel_pred * d.labels, skel_pred), ratio(skel_true * d.probs, skel_true)
-    loss = 1 - 2 * tprec * tsens / (tprec + tsens + eps).clamp_min(tiny)
+    tprec, tprec_miss = ratio(skel_pred * d.labels, skel_pred * (1 - d.labels), skel_pred)
+    tsens, tsens_miss = ratio(skel_true * d.probs, skel_true * d.misses, skel_true)
+    # 1 - 2 a b / (a + b + eps) = (a (1 - b) + b (1 - a) + eps) / (a + b + eps): near convergence a
+    # and b are close to 1 and the left side cancels; the right one keeps every digit.
+    loss = (tprec * tsens_miss + tsens * tprec_miss + eps) / (tprec + tsens + eps).clamp_min(tiny)
     if d.valid is not None:
         loss = torch.where(d.count(loss.dtype, classes=pool_classes) > 0, loss, loss.new_zeros(()))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
