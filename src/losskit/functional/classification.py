@@ -1103,7 +1103,7 @@ def asymmetric_loss(
     if clip:
         # 1 - p_m = min(1 - p + m, 1); the shifted probability p_m is exactly 0 below the clip.
         not_p_shifted = (torch.sigmoid(-logits) + clip).clamp_max(1.0)
-        p_shifted = 1 - not_p_shifted
+        p_shifted = (torch.sigmoid(logits) - clip).clamp_min(0.0)  # not 1 - (1 - p_m), which cancels
         negative = p_shifted.clamp_min(torch.finfo(logits.dtype).tiny).pow(gamma_neg) * torch.log(not_p_shifted)
         negative = torch.where(p_shifted > 0, negative, torch.zeros_like(negative))
     else:
