@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tests.specs import FLOAT32, Case, Spec, large, typical
+from tests.specs import FLOAT32, Budget, Case, Spec, large, typical
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,12 @@ def _with(**options):
 SPECS: dict[str, Spec] = {
     "iou": _spec(_with(mode="log")),
     "giou": _spec(_with()),
-    "diou": _spec(_with(fmt="cxcywh")),  # the same pairs read as cxcywh: still valid, overlapping
+    # the same pairs read as cxcywh: still valid, overlapping
+    "diou": _spec(_with(fmt="cxcywh"), budgets={"near_converged": Budget(value=2e-3, why=(
+        "boxes given as cxcywh become corners c - w/2, c + w/2 in the compute dtype (after moving the "
+        "target's centre to the origin): each corner keeps float32's rounding of a coordinate of the box's "
+        "size, 6e-8 x 30 px = 2e-6 px, against the 5e-3 px a near-converged prediction is off; measured "
+        "1.1e-3 per box (1.4e-5 on the sum). Corner-format boxes meet the default budget"))}),
     # CIoU's alpha is detached (the peers' gradient policy): a constant to the backward graph but not
     # to a numerical derivative of the gradient, so no gradgrad. Its first-order effect, alpha' v, is
     # below gradcheck's tolerance here because v is tiny for these similar shapes.
