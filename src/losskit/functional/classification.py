@@ -22,6 +22,7 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_broadcastable,
     check_class_indices,
     check_class_vector,
@@ -643,6 +644,7 @@ def softmax_focal_loss(
     *,
     alpha: Tensor | list | tuple | None = None,
     gamma: float = 2.0,
+    per_class: bool = False,
     weight: Tensor | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
@@ -667,10 +669,15 @@ def softmax_focal_loss(
             (class 0 as background), Keras means ``a`` for every class; pass the vector you mean.
         gamma: Focusing exponent :math:`\gamma \ge 0`; ``gamma=0`` with ``alpha=None`` is
             :func:`cross_entropy`.
+        per_class: Keep the class dimension: the natural unit is one term
+            :math:`-\alpha_k w_k t_{n,k} (1 - q_{n,k})^\gamma \log q_{n,k}` per (sample, class),
+            zero off the target class for index targets (kornia's ``focal_loss`` output). ``"sum"``
+            is unchanged; ``"mean"`` is the weighted mean over (sample, class) entries, each class's
+            entry weighing :math:`w_k` (kornia's mean without weights: the sum over :math:`N C`).
         weight, ignore_index, reduction, normalizer: As in :func:`cross_entropy`.
 
     Shape:
-        As :func:`cross_entropy`.
+        As :func:`cross_entropy`; with ``per_class=True``, ``"none"`` returns the input's shape.
 
     Returns:
         The loss in the input's dtype.
@@ -692,6 +699,7 @@ def softmax_focal_loss(
     """
     check_reduction(reduction, normalizer)
     check_number("gamma", gamma, low=0.0)
+    check_bool("per_class", per_class)
     if isinstance(alpha, (int, float)):
         raise TypeError(
             "alpha must be a per-class sequence or tensor of shape (C,), or None; a single number is "
@@ -702,20 +710,45 @@ def softmax_focal_loss(
     # (1 - q)^gamma from -expm1(log q): exact for q near 1, where 1 - exp(...) would cancel. The
     # floor keeps pow's gradient finite for gamma < 1 when q rounds to exactly 1.
     focal = (-torch.expm1(log_probs)).clamp_min(torch.finfo(log_probs.dtype).tiny).pow(gamma)
-    per_class = focal * log_probs
+    per_class_terms = focal * log_probs
     factors = None
     if alpha is not None:
         factors = _class_vector("alpha", alpha, logits, positive=False)
     if weight is not None:
         factors = weight if factors is None else factors * weight
+    if per_class:
+        return _per_class_focal(per_class_terms, targets, factors, weight, input, target, unbatched, reduction,
+                                normalizer)
     if targets.index is not None:
-        loss = -_gather_class(per_class, targets.index)
+        loss = -_gather_class(per_class_terms, targets.index)
         if factors is not None:
             loss = loss * factors[targets.index]
     else:
         soft = targets.soft if factors is None else targets.soft * _along_class_dim(factors, targets.soft)
-        loss = -(soft * per_class).sum(1)
+        loss = -(soft * per_class_terms).sum(1)
     return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
+
+
+def _per_class_focal(terms: Tensor, targets: _ClassTargets, factors: Tensor | None, weight: Tensor | None,
+                     input: Tensor, target: Tensor, unbatched: bool, reduction: Reduction,
+                     normalizer: float | Tensor | None) -> Tensor:
+    """Softmax focal loss with ``per_class=True``: one unit per (sample, class), each class's entry
+    weighing its class weight in the mean; ignored samples count nowhere."""
+    if targets.index is not None:
+        labels = torch.zeros_like(terms).scatter_(1, targets.index.unsqueeze(1), 1.0)
+    else:
+        labels = targets.soft
+    if factors is not None:
+        labels = labels * _along_class_dim(factors, labels)
+    loss = -(labels * terms)
+    unit_weight = None if weight is None else _along_class_dim(weight, loss)
+    mask = None if targets.mask is None else targets.mask.unsqueeze(1)
+    if unbatched and reduction == "none":
+        loss = loss.squeeze(0)
+        mask = None if mask is None else mask.squeeze(0)
+        unit_weight = None if unit_weight is None else unit_weight.squeeze(0)
+    return reduce_loss(loss, reduction, weight=unit_weight, mask=mask, normalizer=normalizer, weight_applied=True,
+                       out_dtype=input.dtype, inputs={"input": input, "target": target})
 
 
 def multi_margin_loss(
@@ -881,7 +914,8 @@ def binary_cross_entropy(
 
 
 def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None, with_grad: bool,
-                         out: tuple[Tensor | None, Tensor | None] = (None, None)) -> tuple[Tensor, Tensor | None]:
+                         out: tuple[Tensor | None, Tensor | None] = (None, None),
+                         tw: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     r"""The elementwise sigmoid focal loss and, if asked, its derivative in ``x``, sharing every term.
 
     With :math:`q = \sigma(x)`, :math:`\bar q = \sigma(-x)`, :math:`\bar t = 1 - t` and
@@ -900,11 +934,19 @@ def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None
     gradient stays finite for gamma < 1 at saturated logits, where the textbook :math:`m^{\gamma-1}`
     is infinite. In-place ops on its own temporaries: on large inputs allocations cost as much as
     the arithmetic. Runs without autograd; results go to ``out`` (loss, grad) when given.
+
+    ``tw`` is :math:`p\, t`, the target times ``pos_weight``, which scales the positive part of
+    the BCE (and of its derivative, :math:`\bar t q - p\, t \bar q`); ``None``: :math:`t`.
     """
+    tw = t if tw is None else tw
     q = torch.sigmoid(x)
     q_bar = torch.neg(x).sigmoid_()
     t_bar = 1 - t
-    bce = TF.softplus(x.abs().neg_()).addcmul_(x.clamp_min(0), t_bar).addcmul_(x.clamp_max(0), t, value=-1)
+    # softplus(x) t_bar + softplus(-x) tw, with softplus(+-x) = relu(+-x) + softplus(-|x|)
+    bce = TF.softplus(x.abs().neg_())
+    if tw is not t:
+        bce.mul_(t_bar + tw)
+    bce.addcmul_(x.clamp_min(0), t_bar).addcmul_(x.clamp_max(0), tw, value=-1)
     miss = (q_bar * t).addcmul_(q, t_bar)
     factor = miss.square() if gamma == 2 else miss.pow(gamma)
     if alpha is not None:
@@ -913,7 +955,7 @@ def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None
     if not with_grad:
         return loss, None
     ratio = (q * q_bar).div_(miss.clamp_min_(torch.finfo(miss.dtype).tiny))  # 0/0 -> 0 where m = 0
-    gap = q.mul_(t_bar).addcmul_(q_bar, t, value=-1)  # q - t without the cancellation of q - 1
+    gap = q.mul_(t_bar).addcmul_(q_bar, tw, value=-1)  # q - t without the cancellation of q - 1
     inner = torch.addcmul(gap, ratio.mul_(bce), t_bar.sub_(t), value=gamma)  # t_bar - t = 1 - 2t
     return loss, torch.mul(inner, factor, out=out[1])
 
@@ -926,23 +968,26 @@ _CPU_CHUNK = 1 << 17
 
 
 def _focal_forward(x: Tensor, t: Tensor, gamma: float, alpha: float | None,
-                   with_grad: bool) -> tuple[Tensor, Tensor | None]:
+                   with_grad: bool, tw: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     if x.device.type != "cpu" or x.numel() <= _CPU_CHUNK or torch.compiler.is_compiling():
-        return _focal_loss_and_grad(x, t, gamma, alpha, with_grad)
+        return _focal_loss_and_grad(x, t, gamma, alpha, with_grad, tw=tw)
     flat_x, flat_t = x.reshape(-1), t.reshape(-1)
+    flat_tw = None if tw is None else tw.reshape(-1)
     loss = torch.empty_like(flat_x)
     grad = torch.empty_like(flat_x) if with_grad else None
     for start in range(0, flat_x.numel(), _CPU_CHUNK):
         part = slice(start, start + _CPU_CHUNK)
         _focal_loss_and_grad(flat_x[part], flat_t[part], gamma, alpha, with_grad,
-                             out=(loss[part], None if grad is None else grad[part]))
+                             out=(loss[part], None if grad is None else grad[part]),
+                             tw=None if flat_tw is None else flat_tw[part])
     return loss.view_as(x), None if grad is None else grad.view_as(x)
 
 
-def _focal_reference(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
+def _focal_reference(x: Tensor, t: Tensor, gamma: float, alpha: float | None, tw: Tensor | None = None) -> Tensor:
     """The focal loss as a plain differentiable expression, for second derivatives."""
     miss = t * torch.sigmoid(-x) + (1 - t) * torch.sigmoid(x)
-    loss = _binary_cross_entropy(x, t) * miss.pow(gamma)
+    bce = _binary_cross_entropy(x, t) if tw is None else TF.softplus(-x) * tw + TF.softplus(x) * (1 - t)
+    loss = bce * miss.pow(gamma)
     return loss if alpha is None else loss * (alpha * t + (1 - alpha) * (1 - t))
 
 
@@ -957,20 +1002,20 @@ class _SigmoidFocal(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    def forward(ctx, x: Tensor, t: Tensor, gamma: float, alpha: float | None, tw: Tensor | None) -> Tensor:
         ctx.gamma, ctx.alpha = gamma, alpha
-        loss, grad = _focal_forward(x, t, gamma, alpha, with_grad=ctx.needs_input_grad[0])
-        ctx.save_for_backward(x, t, grad)
+        loss, grad = _focal_forward(x, t, gamma, alpha, with_grad=ctx.needs_input_grad[0], tw=tw)
+        ctx.save_for_backward(x, t, grad, tw)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, t, grad = ctx.saved_tensors
+        x, t, grad, tw = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
-            loss = _focal_reference(x, t, ctx.gamma, ctx.alpha)
+            loss = _focal_reference(x, t, ctx.gamma, ctx.alpha, tw)
             (grad,) = torch.autograd.grad(loss, x, grad_out, create_graph=True)
-            return grad, None, None, None
-        return grad * grad_out, None, None, None
+            return grad, None, None, None, None
+        return grad * grad_out, None, None, None, None
 
 
 def sigmoid_focal_loss(
@@ -979,6 +1024,7 @@ def sigmoid_focal_loss(
     *,
     alpha: float | None = 0.25,
     gamma: float = 2.0,
+    pos_weight: Tensor | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
@@ -994,15 +1040,23 @@ def sigmoid_focal_loss(
         p = \sigma(x), \quad 1 - p_t = t (1 - p) + (1 - t) p, \quad
         \alpha_t = \alpha t + (1 - \alpha)(1 - t)
 
-        \ell = \alpha_t\, (1 - p_t)^\gamma\, \mathrm{BCE}(x, t)
+        \ell = \alpha_t\, (1 - p_t)^\gamma\, \mathrm{BCE}_w(x, t), \qquad
+        \mathrm{BCE}_w = -\big[w_+ t \log p + (1 - t) \log(1 - p)\big]
 
-    With ``gamma=0`` and ``alpha=None`` it equals :func:`binary_cross_entropy`.
+    With ``gamma=0`` and ``alpha=None`` it equals :func:`binary_cross_entropy` (with the same
+    ``pos_weight``). The loss and its gradient keep their relative precision however confident the
+    logit: every term, :math:`1 - p` and the modulating factor included, comes from the logit in
+    log space (a float32 loss of 1e-13 at a logit of 30 is exact to the last digits).
 
     Args:
         input: Logits.
         target: Probabilities in :math:`[0, 1]` (floating) or 0/1 labels (bool or integer), input's shape.
         alpha: Weight of positives :math:`\alpha \in [0, 1]`, or ``None`` for no class balancing.
         gamma: Focusing exponent :math:`\gamma \ge 0`.
+        pos_weight: :math:`w_+`, a weight of the positive part of the BCE, broadcastable to the
+            input (per class on the last dimension, as ``binary_cross_entropy``'s). kornia's
+            ``binary_focal_loss_with_logits(pos_weight=w)`` for ``(B, C, *)`` logits is
+            ``pos_weight=w.view(C, 1, ..., 1)`` (0/1 targets).
         weight: Elementwise weights broadcastable to the input.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`). Dense
             detectors normalise by the number of positives: ``normalizer=num_pos``.
@@ -1036,7 +1090,11 @@ def sigmoid_focal_loss(
     if alpha is not None:
         alpha = check_number("alpha", alpha, low=0.0, high=1.0)
     logits, labels = _prepare_binary(input, target, weight)
-    loss = _SigmoidFocal.apply(logits, labels, float(gamma), alpha)
+    weighted_labels = None
+    if pos_weight is not None:
+        check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
+        weighted_labels = labels * pos_weight.to(device=logits.device, dtype=logits.dtype)
+    loss = _SigmoidFocal.apply(logits, labels, float(gamma), alpha, weighted_labels)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
