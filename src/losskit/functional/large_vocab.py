@@ -13,9 +13,10 @@ logits (and one or two buffers of the same size) is alive at any time.
 Two strategies, picked from the reduction (see ``docs/large_vocab.md``):
 
 * ``"mean"`` / ``"sum"`` / ``normalizer=``: the gradients are computed during the forward pass
-  (three matrix products per chunk, as many as plain autograd does) and kept until backward,
-  which only multiplies them by the scalar upstream gradient. Exact: a reduced loss receives one
-  scalar upstream gradient, so every token's share of it is known in forward.
+  (three matrix products per chunk, as many as plain autograd does) for the sum, and kept until
+  backward, which only multiplies them by the scalar upstream gradient over the mean's
+  denominator. Exact: a reduced loss receives one scalar upstream gradient, so every token's share
+  of it is known in forward.
 * ``"none"``: the forward pass computes the per-token losses only; backward recomputes each
   chunk's logits and scales each token's gradient by *its own* upstream gradient (four matrix
   products per chunk instead of three, about a third more time, same memory). Computing the
