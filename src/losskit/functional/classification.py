@@ -922,31 +922,36 @@ def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None
     :math:`m = 1 - p_t = t \bar q + \bar t q`:
 
     .. math::
-        \mathrm{BCE} = \operatorname{softplus}(-|x|) + \bar t\, \mathrm{relu}(x) + t\, \mathrm{relu}(-x),
+        \mathrm{BCE} = \operatorname{log1p}(e^{-|x|}) + \mathrm{relu}(x) - x t,
         \qquad q - t = \bar t q - t \bar q
 
         \partial_x \ell = \alpha_t\, m^\gamma \big[(q - t) + \gamma (\bar t - t) \tfrac{q \bar q}{m}\, \mathrm{BCE}\big]
 
-    Every term is a sum of non-negative parts taken from the logit directly, so none cancels: the
-    textbook ``softplus(x) - x t`` and ``q - 1`` lose the small loss of a confident correct logit
-    (7% at a logit of 12 in float32), and ``1 - q`` loses :math:`\bar q`, which is computed
-    directly. Since :math:`q \bar q \le \min(q, \bar q) \le m`, the ratio lies in [0, 1] and the
-    gradient stays finite for gamma < 1 at saturated logits, where the textbook :math:`m^{\gamma-1}`
-    is infinite. In-place ops on its own temporaries: on large inputs allocations cost as much as
-    the arithmetic. Runs without autograd; results go to ``out`` (loss, grad) when given.
+    Every term is taken from the logit directly, so nothing small cancels against something large:
+    the textbook ``softplus(x) - x t`` and ``q - 1`` lose the small loss of a confident correct
+    logit (7% at a logit of 12 in float32), and ``1 - q`` loses :math:`\bar q`, which is computed
+    directly (``relu(x) - x t`` is exactly 0 for a correct 0/1 target). Since
+    :math:`q \bar q \le \min(q, \bar q) \le m`, the ratio lies in [0, 1] and the gradient stays
+    finite for gamma < 1 at saturated logits, where the textbook :math:`m^{\gamma-1}` is infinite.
+    In-place ops on its own temporaries: on large inputs allocations cost as much as the arithmetic.
+    Runs without autograd; results go to ``out`` (loss, grad) when given.
 
     ``tw`` is :math:`p\, t`, the target times ``pos_weight``, which scales the positive part of
     the BCE (and of its derivative, :math:`\bar t q - p\, t \bar q`); ``None``: :math:`t`.
     """
-    tw = t if tw is None else tw
     q = torch.sigmoid(x)
     q_bar = torch.neg(x).sigmoid_()
     t_bar = 1 - t
-    # softplus(x) t_bar + softplus(-x) tw, with softplus(+-x) = relu(+-x) + softplus(-|x|)
-    bce = TF.softplus(x.abs().neg_())
-    if tw is not t:
-        bce.mul_(t_bar + tw)
-    bce.addcmul_(x.clamp_min(0), t_bar).addcmul_(x.clamp_max(0), tw, value=-1)
+    # softplus(x) t_bar + softplus(-x) t = log1p(e^-|x|) + relu(x) - x t: for a 0/1 target the last
+    # two cancel exactly (x - x), never against the small log1p term, as softplus(x) - x t does;
+    # log1p(e^-|x|) comes from the smaller sigmoid, without another exponential.
+    bce = torch.minimum(q, q_bar).neg_().log1p_().neg_()  # log1p(e^-|x|) = -log1p(-sigmoid(-|x|))
+    if tw is None:
+        tw = t
+        # The linear part first (16 - 16, then + 1e-7); the gradient's buffer is free until the end.
+        bce.add_(torch.clamp_min(x, 0, out=out[1]).addcmul_(x, t, value=-1))
+    else:  # with the positive part weighted: (t_bar + tw) log1p(e^-|x|) + t_bar relu(x) + tw relu(-x)
+        bce.mul_(t_bar + tw).addcmul_(x.clamp_min(0), t_bar).addcmul_(x.clamp_max(0), tw, value=-1)
     miss = (q_bar * t).addcmul_(q, t_bar)
     factor = miss.square() if gamma == 2 else miss.pow(gamma)
     if alpha is not None:
@@ -956,7 +961,7 @@ def _focal_loss_and_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None
         return loss, None
     ratio = (q * q_bar).div_(miss.clamp_min_(torch.finfo(miss.dtype).tiny))  # 0/0 -> 0 where m = 0
     gap = q.mul_(t_bar).addcmul_(q_bar, tw, value=-1)  # q - t without the cancellation of q - 1
-    inner = torch.addcmul(gap, ratio.mul_(bce), t_bar.sub_(t), value=gamma)  # t_bar - t = 1 - 2t
+    inner = gap.addcmul_(ratio.mul_(bce), t_bar.sub_(t), value=gamma)  # t_bar - t = 1 - 2t
     return loss, torch.mul(inner, factor, out=out[1])
 
 
