@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import Case, Spec, dense_index_case
+from tests.specs import NOT_BOXES, Case, Spec, dense_index_case, dense_regimes
 
 C = 3  # classes; include_background=False keeps C - 1 = 2 of them
 SPATIAL = (6, 7)
@@ -24,12 +24,23 @@ def _class_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch
     return w, w.expand(case.input.shape[0], C - 1)
 
 
+def _spec(signed: bool = False, **kwargs) -> Spec:
+    regimes = dense_regimes(C, SPATIAL, 2, **kwargs)
+    not_applicable = dict(NOT_BOXES)
+    if signed:
+        del regimes["near_converged"]
+        not_applicable["near_converged"] = ("the signed distance map is negative inside the target, so the loss "
+                                            "converges to a negative value, not to 0")
+    return Spec(make=_case(**kwargs), unit_shape=_units, weight=_class_weight, regimes=regimes,
+                not_applicable=not_applicable)
+
+
 SPECS: dict[str, Spec] = {
     # Linear in the probabilities; the map is a constant of the target.
-    "boundary": Spec(make=_case(), unit_shape=_units, weight=_class_weight),
+    "boundary": _spec(signed=True),
     # The maps depend on p > 0.5 only (piecewise constant); random logits keep p away from 0.5.
-    "hausdorff_dt": Spec(make=_case(alpha=2.0), unit_shape=_units, weight=_class_weight),
+    "hausdorff_dt": _spec(alpha=2.0),
     # Max pooling and relu are piecewise linear. At random inputs no two pooled values tie, and where a
     # relu's argument is exactly 0 it is 0 on a whole neighbourhood, so the loss is smooth there.
-    "cldice": Spec(make=_case(iterations=2), unit_shape=_units, weight=_class_weight),
+    "cldice": _spec(iterations=2),
 }

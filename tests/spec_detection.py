@@ -1,10 +1,11 @@
-"""Contract-suite specs for the dense-detection losses."""
+"""Contract-suite specs for the dense-detection losses, and their accuracy regimes."""
 
 from __future__ import annotations
 
 import torch
 
-from tests.specs import Case, Spec, elementwise_weight, same_shape
+from tests.spec_classification import NOT_BOXES, binary_regimes
+from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
 
 A, C = 3, 4  # anchors and classes per sample in the classification cases
 SIDES, BINS = 4, 8  # box sides and bins per side in the DFL case
@@ -45,9 +46,38 @@ def _distance_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, to
     return w, w
 
 
+def _dfl_regimes() -> dict[str, Regime]:
+    """Saturated logits over the bins; whole-bin distances with the logit of their bin 12 to 16
+    ahead (the loss is then plain cross-entropy near 0); 1e6 logits."""
+
+    def saturated(gen: torch.Generator) -> Case:
+        case = _distance_case(256, gen)
+        return Case(uniform(tuple(case.input.shape), -30.0, 30.0, gen), case.target)
+
+    def near_converged(gen: torch.Generator) -> Case:
+        bins = torch.randint(BINS - 1, (256, SIDES), generator=gen)  # the last bin is clamped away
+        logits = 0.5 * torch.randn((256, SIDES, BINS), generator=gen, dtype=torch.float64)
+        lead = uniform((256, SIDES, 1), 12.0, 16.0, gen)
+        return Case(logits.scatter_add(-1, bins.unsqueeze(-1), lead), bins.double())
+
+    return {"typical": typical(_distance_case), "saturated": Regime(saturated),
+            "near_converged": Regime(near_converged), "large": large(lambda gen: _distance_case(31_250, gen))}
+
+
+def _heatmap_shape(n: int) -> tuple[int, ...]:
+    return (n, 2, 4, 4)
+
+
 SPECS: dict[str, Spec] = {
-    "varifocal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight),
-    "quality_focal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight),
-    "distribution_focal": Spec(make=_distance_case, unit_shape=_per_distance, weight=_distance_weight),
-    "gaussian_focal": Spec(make=_heatmap_case, unit_shape=same_shape, weight=elementwise_weight),
+    "varifocal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
+                      regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
+    "quality_focal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
+                          regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)),
+                          not_applicable=NOT_BOXES),
+    "distribution_focal": Spec(make=_distance_case, unit_shape=_per_distance, weight=_distance_weight,
+                               regimes=_dfl_regimes(),
+                               not_applicable={**NOT_BOXES, "imbalance": "the loss is taken at positive anchors "
+                                               "only: there are no negatives to outnumber them"}),
+    "gaussian_focal": Spec(make=_heatmap_case, unit_shape=same_shape, weight=elementwise_weight,
+                           regimes=binary_regimes(_heatmap_case, shape_of=_heatmap_shape), not_applicable=NOT_BOXES),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tests.specs import Case, Spec, elementwise_weight
+from tests.specs import NOT_BOXES, Case, Regime, Spec, elementwise_weight, large, typical, uniform
 
 F64 = torch.float64
 T = 3
@@ -87,22 +87,102 @@ def _dpo(n: int, gen: torch.Generator) -> Case:
     return case
 
 
+def _simpo(n: int, gen: torch.Generator) -> Case:
+    return _pairs(n, gen, 0.5, 2.0, beta=2.0, gamma=0.5)
+
+
+def _orpo(n: int, gen: torch.Generator) -> Case:
+    return _pairs(n, gen, 0.2, 2.0, beta=0.1)
+
+
 def _kto(n: int, gen: torch.Generator) -> Case:
     case = _pairs(n, gen, 5.0, 15.0, kl=0.1, desirable_weight=1.0, undesirable_weight=1.33)
     case.kwargs["desirable"] = (torch.rand(n, generator=gen) < 0.5).tolist()
     return case
 
 
+# --- accuracy regimes ---------------------------------------------------------------------------
+# Saturated: the typical case with its input replaced by log-probabilities down to -30 (values
+# down to -30 for the critic), so ratios and rewards reach e^30. Near converged: the losses that
+# have a minimum of 0 get inputs a little from it (DPO-style rewards 10 apart, log-probabilities
+# within 1e-2 of the reference, values within 1e-3 of the returns). Large: 1e6 tokens (sequences).
+
+SIGNED = "the surrogate is -(advantage x ratio), of either sign: it has no minimum of 0 to converge to"
+NOT_HERE = {**NOT_BOXES, "imbalance": "no positives and negatives: every sample is scored on its own"}
+
+
+def _saturate(make, values: bool = False):
+    def saturated(gen: torch.Generator) -> Case:
+        case = make(64, gen)
+        shape = tuple(case.input.shape)
+        case.input = uniform(shape, -30.0, 30.0, gen) if values else _log_probs(gen, *shape, low=0.05, high=30.0)
+        return case
+
+    return saturated
+
+
+def _regimes(make, near_converged=None, n_large: int = 333_334, values: bool = False) -> dict[str, Regime]:
+    regimes = {"typical": typical(make), "saturated": Regime(_saturate(make, values)),
+               "large": large(lambda gen: make(n_large, gen))}
+    if near_converged is not None:
+        regimes["near_converged"] = Regime(near_converged)
+    return regimes
+
+
+def _value_converged(gen: torch.Generator) -> Case:
+    returns = torch.randn(64, T, generator=gen, dtype=F64)
+    values = returns + uniform((64, T), -1e-3, 1e-3, gen)
+    return Case(values, returns, {"old_values": _f32(values), "clip_eps": 0.2})
+
+
+def _kl_converged(gen: torch.Generator) -> Case:
+    lp = _log_probs(gen, 64, T)
+    return Case(lp, lp + uniform((64, T), -1e-2, 1e-2, gen), {"estimator": "k3", "aggregation": "sequence_mean"})
+
+
+def _preference_converged(loss: str):
+    """Chosen sequences far ahead of rejected ones: every preference margin about 10."""
+
+    def make(gen: torch.Generator) -> Case:
+        n = 64
+        if loss == "dpo":  # beta 0.1: reward margins of 80 to 120
+            chosen, ref_rejected = _log_probs(gen, n, low=5.0, high=15.0), _log_probs(gen, n, low=5.0, high=15.0)
+            return Case(chosen, ref_rejected - uniform((n,), 40.0, 60.0, gen),
+                        {"beta": 0.1, "ref_chosen_log_probs": _f32(chosen - uniform((n,), 40.0, 60.0, gen)),
+                         "ref_rejected_log_probs": _f32(ref_rejected)})
+        if loss == "simpo":  # beta 2, gamma 0.5: (chosen - rejected) 5 to 7 apart
+            chosen = _log_probs(gen, n, low=0.2, high=1.0)
+            return Case(chosen, chosen - uniform((n,), 5.0, 7.0, gen), {"beta": 2.0, "gamma": 0.5})
+        if loss == "orpo":  # the chosen answer almost certain (NLL 1e-5 to 1e-4), the rejected one not
+            return Case(_log_probs(gen, n, low=1e-5, high=1e-4), _log_probs(gen, n, low=15.0, high=20.0),
+                        {"beta": 0.1})
+        # kto, beta 0.1: rewards 80 to 120 above the reference point for desirable answers, below for the rest
+        desirable = torch.rand(n, generator=gen) < 0.5
+        low = _log_probs(gen, n, low=5.0, high=15.0)
+        high = low - uniform((n,), 80.0, 120.0, gen)
+        policy, ref = torch.where(desirable, low, high), torch.where(desirable, high, low)
+        return Case(policy, _f32(ref), {"kl": 0.0, "desirable": desirable.tolist()})
+
+    return make
+
+
 SPECS: dict[str, Spec] = {
-    "reinforce": Spec(make=_reinforce, unit_shape=same_shape, weight=elementwise_weight),
-    "ppo_clip": Spec(make=_ppo, unit_shape=same_shape, weight=elementwise_weight),
-    "value": Spec(make=_value, unit_shape=same_shape, weight=elementwise_weight),
-    "kl_penalty": Spec(make=_kl, unit_shape=per_sequence, weight=per_sequence_weight),
-    "grpo": Spec(make=_grpo, unit_shape=per_sequence, weight=per_sequence_weight),
-    "dpo": Spec(make=_dpo, unit_shape=same_shape, weight=elementwise_weight),
-    "simpo": Spec(make=lambda n, gen: _pairs(n, gen, 0.5, 2.0, beta=2.0, gamma=0.5), unit_shape=same_shape,
-                  weight=elementwise_weight),
-    "orpo": Spec(make=lambda n, gen: _pairs(n, gen, 0.2, 2.0, beta=0.1), unit_shape=same_shape,
-                 weight=elementwise_weight),
-    "kto": Spec(make=_kto, unit_shape=same_shape, weight=elementwise_weight),
+    "reinforce": Spec(make=_reinforce, unit_shape=same_shape, weight=elementwise_weight, regimes=_regimes(_reinforce),
+                      not_applicable={**NOT_HERE, "near_converged": SIGNED}),
+    "ppo_clip": Spec(make=_ppo, unit_shape=same_shape, weight=elementwise_weight, regimes=_regimes(_ppo),
+                     not_applicable={**NOT_HERE, "near_converged": SIGNED}),
+    "value": Spec(make=_value, unit_shape=same_shape, weight=elementwise_weight,
+                  regimes=_regimes(_value, _value_converged, values=True), not_applicable=NOT_HERE),
+    "kl_penalty": Spec(make=_kl, unit_shape=per_sequence, weight=per_sequence_weight,
+                       regimes=_regimes(_kl, _kl_converged), not_applicable=NOT_HERE),
+    "grpo": Spec(make=_grpo, unit_shape=per_sequence, weight=per_sequence_weight, regimes=_regimes(_grpo),
+                 not_applicable={**NOT_HERE, "near_converged": SIGNED}),
+    "dpo": Spec(make=_dpo, unit_shape=same_shape, weight=elementwise_weight,
+                regimes=_regimes(_dpo, _preference_converged("dpo"), n_large=10**6), not_applicable=NOT_HERE),
+    "simpo": Spec(make=_simpo, unit_shape=same_shape, weight=elementwise_weight,
+                  regimes=_regimes(_simpo, _preference_converged("simpo"), n_large=10**6), not_applicable=NOT_HERE),
+    "orpo": Spec(make=_orpo, unit_shape=same_shape, weight=elementwise_weight,
+                 regimes=_regimes(_orpo, _preference_converged("orpo"), n_large=10**6), not_applicable=NOT_HERE),
+    "kto": Spec(make=_kto, unit_shape=same_shape, weight=elementwise_weight,
+                regimes=_regimes(_kto, _preference_converged("kto"), n_large=10**6), not_applicable=NOT_HERE),
 }

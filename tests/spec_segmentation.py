@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import Case, Spec, dense_index_case
+from tests.specs import NOT_BOXES, Case, Spec, dense_index_case, dense_regimes
 
 C = 3
 SPATIAL = (4, 5)
@@ -37,11 +37,13 @@ def _unit_weight(shape_of):
 
 
 def _per_class(**kwargs) -> Spec:
-    return Spec(make=_case(**kwargs), unit_shape=_per_class_shape, weight=_unit_weight(_per_class_shape))
+    return Spec(make=_case(**kwargs), unit_shape=_per_class_shape, weight=_unit_weight(_per_class_shape),
+                regimes=dense_regimes(C, SPATIAL, 1.5, **kwargs), not_applicable=NOT_BOXES)
 
 
 def _per_sample(**kwargs) -> Spec:
-    return Spec(make=_case(**kwargs), unit_shape=_per_sample_shape, weight=_unit_weight(_per_sample_shape))
+    return Spec(make=_case(**kwargs), unit_shape=_per_sample_shape, weight=_unit_weight(_per_sample_shape),
+                regimes=dense_regimes(C, SPATIAL, 1.5, **kwargs), not_applicable=NOT_BOXES)
 
 
 SPECS: dict[str, Spec] = {

@@ -5,11 +5,15 @@ loss without one). A spec says how to make a small valid input, which shape ``re
 returns (the loss's natural unit), and how weights enter the weighted mean.
 
 The family files ``spec_<family>.py`` define the specs; this module gathers them.
+
+A spec also states the loss's accuracy contract (``tests/test_accuracy.py``): the input regimes
+where float32 and half precision are compared with float64 (:class:`Regime`, one maker per
+family), and the error :class:`Budget` it keeps there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,62 @@ class Case:
         return Case(conv(self.input), conv(self.target), {k: conv(v) for k, v in self.kwargs.items()})
 
 
+# --- the accuracy contract ---------------------------------------------------------------------
+
+#: Every regime a loss is checked in, and what it means. A spec gives each one a maker or a
+#: reason why it does not apply (``Spec.not_applicable``); a new loss without them fails.
+REGIMES: dict[str, str] = {
+    "typical": "the contract's own inputs (tests/spec_<family>.py)",
+    "saturated": "logits up to |x| = 30 (residuals, log-ratios and scores of the same size elsewhere)",
+    "near_converged": "a loss below 1e-3: the values where terms cancel",
+    "large": "a reduction over at least 1e6 elements (region losses: at least 65k voxels per class)",
+    "imbalance": "one positive in 1e5",
+    "tiny_boxes": "sub-pixel boxes on a 640-pixel image",
+    "huge_boxes": "boxes of about 1e5 pixels",
+}
+
+FLOAT32 = (torch.float32,)
+ALL_LOW = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One input regime of the accuracy contract.
+
+    Attributes:
+        make: ``make(generator) -> Case`` in float64; the contract rounds it to each dtype and
+            compares the result with float64 on the same rounded inputs.
+        reductions: The reductions compared. ``"none"`` compares every unit, so a loss whose
+            small units lose precision cannot hide behind a sum.
+        dtypes: The dtypes compared (float16 cannot hold coordinates of 1e5 pixels).
+        logits: ``logits(case)``: the logits the loss reduces, when they are not the input itself
+            (similarities over a temperature, a head's output); the regime claims are checked on them.
+    """
+
+    make: Callable[[torch.Generator], Case]
+    reductions: tuple[str, ...] = ("none", "sum")
+    dtypes: tuple[torch.dtype, ...] = ALL_LOW
+    logits: Callable[[Case], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The error a loss may make against float64 on the same inputs, relative.
+
+    ``value`` bounds ``|l - l64| / |l64|`` (per unit with ``reduction="none"``), ``grad`` bounds
+    ``||g - g64|| / ||g64||`` for the input gradient. float16 and bfloat16 compute through float32,
+    so their budget is the same plus the rounding of the result once to the low dtype (relative
+    ``2**-11`` for float16, ``2**-8`` for bfloat16, and half the smallest subnormal), which the
+    contract adds itself; ``half`` replaces ``(value, grad)`` where more of the computation runs
+    in the low dtype. Anything beyond the defaults needs ``why``.
+    """
+
+    value: float = 1e-5
+    grad: float = 1e-4
+    half: tuple[float, float] | None = None
+    why: str = ""
+
+
 @dataclass
 class Spec:
     """How the contract suite exercises one loss.
@@ -48,6 +108,11 @@ class Spec:
         grad_kwargs: Names of tensor kwargs that gradcheck also differentiates (e.g. ``var``).
         gradgrad: Whether the loss is twice differentiable at the spec's inputs.
         low_precision_tol: ``(rtol, atol)`` against float64 for float16/bfloat16 inputs.
+        regimes: The accuracy contract's regimes (:data:`REGIMES`) by name, from the family's maker.
+        not_applicable: For each regime of :data:`REGIMES` without a maker, the reason.
+        budget: The accuracy budget (:class:`Budget`) in every regime ...
+        budgets: ... except those named here.
+        function: The function to call, for a loss outside the registry.
     """
 
     make: Callable[[int, torch.Generator], Case]
@@ -56,6 +121,14 @@ class Spec:
     grad_kwargs: tuple[str, ...] = ()
     gradgrad: bool = True
     low_precision_tol: tuple[float, float] = (2e-2, 2e-2)
+    regimes: Mapping[str, Regime] = field(default_factory=dict)
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
+    budget: Budget = Budget()
+    budgets: Mapping[str, Budget] = field(default_factory=dict)
+    function: Callable[..., Tensor] | None = None
+
+    def budget_for(self, regime: str) -> Budget:
+        return self.budgets.get(regime, self.budget)
 
 
 def elementwise_weight(case: Case, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -85,12 +158,71 @@ def dense_index_case(num_classes: int, spatial: tuple[int, ...], scale: float, *
     return make
 
 
+def uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generator) -> Tensor:
+    """Float64 values uniform in ``[low, high)``."""
+    return low + (high - low) * torch.rand(shape, generator=gen, dtype=torch.float64)
+
+
+def random_sign(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    return torch.randint(2, shape, generator=gen).to(torch.float64) * 2 - 1
+
+
+def typical(make: Callable[[int, torch.Generator], Case], n: int = 64, **regime: Any) -> Regime:
+    """The contract's own inputs, ``n`` samples: the ``typical`` regime of every loss."""
+    return Regime(lambda gen: make(n, gen), **regime)
+
+
+def large(make: Callable[[torch.Generator], Case]) -> Regime:
+    """A large reduction: compared under ``"mean"`` only (one pass per dtype keeps the suite fast)."""
+    return Regime(make, reductions=("mean",))
+
+
+def dense_regimes(num_classes: int, spatial: tuple[int, ...], scale: float,
+                  large_spatial: tuple[int, ...] = (580, 580), **options: Any) -> dict[str, Regime]:
+    """The regimes of a segmentation loss on ``(n, C, *spatial)`` logits with index labels:
+    saturated logits, the labelled class's logit 12 to 16 ahead (the loss near 0), one image of
+    ``large_spatial`` (at least 1e6 logits and 65k voxels per class), and 1e5 background voxels
+    with one voxel of each other class."""
+
+    def saturated(gen: torch.Generator) -> Case:
+        target = torch.randint(num_classes, (2, *spatial), generator=gen)
+        return Case(uniform((2, num_classes, *spatial), -30.0, 30.0, gen), target, dict(options))
+
+    def near_converged(gen: torch.Generator) -> Case:
+        target = torch.randint(num_classes, (2, *spatial), generator=gen)
+        logits = 0.5 * torch.randn((2, num_classes, *spatial), generator=gen, dtype=torch.float64)
+        lead = uniform((2, 1, *spatial), 12.0, 16.0, gen)
+        return Case(logits.scatter_add(1, target.unsqueeze(1), lead), target, dict(options))
+
+    def imbalance(gen: torch.Generator) -> Case:
+        target = torch.zeros((1, 316, 317), dtype=torch.long)
+        where = torch.randperm(target.numel(), generator=gen)[: num_classes - 1]
+        target.view(-1)[where] = torch.arange(1, num_classes)
+        logits = scale * torch.randn((1, num_classes, 316, 317), generator=gen, dtype=torch.float64)
+        return Case(logits, target, dict(options))
+
+    make = dense_index_case(num_classes, spatial, scale, **options)
+    return {"typical": typical(make, n=4), "saturated": Regime(saturated), "near_converged": Regime(near_converged),
+            "large": large(lambda gen: dense_index_case(num_classes, large_spatial, scale, **options)(1, gen)),
+            "imbalance": Regime(imbalance, reductions=("none", "sum"))}
+
+
+NOT_BOXES = {"tiny_boxes": "not a box loss", "huge_boxes": "not a box loss"}
+
+
 def same_shape(case: Case) -> tuple[int, ...]:
     return tuple(case.input.shape)
 
 
 def without_class_dim(case: Case) -> tuple[int, ...]:
     return (case.input.shape[0], *case.input.shape[2:])
+
+
+def accuracy_specs() -> dict[str, Spec]:
+    """Every loss under the accuracy contract: the registry and the fused large-vocabulary losses."""
+    from tests import spec_large_vocab
+
+    return {**registry(), **spec_large_vocab.FUSED}
 
 
 def registry() -> dict[str, Spec]:

@@ -247,8 +247,8 @@ def argument_name(name: str, key: str) -> str:
 
 def place(case: Case, key: str, index: int, value: float) -> Case:
     def poke(x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        x.view(-1)[index] = value
+        x = x.clone()  # keeps a spec's non-contiguous layout, which a flat view cannot address
+        x[tuple(int(i) for i in torch.unravel_index(torch.tensor(index), x.shape))] = value
         return x
 
     if key == "input":

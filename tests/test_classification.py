@@ -286,6 +286,56 @@ def test_sigmoid_focal_hand_worked_value():
     close(loss, torch.tensor(0.0625 * 0.6931471805599453), rtol=1e-6, atol=0)
 
 
+# Logits from about 5 to 25 on the target's side, and the same on the wrong side, with hard and
+# soft targets (0.97 and 0.03 are within float32's rounding of 1 and 0 times 1e6). The exact BCE
+# is softplus(-x) t + softplus(x)(1 - t), evaluated in float64 on the same float32 inputs.
+CONFIDENT = torch.tensor([5.0, 8.0, 12.0, 16.0, 25.0, -5.0, -12.0, -25.0])
+
+
+def _bce64(x, t):
+    x, t = x.double(), t.double()
+    return torch.nn.functional.softplus(-x) * t + torch.nn.functional.softplus(x) * (1 - t)
+
+
+@pytest.mark.parametrize("t", [1.0, 0.0, 0.97, 0.03])
+def test_binary_cross_entropy_keeps_relative_precision_at_confident_logits(t):
+    x = torch.cat([CONFIDENT, -CONFIDENT]).requires_grad_()
+    target = torch.full_like(x, t)
+    loss = losskit.binary_cross_entropy(x, target, reduction="none")
+    close(loss.double(), _bce64(x.detach(), target), rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(loss.sum(), x)  # sigmoid(x) - t, from the float64 sigmoids
+    exact = torch.sigmoid(x.detach().double()) * (1 - t) - torch.sigmoid(-x.detach().double()) * t
+    close(grad.double(), exact, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("t", [1.0, 0.0, 0.97, 0.03])
+def test_sigmoid_focal_with_gamma_zero_is_bce_at_confident_logits(t):
+    # The documented identity in float32, to the last digits: the focal loss once took BCE as
+    # softplus(x) - x t, which cancels on a confident correct logit (ratio off by 2e-5 at 5, 7% at 12).
+    x = torch.cat([CONFIDENT, -CONFIDENT]).requires_grad_()
+    target = torch.full_like(x, t)
+    focal = losskit.sigmoid_focal_loss(x, target, gamma=0.0, alpha=None, reduction="none")
+    close(focal.double(), _bce64(x.detach(), target), rtol=1e-5, atol=0)
+    close(focal, losskit.binary_cross_entropy(x, target, reduction="none"), rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(focal.sum(), x)
+    exact = torch.sigmoid(x.detach().double()) * (1 - t) - torch.sigmoid(-x.detach().double()) * t
+    close(grad.double(), exact, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_sigmoid_focal_keeps_relative_precision_at_confident_logits(gamma):
+    # The float64 paper formula on the same float32 inputs, written with float64's own sigmoid.
+    x = torch.cat([CONFIDENT, -CONFIDENT]).requires_grad_()
+    target = (torch.arange(x.numel()) % 2).float()
+    loss = losskit.sigmoid_focal_loss(x, target, gamma=gamma, reduction="none")
+    x64, t64 = x.detach().double().requires_grad_(), target.double()
+    miss = t64 * torch.sigmoid(-x64) + (1 - t64) * torch.sigmoid(x64)  # 1 - p_t, each side exact
+    exact = (0.25 * t64 + 0.75 * (1 - t64)) * miss**gamma * _bce64(x64, t64)
+    close(loss.double(), exact.detach(), rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    close(grad.double(), torch.autograd.grad(exact.sum(), x64)[0], rtol=1e-5, atol=0)
+
+
 def test_sigmoid_focal_without_grad_gives_the_same_value(gen):
     logits = torch.randn(30, generator=gen)
     target = torch.rand(30, generator=gen)
@@ -349,6 +399,71 @@ def test_focal_losses_match_kornia(gen):
     ours = losskit.softmax_focal_loss(index_logits, index, alpha=[0.75, 0.25, 0.25, 0.25], gamma=2.0,
                                       reduction="none")
     close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.peer
+def test_sigmoid_focal_pos_weight_matches_kornia(gen):
+    # kornia 0.9.0 scales the positive term by one weight per class of (B, C, *) logits.
+    kornia_losses = pytest.importorskip("kornia.losses")
+    logits = torch.randn(2, 3, 5, generator=gen) * 3
+    target = (torch.rand(2, 3, 5, generator=gen) < 0.3).float()
+    w = torch.tensor([0.5, 2.0, 4.0])
+    for reduction in ("none", "mean", "sum"):
+        theirs = kornia_losses.binary_focal_loss_with_logits(logits, target, alpha=0.25, gamma=2.0, pos_weight=w,
+                                                             reduction=reduction)
+        ours = losskit.sigmoid_focal_loss(logits, target, pos_weight=w.view(3, 1), reduction=reduction)
+        close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.peer
+def test_softmax_focal_per_class_matches_kornia(gen):
+    # kornia 0.9.0 focal_loss keeps the class axis under "none" (zero off the target class); its
+    # "mean" averages over every (sample, class) entry.
+    kornia_losses = pytest.importorskip("kornia.losses")
+    logits, index = logits_and_index(gen, (2, 5), 4)
+    logits = logits.float()
+    alpha = [0.75, 0.25, 0.25, 0.25]
+    for reduction in ("none", "mean", "sum"):
+        theirs = kornia_losses.focal_loss(logits, index, alpha=0.25, gamma=2.0, reduction=reduction)
+        ours = losskit.softmax_focal_loss(logits, index, alpha=alpha, gamma=2.0, per_class=True, reduction=reduction)
+        assert ours.shape == theirs.shape
+        close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pos_weight", [torch.tensor([0.5, 2.0, 3.0]), torch.tensor(2.5)], ids=["per_class", "scalar"])
+def test_sigmoid_focal_pos_weight_follows_the_weighted_bce(gen, pos_weight):
+    # gamma=0, alpha=None: exactly binary_cross_entropy with the same pos_weight; with gamma and
+    # alpha, the float64 formula alpha_t (1 - p_t)^gamma [-(w t log p + (1 - t) log(1 - p))].
+    logits = torch.randn(4, 3, generator=gen, dtype=torch.float64) * 3
+    target = torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    w = pos_weight.double()
+    close(losskit.sigmoid_focal_loss(logits, target, gamma=0.0, alpha=None, pos_weight=w, reduction="none"),
+          losskit.binary_cross_entropy(logits, target, pos_weight=w, reduction="none"))
+    x = logits.clone().requires_grad_()
+    ours = losskit.sigmoid_focal_loss(x, target, pos_weight=w, reduction="none")
+    p = torch.sigmoid(logits)
+    miss = target * (1 - p) + (1 - target) * p
+    bce = -(w * target * torch.log(p) + (1 - target) * torch.log(1 - p))
+    close(ours, (0.25 * target + 0.75 * (1 - target)) * miss**2 * bce)
+    fn = lambda t: losskit.sigmoid_focal_loss(t, target, pos_weight=w, reduction="sum")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, x) and torch.autograd.gradgradcheck(fn, x)
+
+
+def test_softmax_focal_per_class_keeps_the_class_axis(gen):
+    # Summed over classes it is the per-sample loss; its weighted mean counts each (sample, class)
+    # entry with its class's weight, ignored samples nowhere.
+    logits, index = logits_and_index(gen, (3, 4), 5)
+    index[0, 0] = -100
+    w = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    options = {"alpha": [0.5, 1.0, 1.0, 2.0, 1.0], "gamma": 2.0, "weight": w}
+    entries = losskit.softmax_focal_loss(logits, index, per_class=True, reduction="none", **options)
+    assert entries.shape == logits.shape
+    close(entries.sum(1), losskit.softmax_focal_loss(logits, index, reduction="none", **options))
+    counted = (index != -100).sum()
+    close(losskit.softmax_focal_loss(logits, index, per_class=True, **options), entries.sum() / (counted * w.sum()))
+    probabilities = torch.softmax(logits, 1)  # soft targets keep every class's term
+    soft = losskit.softmax_focal_loss(logits, probabilities, per_class=True, reduction="none", gamma=2.0)
+    close(soft.sum(1), losskit.softmax_focal_loss(logits, probabilities, reduction="none", gamma=2.0))
 
 
 def test_sigmoid_focal_large_cpu_input_walked_in_chunks_matches_the_formula(gen):

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import math
+
 import hypothesis.strategies as st
 import pytest
 import torch
@@ -60,11 +62,16 @@ def test_divergence_of_a_distribution_from_itself_is_zero(name, seed):
     torch.testing.assert_close(out, torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
-@given(margin=st.floats(60, 1e4), num_classes=st.integers(2, 8))
-def test_cross_entropy_is_zero_when_the_target_logit_dominates(margin, num_classes):
+@given(margin=st.floats(10, 1e4), num_classes=st.integers(2, 8))
+def test_cross_entropy_of_a_dominant_target_logit_is_log1p_of_the_rest(margin, num_classes):
+    # -log q_y = log(1 + (C - 1) e^-margin): tiny, not 0, until e^-margin underflows (margin > 745).
     logits = torch.zeros(1, num_classes, dtype=torch.float64)
     logits[0, 1] = margin
-    assert losskit.cross_entropy(logits, torch.tensor([1])).item() == 0.0
+    expected = math.log1p((num_classes - 1) * math.exp(-margin))
+    assert losskit.cross_entropy(logits, torch.tensor([1])).item() == pytest.approx(expected, rel=1e-12, abs=0)
+    float32 = losskit.cross_entropy(logits.float(), torch.tensor([1])).item()
+    # float32 keeps relative precision down to its smallest normal number, absolute below it.
+    assert float32 == pytest.approx(expected, rel=1e-6, abs=torch.finfo(torch.float32).tiny)
 
 
 @given(x=st.lists(finite, min_size=1, max_size=8), shift=st.floats(-1e3, 1e3))

@@ -26,7 +26,7 @@ from losskit._core.checks import (
     check_one_of,
     check_tensor,
 )
-from losskit._core.numerics import upcast
+from losskit._core.numerics import log_softmax, upcast
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
 
@@ -51,14 +51,32 @@ def check_activation(input: Tensor, activation: object) -> None:
 
 
 def probabilities(input: Tensor, activation: str | None) -> Tensor:
-    """Class probabilities ``(N, C, *spatial)`` in the compute dtype (float32 for half inputs)."""
+    """Class probabilities ``(N, C, *spatial)`` in the compute dtype (float32 for half inputs).
+
+    The softmax is the exponential of the exact log-softmax (:func:`losskit._core.numerics.log_softmax`),
+    whose gradient keeps its precision where one class is nearly certain (``torch.softmax``'s
+    backward forms :math:`1 - p` there and loses it).
+    """
+    return probabilities_and_misses(input, activation)[0]
+
+
+def probabilities_and_misses(input: Tensor, activation: str | None) -> tuple[Tensor, Tensor]:
+    """Class probabilities ``p`` and their complements ``1 - p``, each to full relative precision:
+    ``1 - p`` is ``-expm1(log p)`` for the softmax and ``sigmoid(-x)`` for the sigmoid, where
+    ``1 - p`` itself would keep a few digits of a confident prediction's miss."""
     check_activation(input, activation)
     x = upcast(input)
     if activation == "softmax":
-        return torch.softmax(x, dim=1)
+        log_p = log_softmax(x, 1)
+        return log_p.exp(), -torch.expm1(log_p)
     if activation == "sigmoid":
-        return torch.sigmoid(x)
-    return x
+        return torch.sigmoid(x), torch.sigmoid(-x)
+    return x, 1 - x
+
+
+def miss(probs: Tensor, misses: Tensor, labels: Tensor) -> Tensor:
+    """``|labels - probs|``, from ``misses = 1 - probs`` where a label is exactly 1 (no cancellation)."""
+    return torch.where(labels == 1, misses, (labels - probs).abs())
 
 
 def dense_target(input: Tensor, target: Tensor, *, ignore_index: int | None, compute_dtype: torch.dtype) -> DenseTarget:

@@ -7,6 +7,8 @@ is expected are an error raised by the checks, never a silent cast.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -112,3 +114,70 @@ def ignored_without_gradient(x: Tensor, keep: Tensor | None) -> Tensor:
     if keep is None or not (torch.is_grad_enabled() and x.requires_grad):
         return x
     return _GradientOnlyWhere.apply(x, keep)
+
+
+# Taylor coefficients 1/k! of e^u - 1 - u = sum_{k >= 2} u^k / k!, highest first (Horner's order).
+_EXP_TAIL = tuple(1 / math.factorial(k) for k in range(11, 1, -1))
+
+
+def exp_tail(u: Tensor) -> Tensor:
+    r""":math:`e^u - 1 - u \ge 0` to full relative precision: its Taylor series for :math:`|u| < 1/2`,
+    where ``expm1(u) - u`` cancels to :math:`u^2 / 2`, and ``expm1(u) - u`` elsewhere."""
+    near = u.abs() < 0.5
+    v = torch.where(near, u, torch.zeros_like(u))
+    tail = torch.full_like(v, _EXP_TAIL[0])
+    for coefficient in _EXP_TAIL[1:]:
+        tail = tail * v + coefficient
+    return torch.where(near, v * v * tail, torch.expm1(u) - u)
+
+
+class _LogSoftmax(torch.autograd.Function):
+    """``log_softmax`` whose value and gradient keep their relative precision at the largest logit.
+
+    ``torch.log_softmax`` computes :math:`x_k - m - \\log \\sum_j e^{x_j - m}`; where one logit
+    leads the rest by more than about 10, the sum rounds to 1 plus a few ulps and its log, the
+    whole loss of a confident correct prediction, keeps only a few digits (4e-5 relative error at a
+    lead of 10 in float32, 2% at 14, 100% from 17 on), and the gradient :math:`q_m - 1` cancels the
+    same way. Here the peak's own term, exactly 1, is left out of the sum, whose log is taken
+    with ``log1p``: :math:`\\log q_k = (x_k - m) - \\operatorname{log1p}(\\sum_{j \\ne m} e^{x_j - m})`,
+    and the backward pass forms :math:`1 - q_m` as :math:`\\sum_{j \\ne m} q_j`. Both are written
+    in differentiable operations, so second derivatives work.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        peak, top = x.max(dim, keepdim=True)
+        # <= 0, and exactly 0 at the peak, also where the peak is +inf (inf - inf would be NaN there:
+        # the limit of an infinitely confident class is log q = 0, the others' -inf)
+        shifted = (x - peak).scatter_(dim, top, 0.0)
+        rest = shifted.exp().scatter_(dim, top, 0.0).sum(dim, keepdim=True)
+        out = shifted.sub_(torch.log1p(rest))
+        ctx.dim = dim
+        ctx.save_for_backward(out, top)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        out, top = ctx.saved_tensors
+        return log_softmax_backward(grad, out, top, ctx.dim), None
+
+
+def log_softmax_backward(grad: Tensor, out: Tensor, top: Tensor, dim: int) -> Tensor:
+    """:math:`g_k - q_k \\sum_j g_j` with ``out`` = :math:`\\log q`; at the peak ``top`` the same
+    as :math:`g_m (1 - q_m) - q_m \\sum_{j \\ne m} g_j`, with :math:`1 - q_m = \\sum_{j \\ne m} q_j`."""
+    q = out.exp()
+    grad_peak, q_peak = grad.gather(dim, top), q.gather(dim, top)
+    others = grad.scatter(dim, top, 0.0).sum(dim, keepdim=True)  # sum of g but the peak's
+    below_one = q.scatter(dim, top, 0.0).sum(dim, keepdim=True)  # 1 - q_m, from the small q
+    result = grad - q * (others + grad_peak)
+    return result.scatter(dim, top, grad_peak * below_one - q_peak * others)
+
+
+def log_softmax(x: Tensor, dim: int) -> Tensor:
+    """``torch.log_softmax(x, dim)`` to full relative precision at the largest logit (see
+    :class:`_LogSoftmax`): the log-probability of a confident class, and the gradient there, stay
+    exact however far it leads. ``-inf`` logits give ``-inf`` (probability 0) with gradient 0, and
+    a single ``+inf`` logit its limit: probability 1 there, 0 elsewhere, and a finite gradient."""
+    if x.shape[dim] == 0 or x.numel() == 0:
+        return torch.log_softmax(x, dim)
+    return _LogSoftmax.apply(x, dim)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_bool, check_number, check_one_of, check_tensor
-from losskit._core.dense import dense_target, drop_background, probabilities
+from losskit._core.dense import dense_target, drop_background, miss, probabilities_and_misses
 from losskit._core.docs import shared_docs
 from losskit._core.numerics import compute_dtype, ignored_without_gradient
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
@@ -53,6 +53,7 @@ class _Dense:
     """Probabilities and labels ``(N, C', *spatial)``, the ignore mask, and how units are pooled."""
 
     probs: Tensor
+    misses: Tensor  # 1 - probs, each to full precision
     labels: Tensor  # 0 for every class at ignored voxels
     valid: Tensor | None  # (N, 1, *spatial) bool, False where ignored; None when nothing is ignored
     pooled: bool  # aggregate="batch" on a non-empty batch (an empty one stays (0, ...), as RegionStats.pooled)
@@ -88,9 +89,10 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
     # The target first: it checks that input is floating (integer logits have no softmax).
     prepared = dense_target(input, target, ignore_index=ignore_index, compute_dtype=compute_dtype(input.dtype))
     valid = None if prepared.valid is None else prepared.valid.unsqueeze(1)
-    probs = probabilities(ignored_without_gradient(input, valid), activation)  # ignored voxels may hold NaN
+    # Ignored voxels may hold NaN: their gradient is 0.
+    probs, misses = probabilities_and_misses(ignored_without_gradient(input, valid), activation)
     num_classes = input.shape[1]
-    probs = drop_background(probs, include_background)
+    probs, misses = drop_background(probs, include_background), drop_background(misses, include_background)
     if prepared.dense is not None:
         labels = drop_background(prepared.dense, include_background)
     else:
@@ -99,7 +101,7 @@ def _prepare(input: Tensor, target: Tensor, *, activation: str | None, include_b
         classes = classes.view(1, -1, *([1] * (input.dim() - 2)))
         hits = prepared.index.unsqueeze(1) == classes
         labels = (hits if valid is None else hits & valid).to(probs.dtype)  # ignored: no class at all
-    return _Dense(probs, labels, valid, aggregate == "batch" and input.shape[0] > 0)
+    return _Dense(probs, misses, labels, valid, aggregate == "batch" and input.shape[0] > 0)
 
 
 def _per_unit_mean(x: Tensor) -> Tensor:
@@ -311,7 +313,7 @@ def hausdorff_dt_loss(
         >>> import torch, losskit
         >>> logits = torch.tensor([[[[4.0, 4.0, -4.0, -4.0]], [[-4.0, -4.0, 4.0, 4.0]]]])
         >>> losskit.hausdorff_dt_loss(logits, torch.tensor([[[0, 0, 1, 1]]]))  # (p - t)^2 ~ 1e-7
-        tensor(5.6227e-07)
+        tensor(5.6230e-07)
         >>> x = torch.randn(2, 3, 8, 8); t = torch.randint(3, (2, 8, 8))
         >>> losskit.hausdorff_dt_loss(x, t, aggregate="batch", log=True, reduction="none").shape
         torch.Size([1, 2])
@@ -332,7 +334,7 @@ def hausdorff_dt_loss(
         # One mask set after the other: the working set of one distance transform at a time.
         distance = _distance_field(predicted, spacing, dtype, alpha)
         distance += _distance_field(d.labels > 0.5, spacing, dtype, alpha)
-    loss = d.mean((d.probs - d.labels) ** 2 * distance.to(d.probs.dtype))
+    loss = d.mean(miss(d.probs, d.misses, d.labels) ** 2 * distance.to(d.probs.dtype))
     loss = torch.log1p(loss) if log else loss
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
@@ -424,7 +426,7 @@ def cldice_loss(
         >>> target = torch.zeros(1, 6, 6, dtype=torch.long); target[:, 2:4, :] = 1  # a horizontal bar
         >>> perfect = (torch.nn.functional.one_hot(target, 2).movedim(-1, 1) * 20.0 - 10.0)
         >>> losskit.cldice_loss(perfect, target)  # a near-perfect prediction: loss near 0
-        tensor(4.9949e-05)
+        tensor(4.9998e-05)
         >>> losskit.cldice_loss(perfect, torch.full_like(target, -1), ignore_index=-1)  # all ignored
         tensor(0.)
 
@@ -447,12 +449,17 @@ def cldice_loss(
     skel_true = soft_skeleton(d.labels, iterations)  # differentiable too, for targets that carry a gradient
     tiny = torch.finfo(d.probs.dtype).tiny
 
-    def ratio(overlap: Tensor, skeleton: Tensor) -> Tensor:
-        sums = d.sum(overlap, classes=pool_classes), d.sum(skeleton, classes=pool_classes)
-        return (sums[0] + smooth) / (sums[1] + smooth).clamp_min(tiny)
+    def ratio(overlap: Tensor, missed: Tensor, skeleton: Tensor) -> tuple[Tensor, Tensor]:
+        """(overlap + smooth) / (skeleton + smooth) and 1 minus it, from the missed part's own sum."""
+        denominator = (d.sum(skeleton, classes=pool_classes) + smooth).clamp_min(tiny)
+        hit = (d.sum(overlap, classes=pool_classes) + smooth) / denominator
+        return hit, d.sum(missed, classes=pool_classes) / denominator
 
-    tprec, tsens = ratio(skel_pred * d.labels, skel_pred), ratio(skel_true * d.probs, skel_true)
-    loss = 1 - 2 * tprec * tsens / (tprec + tsens + eps).clamp_min(tiny)
+    tprec, tprec_miss = ratio(skel_pred * d.labels, skel_pred * (1 - d.labels), skel_pred)
+    tsens, tsens_miss = ratio(skel_true * d.probs, skel_true * d.misses, skel_true)
+    # 1 - 2 a b / (a + b + eps) = (a (1 - b) + b (1 - a) + eps) / (a + b + eps): near convergence a
+    # and b are close to 1 and the left side cancels; the right one keeps every digit.
+    loss = (tprec * tsens_miss + tsens * tprec_miss + eps) / (tprec + tsens + eps).clamp_min(tiny)
     if d.valid is not None:
         loss = torch.where(d.count(loss.dtype, classes=pool_classes) > 0, loss, loss.new_zeros(()))
     elif not input.shape[2:].numel():  # no voxel at all: 0, like a unit whose voxels are all ignored

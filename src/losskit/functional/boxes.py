@@ -63,7 +63,7 @@ from losskit.boxes import (
     bhattacharyya,
     check_boxes,
     hellinger,
-    iou_family,
+    iou_family_loss,
     pair_geometry,
     ratio,
     safe_sqrt,
@@ -122,6 +122,14 @@ def _prepare(input: Tensor, target: Tensor, fmt: str, eps: float | None, reducti
     check_boxes("target", target, fmt, finite=True)
     x = upcast(input)
     t = target.to(x.dtype)
+    if fmt in ("xywh", "cxcywh"):
+        # Every loss here is invariant to moving both boxes together: put the target's anchor
+        # point at the origin first, so the corners come out of the conversion without the
+        # rounding of large coordinates (their differences, which decide a close pair's loss, lost
+        # 1e-2 of a near-converged DIoU in float32 at 600 pixels).
+        anchor = t[..., :2].detach()
+        x = torch.cat([x[..., :2] - anchor, x[..., 2:]], -1)
+        t = torch.cat([t[..., :2] - anchor, t[..., 2:]], -1)
     if fmt in AXIS_ALIGNED_FORMATS:
         x, t = _to_xyxy(x, fmt), _to_xyxy(t, fmt)
     return x, t, _resolve_eps(eps, input.dtype)
@@ -186,12 +194,14 @@ def iou_loss(
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:
-        iou = pair_geometry(x, t, eps, kind="iou").iou
+        g = pair_geometry(x, t, eps, kind="iou", exact_miss=True)
         if mode == "linear":
-            return 1 - iou
-        if mode == "square":
-            return 1 - iou.square()
-        return -torch.log(iou.clamp_min(max(eps, torch.finfo(iou.dtype).tiny)))
+            return g.miss
+        if mode == "square":  # 1 - IoU^2 = (1 - IoU)(1 + IoU)
+            return g.miss * (1 + g.iou)
+        # -log IoU = -log1p(-(1 - IoU)), exact for IoU near 1
+        return torch.where(g.miss < 0.5, -torch.log1p(-g.miss.clamp_max(0.5)),
+                           -torch.log(g.iou.clamp_min(max(eps, torch.finfo(g.iou.dtype).tiny))))
 
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
@@ -237,7 +247,8 @@ def giou_loss(
         ``generalized_box_iou_loss`` (equal up to its ``eps`` added to denominators).
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
-    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps, kind="giou"), "giou", eps), x, t)
+    loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, kind="giou", exact_miss=True), "giou",
+                                                     eps), x, t)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -282,7 +293,7 @@ def diou_loss(
         AAAI 2020; torchvision ``distance_box_iou_loss``.
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
-    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps), "diou", eps), x, t)
+    loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, exact_miss=True), "diou", eps), x, t)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -356,8 +367,8 @@ def ciou_loss(
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:
-        g = pair_geometry(x, t, eps)
-        return 1 - iou_family(g, "ciou", eps, alpha_gate=alpha_gate, alpha_no_grad=alpha_no_grad)
+        g = pair_geometry(x, t, eps, exact_miss=True)
+        return iou_family_loss(g, "ciou", eps, alpha_gate=alpha_gate, alpha_no_grad=alpha_no_grad)
 
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
@@ -420,8 +431,8 @@ def eiou_loss(
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:
-        g = pair_geometry(x, t, eps)
-        loss = 1 - iou_family(g, "eiou", eps)
+        g = pair_geometry(x, t, eps, exact_miss=True)
+        loss = iou_family_loss(g, "eiou", eps)
         return loss if gamma is None else loss * g.iou.detach().pow(gamma)
 
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
@@ -484,7 +495,8 @@ def siou_loss(
     """
     theta = check_number("theta", theta, low=1.0)
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
-    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps), "siou", eps, theta=theta), x, t)
+    loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, exact_miss=True), "siou", eps,
+                                                     theta=theta), x, t)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -579,8 +591,8 @@ def wiou_loss(
     mean = None if version == 1 else torch.as_tensor(iou_mean, device=x.device).to(x.dtype).reshape(())
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:
-        g = pair_geometry(x, t, eps)
-        iou_loss_ = 1 - g.iou
+        g = pair_geometry(x, t, eps, exact_miss=True)
+        iou_loss_ = g.miss
         attention = torch.exp(ratio(g.offset.square().sum(-1), g.enclose.square().sum(-1).detach(), eps))
         loss = attention * iou_loss_
         if mean is None:
@@ -652,10 +664,11 @@ def nwd_loss(
     x, t, _ = _prepare(input, target, fmt, None, reduction, normalizer)
 
     def per_box(x: Tensor, t: Tensor) -> Tensor:
-        centres = (t[..., :2] + t[..., 2:] - x[..., :2] - x[..., 2:]) / 2
-        half_sizes = ((t[..., 2:] - t[..., :2]) - (x[..., 2:] - x[..., :2])) / 2
+        # From the differences of close coordinates, which are exact, and 1 - e^-x as -expm1(-x).
+        low, high = t[..., :2] - x[..., :2], t[..., 2:] - x[..., 2:]
+        centres, half_sizes = (low + high) / 2, (high - low) / 2
         distance = safe_sqrt(centres.square().sum(-1) + half_sizes.square().sum(-1))
-        return 1 - torch.exp(-distance / constant)
+        return -torch.expm1(-distance / constant)
 
     return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
 
@@ -773,6 +786,7 @@ def giou_3d_loss(
         Rezatofighi et al., CVPR 2019; MONAI ``BoxGIoULoss`` (2-D and 3-D boxes).
     """
     x, t, eps = _prepare(input, target, "xyzxyz", eps, reduction, normalizer, formats=("xyzxyz",))
-    loss = rowwise_loss(lambda x, t: 1 - iou_family(pair_geometry(x, t, eps, kind="giou"), "giou", eps), x, t)
+    loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, kind="giou", exact_miss=True), "giou",
+                                                     eps), x, t)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 

@@ -39,7 +39,7 @@ from losskit._core.checks import (
     check_one_of,
     check_tensor,
 )
-from losskit._core.numerics import ignored_without_gradient, upcast
+from losskit._core.numerics import ignored_without_gradient, log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 __all__ = ["info_nce_loss", "supervised_contrastive_loss", "triplet_margin_loss"]
@@ -201,12 +201,12 @@ def info_nce_loss(
 
     def direction(a: Tensor, others: Tensor, own: Tensor | None) -> Tensor:
         logits = a @ others.T / tau
-        positive = logits.gather(1, cols[:, None]).squeeze(1)
         if own is not None:  # the anchor's own side, itself excluded
             same = a @ own.T / tau
             keep = torch.arange(own.shape[0], device=a.device)[None, :] != cols[:, None]
             logits = torch.cat((logits, _masked_fill_min(same, keep)), 1)
-        return torch.logsumexp(logits, 1) - positive
+        # -log softmax at the positive, exact when it dominates (logsumexp - positive cancels)
+        return -log_softmax(logits, 1).gather(1, cols[:, None]).squeeze(1)
 
     loss = direction(u, v_all, u_all if same_view_negatives else None)
     if symmetric:
@@ -309,7 +309,7 @@ def supervised_contrastive_loss(
                                                                            + offset)[:, None]
     positive = (labels[:, None] == labels_all[None, :]) & not_self
     count = positive.sum(1)
-    log_prob = logits - torch.logsumexp(_masked_fill_min(logits, not_self), 1, keepdim=True)
+    log_prob = log_softmax(_masked_fill_min(logits, not_self), 1)  # exact where positives dominate
     if variant == "out":
         loss = -torch.where(positive, log_prob, log_prob.new_zeros(())).sum(1) / count.clamp_min(1)
     else:
@@ -325,6 +325,18 @@ def supervised_contrastive_loss(
 # --- triplet --------------------------------------------------------------------------------------
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
+
+def _row_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
+    """The distance between row ``i`` of ``a`` and row ``i`` of ``b``, ``(n,)``, from their difference
+    (exact for close rows; :func:`pairwise_distance` goes through the Gram matrix)."""
+    if distance == "cosine":  # 1 - cos = |a/|a| - b/|b||^2 / 2
+        a, b = TF.normalize(a, dim=-1), TF.normalize(b, dim=-1)
+        return (a - b).square().sum(-1) / 2
+    sq = (a - b).square().sum(-1)
+    if distance == "squared_euclidean":
+        return sq
+    return sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
 
 
 def pairwise_distance(a: Tensor, b: Tensor, distance: str = "euclidean") -> Tensor:
@@ -450,8 +462,13 @@ def triplet_margin_loss(
         if total == 0:
             hardest_pos = hardest_neg = x.sum(-1) * 0
         else:
-            hardest_pos = _masked_fill_min(d, positive).amax(1)
-            hardest_neg = torch.where(negative, d, d.new_full((), torch.finfo(d.dtype).max)).amin(1)
+            # Mined on the Gram-matrix distances, measured again from the differences of the chosen
+            # pairs: |a|^2 + |b|^2 - 2ab cancels for close embeddings far from the origin (1e-4
+            # relative error in float32 at a distance of 0.4 for norms of 30).
+            pos = _masked_fill_min(d, positive).argmax(1)
+            neg = torch.where(negative, d, d.new_full((), torch.finfo(d.dtype).max)).argmin(1)
+            hardest_pos = _row_distance(x, x_all[pos], distance)
+            hardest_neg = _row_distance(x, x_all[neg], distance)
         valid = positive.any(1) & negative.any(1)
         value = torch.where(valid, hardest_pos - hardest_neg, hardest_pos.new_zeros(()))
     else:

@@ -36,7 +36,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
-from losskit._core.numerics import upcast, weighted_log
+from losskit._core.numerics import log_softmax, upcast, weighted_log
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional.classification import _prepare_binary
 
@@ -369,7 +369,7 @@ def distribution_focal_loss(
     left = y.floor().clamp_max(n_bins - 2)  # y = n - 1 (margin 0): left bin n - 2 with weight 0
     # A NaN distance (value checks off) reads bin 0 and stays NaN through its weights below.
     left_index = left.nan_to_num(0.0).long().unsqueeze(-1)
-    log_probs = torch.log_softmax(logits, dim=-1)
+    log_probs = log_softmax(logits, -1)
     log_left = log_probs.gather(-1, left_index).squeeze(-1)
     log_right = log_probs.gather(-1, left_index + 1).squeeze(-1)
     w_left, w_right = left + 1 - y, y - left  # a bin of weight 0 (an integer y) is not read

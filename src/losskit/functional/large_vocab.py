@@ -13,9 +13,10 @@ logits (and one or two buffers of the same size) is alive at any time.
 Two strategies, picked from the reduction (see ``docs/large_vocab.md``):
 
 * ``"mean"`` / ``"sum"`` / ``normalizer=``: the gradients are computed during the forward pass
-  (three matrix products per chunk, as many as plain autograd does) and kept until backward,
-  which only multiplies them by the scalar upstream gradient. Exact: a reduced loss receives one
-  scalar upstream gradient, so every token's share of it is known in forward.
+  (three matrix products per chunk, as many as plain autograd does) for the sum, and kept until
+  backward, which only multiplies them by the scalar upstream gradient over the mean's
+  denominator. Exact: a reduced loss receives one scalar upstream gradient, so every token's share
+  of it is known in forward.
 * ``"none"``: the forward pass computes the per-token losses only; backward recomputes each
   chunk's logits and scales each token's gradient by *its own* upstream gradient (four matrix
   products per chunk instead of three, about a third more time, same memory). Computing the
@@ -49,8 +50,10 @@ from losskit._core.checks import (
     check_number,
     check_tensor,
 )
-from losskit._core.numerics import compute_dtype, finite_log, weighted_log
+from losskit._core.numerics import compute_dtype, finite_log, log_softmax
 from losskit._core.reduction import Reduction, check_reduction
+from losskit.functional._softmax import cross_entropy_rows
+from losskit.functional.divergence import kl_terms
 
 __all__ = [
     "fused_linear_cross_entropy",
@@ -180,11 +183,11 @@ class _FusedLinear(torch.autograd.Function):
     def forward(ctx, plan: _Plan, reduce: bool, divisor: Tensor | None, needs: tuple[bool, ...],
                 *tensors: Tensor | None):
         """``reduce``: return ``sum(loss) / divisor`` (``divisor`` None: 1), else the per-token loss."""
-        rows = tensors[0].shape[0]
         in_forward = reduce and any(needs)
-        scale = None if divisor is None else (1 / divisor).expand(rows)
-        loss, extras, grads = _sweep(plan, tensors, needs if in_forward else (False,) * len(needs),
-                                     scale if in_forward else None)
+        # The gradients are computed for the sum; backward divides them by ``divisor`` with the
+        # upstream gradient. Dividing the logits' gradient first would push the entries of a mean
+        # over many tokens below float16's normal range before its matrix products.
+        loss, extras, grads = _sweep(plan, tensors, needs if in_forward else (False,) * len(needs), None)
         ctx.plan, ctx.reduce, ctx.divisor, ctx.needs = plan, reduce, divisor, needs
         ctx.save_for_backward(*tensors)
         ctx.grads = grads if in_forward else None
@@ -200,12 +203,12 @@ class _FusedLinear(torch.autograd.Function):
         dtype = ctx.plan.dtype
         if ctx.reduce and ctx.grads is not None:
             grads, ctx.grads = ctx.grads, None  # used once; a second backward recomputes
-            factor = grad_out.to(dtype)
-            # loss.backward() sends exactly 1: skip two passes over the gradients. Reading the
-            # value needs a host sync, free on a CPU and avoided on other devices.
+            factor = grad_out.to(dtype) if ctx.divisor is None else grad_out.to(dtype) / ctx.divisor
+            # loss.backward() of a sum sends exactly 1: skip two passes over the gradients. Reading
+            # the value needs a host sync, free on a CPU and avoided on other devices.
             if factor.device.type != "cpu" or factor.item() != 1.0:
-                grads = [None if g is None else g.mul_(factor if g.dtype == dtype else factor.to(g.dtype))
-                         for g in grads]
+                grads = [None if g is None else g.mul_(factor) if g.dtype == dtype
+                         else g.copy_(g.to(dtype).mul_(factor)) for g in grads]
         else:
             rows = tensors[0].shape[0]
             scale = grad_out.to(dtype)
@@ -296,7 +299,8 @@ class FusedCrossEntropyOutput(NamedTuple):
 
 @dataclass
 class _CrossEntropyChunk:
-    """The elementwise part of cross-entropy on one chunk of logits, in place."""
+    """The elementwise part of cross-entropy on one chunk of logits, in place (the shared kernel
+    :func:`losskit.functional._softmax.cross_entropy_rows`)."""
 
     index: Tensor  # (N,) class, 0 at ignored tokens
     valid: Tensor  # (N,) bool
@@ -309,60 +313,12 @@ class _CrossEntropyChunk:
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
-        z = logits[0]  # (n, V), ours to overwrite
-        index, valid = self.index[part], self.valid[part]
-        w_y = None if self.target_weight is None else self.target_weight[part]
-        eps, zl, cap, classes = self.label_smoothing, self.z_loss, self.softcap, z.shape[1]
-        grad = want[0]
-
-        dcap = None
-        if cap is not None:  # x~ = c tanh(x / c); d x~ / d x = 1 - tanh^2
-            z.div_(cap).tanh_()
-            if grad:
-                dcap = torch.mul(z, z).neg_().add_(1)
-            z.mul_(cap)
-        extras: dict[str, Tensor] = {}
-        if self.accuracy:
-            extras["correct"] = (z.argmax(1) == index) & valid
-        x_y = z.gather(1, index.unsqueeze(1)).squeeze(1)
-        if eps:
-            smooth = z.sum(1) if self.class_weight is None else torch.mv(z, self.class_weight)
-            weight_sum = classes if self.class_weight is None else self.class_weight.sum()
-        peak = z.amax(1, keepdim=True)
-        z.sub_(peak).exp_()  # z = exp(x~ - max)
-        total = z.sum(1, keepdim=True)
-        lse = (peak + total.log()).squeeze(1)
-
-        # l = (1-eps) w_y (lse - x~_y) + eps/C sum_k w_k (lse - x~_k) + z_loss w_y lse^2
-        nll = lse - x_y
-        if w_y is not None:
-            nll = nll * w_y
-        ce = nll * (1 - eps) if eps else nll
-        if eps:
-            ce = ce + (eps / classes) * (weight_sum * lse - smooth)
-        z_term = lse.square() * zl if zl else torch.zeros_like(lse)
-        if zl and w_y is not None:
-            z_term = z_term * w_y
-        zero = lse.new_zeros(())
-        extras["z"] = torch.where(valid, z_term, zero)
-        loss = torch.where(valid, ce + z_term, zero)
-        if not grad:
-            return loss, extras, None
-
-        # d l / d x~_k = p_k [(1-eps) w_y + eps/C sum(w) + 2 z_loss w_y lse] - (1-eps) w_y [k=y] - eps/C w_k
-        rows = valid.to(z.dtype) if scale is None else torch.where(valid, scale, zero)
-        wy_rows = rows if w_y is None else rows * w_y
-        coef = wy_rows * (1 - eps) + 2 * zl * lse * wy_rows
-        if eps:
-            coef = coef + rows * (eps / classes * weight_sum)
-        z.mul_((coef / total.squeeze(1)).unsqueeze(1))  # p_k * coef
-        z.scatter_add_(1, index.unsqueeze(1), (-(1 - eps) * wy_rows).unsqueeze(1))
-        if eps:
-            w = self.class_weight if self.class_weight is not None else z.new_ones(classes)
-            z.addr_(rows, w, alpha=-eps / classes)
-        if dcap is not None:
-            z.mul_(dcap)
-        return loss, extras, [z]
+        loss, extras, grad = cross_entropy_rows(
+            logits[0], self.index[part], self.valid[part],
+            target_weight=None if self.target_weight is None else self.target_weight[part],
+            class_weight=self.class_weight, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy)
+        return loss, extras, None if grad is None else [grad]
 
 
 def fused_linear_cross_entropy(
@@ -538,8 +494,8 @@ class _DivergenceChunk:
         with torch.enable_grad():
             student.requires_grad_(want[0])
             teacher.requires_grad_(want[1])
-            log_q = torch.log_softmax(student / self.temperature, dim=1)  # as losskit.kl_div: no floor
-            log_p = finite_log(torch.log_softmax(teacher / self.temperature, dim=1))
+            log_q = log_softmax(student / self.temperature, 1)  # as losskit.kl_div: no floor
+            log_p = finite_log(log_softmax(teacher / self.temperature, 1))
             value = torch.where(valid, self.per_token(log_q, log_p), log_q.new_zeros(()))
             if self.token_weight is not None:
                 value = value * self.token_weight[part]
@@ -551,16 +507,19 @@ class _DivergenceChunk:
         return value.detach(), {}, [next(grads) if w else None for w in want]
 
 
+# Both distributions are softmaxes, so each sums to 1 and the divergences are sums of the
+# non-negative terms of losskit.functional.divergence.kl_terms, exact near convergence.
+
+
 def _kl_per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
-    p = log_p.exp()
-    return (p * weighted_log(log_p - log_q, p)).sum(1)
+    return kl_terms(log_p.exp(), log_p, log_q, log_q.exp()).sum(1)
 
 
 def _js_per_token(beta: float) -> Callable[[Tensor, Tensor], Tensor]:
     def per_token(log_q: Tensor, log_p: Tensor) -> Tensor:
         log_m = torch.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
-        p, q = log_p.exp(), log_q.exp()
-        terms = beta * p * weighted_log(log_p - log_m, p) + (1 - beta) * q * weighted_log(log_q - log_m, q)
+        m = log_m.exp()
+        terms = beta * kl_terms(log_p.exp(), log_p, log_m, m) + (1 - beta) * kl_terms(log_q.exp(), log_q, log_m, m)
         return terms.sum(1)
 
     return per_token

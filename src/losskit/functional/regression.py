@@ -28,7 +28,7 @@ from losskit._core.checks import (
     checks_enabled,
 )
 from losskit._core.docs import shared_docs
-from losskit._core.numerics import as_option_tensor, upcast
+from losskit._core.numerics import as_option_tensor, exp_tail, upcast
 from losskit._core.numerics import eps as machine_eps
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 
@@ -102,10 +102,12 @@ def _elementwise(
 
 
 def _huber(e: Tensor, delta: float) -> Tensor:
-    # The min/linear split is exact on both sides and never squares a large residual.
+    # The min/linear split is exact on both sides and never squares a large residual. The linear
+    # part is relu(|e| - delta), not |e| - min(|e|, delta): the latter's gradient, 1 - 1 + e/delta
+    # inside the bowl, cancels to a few digits for a small residual.
     a = e.abs()
     quadratic = a.clamp_max(delta)
-    return 0.5 * quadratic**2 + delta * (a - quadratic)
+    return 0.5 * quadratic**2 + delta * (a - delta).relu()
 
 
 # --- squared and absolute error ---------------------------------------------------------------
@@ -296,10 +298,11 @@ def smooth_l1_loss(
         e = x - y
         if beta == 0.0:
             return e.abs()
-        # huber(beta) / beta, arranged so that a tiny beta cannot overflow.
+        # huber(beta) / beta, arranged so that a tiny beta cannot overflow (and, as in Huber, with
+        # a linear part whose gradient does not cancel inside the bowl).
         a = e.abs()
         quadratic = a.clamp_max(beta)
-        return 0.5 * quadratic * (quadratic / beta) + (a - quadratic)
+        return 0.5 * quadratic * (quadratic / beta) + (a - beta).relu()
 
     return _elementwise(input, target, loss_fn, weight, reduction, normalizer)
 
@@ -631,10 +634,29 @@ def balanced_l1_loss(
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
         a = (x - y).abs()
-        inlier = alpha / b * (b * a + 1) * torch.log1p(b * a / beta) - alpha * a
+        # alpha/b ((b a + 1) log1p(z) - b a), z = b a / beta, is alpha/b (beta g(z) + (1 - beta) log1p(z))
+        # with g(z) = (1 + z) log1p(z) - z ~ z^2 / 2, whose own cancellation _one_plus_log1p_minus avoids.
+        z = b * a.clamp_max(beta) / beta
+        inlier = alpha / b * (beta * _one_plus_log1p_minus(z) + (1 - beta) * torch.log1p(z))
         return torch.where(a < beta, inlier, gamma * a + gamma / b - alpha * beta)
 
     return _elementwise(input, target, loss_fn, weight, reduction, normalizer)
+
+
+# Series coefficients of (1 + z) log1p(z) - z = sum_{k >= 2} (-1)^k z^k / (k (k - 1)), highest first.
+_G_SERIES = tuple((-1) ** k / (k * (k - 1)) for k in range(16, 1, -1))
+
+
+def _one_plus_log1p_minus(z: Tensor) -> Tensor:
+    r""":math:`(1 + z) \operatorname{log1p}(z) - z \ge 0` for :math:`z \ge 0`, to full relative
+    precision: its Taylor series below 1/4 (where the two terms cancel to :math:`z^2 / 2`), the
+    formula above."""
+    near = z < 0.25
+    u = torch.where(near, z, torch.zeros_like(z))
+    series = torch.full_like(u, _G_SERIES[0])
+    for coefficient in _G_SERIES[1:]:
+        series = series * u + coefficient
+    return torch.where(near, series * u * u, (1 + z) * torch.log1p(z) - z)
 
 
 # --- Barron's general robust loss -------------------------------------------------------------
@@ -973,11 +995,16 @@ def poisson_nll_loss(
         if not log_input:
             check_positive_values("input", x, strict=False)
         loss = torch.exp(x) - y * x if log_input else x - y * torch.log(x + eps)
-        if full:
-            # Clamped so that the unused branch (t <= 1) has no log(0).
-            t = y.clamp_min(1.0)
-            stirling = t * torch.log(t) - t + 0.5 * torch.log(2 * math.pi * t)
-            loss = loss + torch.where(y > 1, stirling, torch.zeros_like(stirling))
-        return loss
+        if not full:
+            return loss
+        # Clamped so that the unused branch (t <= 1) has no log(0).
+        t = y.clamp_min(1.0)
+        if log_input:
+            # e^x - t x + (t log t - t) = t (e^u - 1 - u), u = x - log t: the terms of size t x
+            # cancel near the optimum, so the loss is taken from u, exactly.
+            stirling = t * exp_tail(x - torch.log(t)) + 0.5 * torch.log(2 * math.pi * t)
+            return torch.where(y > 1, stirling, loss)
+        stirling = t * torch.log(t) - t + 0.5 * torch.log(2 * math.pi * t)
+        return loss + torch.where(y > 1, stirling, torch.zeros_like(stirling))
 
     return _elementwise(input, target, loss_fn, weight, reduction, normalizer)

@@ -57,7 +57,7 @@ from losskit._core.checks import (
 )
 from losskit._core.docs import shared_docs
 from losskit._core.numerics import eps as dtype_eps
-from losskit._core.numerics import finite_log, upcast
+from losskit._core.numerics import exp_tail, finite_log, log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum_norm"]
@@ -294,7 +294,7 @@ def _kl_estimate(log_probs: Tensor, ref_log_probs: Tensor, estimator: str) -> Te
         return -log_r
     if estimator == "k2":
         return 0.5 * log_r**2
-    return torch.expm1(log_r) - log_r
+    return exp_tail(log_r)  # e^d - 1 - d, exact near d = 0 where expm1(d) - d cancels
 
 
 def _result(loss: Tensor, diagnostics: Diagnostics, return_diagnostics: bool):
@@ -736,7 +736,7 @@ def entropy_bonus(
     positions = logits[..., 0]
     mask = _as_mask(mask, "logits without its last dimension", positions)
     x = upcast(logits)
-    log_p = finite_log(torch.log_softmax(x, dim=-1))
+    log_p = finite_log(log_softmax(x, -1))
     neg_entropy = (log_p.exp() * log_p).sum(-1)
     loss = _finish(neg_entropy, mask, aggregation=aggregation, max_length=max_length, weight=weight,
                    reduction=reduction, normalizer=normalizer, input=logits, inputs={"logits": logits})
