@@ -250,3 +250,23 @@ def test_bools_for_numbers_and_nan_options_are_rejected(call, option):
     x, t = torch.randn(2, 4), torch.rand(2, 4)
     with pytest.raises((TypeError, ValueError), match=rf"\b{option}\b"):
         call(x, t)
+
+
+SOFT_TARGET_LOSSES = ["cross_entropy", "softmax_focal_loss", "poly1_cross_entropy", "balanced_softmax_loss"]
+
+
+@pytest.mark.parametrize("name", SOFT_TARGET_LOSSES)
+def test_probability_targets_of_a_softmax_must_sum_to_one(name):
+    fn = getattr(losskit, name)
+    logits = torch.randn(4, 3)
+    kwargs = {"class_counts": torch.tensor([5.0, 3.0, 1.0])} if name == "balanced_softmax_loss" else {}
+    multi_hot = torch.tensor([[1.0, 1.0, 0.0]] * 4)  # two classes present: a sigmoid loss's labels
+    with pytest.raises(ValueError, match=r"target .* must sum to 1; the row at \(0,\) sums to 2.*sigmoid"):
+        fn(logits, multi_hot, **kwargs)
+    with pytest.raises(ValueError, match="sums to 0.5"):
+        fn(logits, torch.tensor([[0.25, 0.25, 0.0]] * 4), **kwargs)
+    # A distribution rounded to bfloat16 (1/3 three times sums to 1.0039) passes; so does any
+    # row with the check off (torch's own rule then: the loss of the unnormalised row).
+    fn(logits.bfloat16(), torch.full((4, 3), 1 / 3).bfloat16(), **kwargs)
+    with losskit.set_checks(False):
+        assert torch.isfinite(fn(logits, multi_hot, **kwargs))

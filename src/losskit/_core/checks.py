@@ -286,6 +286,27 @@ def check_in_unit_interval(name: str, x: Tensor) -> None:
         )
 
 
+def check_distribution(name: str, x: Tensor, dim: int = 1) -> None:
+    """Probability rows along ``dim`` must sum to 1 (after :func:`check_in_unit_interval`).
+
+    The tolerance, 1e-2, covers a distribution rounded to bfloat16 (each term off by at most
+    ``eps / 2 = 0.004`` relative, so the sum too; summed here in float64) or made by a caller in
+    a lower precision than it is passed in. Multi-hot rows (sums of 2 or more) are labels for
+    the sigmoid losses, not targets of a softmax.
+    """
+    if not checks_enabled() or x.numel() == 0:
+        return
+    error = (x.sum(dim, dtype=torch.float64) - 1).abs()
+    if bool(error.max() > 1e-2):
+        at = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape))
+        total = x.sum(dim, dtype=torch.float64)[at].item()
+        raise ValueError(
+            f"{name} holds class probabilities for a softmax, so each row along dim {dim} must sum to 1; "
+            f"the row at {at} sums to {total:g}. Multi-hot labels (several classes present) need a "
+            f"sigmoid loss such as losskit.binary_cross_entropy or losskit.sigmoid_focal_loss"
+        )
+
+
 def check_positive_values(name: str, x: Tensor, *, strict: bool = True) -> None:
     if not checks_enabled() or x.numel() == 0:
         return

@@ -27,6 +27,7 @@ from losskit._core.checks import (
     check_broadcastable,
     check_class_indices,
     check_class_vector,
+    check_distribution,
     check_finite,
     check_floating,
     check_has_class_dim,
@@ -113,6 +114,7 @@ def _prepare_softmax(
                 f"{index_shape} need an integer dtype"
             )
         check_in_unit_interval("target", target)
+        check_distribution("target", target)
         return upcast(input), _ClassTargets(None, None, upcast(target).to(dtype)), weight, unbatched
 
     if target.dtype == torch.bool or target.is_complex():
