@@ -104,7 +104,7 @@ def test_write_report_html(report):
     # Self-contained: no external stylesheet, script or image.
     assert "<link" not in page and "<script" not in page and 'src="http' not in page
     images = _images(page)
-    assert len(images) == 3  # loss curves, validation metrics, loss against metric
+    assert len(images) == 4  # loss curves, validation metrics, loss against metric, final loss against metric
     for png in images:
         assert png.startswith(PNG_SIGNATURE)
         pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
@@ -154,7 +154,7 @@ def test_results_json_round_trips(report):
 def test_history_csv(report):
     tmp_path = report.parent
     results = make_results()
-    folders = run_dirs(results)
+    folders = {name: folder for (name, _), folder in run_dirs(results).items()}  # runs without a seed
     assert folders == {name: run_folder(name) for name in ("ce", "0.5*dice+0.5*ce", "focal<b>", "tversky")}
     assert [f.rsplit("-", 1)[0] for f in folders.values()] == ["ce", "0.5xdice_plus_0.5xce", "focal_b", "tversky"]
     with open(tmp_path / "runs" / folders["0.5*dice+0.5*ce"] / "history.csv", newline="") as handle:
@@ -227,7 +227,7 @@ def test_print_results_terminal():
         assert name in text
     assert "alpha must be in [0, 1]" in text  # rich markup is not interpreted in run data
     table = results_table(results)
-    assert table.row_count == 4 and len(table.columns) == 10
+    assert table.row_count == 4 and len(table.columns) == 11
 
 
 def test_report_with_no_runs(tmp_path):
