@@ -69,7 +69,7 @@ if __name__ == "__main__":  # worker processes (spawn) import this file too, and
         runner.atomic_write = atomic_write
     if os.environ.get("KILL_WHEN_FILE"):
         from tests.test_arena_parallel import kill_when_file
-        kill_when_file(os.environ["KILL_WHEN_FILE"], os.environ["CHILDREN_FILE"])
+        kill_when_file(os.environ["KILL_WHEN_FILE"], os.environ["CHILDREN_FILE"], os.environ["KILL_SIGNAL"])
     from losskit.cli import main
     raise SystemExit(main(sys.argv[1:]))
 """

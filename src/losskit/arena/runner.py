@@ -729,7 +729,7 @@ def compare(task: str | Task | None = None, losses: Sequence[str] | None = None,
         raise ValueError(f"seed must be a whole number of 0 or more, got {seed!r}")
     given_seeds = parse_seeds(seeds) if seeds is not None else [seed] if seed is not None else None
     _check_parallel(jobs, threads, executor, address)
-    out = check_out(out)
+    out = check_out(out).absolute()  # worker processes and Ray tasks may start in another directory
     saved = _load_saved(out, resume)
     task = _resolve_task(task, saved, {"data": data, "target": target, "kind": kind})
     before = _saved_settings(saved) if saved is not None else {}

@@ -10,7 +10,9 @@ from losskit.arena.tasks.base import Task, batched, register_task
 
 __all__ = ["LESION_SIZE", "TinyUNet", "make_lesion_images"]
 
-# Seeds of the default comparison: as many as fit in 120 s on 2 cores (README, "Compare losses").
+# Seeds of the default comparison: as many as fit in 120 s on 2 cores. One seed's four runs take about
+# 34 s of CPU time (8 s a run, one thread each), so five take about 85 s of two idle cores, with the
+# start and the report. Measured on a shared machine: see the README.
 SEGMENTATION_SEEDS = 5
 LESION_SIZE = 48
 
