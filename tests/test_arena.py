@@ -54,19 +54,24 @@ SCRIPT = """
 import os, signal, sys
 from losskit.arena import runner, tasks
 from tests.test_arena import SUBSET, subset_task
-for name in SUBSET:
-    tasks.TASKS[name] = subset_task(name)
-limit = int(os.environ.get("KILL_AFTER_CHECKPOINTS", "0"))
-if limit:
-    write, written = runner.atomic_write, []
-    def atomic_write(path, data):
-        write(path, data)
-        written.append(path)
-        if path.name == "checkpoint.json" and len([p for p in written if p.name == "checkpoint.json"]) == limit:
-            os.kill(os.getpid(), signal.SIGKILL)
-    runner.atomic_write = atomic_write
-from losskit.cli import main
-raise SystemExit(main(sys.argv[1:]))
+
+if __name__ == "__main__":  # worker processes (spawn) import this file too, and must not run the command
+    for name in SUBSET:
+        tasks.TASKS[name] = subset_task(name)
+    limit = int(os.environ.get("KILL_AFTER_CHECKPOINTS", "0"))
+    if limit:
+        write, written = runner.atomic_write, []
+        def atomic_write(path, data):
+            write(path, data)
+            written.append(path)
+            if path.name == "checkpoint.json" and len([p for p in written if p.name == "checkpoint.json"]) == limit:
+                os.kill(os.getpid(), signal.SIGKILL)
+        runner.atomic_write = atomic_write
+    if os.environ.get("KILL_WHEN_FILE"):
+        from tests.test_arena_parallel import kill_when_file
+        kill_when_file(os.environ["KILL_WHEN_FILE"], os.environ["CHILDREN_FILE"], os.environ["KILL_SIGNAL"])
+    from losskit.cli import main
+    raise SystemExit(main(sys.argv[1:]))
 """
 
 
@@ -92,8 +97,8 @@ def last_metrics(out: Path) -> dict[str, dict[str, float]]:
                                               ("regression", "mse,huber"), ("detection", "ciou,giou"),
                                               ("rl", "reinforce,ppo")])
 def test_compare_end_to_end(task, losses, tmp_path, capsys, small_tasks):
-    assert main(["compare", "--task", task, "--losses", losses, "--epochs", "1", "--out", str(tmp_path),
-                 "--no-progress"]) == 0
+    assert main(["compare", "--task", task, "--losses", losses, "--epochs", "1", "--seeds", "1", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in results["runs"]] == split_specs(losses)
     assert all(r["status"] == "finished" and len(r["epochs"]) == 1 for r in results["runs"])
@@ -115,16 +120,20 @@ def test_losses_fall_on_the_default_task(tmp_path):
     """Three epochs of the default comparison (on 96 images): every loss falls, and the verdict is stated."""
     task = dataclasses.replace(subset_task("segmentation"), make_data=lambda seed: tuple(
         tuple(t[:96] for t in part) for part in get_task("segmentation").make_data(seed)))
-    results = compare(task, ["ce", "dice"], epochs=3, out=tmp_path, progress=False)
+    results = compare(task, ["ce", "dice"], epochs=3, seeds=1, out=tmp_path, progress=False)
     for run in results["runs"]:
         losses = [e["train_loss"] for e in run["epochs"]]
         assert losses[-1] < losses[0], run["name"]
-    assert results["verdict"].startswith("On this data Dice")
+    verdict = results["verdict"]
+    assert verdict.startswith("dice against ce (the baseline) on one seed: dice ")
+    assert "no interval can be computed from one seed" in verdict
+    assert "Lesion sensitivity, Dice against cross-entropy: " in verdict
 
 
 @pytest.mark.slow
 def test_resume_after_kill_reaches_the_same_numbers(tmp_path):
-    args = ["compare", "--task", "classification", "--losses", "ce,poly1", "--epochs", "4", "--no-progress"]
+    args = ["compare", "--task", "classification", "--losses", "ce,poly1", "--epochs", "4", "--seeds", "1",
+            "--no-progress"]
     straight = run_cli(tmp_path, *args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
@@ -141,7 +150,8 @@ def test_resume_after_kill_reaches_the_same_numbers(tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) gives the metrics of 1 process at the same global batch size."""
-    args = ["--task", "classification", "--losses", "ce", "--epochs", "2", "--batch-size", "64", "--no-progress"]
+    args = ["--task", "classification", "--losses", "ce", "--epochs", "2", "--batch-size", "64", "--seeds", "1",
+            "--no-progress"]
     single = run_cli(tmp_path, "compare", *args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
@@ -214,7 +224,7 @@ def line_task(make_loss) -> Task:
 
     return Task(name="line", description="y = 3x + 1", default_losses=("mse",), make_data=lambda seed: (data, data),
                 make_model=lambda: nn.Linear(1, 1), metrics={"mae": "min"}, primary_metric="mae", evaluate=evaluate,
-                make_loss=make_loss, epochs=3, batch_size=16, lr=0.05)
+                make_loss=make_loss, epochs=3, batch_size=16, lr=0.05, seeds=1)
 
 
 def test_a_diverged_run_is_marked_and_the_others_finish(tmp_path):
@@ -246,7 +256,7 @@ def test_tasks_are_registered_objects():
 # --- files from earlier runs, arguments and failures --------------------------------------------------
 
 
-FIGURES = ("_figure_losses", "_figure_metrics", "_figure_loss_vs_metric")
+FIGURES = ("_figure_losses", "_figure_metrics", "_figure_loss_vs_metric", "_figure_final_scatter")
 DRAW = {name: getattr(_report, name) for name in FIGURES}
 
 
@@ -304,7 +314,8 @@ def test_a_previous_comparison_is_refused_without_resume(line, tmp_path, capsys)
 
 
 @pytest.mark.parametrize(("change", "keys"), [
-    (["--seed", "3"], ["seed 0 -> 3"]),
+    (["--seed", "3"], ["seeds [0] -> [3]"]),
+    (["--seeds", "2"], ["seeds [0] -> [0, 1]"]),
     (["--lr", "0.01", "--optimizer", "sgd"], ["lr 0.05 -> 0.01", "optimizer 'adam' -> 'sgd'"]),
     (["--batch-size", "8"], ["batch_size 16 -> 8"]),
     (["--losses", "mse,l1"], ["losses ['mse'] -> ['mse', 'l1']"]),
@@ -362,7 +373,7 @@ def _plant(out: Path, data: bytes) -> Path:
     the index as a careful forger would; returns the file."""
     import hashlib
 
-    path = max((out / "runs").glob("*/*.pt"))
+    path = max((out / "runs").rglob("*.pt"))
     path.write_bytes(data)
     index_path = path.parent / "checkpoint.json"
     if index_path.exists():
@@ -402,7 +413,7 @@ def test_a_crafted_checkpoint_never_runs(line, tmp_path, capsys):
     assert results_of(out)["runs"][0]["status"] == "finished" and len(results_of(out)["runs"][0]["epochs"]) == 3
     for path in (out / "runs").glob("*/*.pt"):  # what the runner writes loads as tensors only
         assert set(torch.load(path, weights_only=True)) == {"model", "optimizer", "loss"}
-    index = json.loads(next((out / "runs").glob("*/checkpoint.json")).read_text())
+    index = json.loads(next((out / "runs").rglob("checkpoint.json")).read_text())
     assert index["spec"] == "mse" and index["settings"]["seed"] == 0 and len(index["checkpoints"]) == 2
 
 
@@ -411,7 +422,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(line, tmp_path, cap
     assert cli(tmp_path / "straight", *args, "--epochs", "3") == 0
     out = tmp_path / "out"
     assert cli(out, *args, "--epochs", "2") == 0
-    newest = max((out / "runs").glob("*/epoch-0002.pt"))
+    newest = max((out / "runs").rglob("epoch-0002.pt"))
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     capsys.readouterr()
     assert cli(out, "--resume", "--epochs", "3") == 0
@@ -428,7 +439,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(line, tmp_path, cap
 
 def test_an_unreadable_checkpoint_index_restarts_the_run(line, tmp_path, capsys):
     assert cli(tmp_path, "--losses", "mse", "--epochs", "2") == 0
-    index = next((tmp_path / "runs").glob("*/checkpoint.json"))
+    index = next((tmp_path / "runs").rglob("checkpoint.json"))
     index.write_text(index.read_text()[:40])
     capsys.readouterr()
     assert cli(tmp_path, "--resume", "--epochs", "3") == 0
@@ -549,5 +560,6 @@ def test_composite_terms_are_recorded_and_plotted(line, tmp_path, monkeypatch):
     assert results["runs"][1]["epochs"][0]["components"] == {"mse": pytest.approx(results["runs"][1]["epochs"][0]
                                                                                   ["train_loss"])}
     assert {"total", "mse", "l1"} <= legends[0]  # the first figure: training loss per run
-    header = (tmp_path / "runs" / report.run_folder("0.5*mse + l1") / "history.csv").read_text().splitlines()[0]
+    header = (tmp_path / "runs" / report.run_folder("0.5*mse + l1") / "seed-0" / "history.csv").read_text()
+    header = header.splitlines()[0]
     assert header.startswith("epoch,train_loss,loss_mse,loss_l1,val_mae")

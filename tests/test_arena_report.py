@@ -104,7 +104,7 @@ def test_write_report_html(report):
     # Self-contained: no external stylesheet, script or image.
     assert "<link" not in page and "<script" not in page and 'src="http' not in page
     images = _images(page)
-    assert len(images) == 3  # loss curves, validation metrics, loss against metric
+    assert len(images) == 4  # loss curves, validation metrics, loss against metric, final loss against metric
     for png in images:
         assert png.startswith(PNG_SIGNATURE)
         pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
@@ -154,7 +154,7 @@ def test_results_json_round_trips(report):
 def test_history_csv(report):
     tmp_path = report.parent
     results = make_results()
-    folders = run_dirs(results)
+    folders = {name: folder for (name, _), folder in run_dirs(results).items()}  # runs without a seed
     assert folders == {name: run_folder(name) for name in ("ce", "0.5*dice+0.5*ce", "focal<b>", "tversky")}
     assert [f.rsplit("-", 1)[0] for f in folders.values()] == ["ce", "0.5xdice_plus_0.5xce", "focal_b", "tversky"]
     with open(tmp_path / "runs" / folders["0.5*dice+0.5*ce"] / "history.csv", newline="") as handle:
@@ -227,7 +227,7 @@ def test_print_results_terminal():
         assert name in text
     assert "alpha must be in [0, 1]" in text  # rich markup is not interpreted in run data
     table = results_table(results)
-    assert table.row_count == 4 and len(table.columns) == 10
+    assert table.row_count == 4 and len(table.columns) == 11
 
 
 def test_report_with_no_runs(tmp_path):
@@ -378,3 +378,58 @@ def test_loss_info():
     assert "to reproduce:" in loss_info("varifocal")
     with pytest.raises(ValueError, match="did you mean 'huber'"):
         loss_info("hubr")
+
+
+def make_seeded_results():
+    """Two losses on three seeds. Final dice: ce 0.60, 0.62, 0.61; dice 0.66, 0.70, 0.68 (paired
+    differences 0.06, 0.08, 0.07: mean 0.07, sd 0.01, half-width 4.302653 * 0.01 / sqrt(3) = 0.0248).
+    Final precision: ce 0.80, 0.70, 0.90; dice 0.75, 0.80, 0.70 (differences -0.05, +0.10, -0.20:
+    mean -0.05, sd 0.15, half-width 0.3726, so no significant difference)."""
+    finals = {"ce": [(0.60, 0.80), (0.62, 0.70), (0.61, 0.90)], "dice": [(0.66, 0.75), (0.70, 0.80), (0.68, 0.70)]}
+    runs = []
+    for name, per_seed in finals.items():
+        for seed, (dice, precision) in enumerate(per_seed):
+            epochs = [_epoch(e, 1.0 / e + 0.01 * seed, {"dice": 0.6 / e, "cross_entropy": 0.4 / e + 0.01 * seed},
+                             {"dice": dice * e / 3, "precision": precision}) for e in (1, 2, 3)]
+            runs.append({"name": name, "spec": name, "seed": seed, "status": "finished", "error": None,
+                         "nonfinite_steps": 0, "seconds": 2.0, "epochs": epochs})
+    return {"task": "segmentation", "description": "three seeds", "primary_metric": "dice",
+            "metrics": {"dice": "max", "precision": "max"}, "losskit_version": "0.1.0",
+            "config": {"losses": ["ce", "dice"], "seeds": [0, 1, 2]}, "runs": runs, "verdict": None}
+
+
+def test_several_seeds_give_means_intervals_and_paired_differences(tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection, PolyCollection
+
+    from losskit.arena import report as report_module
+
+    figures = []
+    png = report_module._png
+    monkeypatch.setattr(report_module, "_png", lambda fig: figures.append(fig) or png(fig))
+    page = write_report(make_seeded_results(), tmp_path).read_text(encoding="utf-8")
+    # The results table: mean ± half-width of the 95% t interval (dice: ce 0.610 ± 0.025, dice 0.680 ± 0.050).
+    assert "<td class=\"best\">0.680 ± 0.050</td>" in page and "<td>0.610 ± 0.025</td>" in page
+    # The paired table: dice better than ce, its interval excluding 0; precision not significant.
+    assert '<td class="better">+0.070 [+0.045, +0.095] n=3</td>' in page
+    assert "<td>-0.05 [-0.42, +0.32] n=3</td>" in page  # two significant digits of the half-width
+    assert "Per seed" in page and page.count('href="runs/ce-e64c826b6b/seed-') == 3  # a history per seed
+    losses, metrics, _, scatter = figures
+    # Seed bands: a filled band behind each line (total and two components per loss; each metric per loss).
+    assert sum(isinstance(c, PolyCollection) for ax in losses.axes for c in ax.collections) == 2 * 3
+    assert sum(isinstance(c, PolyCollection) for ax in metrics.axes for c in ax.collections) == 2 * 2
+    # Components: the composite's terms, one line each (mean over seeds), beside the total.
+    assert {line.get_label() for line in losses.axes[0].get_lines()} == {"total", "dice", "cross_entropy"}
+    # The scatter: one point per run, one colour per loss.
+    points = [c for c in scatter.axes[0].collections if isinstance(c, PathCollection)]
+    assert [len(c.get_offsets()) for c in points] == [3, 3]
+    ce_points = sorted(points[0].get_offsets().tolist())  # (final train loss, final dice) of each seed
+    expected = [(1 / 3, 0.60), (1 / 3 + 0.01, 0.62), (1 / 3 + 0.02, 0.61)]
+    assert [c for point in ce_points for c in point] == pytest.approx([c for point in expected for c in point])
+
+
+def test_terminal_shows_the_paired_table():
+    console = Console(record=True, width=200)
+    print_results(make_seeded_results(), console=console)
+    text = console.export_text()
+    assert "against the baseline, paired over seeds" in text and "+0.070 [+0.045, +0.095] n=3" in text
+    assert "0.680 ± 0.050" in text

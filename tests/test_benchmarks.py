@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks import bench_boxes, bench_cross_entropy, bench_detection, bench_focal
+from benchmarks import bench_boxes, bench_compare, bench_cross_entropy, bench_detection, bench_focal
 from benchmarks.harness import cpu_peak_bytes, rss_available, rss_growth, rss_profile
 
 
@@ -66,3 +66,9 @@ def test_rss_profile_puts_the_code_pages_apart():
     # resident memory, part of the growth but not of the anonymous 16 MB block.
     assert 0 <= profile["file"] < profile["growth"]
     assert 14 * 2**20 <= profile["growth"] - profile["file"] <= 40 * 2**20  # page-level noise either way
+
+
+@pytest.mark.slow
+def test_compare_benchmark_runs_and_checks_the_numbers():
+    text = bench_compare.main(["--task", "classification", "--losses", "ce", "--epochs", "1", "--seeds", "2"])
+    assert "2 runs" in text and "--jobs 2" in text and "identical numbers: yes" in text

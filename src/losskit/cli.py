@@ -48,6 +48,25 @@ def _positive(text: str) -> float:
     return value
 
 
+def _seeds(text: str) -> list[int]:
+    from losskit.arena.runner import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _seeds_one(text: str) -> list[int]:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return [value]
+
+
 def _parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -58,24 +77,42 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser(
         "compare", parents=[debug], help="train small models with different losses side by side and report",
-        description="Train one small model per loss on the same data, seed and schedule, then print a table and "
-        "write OUT/report.html and OUT/results.json. Every argument is checked before anything trains. A folder "
-        "that holds a previous comparison is refused unless --resume; checkpoints are read only with --resume, "
-        "only when their settings and hashes match, and only as tensors (torch.load(weights_only=True)). Exit "
-        "status: 0 when at least one run finished, 1 when none did or a file could not be written, 2 for a bad "
-        "argument.")
-    compare.add_argument("--task", help="segmentation (default), classification, regression, detection or rl")
+        description="Train one small model per loss and seed on the same data and schedule, then print a table "
+        "(mean and 95% interval over seeds per metric), each loss against the first (paired over seeds) and a "
+        "verdict, and write OUT/report.html and OUT/results.json. Every argument is checked before anything "
+        "trains. A folder that holds a previous comparison is refused unless --resume; checkpoints are read only "
+        "with --resume, only when their settings and hashes match, and only as tensors "
+        "(torch.load(weights_only=True)). Exit status: 0 when at least one run finished, 1 when none did or a "
+        "file could not be written, 2 for a bad argument.")
+    compare.add_argument("--task", help="segmentation (default), classification, regression, detection, rl, "
+                         "tabular (--data FILE --target COLUMN) or segmentation-folder (--data DIR)")
     compare.add_argument("--losses", help='comma-separated loss specs, e.g. "ce,dice,0.5*dice+0.5*ce" '
-                         "(the task's defaults if omitted)")
+                         "(the task's defaults if omitted); the first is the baseline")
     compare.add_argument("--epochs", type=_count, help="epochs per run, at least 1 (the task's default if omitted)")
-    compare.add_argument("--seed", type=int, help="seed of the initial weights and the batch order (default: 0)")
+    seeds = compare.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_seeds, help="N (seeds 0 to N-1), a range A-B, or a list 1,5,9: every loss "
+                       "runs with every seed (the task's default count if omitted)")
+    seeds.add_argument("--seed", type=_seeds_one, dest="seeds", metavar="S",
+                       help="one seed only (the same as --seeds S-S)")
     compare.add_argument("--optimizer", choices=("adam", "sgd"), help="adam (default) or sgd")
     compare.add_argument("--lr", type=_positive, help="learning rate, greater than 0 (the task's default if omitted)")
     compare.add_argument("--batch-size", type=_count, help="at least 1 (the task's default if omitted)")
+    compare.add_argument("--data", help="tabular: a .csv or .parquet file; segmentation-folder: a folder with "
+                         "images/*.png and masks/*.png")
+    compare.add_argument("--target", help="tabular: the column to predict")
+    compare.add_argument("--kind", choices=("classification", "regression"),
+                         help="tabular: what the target is (inferred from the column if omitted)")
     compare.add_argument("--out", default="losskit-compare",
                          help="output folder (default: losskit-compare); one that holds a previous comparison is "
                          "refused unless --resume")
     compare.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:<index> or mps; one that exists")
+    compare.add_argument("--jobs", type=_count, help="runs at once, each in its own worker process (default: as "
+                         "many as the CPU cores allow; 1 on a GPU); the numbers do not depend on it")
+    compare.add_argument("--threads", type=_count, help="PyTorch threads per run (default 1)")
+    compare.add_argument("--executor", choices=("local", "ray"), default="local",
+                         help="local (default) or ray: every run a Ray task (pip install 'losskit[ray]')")
+    compare.add_argument("--address", help="the Ray cluster to use with --executor ray (default: ray.init()'s: a "
+                         "running local cluster, or a new one)")
     compare.add_argument("--resume", action="store_true",
                          help="continue the comparison in --out: settings not given are taken from it, settings "
                          "that differ are refused; --epochs may be raised to train further")
@@ -110,8 +147,10 @@ def _compare(args: argparse.Namespace) -> int:
     from losskit.arena.runner import compare
 
     results = compare(args.task, split_specs(args.losses) if args.losses else None, epochs=args.epochs,
-                      seed=args.seed, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
-                      out=args.out, device=args.device, resume=args.resume, progress=not args.no_progress)
+                      seeds=args.seeds, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+                      out=args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+                      jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address,
+                      data=args.data, target=args.target, kind=args.kind)
     if results["config"].get("world_size", 1) == 1 or _rank() == 0:
         from rich.console import Console
 

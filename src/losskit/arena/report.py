@@ -1,28 +1,37 @@
-"""The arena's report: one self-contained HTML page, the raw results, a CSV per run, a terminal table.
+"""The arena's report: one self-contained HTML page, the raw results, a CSV per run, terminal tables.
 
 Everything here reads the results dict that the runner produces (and writes as ``results.json``)::
 
-    {"task": ..., "description": ..., "config": {...}, "losskit_version": ...,
-     "primary_metric": "dice", "metrics": {"dice": "max", "loss": "min", ...},
-     "runs": [{"name", "spec", "status", "error", "nonfinite_steps", "seconds",
+    {"task": ..., "description": ..., "config": {..., "losses": [...], "seeds": [...]},
+     "losskit_version": ..., "primary_metric": "dice", "metrics": {"dice": "max", ...},
+     "runs": [{"name", "spec", "seed", "status", "error", "nonfinite_steps", "seconds",
                "epochs": [{"epoch", "train_loss", "components": {...}, "val": {...} | None,
                            "seconds"}, ...]}, ...],
-     "verdict": str | None}
+     "summary": {...}, "paired": {...}, "verdict": str | None}
+
+There is one run per (loss, seed); a run without ``"seed"`` counts as seed 0. ``summary`` and
+``paired`` are :func:`losskit.arena.stats.summarize` and
+:func:`~losskit.arena.stats.compare_to_baseline` of the runs (recomputed here when absent).
 
 :func:`write_report` writes ``report.html`` (inline CSS, plots embedded as base64 PNG data URIs,
-every piece of text escaped), ``results.json`` and ``runs/<run folder>/history.csv`` (the folder
-also holds the run's checkpoints, see :func:`run_folder`), each file atomically (a temporary
-file, then :func:`os.replace`). :func:`results_table` and :func:`print_results` give the same
-table in the terminal with rich. The table shows each run's validation metrics at its last epoch,
-the best value of each column highlighted according to the metric's direction (``"max"`` or
-``"min"``), and why a run failed; final training losses are shown but not ranked, since different
-losses live on different scales. A run's ``components`` are its loss's named parts per epoch (a
-composite's terms, weighted, which sum to the total; a detection loss's box, class and DFL terms).
-:func:`correlations` gives, per run, the Pearson correlation between the training loss and the
-primary metric over epochs.
+every piece of text escaped), ``results.json`` and ``runs/<run folder>/seed-<seed>/history.csv``
+(the folder also holds the run's checkpoints, see :func:`run_folder`), each file atomically (a
+temporary file, then :func:`os.replace`); :func:`write_results` the last two only. The results
+table has one row per loss: each metric's mean over the seeds whose run finished, with the
+half-width of its 95% t interval (``0.731 ± 0.021``; a single seed shows the value alone), the
+best mean of each column highlighted according to the metric's direction (``"max"`` or
+``"min"``), and why a run failed. Final training losses are shown but not ranked, since
+different losses live on different scales. The paired table gives each loss's difference from
+the baseline (the first loss) per metric, with its 95% paired interval, marked when the interval
+excludes 0. A per-seed table gives every run. :func:`results_table` and :func:`print_results`
+show the tables in the terminal with rich. A run's ``components`` are its loss's named parts per
+epoch (a composite's terms, weighted, which sum to the total; a detection loss's box, class and
+DFL terms). :func:`correlations` gives, per loss, the Pearson correlation between the training
+loss and the primary metric over epochs, averaged over seeds.
 
-matplotlib (figures, Agg backend through :class:`matplotlib.figure.Figure`, never a window) and
-rich (terminal table) are imported only when they are needed.
+The curves show each loss's mean over seeds and, with several seeds, the band from the lowest
+to the highest seed. matplotlib (figures, Agg backend through :class:`matplotlib.figure.Figure`,
+never a window) and rich (terminal tables) are imported only when they are needed.
 """
 
 from __future__ import annotations
@@ -43,19 +52,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from losskit.arena import stats
+
 __all__ = [
     "correlations",
     "print_results",
+    "paired_table",
     "results_table",
     "run_dirs",
     "run_folder",
     "safe_name",
     "write_report",
+    "write_results",
 ]
 
 _MISSING = "—"
 _DIRECTIONS = {"max": "max", "higher": "max", "min": "min", "lower": "min"}
-_STATUS_COLOURS = {"finished": "green", "diverged": "red", "failed": "red", "interrupted": "dark_orange"}
+_STATUS_COLOURS = {"finished": "green", "diverged": "red", "failed": "red", "interrupted": "dark_orange",
+                   "partial": "dark_orange"}
 
 
 # --- small utilities -------------------------------------------------------------------------------
@@ -188,23 +202,40 @@ def run_folder(name: str) -> str:
     return f"{safe_name(name)[:40].rstrip('._-') or 'run'}-{digest}"
 
 
-def run_dirs(results: Mapping[str, Any]) -> dict[str, str]:
-    """Run name -> its folder name under ``runs/`` (:func:`run_folder`).
+def _seed(run: Mapping[str, Any]) -> int | None:
+    seed = run.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _several_seeds(results: Mapping[str, Any]) -> bool:
+    return len({_seed(run) for run in _runs(results)}) > 1
+
+
+def _label(run: Mapping[str, Any], index: int, several: bool) -> str:
+    """A run's name, with its seed when the comparison has several."""
+    name = _run_name(run, index)
+    return f"{name} [seed {_seed(run)}]" if several and _seed(run) is not None else name
+
+
+def run_dirs(results: Mapping[str, Any]) -> dict[tuple[str, int | None], str]:
+    """(run name, seed) -> the run's folder under ``runs/``: :func:`run_folder` of the name, then
+    ``seed-<seed>`` (nothing for a run without a seed).
 
     Examples:
-        >>> run_dirs({"runs": [{"name": "a*b"}, {"name": "ce"}]})
-        {'a*b': 'axb-15eb0a7925', 'ce': 'ce-e64c826b6b'}
+        >>> run_dirs({"runs": [{"name": "a*b", "seed": 0}, {"name": "ce", "seed": 1}, {"name": "ce"}]})
+        {('a*b', 0): 'axb-15eb0a7925/seed-0', ('ce', 1): 'ce-e64c826b6b/seed-1', ('ce', None): 'ce-e64c826b6b'}
     """
-    names = [_run_name(run, index) for index, run in enumerate(_runs(results))]
-    return dict(zip(names, _folders(results), strict=True))
+    keys = [(_run_name(run, index), _seed(run)) for index, run in enumerate(_runs(results))]
+    return dict(zip(keys, _folders(results), strict=True))
 
 
 def _folders(results: Mapping[str, Any]) -> list[str]:
-    """One unique folder per run, in order (runs that share a name get a numbered suffix)."""
+    """One unique folder per run, in order (runs that share a name and seed get a numbered suffix)."""
     taken: set[str] = set()
     folders = []
     for index, run in enumerate(_runs(results)):
-        base = candidate = run_folder(_run_name(run, index))
+        seed = _seed(run)
+        base = candidate = run_folder(_run_name(run, index)) + (f"/seed-{seed}" if seed is not None else "")
         suffix = 2
         while candidate.lower() in taken:
             candidate = f"{base}-{suffix}"
@@ -239,12 +270,14 @@ def _loss_metric_pairs(run: Mapping[str, Any], metric: str | None) -> tuple[list
 
 
 def correlations(results: Mapping[str, Any]) -> dict[str, float | None]:
-    """Pearson r between each run's training loss and its primary metric, over its epochs.
+    """Per loss, the Pearson r between the training loss and the primary metric over a run's
+    epochs, averaged over its seeds.
 
-    Epochs where either value is missing or not finite are left out. ``None`` when fewer than 3
-    epochs remain or either series is constant. For a metric where higher is better, a strongly
-    negative r says the loss and the metric moved together; near 0 says the loss fell without the
-    metric following.
+    Epochs where either value is missing or not finite are left out; a run with fewer than 3
+    such epochs, or a constant series, has no r and is left out of the average (``None`` when no
+    run of the loss has one). For a metric where higher is better, a strongly negative r says
+    the loss and the metric moved together; near 0 says the loss fell without the metric
+    following.
 
     Examples:
         >>> results = {"primary_metric": "acc", "runs": [{"name": "ce", "epochs": [
@@ -253,13 +286,26 @@ def correlations(results: Mapping[str, Any]) -> dict[str, float | None]:
         >>> correlations(results)
         {'ce': -1.0}
     """
-    names = [_run_name(run, index) for index, run in enumerate(_runs(results))]
-    return dict(zip(names, _correlation_list(results), strict=True))
+    per_run = _correlation_list(results)
+    out: dict[str, float | None] = {}
+    for name, members in _groups(results):
+        values = [per_run[index] for index, _ in members if per_run[index] is not None]
+        out[name] = math.fsum(values) / len(values) if values else None
+    return out
 
 
 def _correlation_list(results: Mapping[str, Any]) -> list[float | None]:
     metric = results.get("primary_metric")
     return [_pearson(*_loss_metric_pairs(run, metric)[:2]) for run in _runs(results)]
+
+
+def _groups(results: Mapping[str, Any]) -> list[tuple[str, list[tuple[int, Mapping[str, Any]]]]]:
+    """The runs of each loss, ``(index, run)`` in seed order, the losses in the comparison's order."""
+    groups: dict[str, list[tuple[int, Mapping[str, Any]]]] = {
+        str(n): [] for n in (results.get("config") or {}).get("losses") or []}
+    for index, run in enumerate(_runs(results)):
+        groups.setdefault(_run_name(run, index), []).append((index, run))
+    return [(name, members) for name, members in groups.items() if members]
 
 
 # --- the table model, shared by HTML and the terminal -----------------------------------------------
@@ -280,75 +326,181 @@ class _Table:
     notes: list[str] = field(default_factory=list)
 
 
+def _header(results: Mapping[str, Any], metric: str) -> str:
+    arrow = {"max": " ↑", "min": " ↓"}.get(_direction(results, metric) or "", "")
+    return f"{metric}{arrow}" + (" (primary)" if metric == results.get("primary_metric") else "")
+
+
+def _decimals(half: float) -> int:
+    """Decimals that show ``half`` (a half-width) to two significant digits."""
+    return max(0, 1 - math.floor(math.log10(half))) if half > 0 and math.isfinite(half) else 4
+
+
+def _interval_text(entry: Mapping[str, Any] | None, runs: int) -> str:
+    """``mean ± half-width`` of a summary entry, the mean to the half-width's last digit; the mean
+    alone for one seed; ``(n=k)`` when fewer seeds than runs count.
+
+    Examples:
+        >>> _interval_text({"mean": 0.83214, "ci_low": 0.8191, "ci_high": 0.8451, "n": 3}, 3)
+        '0.832 ± 0.013'
+        >>> _interval_text({"mean": 181.2, "ci_low": 169.0, "ci_high": 193.4, "n": 4}, 5)
+        '181 ± 12 (n=4)'
+    """
+    if not entry:
+        return _MISSING
+    if entry.get("ci_low") is None:
+        text = _format(entry["mean"])
+    else:
+        half = (entry["ci_high"] - entry["ci_low"]) / 2
+        d = _decimals(half)
+        text = f"{entry['mean']:.{d}f} ± {half:.{d}f}"
+    return text + (f" (n={entry['n']})" if entry["n"] < runs else "")
+
+
+def _difference_text(entry: Mapping[str, Any]) -> str:
+    """A paired difference and its interval, e.g. ``-0.046 [-0.088, -0.004] n=3``."""
+    if entry["ci_low"] is None:
+        return f"{entry['mean']:+.4g} (1 seed)"
+    d = _decimals((entry["ci_high"] - entry["ci_low"]) / 2)
+    return f"{entry['mean']:+.{d}f} [{entry['ci_low']:+.{d}f}, {entry['ci_high']:+.{d}f}] n={entry['n']}"
+
+
+def _status_cell(runs: list[Mapping[str, Any]]) -> _Cell:
+    statuses = [str(run.get("status") or "unknown") for run in runs]
+    error = next((str(run["error"]) for run in runs if run.get("error")), None)
+    if len(runs) == 1:
+        text = statuses[0]
+    else:
+        counts = {s: statuses.count(s) for s in dict.fromkeys(sorted(statuses, key=lambda s: s != "finished"))}
+        text = ", ".join(f"{n} {s}" for s, n in counts.items())
+    text = f"{text}: {_short(error, 72)}" if error else text
+    style = f"status-{statuses[0]}" if len(set(statuses)) == 1 else "status-partial"
+    return _Cell(text, style=style)
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values, default=0), max(values, default=0)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _for_stats(results: Mapping[str, Any], metrics: list[str]) -> dict[str, Any]:
+    """The results as :mod:`losskit.arena.stats` reads them: every run named, the losses in order."""
+    runs = [{**run, "name": _run_name(run, index)} for index, run in enumerate(_runs(results))]
+    return {**results, "runs": runs, "metrics": {m: _direction(results, m) for m in metrics},
+            "config": {**(results.get("config") or {}), "losses": [name for name, _ in _groups(results)]}}
+
+
 def _table_model(results: Mapping[str, Any]) -> _Table:
+    """One row per loss: its metrics' means over the finished seeds with their 95% intervals."""
     metrics = _metric_names(results)
     primary = results.get("primary_metric")
-    runs = _runs(results)
-    corr = _correlation_list(results)
-    last = [(_epochs(run) or [None])[-1] for run in runs]
+    groups = _groups(results)
+    summary = stats.summarize(_for_stats(results, metrics))
+    per_run = _correlation_list(results)
+    several = _several_seeds(results)
 
+    means = {m: {i: _finite((summary[name]["metrics"].get(m) or {}).get("mean")) for i, (name, _) in enumerate(groups)}
+             for m in metrics}
     best: dict[str, set[int]] = {}
     for metric in metrics:
+        values = {i: v for i, v in means[metric].items() if v is not None}
         direction = _direction(results, metric)
-        values = {i: _finite(_val(e).get(metric)) for i, e in enumerate(last) if e is not None}
-        values = {i: v for i, v in values.items() if v is not None}
-        if direction is None or not values:
-            best[metric] = set()
-            continue
-        target = max(values.values()) if direction == "max" else min(values.values())
+        target = (max if direction == "max" else min)(values.values()) if direction and values else None
         best[metric] = {i for i, v in values.items() if v == target}
 
-    def header(metric: str) -> str:
-        arrow = {"max": " ↑", "min": " ↓"}.get(_direction(results, metric) or "", "")
-        return f"{metric}{arrow}" + (" (primary)" if metric == primary else "")
-
     corr_header = f"r(loss, {primary})" if primary else "r(loss, metric)"
-    table = _Table(["run", "status", "epochs", "final train loss", *map(header, metrics), corr_header,
-                    "non-finite steps", "time"])
-    for index, (run, epoch) in enumerate(zip(runs, last, strict=True)):
-        name = _run_name(run, index)
-        status = str(run.get("status") or "unknown")
-        val = _val(epoch) if epoch is not None else {}
-        row = [
+    table = _Table(["loss", "status", "seeds", "epochs", "final train loss", *(_header(results, m) for m in metrics),
+                    corr_header, "non-finite steps", "time"])
+    for position, (name, members) in enumerate(groups):
+        runs = [run for _, run in members]
+        rs = [per_run[index] for index, _ in members if per_run[index] is not None]
+        nonfinite = [run.get("nonfinite_steps") for run in runs if isinstance(run.get("nonfinite_steps"), int)]
+        table.rows.append([
             _Cell(name),
-            _Cell(f"{status}: {_short(str(run['error']), 72)}" if run.get("error") else status,
-                  style=f"status-{status}"),
-            _Cell(str(len(_epochs(run)))),
-            _Cell(_format(epoch.get("train_loss")) if epoch is not None else _MISSING),
-            *(_Cell(_format(val.get(m)), best=index in best[m]) for m in metrics),
-            _Cell(_MISSING if corr[index] is None else f"{corr[index]:+.2f}"),
-            _Cell(str(run.get("nonfinite_steps") if run.get("nonfinite_steps") is not None else _MISSING)),
-            _Cell(_format_seconds(run.get("seconds"))),
-        ]
-        table.rows.append(row)
+            _status_cell(runs),
+            _Cell(str(len(runs))),
+            _Cell(_span([len(_epochs(run)) for run in runs])),
+            _Cell(_interval_text(summary[name]["train_loss"], len(runs))),
+            *(_Cell(_interval_text(summary[name]["metrics"].get(m), len(runs)), best=position in best[m])
+              for m in metrics),
+            _Cell(_MISSING if not rs else f"{math.fsum(rs) / len(rs):+.2f}"),
+            _Cell(str(sum(nonfinite)) if nonfinite else _MISSING),
+            _Cell(_format_seconds(math.fsum(_finite(run.get("seconds")) or 0.0 for run in runs))),
+        ])
         table.names.append(name)
-        if run.get("error"):
-            table.notes.append(f"{name} ({status}): {run['error']}")
-        elif not _epochs(run):
-            table.notes.append(f"{name} ({status}): no epoch completed")
-        elif status not in ("finished",):
-            table.notes.append(f"{name}: {status} after {len(_epochs(run))} epoch(s)")
+        for index, run in members:
+            label, status = _label(run, index, several), str(run.get("status") or "unknown")
+            if run.get("error"):
+                table.notes.append(f"{label} ({status}): {run['error']}")
+            elif not _epochs(run):
+                table.notes.append(f"{label} ({status}): no epoch completed")
+            elif status != "finished":
+                table.notes.append(f"{label}: {status} after {len(_epochs(run))} epoch(s)")
     return table
 
 
-def results_table(results: Mapping[str, Any]):
-    """The results as a :class:`rich.table.Table`: one row per run, metrics at the last epoch.
+def _paired_model(results: Mapping[str, Any]) -> _Table | None:
+    """One row per loss but the baseline: its difference from the baseline per metric, with the
+    95% paired interval; cells styled ``better`` or ``worse`` where the interval excludes 0."""
+    metrics = _metric_names(results)
+    groups = _groups(results)
+    if len(groups) < 2 or not metrics:
+        return None
+    paired = stats.compare_to_baseline(_for_stats(results, metrics))
+    table = _Table(["loss", *(_header(results, m) for m in metrics)])
+    for name, _ in groups[1:]:
+        row = [_Cell(name)]
+        for metric in metrics:
+            entry = paired["differences"].get(name, {}).get(metric)
+            if not entry:
+                row.append(_Cell(_MISSING))
+            else:
+                style = {True: "better", False: "worse"}.get(entry["better"], "") if entry["significant"] else ""
+                row.append(_Cell(_difference_text(entry), style=style))
+        table.rows.append(row)
+        table.names.append(name)
+    table.notes.append(f"Difference from {groups[0][0]} (the baseline): the mean over the seeds on which both "
+                       "finished, and its 95% paired t interval; marked better or worse only where the interval "
+                       "excludes 0.")
+    return table
 
-    The best value of each metric column (by the direction in ``results["metrics"]``) is bold
-    green; run names and errors are plain text, never rich markup.
-    """
+
+def _seed_model(results: Mapping[str, Any]) -> _Table:
+    """One row per run (loss and seed): its metrics at its last epoch, whatever its status."""
+    metrics = _metric_names(results)
+    corr = _correlation_list(results)
+    table = _Table(["loss", "seed", "status", "epochs", "final train loss", *(_header(results, m) for m in metrics),
+                    "r", "non-finite steps", "time"])
+    for index, run in enumerate(_runs(results)):
+        epoch = (_epochs(run) or [None])[-1]
+        val = _val(epoch) if epoch is not None else {}
+        status = str(run.get("status") or "unknown")
+        table.rows.append([
+            _Cell(_run_name(run, index)),
+            _Cell(_MISSING if _seed(run) is None else str(_seed(run))),
+            _Cell(status, style=f"status-{status}"),
+            _Cell(str(len(_epochs(run)))),
+            _Cell(_format(epoch.get("train_loss")) if epoch is not None else _MISSING),
+            *(_Cell(_format(val.get(m))) for m in metrics),
+            _Cell(_MISSING if corr[index] is None else f"{corr[index]:+.2f}"),
+            _Cell(str(run.get("nonfinite_steps") if run.get("nonfinite_steps") is not None else _MISSING)),
+            _Cell(_format_seconds(run.get("seconds"))),
+        ])
+        table.names.append(_run_name(run, index))
+    return table
+
+
+def _rich_table(model: _Table, title: str, caption: str):
     from rich.table import Table
     from rich.text import Text
 
-    model = _table_model(results)
-    title = f"losskit compare: {results['task']}" if results.get("task") else "losskit compare"
-    table = Table(title=Text(title), caption=Text("metrics at each run's last epoch; best per column in bold green"))
+    table = Table(title=Text(title), caption=Text(caption))
     for position, head in enumerate(model.headers):
         table.add_column(Text(head), justify="left" if position < 2 else "right", overflow="fold")
     for row in model.rows:
         cells = []
         for cell in row:
-            style = "bold green" if cell.best else ""
+            style = "bold green" if cell.best or cell.style == "better" else "bold red" if cell.style == "worse" else ""
             if cell.style.startswith("status-"):
                 style = _STATUS_COLOURS.get(cell.style[len("status-"):], "")
             cells.append(Text(cell.text, style=style))
@@ -356,13 +508,38 @@ def results_table(results: Mapping[str, Any]):
     return table
 
 
+def results_table(results: Mapping[str, Any]):
+    """The results as a :class:`rich.table.Table`: one row per loss, each metric's mean over the
+    finished seeds ± the half-width of its 95% interval.
+
+    The best mean of each metric column (by the direction in ``results["metrics"]``) is bold
+    green; run names and errors are plain text, never rich markup.
+    """
+    title = f"losskit compare: {results['task']}" if results.get("task") else "losskit compare"
+    caption = ("metrics at the last epoch, mean over the finished seeds ± half-width of the 95% t interval; "
+               "best mean per column in bold green")
+    return _rich_table(_table_model(results), title, caption)
+
+
+def paired_table(results: Mapping[str, Any]):
+    """Each loss against the baseline as a :class:`rich.table.Table` (``None`` with fewer than two losses):
+    the paired difference and its 95% interval per metric, green where better, red where worse."""
+    model = _paired_model(results)
+    if model is None:
+        return None
+    return _rich_table(model, "against the baseline, paired over seeds", model.notes[0])
+
+
 def print_results(results: Mapping[str, Any], console=None) -> None:
-    """Print :func:`results_table`, the verdict and any run problems to a rich console."""
+    """Print :func:`results_table`, :func:`paired_table`, the verdict and any run problems to a rich console."""
     from rich.console import Console
     from rich.text import Text
 
     console = console or Console()
     console.print(results_table(results))
+    paired = paired_table(results)
+    if paired is not None:
+        console.print(paired)
     if results.get("interrupted"):
         console.print(Text("Interrupted: the comparison stopped before every run finished.", style="bold yellow"))
     verdict = results.get("verdict")
@@ -399,51 +576,76 @@ def _short(text: str, width: int = 40) -> str:
     return textwrap.shorten(text, width=width, placeholder="…") if len(text) > width else text
 
 
+def _band(runs: list[Mapping[str, Any]], value) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Epochs, and per epoch the mean, lowest and highest finite ``value(epoch)`` over ``runs``
+    (NaN where no run has one: a gap in the line)."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for position, epoch in enumerate(_epochs(run)):
+            values = by_epoch.setdefault(int(epoch.get("epoch", position + 1)), [])
+            number = _finite(value(epoch))
+            if number is not None:
+                values.append(number)
+    xs = sorted(by_epoch)
+    mean = [math.fsum(by_epoch[x]) / len(by_epoch[x]) if by_epoch[x] else math.nan for x in xs]
+    low = [min(by_epoch[x], default=math.nan) for x in xs]
+    high = [max(by_epoch[x], default=math.nan) for x in xs]
+    return xs, mean, low, high
+
+
+def _draw_band(ax, runs: list[Mapping[str, Any]], value, **line) -> None:
+    """The mean over seeds as a line and, with several seeds, the lowest-to-highest band."""
+    xs, mean, low, high = _band(runs, value)
+    (drawn,) = ax.plot(xs, mean, **line)
+    if len(runs) > 1:
+        ax.fill_between(xs, low, high, color=drawn.get_color(), alpha=0.15, linewidth=0)
+
+
 def _figure_losses(results: Mapping[str, Any]) -> str | None:
-    """(a) Training loss per run: the total and each named component, one subplot per run."""
+    """(a) Training loss per loss: the total and each named component, the mean over seeds with the
+    band of the seeds, one subplot per loss."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    runs = _runs(results)
-    if not runs:
+    groups = _groups(results)
+    if not groups:
         return None
-    rows, cols = _grid(len(runs))
+    rows, cols = _grid(len(groups))
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for index, (ax, run) in enumerate(zip(axes, runs, strict=False)):
-        epochs = _epochs(run)
-        name = _run_name(run, index)
-        ax.set_title(f"{_short(name)} ({run.get('status', 'unknown')})", fontsize="medium")
+    for ax, (name, members) in zip(axes, groups, strict=False):
+        runs = [run for _, run in members]
+        ax.set_title(f"{_short(name)} ({_status_cell(runs).text.split(':')[0]})", fontsize="medium")
         ax.set_xlabel("epoch")
         ax.set_ylabel("train loss")
-        if not epochs:
+        if not any(_epochs(run) for run in runs):
             ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes, color="0.4")
             continue
-        x = [e.get("epoch", i + 1) for i, e in enumerate(epochs)]
-        total = _series(e.get("train_loss") for e in epochs)
-        ax.plot(x, total, color="black", linewidth=2.2, marker="o", markersize=3, label="total")
-        names = _ordered_union(_components(e).keys() for e in epochs)
+        _draw_band(ax, runs, lambda e: e.get("train_loss"), color="black", linewidth=2.2, marker="o",
+                   markersize=3, label="total")
+        total = _band(runs, lambda e: e.get("train_loss"))[1]
+        names = _ordered_union(_components(e).keys() for run in runs for e in _epochs(run))
         for component in names:
-            values = _series(_components(e).get(component) for e in epochs)
-            if len(names) == 1 and values == total:
+            if len(names) == 1 and _band(runs, lambda e, c=component: _components(e).get(c))[1] == total:
                 continue  # a single component equal to the total adds nothing
-            ax.plot(x, values, linewidth=1.3, marker=".", label=component)
-        bad = [xi for xi, e in zip(x, epochs, strict=True)
-               if _number(e.get("train_loss")) is not None and _finite(e.get("train_loss")) is None]
+            _draw_band(ax, runs, lambda e, c=component: _components(e).get(c), linewidth=1.3, marker=".",
+                       label=component)
+        bad = sorted({int(e.get("epoch", i + 1)) for run in runs for i, e in enumerate(_epochs(run))
+                      if _number(e.get("train_loss")) is not None and _finite(e.get("train_loss")) is None})
         for position, xi in enumerate(bad):
             ax.axvline(xi, color="firebrick", linestyle="--", linewidth=1.0,
                        label="non-finite loss" if position == 0 else None)
-        ax.set_xlim(min(x) - 0.25, max(x) + 0.25)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes[len(runs):]:
+    for ax in axes[len(groups):]:
         ax.set_visible(False)
     return _png(fig)
 
 
 def _figure_metrics(results: Mapping[str, Any]) -> str | None:
-    """(b) Each validation metric against the epoch, all runs on one axes per metric."""
+    """(b) Each validation metric against the epoch, every loss on one axes per metric: the mean over
+    seeds with the band of the seeds."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -453,19 +655,16 @@ def _figure_metrics(results: Mapping[str, Any]) -> str | None:
     rows, cols = _grid(len(metrics), 2)
     fig = Figure(figsize=(5.6 * cols, 3.6 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    runs = _runs(results)
     for ax, metric in zip(axes, metrics, strict=False):
         direction = {"max": "higher is better", "min": "lower is better"}.get(_direction(results, metric) or "")
         ax.set_title(metric + (f" ({direction})" if direction else ""), fontsize="medium")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        for index, run in enumerate(runs):
-            epochs = _epochs(run)
-            if not any(_finite(_val(e).get(metric)) is not None for e in epochs):
+        for name, members in _groups(results):
+            runs = [run for _, run in members]
+            if not any(_finite(_val(e).get(metric)) is not None for run in runs for e in _epochs(run)):
                 continue
-            x = [e.get("epoch", i + 1) for i, e in enumerate(epochs)]
-            ax.plot(x, _series(_val(e).get(metric) for e in epochs), marker="o", markersize=3,
-                    label=_short(_run_name(run, index), 32))
+            _draw_band(ax, runs, lambda e, m=metric: _val(e).get(m), marker="o", markersize=3, label=_short(name, 32))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -476,37 +675,68 @@ def _figure_metrics(results: Mapping[str, Any]) -> str | None:
 
 
 def _figure_loss_vs_metric(results: Mapping[str, Any]) -> str | None:
-    """(c) Per run: training loss against the primary metric over epochs, with Pearson r."""
+    """(c) Per loss: training loss against the primary metric, every epoch of every seed, with
+    Pearson r averaged over seeds."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     metric = results.get("primary_metric")
-    runs = _runs(results)
-    if not metric or not runs or metric not in _metric_names(results):
+    groups = _groups(results)
+    if not metric or not groups or metric not in _metric_names(results):
         return None
-    corr = _correlation_list(results)
-    rows, cols = _grid(len(runs))
+    r_by_loss = correlations(results)
+    rows, cols = _grid(len(groups))
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for index, (ax, run) in enumerate(zip(axes, runs, strict=False)):
-        name = _run_name(run, index)
-        xs, ys, epochs = _loss_metric_pairs(run, metric)
-        r = corr[index]
+    for ax, (name, members) in zip(axes, groups, strict=False):
+        r = r_by_loss.get(name)
         label = "Pearson r = " + ("n/a (< 3 epochs or constant)" if r is None else f"{r:+.2f}")
         ax.set_title(_short(name) + ("" if r is None else f"  (r = {r:+.2f})"), fontsize="medium")
         ax.set_xlabel("train loss")
         ax.set_ylabel(f"val {metric}")
-        if not xs:
+        pairs = [_loss_metric_pairs(run, metric) for _, run in members]
+        if not any(xs for xs, _, _ in pairs):
             ax.text(0.5, 0.5, "no epoch with both values", ha="center", va="center", transform=ax.transAxes,
                     color="0.4")
             continue
-        ax.plot(xs, ys, color="0.75", linewidth=0.8, zorder=1)
-        points = ax.scatter(xs, ys, c=epochs, cmap="viridis", s=28, zorder=2, label=label)
+        for xs, ys, _ in pairs:
+            ax.plot(xs, ys, color="0.75", linewidth=0.8, zorder=1)
+        points = ax.scatter([x for xs, _, _ in pairs for x in xs], [y for _, ys, _ in pairs for y in ys],
+                            c=[e for _, _, es in pairs for e in es], cmap="viridis", s=28, zorder=2, label=label)
         fig.colorbar(points, ax=ax, label="epoch", shrink=0.8, ticks=MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", handlelength=0.8)
-    for ax in axes[len(runs):]:
+    for ax in axes[len(groups):]:
         ax.set_visible(False)
+    return _png(fig)
+
+
+def _figure_final_scatter(results: Mapping[str, Any]) -> str | None:
+    """(d) Final training loss against the final primary metric, one point per finished run, one
+    colour per loss."""
+    from matplotlib.figure import Figure
+
+    metric = results.get("primary_metric")
+    if not metric:
+        return None
+    points = []
+    for name, members in _groups(results):
+        finished = [run for _, run in members if run.get("status") == "finished" and _epochs(run)]
+        last = [_epochs(run)[-1] for run in finished]
+        xy = [(_finite(e.get("train_loss")), _finite(_val(e).get(metric))) for e in last]
+        points.append((name, [(x, y) for x, y in xy if x is not None and y is not None]))
+    if not any(xy for _, xy in points):
+        return None
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for name, xy in points:
+        if xy:
+            ax.scatter([x for x, _ in xy], [y for _, y in xy], s=36, alpha=0.85, label=_short(name, 32))
+    ax.set_xlabel("final training loss (each loss on its own scale)")
+    ax.set_ylabel(f"final val {metric}")
+    ax.set_title(f"final training loss against {metric}, one point per seed", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
     return _png(fig)
 
 
@@ -575,7 +805,9 @@ th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 td.best { font-weight: bold; background: #e3f6e3; color: #145214; }
 td.status-finished { color: #1c7c1c; } td.status-diverged, td.status-failed { color: #b00020; font-weight: bold; }
-td.status-interrupted { color: #b35c00; }
+td.status-interrupted, td.status-partial { color: #b35c00; }
+td.better { font-weight: bold; background: #e3f6e3; color: #145214; }
+td.worse { font-weight: bold; background: #fbe4e4; color: #8a1020; }
 table.config td, table.config th { text-align: left; }
 code { background: #f3f3f3; padding: 0 0.25rem; border-radius: 3px; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -622,6 +854,7 @@ def _render_html(results: Mapping[str, Any], folders: list[tuple[str, str]]) -> 
     task = str(results.get("task") or "comparison")
     primary = results.get("primary_metric")
     model = _table_model(results)
+    paired = _paired_model(results)
     config = dict(results.get("config") or {})
     config_rows = "".join(f"<tr><th>{_e(k)}</th><td>{_html_value(v)}</td></tr>" for k, v in config.items())
     meta_rows = [("losskit", results.get("losskit_version") or "unknown")]
@@ -639,36 +872,52 @@ def _render_html(results: Mapping[str, Any], folders: list[tuple[str, str]]) -> 
 
     directions = [f"{m}: {'higher' if _direction(results, m) == 'max' else 'lower'} is better"
                   for m in _metric_names(results) if _direction(results, m)]
-    legend = ("Validation metrics are those of each run's last epoch; the best value in each column is "
-              "highlighted (" + "; ".join(directions) + "). " if directions else
-              "Validation metrics are those of each run's last epoch. ")
+    legend = ("Validation metrics are those of each run's last epoch: the mean over the seeds whose run "
+              "finished, ± the half-width of its 95% Student-t interval (one seed: the value alone; n= when "
+              "fewer seeds count than ran). The best mean in each column is highlighted (" + "; ".join(directions)
+              + "). " if directions else "Validation metrics are those of each run's last epoch, mean over seeds. ")
     legend += ("Final training losses are not ranked: different losses are on different scales. "
                f"r is the Pearson correlation between training loss and {primary or 'the primary metric'} "
-               "over epochs (blank with fewer than 3 epochs or a constant series).")
+               "over epochs, averaged over seeds (blank with fewer than 3 epochs or a constant series). "
+               "Time is summed over seeds.")
     notes = "".join(f"<li>{_e(n)}</li>" for n in model.notes)
     notes_html = f'<h2>Problems</h2><ul class="notes">{notes}</ul>' if notes else ""
+    paired_html = ("<h2>Against the baseline</h2>" + _html_table(paired)
+                   + f'<p class="muted">{_e(paired.notes[0])} Each interval is a 95% interval on its own '
+                   "(no correction for comparing several losses or metrics).</p>") if paired is not None else ""
 
     direction = _direction(results, primary) if primary else None
     sign = {"max": "strongly negative", "min": "strongly positive"}.get(direction or "", "large in magnitude")
+    several = _several_seeds(results)
+    band = (" The line is the mean over seeds, the shaded band runs from the lowest to the highest seed."
+            if several else "")
     loss_vs_metric = (
-        f"Each point is an epoch. A loss can keep falling while {primary or 'the metric'} stalls or gets worse "
-        "(the model gets better at the loss, not at the task), so a weak correlation here warns that "
-        f"minimising this loss is not what moved the metric; r {sign} means they moved together."
+        f"Each point is an epoch (of every seed). A loss can keep falling while {primary or 'the metric'} stalls "
+        "or gets worse (the model gets better at the loss, not at the task), so a weak correlation here warns "
+        f"that minimising this loss is not what moved the metric; r {sign} means they moved together."
     )
+    scatter = (f"One point per finished run (loss and seed): its final training loss against its final "
+               f"{primary}. Each loss has its own scale, so compare points of one colour: a spread along "
+               f"{primary} at a similar loss says the seed, not the loss value, decided the metric.")
     figures = "\n".join([
         "<h2>Training loss</h2>",
-        _figure_html(_figure_losses(results), "training loss curves per run",
-                     "Training loss per epoch, one panel per run: the total (black) and each named component.",
-                     "No runs to plot."),
+        _figure_html(_figure_losses(results), "training loss curves per loss",
+                     "Training loss per epoch, one panel per loss: the total (black) and each named component "
+                     "(a composite's weighted terms)." + band, "No runs to plot."),
         "<h2>Validation metrics</h2>",
         _figure_html(_figure_metrics(results), "validation metrics against epoch",
-                     "Each validation metric against the epoch, all runs on one axes per metric. "
-                     "Gaps are epochs without a finite value (for example after a run diverged).",
+                     "Each validation metric against the epoch, all losses on one axes per metric." + band
+                     + " Gaps are epochs without a finite value (for example after a run diverged).",
                      "No validation metrics were recorded."),
         "<h2>Loss against metric</h2>",
         _figure_html(_figure_loss_vs_metric(results), f"training loss against {primary}", loss_vs_metric,
                      "No epoch has both a training loss and the primary metric."),
+        "<h2>Final loss against metric, across seeds</h2>",
+        _figure_html(_figure_final_scatter(results), f"final training loss against {primary}", scatter,
+                     "No finished run has both a final training loss and the primary metric."),
     ])
+    seed_html = ("<h2>Per seed</h2>" + _html_table(_seed_model(results))
+                 + '<p class="muted">Every run at its last epoch, whatever its status.</p>')
     links = "".join(f'<li><code>{_e(name)}</code>: <a href="runs/{_e(folder)}/history.csv">'
                     f"runs/{_e(folder)}/history.csv</a></li>" for name, folder in folders)
     files = ('<h2>Files</h2><p class="muted">Raw results: <a href="results.json">results.json</a>. '
@@ -691,27 +940,23 @@ def _render_html(results: Mapping[str, Any], folders: list[tuple[str, str]]) -> 
 <h2>Results</h2>
 {_html_table(model)}
 <p class="muted">{_e(legend)}</p>
+{paired_html}
 {notes_html}
 {figures}
+{seed_html}
 {files}
 </body>
 </html>
 """
 
 
-def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Write ``report.html``, ``results.json`` and ``runs/<safe name>/history.csv`` under ``out_dir``.
+def write_results(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:
+    """Write ``results.json`` and each run's ``runs/<run folder>/seed-<seed>/history.csv`` under
+    ``out_dir`` (atomically); return the run folders (:func:`run_dirs`), in the order of the runs.
 
-    ``report.html`` is one self-contained file (inline CSS, figures as base64 PNG data URIs): the
-    task, its description, the configuration, the verdict, the results table, training-loss curves
-    per run and component, each validation metric against the epoch, and training loss against the
-    primary metric with Pearson r. ``results.json`` is ``results`` as strict JSON (indented, keys
-    sorted; non-finite numbers become ``null``, tuples lists). Each ``history.csv`` has the columns
-    ``epoch, train_loss, loss_<component>..., val_<metric>..., seconds`` (empty cells for missing
-    values); the folder names come from :func:`run_dirs`. Every file is written atomically.
-
-    Returns:
-        The path of ``report.html``.
+    ``results.json`` is ``results`` as strict JSON (indented, keys sorted; non-finite numbers
+    become ``null``, tuples lists). Each ``history.csv`` has the columns ``epoch, train_loss,
+    loss_<component>..., val_<metric>..., seconds`` (empty cells for missing values).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -721,7 +966,26 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     for index, run in enumerate(_runs(results)):
         header, rows = _history_rows(run)
         _write_csv(out_dir / "runs" / folders[index] / "history.csv", header, rows)
-    path = out_dir / "report.html"
-    names = [_run_name(run, index) for index, run in enumerate(_runs(results))]
-    atomic_write(path, _render_html(results, list(zip(names, folders, strict=True))).encode("utf-8"))
+    return folders
+
+
+def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write ``report.html`` and everything :func:`write_results` writes under ``out_dir``.
+
+    ``report.html`` is one self-contained file (inline CSS, figures as base64 PNG data URIs): the
+    task, its description, the configuration, the verdict, the results table (per loss, mean and
+    95% interval over seeds), the paired differences from the baseline, training-loss curves per
+    loss and component, each validation metric against the epoch (both with the band of the
+    seeds), training loss against the primary metric with Pearson r, the final training loss
+    against the primary metric across seeds and losses, and every run at its last epoch. Every
+    file is written atomically.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    folders = write_results(results, out_dir)
+    path = Path(out_dir) / "report.html"
+    several = _several_seeds(results)
+    labels = [_label(run, index, several) for index, run in enumerate(_runs(results))]
+    atomic_write(path, _render_html(results, list(zip(labels, folders, strict=True))).encode("utf-8"))
     return path
