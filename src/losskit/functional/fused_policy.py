@@ -812,8 +812,8 @@ def fused_linear_grpo_loss(
         ref_log_probs: The reference policy's per-token log-probabilities :math:`(B, L)`.
         ref_hidden, ref_weight, ref_bias: Or the reference model's hidden states and head.
         temperature: :math:`T > 0`, the sampling temperature (TRL's and Liger's ``temperature``).
-        beta, clip_eps, clip_eps_high, scale_rewards, eps, ratio_level, aggregation, max_length, reduction,
-            normalizer: As in :func:`losskit.grpo_loss`.
+        beta, clip_eps, clip_eps_high, scale_rewards, eps, ratio_level: As in :func:`losskit.grpo_loss`.
+        aggregation, max_length, reduction, normalizer: As in :func:`losskit.grpo_loss`.
         {pg_diagnostics}
         sample_weight: Weights as :func:`losskit.grpo_loss`'s ``weight=``.
         {common_args}
@@ -897,8 +897,8 @@ def fused_linear_ppo_loss(
         old_log_probs: Per-token log-probabilities :math:`(B, L)` under the sampling policy;
             ``None``: the current ones, detached.
         temperature: :math:`T > 0`, the sampling temperature.
-        clip_eps, clip_eps_high, dual_clip, ratio_level, normalize_advantages, aggregation, max_length,
-            reduction, normalizer: As in :func:`losskit.ppo_clip_loss`.
+        clip_eps, clip_eps_high, dual_clip, ratio_level: As in :func:`losskit.ppo_clip_loss`.
+        normalize_advantages, aggregation, max_length, reduction, normalizer: As in :func:`losskit.ppo_clip_loss`.
         {pg_diagnostics}
         sample_weight: Weights as :func:`losskit.ppo_clip_loss`'s ``weight=``.
         {common_args}
