@@ -219,10 +219,11 @@ def without_class_dim(case: Case) -> tuple[int, ...]:
 
 
 def accuracy_specs() -> dict[str, Spec]:
-    """Every loss under the accuracy contract: the registry and the fused large-vocabulary losses."""
-    from tests import spec_large_vocab
+    """Every loss under the accuracy contract: the registry, the fused large-vocabulary losses and the
+    fused policy and preference objectives."""
+    from tests import spec_fused_policy, spec_large_vocab
 
-    return {**registry(), **spec_large_vocab.FUSED}
+    return {**registry(), **spec_large_vocab.FUSED, **spec_fused_policy.FUSED}
 
 
 def registry() -> dict[str, Spec]:

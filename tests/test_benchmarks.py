@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from benchmarks import bench_boxes, bench_compare, bench_cross_entropy, bench_detection, bench_focal
+from benchmarks import (
+    bench_boxes,
+    bench_compare,
+    bench_cross_entropy,
+    bench_detection,
+    bench_focal,
+    bench_fused_policy,
+)
 from benchmarks.harness import cpu_peak_bytes, rss_available, rss_growth, rss_profile
 
 
@@ -28,6 +35,12 @@ def test_benchmark_scripts_run():
     assert "torch.nn.functional" in ce and "value checks on" in ce
     boxes = bench_boxes.main(["--sizes", "2000", "--rounds", "1"])
     assert "reference (eager formula)" in boxes
+
+
+def test_fused_policy_benchmark_runs_and_reports_both_ratios():
+    text = bench_fused_policy.main(["--sequences", "2", "--tokens", "16", "--hidden", "16", "--vocab", "100",
+                                    "--rounds", "1", "--threads", str(torch.get_num_threads())])
+    assert text.count("added memory fused / naive") == 2 and "load average" in text
 
 
 def allocate_megabytes(megabytes):

@@ -5,6 +5,7 @@ option is keyword-only. The reduction rules are those of :func:`losskit.reduce_l
 """
 
 from losskit.functional import contrastive as _contrastive
+from losskit.functional import fused_policy as _fused_policy
 from losskit.functional import large_vocab as _large_vocab
 from losskit.functional import rl as _rl
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
@@ -40,6 +41,7 @@ from losskit.functional.detection import (
     varifocal_loss,
 )
 from losskit.functional.divergence import js_div, kl_div
+from losskit.functional.fused_policy import *  # noqa: F403
 from losskit.functional.large_vocab import *  # noqa: F403
 from losskit.functional.lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from losskit.functional.regression import (
@@ -121,6 +123,7 @@ __all__ = [
     "wing_loss",
     "wiou_loss",
     *_contrastive.__all__,
+    *_fused_policy.__all__,
     *_large_vocab.__all__,
     *_rl.__all__,
 ]
