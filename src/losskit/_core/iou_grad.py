@@ -18,8 +18,9 @@ any make is doing less, not tuning for one cache:
   arithmetic. Masks here are 0/1 floats (``sign`` of a ``relu``), and a select is ``torch.lerp``
   with a 0/1 weight, which returns either end exactly.
 * **One workspace per call**, reused by every block, whose rows each quantity takes in turn
-  (``out=`` and in-place ops): about 24 floats per pair of a block, allocated once, so the cost
-  does not depend on how the allocator treats many short-lived buffers.
+  (``out=`` and in-place ops): 8 floats per coordinate and 8 to 10 more per pair of a block,
+  allocated once, so the cost does not depend on how the allocator treats many short-lived
+  buffers.
 
 The geometry is that of :func:`losskit.boxes.pair_geometry`, with the same conventions:
 
@@ -48,13 +49,16 @@ from torch import Tensor
 # in the last-level cache of any current CPU. Measured with benchmarks/bench_boxes.py (see the
 # README). GPUs take every pair in one block: their limit is kernel launches, not cache.
 CPU_BLOCK = 32_768
-# Below this many pairs one block takes them all; above it there are at least two blocks, so that
-# the workspace stays under the memory torchvision's autograd graph needs for the same pairs.
+# Below this many pairs one block takes them all; above it there are at least _MIN_BLOCKS blocks,
+# so that the workspace (24 floats per pair of a block for a 2-D GIoU) plus the stored loss and
+# gradient (5 floats per pair) stays under the 15 floats per pair that torchvision's autograd graph
+# keeps for its GIoU loss, the leanest of its three (benchmarks/bench_boxes.py, tracker).
 _SPLIT_ABOVE = 4_096
+_MIN_BLOCKS = 3
 
 _ASPECT = 4 / math.pi**2  # CIoU's v = 4/pi^2 (atan(w2/h2) - atan(w1/h1))^2
 _SCALAR_ROWS = {"iou": 6, "giou": 6, "diou": 6, "ciou": 8, "eiou": 6}  # see _block
-_MISS_ROWS = 4  # see _exact_miss
+_MISS_ROWS = 2  # the exact 1 - IoU and GIoU's hull gap, see _exact_miss
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def _squares(values: Tensor, out: Tensor) -> Tensor:
 
 def workspace_rows(spec: IoUSpec, dims: int) -> int:
     """Rows (floats per pair) of a block's workspace for ``spec`` and boxes of ``dims`` axes."""
-    return 11 * dims + _SCALAR_ROWS[spec.kind] + _MISS_ROWS
+    return 8 * dims + _SCALAR_ROWS[spec.kind] + _MISS_ROWS
 
 
 def _area_beyond(big: Tensor, small: Tensor, extra: Tensor, out: Tensor, scratch: Tensor) -> Tensor:
@@ -130,28 +134,35 @@ def _area_beyond(big: Tensor, small: Tensor, extra: Tensor, out: Tensor, scratch
     return out
 
 
-def _exact_miss(size: Tensor, diff: Tensor, iw: Tensor, inter: Tensor, sides: Tensor, rows: Tensor,
-                hull: Tensor | None, eps: float) -> Tensor:
+def _exact_miss(size: Tensor, diff: Tensor, iw: Tensor, inter: Tensor, beyond: Tensor, scratch: Tensor,
+                out: Tensor, hull: Tensor | None, eps: float) -> Tensor:
     """``1 - IoU`` as :func:`losskit.boxes.pair_geometry` forms it with ``exact_miss=True``: the areas
     of each box outside the other, summed from the parts of their sides outside the other box, over
-    their sum with the intersection (1 for a degenerate union). ``1 - IoU`` keeps few digits of a
-    close prediction's loss. ``diff`` is ``(lo1 - lo2, hi2 - hi1)``, ``sides`` ``(3, D, rows)`` and
-    ``rows`` ``(4, rows)`` are free workspace. With ``hull`` (the enclosing sides), row 3 also gets
-    the enclosing area minus the union, GIoU's gap, the same way. Returns the miss, in row 0."""
+    their sum with the intersection (1 for a degenerate union). ``1 - IoU`` itself keeps few digits
+    of a close prediction's loss.
+
+    ``diff`` is ``(lo1 - lo2, hi2 - hi1)``; ``beyond`` ``(2, D, rows)`` and ``scratch`` (2 rows) are
+    free workspace. The miss goes to ``out[0]``; with ``hull`` (the enclosing sides), ``out[1]``
+    gets the enclosing area minus the union, GIoU's gap, the same way.
+    """
     s1, s2 = size[0], size[1]
-    beyond2, beyond1, scratch = sides[0], sides[1], sides[2]
+    beyond2, beyond1 = beyond[0], beyond[1]
     # Per axis, how far box 2 reaches beyond box 1 (both ends together), and box 1 beyond box 2.
-    torch.clamp_min(diff[0], 0.0, out=beyond2).add_(torch.clamp_min(diff[1], 0.0, out=scratch))
-    torch.clamp_max(diff[0], 0.0, out=beyond1).add_(torch.clamp_max(diff[1], 0.0, out=scratch)).neg_()
-    only1 = _area_beyond(s1, iw, torch.minimum(s1, beyond1, out=beyond1), rows[0], rows[2])  # A1 - I
+    torch.clamp_min(diff[0], 0.0, out=beyond2)
+    torch.clamp_max(diff[0], 0.0, out=beyond1)
+    for k in range(diff.shape[1]):
+        beyond2[k].add_(torch.clamp_min(diff[1, k], 0.0, out=scratch[0]))
+        beyond1[k].add_(torch.clamp_max(diff[1, k], 0.0, out=scratch[0]))
+    beyond1.neg_()
+    only1 = _area_beyond(s1, iw, torch.minimum(s1, beyond1, out=beyond1), out[0], scratch[1])  # A1 - I
     if hull is not None:  # C - U = (C - A1) - (A2 - I): the enclosing sides are s1 + beyond2
-        _area_beyond(hull, s1, beyond2, rows[3], rows[2])
-    only2 = _area_beyond(s2, iw, torch.minimum(s2, beyond2, out=beyond2), rows[1], rows[2])  # A2 - I
+        _area_beyond(hull, s1, beyond2, out[1], scratch[1])
+    only2 = _area_beyond(s2, iw, torch.minimum(s2, beyond2, out=beyond2), scratch[0], scratch[1])  # A2 - I
     if hull is not None:
-        rows[3].sub_(only2)
+        out[1].sub_(only2)
     only = only1.add_(only2)
-    exact_union = torch.add(only, inter, out=rows[1])
-    proper = _positive_(torch.sub(exact_union, eps, out=rows[2]))  # [U > eps] as 0/1
+    exact_union = torch.add(only, inter, out=scratch[0])
+    proper = _positive_(torch.sub(exact_union, eps, out=scratch[1]))  # [U > eps] as 0/1
     # only / U where U > eps, else 1 (NaN stays NaN through only); the 1 is added as 1 - [U > eps],
     # a 0 or 1 formed apart: adding 1 - [U > eps] to the ratio in two steps would round it.
     miss = only.mul_(proper).div_(exact_union.clamp_min_(eps))
@@ -183,16 +194,15 @@ def _block(x: Tensor, t: Tensor, spec: IoUSpec, ws: Tensor, loss: Tensor, grad_o
     # Box 2 becomes (lo1 - lo2, hi2 - hi1); box 1's rows are free from here on.
     diff = box2.sub_(box1)
     spare = box1  # (2, D, rows), free
+    iw = ov.clamp_min_(0.0)
+    sc = ws[8 * d :]  # rows for values with one entry per pair
+    inter = _product(iw, sc[0])
+    miss_rows = sc[-_MISS_ROWS:]
+    # Rows 4 and 5 (dS/dA1, dS/dI later) are free until the IoU's gradient is formed.
+    miss = _exact_miss(size, diff, iw, inter, spare, sc[4:6], miss_rows, enc if spec.kind == "giou" else None, eps)
     off = None
     if spec.kind not in ("iou", "giou"):  # ((hi2 - hi1) + (lo2 - lo1)) / 2, from exact differences
         off = torch.sub(diff[1], diff[0], out=spare[0]).mul_(0.5)
-    # Where box 1 holds the max of lo and the min of hi (ties: box 2), as 0/1: lo1 > lo2, hi1 < hi2.
-    iw = ov.clamp_min_(0.0)
-    sc = ws[11 * d :]  # rows for values with one entry per pair
-    inter = _product(iw, sc[0])
-    miss_rows = sc[-_MISS_ROWS:]
-    miss = _exact_miss(size, diff, iw, inter, ws[8 * d : 11 * d].view(3, d, rows), miss_rows,
-                       enc if spec.kind == "giou" else None, eps)
     chosen = _positive_(diff)
 
     areas = _product(size.transpose(0, 1), sc[1:3])
@@ -213,7 +223,7 @@ def _block(x: Tensor, t: Tensor, spec: IoUSpec, ws: Tensor, loss: Tensor, grad_o
     elif kind == "giou":
         hull = _product(enc, sc[0])
         r_hull = _guarded_reciprocal(hull, eps, sc[2])
-        torch.addcmul(miss, miss_rows[3], r_hull, out=loss)  # 1 - IoU + (C - U) / C
+        torch.addcmul(miss, miss_rows[1], r_hull, out=loss)  # 1 - IoU + (C - U) / C
         # S = IoU - 1 + U / C for C > eps: dS/dU = 1/C (U = A1 + A2 - I), dS/dC = -U/C^2.
         g_inter.sub_(r_hull)
         g_area.add_(r_hull)
@@ -331,12 +341,12 @@ def _eiou_terms(size: Tensor, enc: Tensor, eps: float, loss: Tensor) -> tuple[Te
 
 def block_rows(rows: int, device: torch.device) -> int:
     """Pairs per block: everything at once off the CPU; on a CPU :data:`CPU_BLOCK` per intra-op
-    thread (up to 4, so that each op still splits across the threads), and at least two equal
-    blocks above :data:`_SPLIT_ABOVE` pairs."""
+    thread (up to 4, so that each op still splits across the threads), and at least
+    :data:`_MIN_BLOCKS` equal blocks above :data:`_SPLIT_ABOVE` pairs."""
     if device.type != "cpu" or rows <= _SPLIT_ABOVE:
         return max(rows, 1)
     block = CPU_BLOCK * max(1, min(torch.get_num_threads(), 4))
-    blocks = max(2, -(-rows // block))
+    blocks = max(_MIN_BLOCKS, -(-rows // block))
     return -(-rows // blocks)
 
 
