@@ -210,8 +210,10 @@ def report(title: str, results: list[Result], *, reference: str = "losskit", gra
 
 
 def benchmark(title: str, forwards: dict[str, Callable[[], torch.Tensor]], inputs: tuple[torch.Tensor, ...], *,
-              rounds: int, checks: bool, rtol: float = 1e-5) -> str:
-    """Check that every candidate computes losskit's value, time them, print and return the table.
+              rounds: int, checks: bool, rtol: float = 1e-5, with_results: bool = False,
+              ) -> str | tuple[str, list[Result]]:
+    """Check that every candidate computes losskit's value, time them, print and return the table
+    (and the results, with ``with_results=True``).
 
     ``checks`` switches losskit's value checks on for the timing (the peers run none).
     """
@@ -225,4 +227,25 @@ def benchmark(title: str, forwards: dict[str, Callable[[], torch.Tensor]], input
     text = report(f"{title}, threads={torch.get_num_threads()}, value checks {'on' if checks else 'off'}", results,
                   gradient_bytes=gradient_bytes)
     print(text)
-    return text
+    return (text, results) if with_results else text
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from ``lscpu`` or ``/proc/cpuinfo`` (Linux), else ``platform``."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -33,8 +33,8 @@ def test_benchmark_scripts_run():
     assert "monai.FocalLoss" in focal and "kornia.binary_focal_loss" in focal
     ce = bench_cross_entropy.main(["--rows", "64", "--classes", "10", "--rounds", "1", "--checks"])
     assert "torch.nn.functional" in ce and "value checks on" in ce
-    boxes = bench_boxes.main(["--sizes", "2000", "--rounds", "1"])
-    assert "reference (eager formula)" in boxes
+    boxes = bench_boxes.main(["--sizes", "2000", "--rounds", "1", "--threads", "1", "--losses", "ciou"])
+    assert "plain formula (autograd)" in boxes and "threads=1" in boxes and "CPU: " in boxes
 
 
 def test_fused_policy_benchmark_runs_and_reports_both_ratios():

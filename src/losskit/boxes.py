@@ -450,6 +450,18 @@ def _area_beyond(big: Tensor, small: Tensor, extra: Tensor) -> Tensor:
     return total
 
 
+def _value_of(exact: Tensor, plain: Tensor) -> Tensor:
+    """``exact``'s value with ``plain``'s gradient, for two forms of one quantity.
+
+    The exact sums of areas keep the digits of a close prediction's loss, but autograd through
+    them gives, at an exact tie of two coordinates, a derivative that depends on the order of the
+    axes in the sum; the plain form's (``1 - IoU``, hull minus union) is well conditioned and at
+    a tie follows the overlap's rule, as the closed-form gradient of :mod:`losskit._core.iou_grad`
+    does. ``plain - plain`` is exactly 0, so the value is ``exact``'s to the last bit.
+    """
+    return exact.detach() + (plain - plain.detach())
+
+
 def pair_geometry(boxes1: Tensor, boxes2: Tensor, eps: float, *, kind: str = "diou",
                   exact_miss: bool = False) -> PairGeometry:
     """Intersection, union, IoU and, as far as ``kind`` needs them, enclosing box and centre offset.
@@ -490,12 +502,13 @@ def pair_geometry(boxes1: Tensor, boxes2: Tensor, eps: float, *, kind: str = "di
         only2 = _area_beyond(size2, inner, out2)  # area2 - inter
         exact_union = inter + only1 + only2
         miss = ratio(only1 + only2, exact_union, eps) + (exact_union <= eps)  # 1 for a degenerate union
+        miss = _value_of(miss, 1 - iou)
     if kind == "iou":
         return PairGeometry(size1, size2, inter, union, iou, None, None, miss)
     enclose = size1 + size2 - overlap  # max(hi1, hi2) - min(lo1, lo2), as max + min = a + b
     if exact_miss and kind == "giou":
         # hull - union = (hull - area1) - (area2 - inter); the hull's sides are size1 + above + below
-        hull_gap = _area_beyond(enclose, size1, above + below) - only2
+        hull_gap = _value_of(_area_beyond(enclose, size1, above + below) - only2, _product(enclose) - union)
     # ((lo2 - lo1) + (hi2 - hi1)) / 2: differences of close coordinates first, which are exact
     offset = None if kind == "giou" else ((lo2 - lo1) + (hi2 - hi1)) / 2
     return PairGeometry(size1, size2, inter, union, iou, enclose, offset, miss, hull_gap)

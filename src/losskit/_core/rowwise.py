@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 RowLoss = Callable[[Tensor, Tensor], Tensor]
+LossAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 # Most rows per chunk on a CPU, a trade between dispatch overhead and memory, measured with
 # benchmarks/bench_boxes.py (2 cores): with 40k-row chunks 100k GIoU pairs (3 chunks) peak at
@@ -28,8 +29,11 @@ RowLoss = Callable[[Tensor, Tensor], Tensor]
 _CPU_ROWS = 40_000
 
 
-def _loss_and_grad(fn: RowLoss, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+def _loss_and_grad(fn: RowLoss, x: Tensor, t: Tensor, closed_form: LossAndGrad | None = None,
+                   ) -> tuple[Tensor, Tensor]:
     """Loss per row and its gradient in ``x``, chunk by chunk, into preallocated outputs."""
+    if closed_form is not None:
+        return closed_form(x, t)
     rows = x.shape[0]
     chunks = -(-rows // _CPU_ROWS) if x.device.type == "cpu" else 1
     step = max(-(-rows // max(chunks, 1)), 1)  # equal chunks: 100k rows go as 2 x 50k, not 64k + 36k
@@ -48,25 +52,25 @@ def _loss_and_grad(fn: RowLoss, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 
 class _RowwiseLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, fn: RowLoss) -> Tensor:
-        ctx.fn = fn
+    def forward(ctx, x: Tensor, t: Tensor, fn: RowLoss, closed_form: LossAndGrad | None) -> Tensor:
+        ctx.fn, ctx.closed_form = fn, closed_form
         ctx.save_for_backward(x, t)
-        loss, ctx.grad = _loss_and_grad(fn, x, t)
+        loss, ctx.grad = _loss_and_grad(fn, x, t, closed_form)
         return loss
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
         x, t = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the expression itself
             (grad,) = torch.autograd.grad(ctx.fn(x, t), x, grad_out, create_graph=True)
-            return grad, None, None
+            return grad, None, None, None
         grad, ctx.grad = ctx.grad, None
         if grad is None:  # an earlier backward through this graph (retain_graph=True) used it
-            _, grad = _loss_and_grad(ctx.fn, x, t)
-        return grad.mul_(grad_out.unsqueeze(-1)), None, None
+            _, grad = _loss_and_grad(ctx.fn, x, t, ctx.closed_form)
+        return grad.mul_(grad_out.unsqueeze(-1)), None, None, None
 
 
-def rowwise_loss(fn: RowLoss, x: Tensor, t: Tensor) -> Tensor:
+def rowwise_loss(fn: RowLoss, x: Tensor, t: Tensor, closed_form: LossAndGrad | None = None) -> Tensor:
     """``fn(x, t)`` for ``x, t`` of shape ``(..., K)`` and a result of shape ``(...)``, where row
     ``i`` of the result depends only on row ``i`` of ``x`` and ``t``.
 
@@ -76,5 +80,5 @@ def rowwise_loss(fn: RowLoss, x: Tensor, t: Tensor) -> Tensor:
     plain = not (torch.is_grad_enabled() and x.requires_grad) or t.requires_grad
     if plain or torch.compiler.is_compiling():
         return fn(x, t)
-    flat = _RowwiseLoss.apply(x.reshape(-1, x.shape[-1]), t.reshape(-1, t.shape[-1]), fn)
+    flat = _RowwiseLoss.apply(x.reshape(-1, x.shape[-1]), t.reshape(-1, t.shape[-1]), fn, closed_form)
     return flat.view(x.shape[:-1])

@@ -51,6 +51,7 @@ from losskit._core.checks import (
     check_tensor,
 )
 from losskit._core.docs import shared_docs
+from losskit._core.iou_grad import IoUSpec, iou_loss_and_grad
 from losskit._core.numerics import upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit._core.rowwise import rowwise_loss
@@ -135,6 +136,11 @@ def _prepare(input: Tensor, target: Tensor, fmt: str, eps: float | None, reducti
     return x, t, _resolve_eps(eps, input.dtype)
 
 
+def _closed_form(kind: str, eps: float, **options):
+    """The loss and gradient of ``kind`` in closed form (see :mod:`losskit._core.iou_grad`)."""
+    spec = IoUSpec(kind, eps, **options)
+    return lambda x, t: iou_loss_and_grad(x, t, spec)
+
 
 @_docs
 def iou_loss(
@@ -203,7 +209,8 @@ def iou_loss(
         return torch.where(g.miss < 0.5, -torch.log1p(-g.miss.clamp_max(0.5)),
                            -torch.log(g.iou.clamp_min(max(eps, torch.finfo(g.iou.dtype).tiny))))
 
-    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
+    loss = rowwise_loss(per_box, x, t, _closed_form("iou", eps, mode=mode))
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 @_docs
@@ -248,7 +255,7 @@ def giou_loss(
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
     loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, kind="giou", exact_miss=True), "giou",
-                                                     eps), x, t)
+                                                     eps), x, t, _closed_form("giou", eps))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -293,7 +300,8 @@ def diou_loss(
         AAAI 2020; torchvision ``distance_box_iou_loss``.
     """
     x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer)
-    loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, exact_miss=True), "diou", eps), x, t)
+    loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, exact_miss=True), "diou", eps), x, t,
+                        _closed_form("diou", eps))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -370,7 +378,8 @@ def ciou_loss(
         g = pair_geometry(x, t, eps, exact_miss=True)
         return iou_family_loss(g, "ciou", eps, alpha_gate=alpha_gate, alpha_no_grad=alpha_no_grad)
 
-    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
+    loss = rowwise_loss(per_box, x, t, _closed_form("ciou", eps, alpha_gate=alpha_gate, alpha_no_grad=alpha_no_grad))
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 @_docs
@@ -435,7 +444,8 @@ def eiou_loss(
         loss = iou_family_loss(g, "eiou", eps)
         return loss if gamma is None else loss * g.iou.detach().pow(gamma)
 
-    return reduce_for(rowwise_loss(per_box, x, t), input, target, reduction, weight=weight, normalizer=normalizer)
+    loss = rowwise_loss(per_box, x, t, _closed_form("eiou", eps, gamma=gamma))
+    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
 @_docs
@@ -787,6 +797,6 @@ def giou_3d_loss(
     """
     x, t, eps = _prepare(input, target, "xyzxyz", eps, reduction, normalizer, formats=("xyzxyz",))
     loss = rowwise_loss(lambda x, t: iou_family_loss(pair_geometry(x, t, eps, kind="giou", exact_miss=True), "giou",
-                                                     eps), x, t)
+                                                     eps), x, t, _closed_form("giou", eps))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
