@@ -6,6 +6,7 @@ option is keyword-only. The reduction rules are those of :func:`losskit.reduce_l
 
 from losskit.functional import contrastive as _contrastive
 from losskit.functional import large_vocab as _large_vocab
+from losskit.functional import metric as _metric
 from losskit.functional import rl as _rl
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
 from losskit.functional.boxes import (
@@ -42,6 +43,7 @@ from losskit.functional.detection import (
 from losskit.functional.divergence import js_div, kl_div
 from losskit.functional.large_vocab import *  # noqa: F403
 from losskit.functional.lovasz import lovasz_hinge_loss, lovasz_softmax_loss
+from losskit.functional.metric import *  # noqa: F403
 from losskit.functional.regression import (
     balanced_l1_loss,
     charbonnier_loss,
@@ -122,5 +124,6 @@ __all__ = [
     "wiou_loss",
     *_contrastive.__all__,
     *_large_vocab.__all__,
+    *_metric.__all__,
     *_rl.__all__,
 ]
