@@ -87,8 +87,8 @@ def test_arcface_matches_pytorch_metric_learning_past_pi_minus_m():
     x = -peer.W.detach().T[y] + 0.05 * torch.randn(N, D, dtype=torch.float64)
     cos = torch.nn.functional.cosine_similarity(x, peer.W.detach().T[y], dim=-1)
     assert (cos < -math.cos(PML_ARC_MARGIN)).all()
-    torch.testing.assert_close(LF.arcface_loss(x, y, proxies=peer.W.detach().T, margin=PML_ARC_MARGIN, reduction="none"),
-                               _pml_per_sample(peer, x, y), rtol=1e-10, atol=1e-12)
+    actual = LF.arcface_loss(x, y, proxies=peer.W.detach().T, margin=PML_ARC_MARGIN, reduction="none")
+    torch.testing.assert_close(actual, _pml_per_sample(peer, x, y), rtol=1e-10, atol=1e-12)
 
 
 def _pml_per_sample(peer, x, y):
