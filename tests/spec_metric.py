@@ -130,3 +130,68 @@ def _spec(name: str, **budget) -> Spec:
 
 
 SPECS: dict[str, Spec] = {name: _spec(name) for name in OPTIONS}
+
+
+# --- pair losses -----------------------------------------------------------------------------------
+# 2n embeddings in n classes of two (labels 0 0 1 1 ...): every anchor has a positive and, from two
+# classes on, negatives. The typical scales are moderate (beta 10, gamma 8) so that gradcheck sees
+# every pair; the saturated regime uses the defaults (beta 50, gamma 80: logits up to about 70).
+# Near convergence each class sits near its basis vector: positives at similarity about 1,
+# negatives about 0 (multi-similarity with alpha 40, so that its positive term is small too).
+
+# Circle loss's gradient holds its weights constant, which gradcheck cannot confirm: the contract
+# differentiates them (tests/test_metric.py checks the default gradient against the peer's).
+PAIR_OPTIONS = {"multi_similarity": {"beta": 10.0}, "circle": {"gamma": 8.0, "detach_weights": False}}
+PAIR_CONVERGED = {"multi_similarity": {"alpha": 40.0}, "circle": {}}
+
+
+def _pair_case(name: str, n_dim: int | None = None):
+    """``make(n, gen)``; with ``n_dim``, ``make(gen)`` for ``n_dim`` embeddings of ``n_dim`` dimensions."""
+
+    def make(n: int, gen: torch.Generator) -> Case:
+        x = torch.randn((2 * n, DIM if n_dim is None else n_dim), generator=gen, dtype=torch.float64)
+        return Case(x, torch.arange(2 * n) // 2, dict(PAIR_OPTIONS[name]))
+
+    if n_dim is not None:
+        return lambda gen: make(n_dim // 2, gen)
+    return make
+
+
+def _pair_saturated(gen: torch.Generator) -> Case:
+    """The defaults on 64 random embeddings."""
+    return Case(torch.randn((64, DIM), generator=gen, dtype=torch.float64), torch.arange(64) // 2, {})
+
+
+def _pair_logits(name: str):
+    def logits(case: Case) -> torch.Tensor:
+        z = TF.normalize(case.input, dim=-1)
+        sim = z @ z.T
+        if name == "multi_similarity":
+            return case.kwargs.get("beta", 50.0) * (sim - case.kwargs.get("base", 0.5))
+        return case.kwargs.get("gamma", 80.0) * (sim - case.kwargs.get("margin", 0.4))
+
+    return logits
+
+
+def _pair_near_converged(name: str):
+    def make(gen: torch.Generator) -> Case:
+        x = torch.eye(32, dtype=torch.float64).repeat_interleave(2, 0)
+        x = x + 0.01 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        return Case(x, torch.arange(64) // 2, dict(PAIR_CONVERGED[name]))
+
+    return make
+
+
+def _pair_spec(name: str) -> Spec:
+    make = _pair_case(name)
+    return Spec(make=make, unit_shape=_per_sample, weight=_sample_weight, not_applicable=NOT_APPLICABLE_PAIRS,
+                regimes={"typical": typical(make, n=16),
+                         "saturated": Regime(_pair_saturated, logits=_pair_logits(name)),
+                         "near_converged": Regime(_pair_near_converged(name)),
+                         "large": Regime(_pair_case(name, n_dim=1000), reductions=("mean",),
+                                         logits=_pair_logits(name))})
+
+
+NOT_APPLICABLE_PAIRS = {**NOT_BOXES, "imbalance": "every anchor has its positive among the batch's negatives; "
+                        "the large regime puts 1 positive among 999 negatives"}
+SPECS.update({name: _pair_spec(name) for name in PAIR_OPTIONS})

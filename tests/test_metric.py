@@ -265,3 +265,60 @@ def test_probe_draws_the_margin_losses_against_the_cosine_to_the_proxy():
     # CosFace at cosine s to its proxy, 0 to the other: log(1 + e^{-64 (s - 0.35)}).
     cosface = probe_loss("cosface", points=5)  # s = -0.99, -0.495, 0, 0.495, 0.99
     assert cosface.loss == pytest.approx([math.log1p(math.exp(-64 * (s - 0.35))) for s in cosface.x])
+
+
+# --- pair losses ---------------------------------------------------------------------------------
+
+PAIR_PARITY = [
+    (pml.MultiSimilarityLoss, {}, LF.multi_similarity_loss, {}),
+    (pml.MultiSimilarityLoss, {"alpha": 5.0, "beta": 20.0, "base": 0.2}, LF.multi_similarity_loss,
+     {"alpha": 5.0, "beta": 20.0, "base": 0.2}),
+    (pml.CircleLoss, {}, LF.circle_loss, {}),
+    (pml.CircleLoss, {"m": 0.25, "gamma": 256.0}, LF.circle_loss, {"margin": 0.25, "gamma": 256.0}),
+]
+
+
+@pytest.mark.parametrize(("peer_cls", "peer_kwargs", "fn", "options"), PAIR_PARITY,
+                         ids=[f"{p[0].__name__}-{i}" for i, p in enumerate(PAIR_PARITY)])
+def test_pair_losses_match_pytorch_metric_learning(peer_cls, peer_kwargs, fn, options):
+    x, _ = _batch(12)
+    y = torch.arange(N) % 9
+    y[0] = 99  # an anchor without a positive: multi-similarity keeps its negative term, circle drops it
+    x.requires_grad_(True)
+    expected = peer_cls(**peer_kwargs)(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = fn(x, y, **options)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_pair_losses_match_the_papers_formulas():
+    x, _ = _batch(13)
+    y = torch.arange(N) % 5
+    z = torch.nn.functional.normalize(x, dim=1)
+    ms, circle = [], []
+    for i in range(N):
+        pos = [j for j in range(N) if j != i and y[j] == y[i]]
+        neg = [j for j in range(N) if y[j] != y[i]]
+        s = z @ z[i]
+        ms.append(torch.log1p(sum(torch.exp(-2 * (s[p] - 0.5)) for p in pos)) / 2
+                  + torch.log1p(sum(torch.exp(50 * (s[q] - 0.5)) for q in neg)) / 50)
+        m, gamma = 0.4, 80.0  # alpha_p = [1 + m - s_p]_+, alpha_n = [s_n + m]_+ (eq. 6)
+        lp = sum(torch.exp(-gamma * max(1 + m - s[p], 0) * (s[p] - 1 + m)) for p in pos)
+        ln = sum(torch.exp(gamma * max(s[q] + m, 0) * (s[q] - m)) for q in neg)
+        circle.append(torch.log1p(lp * ln))
+    torch.testing.assert_close(LF.multi_similarity_loss(x, y, reduction="none"), torch.stack(ms))
+    torch.testing.assert_close(LF.circle_loss(x, y, reduction="none"), torch.stack(circle))
+
+
+def test_pair_losses_are_exact_near_convergence_in_float32():
+    # Positives at similarity 1 - 2e-5, negatives at 0: log(1 + tiny) from a float32 logsumexp over
+    # (values, 0) would round to 0; softplus of the log-sum keeps it.
+    x = torch.eye(4).repeat_interleave(2, 0)
+    x[1::2, 0] += 0.0063
+    y = torch.arange(8) // 2
+    for fn, options in ((LF.multi_similarity_loss, {"alpha": 40.0}), (LF.circle_loss, {})):
+        exact = fn(x.double(), y, reduction="none", **options)
+        assert (exact > 0).all() and (exact < 1e-8).all()
+        torch.testing.assert_close(fn(x, y, reduction="none", **options).double(), exact, rtol=1e-5, atol=0)

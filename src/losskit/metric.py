@@ -1,4 +1,4 @@
-"""Module forms of the metric-learning losses: each holds its class proxies as an ``nn.Parameter``.
+"""Module forms of the metric-learning losses; those with class proxies hold them as an ``nn.Parameter``.
 
 ``losskit.nn.ArcFaceLoss(num_classes=1000, embedding_size=512)`` makes the proxies (the
 classifier's weight, one row per class; ``(C, K, D)`` with sub-centres) and trains them with the
@@ -21,8 +21,10 @@ from losskit.functional import metric as F
 
 __all__ = [
     "ArcFaceLoss",
+    "CircleLoss",
     "CosFaceLoss",
     "LargeMarginSoftmaxLoss",
+    "MultiSimilarityLoss",
     "NormalizedSoftmaxLoss",
     "SphereFaceLoss",
     "SubCenterArcFaceLoss",
@@ -156,3 +158,16 @@ class SphereFaceLoss(ProxyLoss):
 @register("large_margin_softmax", "l_softmax", family="metric")
 class LargeMarginSoftmaxLoss(ProxyLoss):
     function = staticmethod(F.large_margin_softmax_loss)
+
+
+# --- pair losses on a labelled batch (no learned state) ---------------------------------------------
+
+
+@register("multi_similarity", "ms", family="metric")
+class MultiSimilarityLoss(LossModule):
+    function = staticmethod(F.multi_similarity_loss)
+
+
+@register("circle", family="metric")
+class CircleLoss(LossModule):
+    function = staticmethod(F.circle_loss)

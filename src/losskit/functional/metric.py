@@ -47,15 +47,17 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from losskit._core.checks import check_class_indices, check_floating, check_number, check_tensor
+from losskit._core.checks import check_bool, check_class_indices, check_floating, check_number, check_tensor
 from losskit._core.numerics import log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
-from losskit.functional.contrastive import _check_embeddings, _check_labels
+from losskit.functional.contrastive import _check_embeddings, _check_labels, _gather, _masked_fill_min, _reduce
 
 __all__ = [
     "arcface_loss",
+    "circle_loss",
     "cosface_loss",
     "large_margin_softmax_loss",
+    "multi_similarity_loss",
     "normalized_softmax_loss",
     "sphereface_loss",
     "sub_center_arcface_loss",
@@ -570,3 +572,183 @@ def sphereface_loss(
     loss = _large_margin(input, target, proxies, margin, scale, unit_proxies=True)
     return _finish(loss, input=input, target=target, proxies=proxies, weight=weight, reduction=reduction,
                    normalizer=normalizer)
+
+
+# --- pair losses on a labelled batch ------------------------------------------------------------
+# Every other sample with the anchor's label is a positive, every sample with another label a
+# negative; with ``distributed=True`` the candidates come from every rank (as in
+# :mod:`losskit.functional.contrastive`, whose gathering and reduction these share).
+
+
+def _pair_setup(input: Tensor, target: Tensor, reduction: str, normalizer: object,
+                distributed: object) -> tuple[Tensor, Tensor, Tensor]:
+    """Cosine similarities ``(n, M)`` of this rank's anchors with every candidate, and the positive
+    and negative masks."""
+    check_reduction(reduction, normalizer)
+    check_bool("distributed", distributed)
+    _check_embeddings("input", input)
+    _check_labels(target, input.shape[0])
+    z = TF.normalize(upcast(input), dim=-1)
+    z_all, labels_all, offset = _gather(z, target, distributed)
+    n, total = z.shape[0], z_all.shape[0]
+    not_self = torch.arange(total, device=z.device)[None, :] != (torch.arange(n, device=z.device) + offset)[:, None]
+    same = target[:, None] == labels_all[None, :]
+    return z @ z_all.T, same & not_self, ~same
+
+
+def _log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
+    r""":math:`\log(1 + \sum_{j \in keep} e^{x_j})` per row, exact when the sum is small (a converged
+    loss: ``softplus`` of the log-sum); 0 with a zero gradient for an empty row."""
+    return TF.softplus(torch.logsumexp(_masked_fill_min(logits, keep), 1))
+
+
+def multi_similarity_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    distributed: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Multi-similarity loss: soft weighting of every positive and negative pair of a labelled batch.
+
+    With cosine similarities :math:`S_{ij}` of the unit embeddings, :math:`P_i` the other samples
+    of anchor :math:`i`'s class and :math:`N_i` the samples of other classes:
+
+    .. math::
+        \ell_i = \frac{1}{\alpha} \log\Big(1 + \sum_{p \in P_i} e^{-\alpha (S_{ip} - \lambda)}\Big)
+            + \frac{1}{\beta} \log\Big(1 + \sum_{n \in N_i} e^{\beta (S_{in} - \lambda)}\Big).
+
+    An anchor without positives or negatives contributes the other term alone (0 for none), and
+    every anchor counts in ``"mean"``, as in pytorch-metric-learning (``MeanReducer``). The
+    paper's pair mining is a separate step (pytorch-metric-learning's ``MultiSimilarityMiner``).
+
+    Args:
+        input: Embeddings ``(N, D)`` (normalized here).
+        target: Integer labels ``(N,)``.
+        alpha: :math:`\alpha > 0`, the positive pairs' scale (2).
+        beta: :math:`\beta > 0`, the negative pairs' scale (50).
+        base: :math:`\lambda`, the similarity margin (0.5).
+        distributed: Use the embeddings of every rank as candidates (see
+            :mod:`losskit.functional.contrastive`).
+        weight: Per-anchor weights ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, D)`; target: :math:`(N,)` integer.
+        - output: scalar, or :math:`(N,)` with ``reduction="none"`` (one value per anchor).
+
+    Returns:
+        The loss in the input's dtype. An empty batch gives 0 with a gradient.
+
+    Raises:
+        ValueError: Wrong shapes, a bad option or reduction.
+        TypeError: Non-floating embeddings or non-integer labels.
+
+    Examples:
+        >>> import math, torch, losskit
+        >>> z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> # anchor 0: one positive at S = 1, one negative at S = 0:
+        >>> # log(1 + e^{-2 * 0.5}) / 2 + log(1 + e^{50 * -0.5}) / 50
+        >>> loss = losskit.multi_similarity_loss(z, torch.tensor([0, 0, 1]), reduction="none")
+        >>> bool(torch.isclose(loss[0], torch.tensor(math.log1p(math.exp(-1)) / 2 + math.log1p(math.exp(-25)) / 50,
+        ...                                          dtype=torch.float64)))
+        True
+
+    References:
+        Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
+        Learning", CVPR 2019 (eq. 9 without mining). Defaults follow pytorch-metric-learning
+        ``MultiSimilarityLoss`` (tested).
+    """
+    alpha = check_number("alpha", alpha, low=0.0, low_open=True)
+    beta = check_number("beta", beta, low=0.0, low_open=True)
+    base = check_number("base", base)
+    sim, positive, negative = _pair_setup(input, target, reduction, normalizer, distributed)
+    loss = (_log1p_sum_exp(-alpha * (sim - base), positive) / alpha
+            + _log1p_sum_exp(beta * (sim - base), negative) / beta)
+    return _reduce(loss, input=input, target=target, weight=weight, mask=None, reduction=reduction,
+                   normalizer=normalizer, distributed=distributed)
+
+
+def circle_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    margin: float = 0.4,
+    gamma: float = 80.0,
+    detach_weights: bool = True,
+    distributed: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Circle loss: every similarity re-weighted by its distance from its optimum.
+
+    With cosine similarities :math:`s` of the unit embeddings, positives :math:`s_p` and negatives
+    :math:`s_n` of anchor :math:`i` (as in :func:`multi_similarity_loss`), and the margin :math:`m`:
+
+    .. math::
+        \ell_i = \log\Big(1 + \sum_{n} e^{\gamma \alpha_n (s_n - m)}
+            \sum_{p} e^{-\gamma \alpha_p (s_p - 1 + m)}\Big),
+        \qquad \alpha_p = [1 + m - s_p]_+, \quad \alpha_n = [s_n + m]_+,
+
+    the weights :math:`\alpha` held constant in the gradient (``detach_weights=True``), as in the
+    authors' code and pytorch-metric-learning; ``False`` differentiates them too. Anchors without a
+    positive or a negative give 0 and are left out of ``"mean"``.
+
+    Args:
+        input: Embeddings ``(N, D)`` (normalized here).
+        target: Integer labels ``(N,)``.
+        margin: The relaxation :math:`m` (0.4; the paper uses 0.25 for faces).
+        gamma: The scale :math:`\gamma > 0` (80; the paper uses 256 for faces).
+        detach_weights: Hold :math:`\alpha_p, \alpha_n` constant in the gradient.
+        distributed: Use the embeddings of every rank as candidates (see
+            :mod:`losskit.functional.contrastive`).
+        weight: Per-anchor weights ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, D)`; target: :math:`(N,)` integer.
+        - output: scalar, or :math:`(N,)` with ``reduction="none"`` (one value per anchor).
+
+    Returns:
+        The loss in the input's dtype. An empty batch, or one without an anchor that has both a
+        positive and a negative, gives 0 with a gradient.
+
+    Raises:
+        ValueError: Wrong shapes, a bad option or reduction.
+        TypeError: Non-floating embeddings or non-integer labels.
+
+    Examples:
+        >>> import math, torch, losskit
+        >>> z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> # anchor 0: s_p = 1 (alpha_p = m), s_n = 0 (alpha_n = m); with m = 0.5, gamma = 4:
+        >>> # log(1 + e^{4 * 0.5 * -0.5} e^{-4 * 0.5 * 0.5}) = log(1 + e^-2)
+        >>> loss = losskit.circle_loss(z, torch.tensor([0, 0, 1]), margin=0.5, gamma=4.0, reduction="none")
+        >>> bool(torch.isclose(loss[0], torch.tensor(math.log1p(math.exp(-2)), dtype=torch.float64)))
+        True
+
+    References:
+        Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity Optimization", CVPR
+        2020 (eq. 6). Defaults follow pytorch-metric-learning ``CircleLoss`` (m = 0.4, gamma =
+        80; tested), whose ``AvgNonZeroReducer`` is ``"mean"`` here (a valid anchor's loss is > 0).
+    """
+    margin = check_number("margin", margin)
+    gamma = check_number("gamma", gamma, low=0.0, low_open=True)
+    check_bool("detach_weights", detach_weights)
+    sim, positive, negative = _pair_setup(input, target, reduction, normalizer, distributed)
+    fixed = sim.detach() if detach_weights else sim
+    logit_p = -gamma * (1 + margin - fixed).clamp_min(0) * (sim - (1 - margin))
+    logit_n = gamma * (fixed + margin).clamp_min(0) * (sim - margin)
+    both = (torch.logsumexp(_masked_fill_min(logit_p, positive), 1)
+            + torch.logsumexp(_masked_fill_min(logit_n, negative), 1))
+    valid = positive.any(1) & negative.any(1)
+    loss = torch.where(valid, TF.softplus(torch.where(valid, both, both.new_zeros(()))), both.new_zeros(()))
+    return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
+                   normalizer=normalizer, distributed=distributed)
