@@ -237,6 +237,7 @@ def registry() -> dict[str, Spec]:
         spec_divergence,
         spec_large_vocab,
         spec_lovasz,
+        spec_metric,
         spec_regression,
         spec_rl,
         spec_segmentation,
@@ -244,7 +245,8 @@ def registry() -> dict[str, Spec]:
 
     specs: dict[str, Spec] = {}
     modules = (spec_regression, spec_classification, spec_divergence, spec_boxes, spec_detection,
-               spec_segmentation, spec_lovasz, spec_boundary, spec_large_vocab, spec_rl, spec_contrastive)
+               spec_segmentation, spec_lovasz, spec_boundary, spec_large_vocab, spec_rl, spec_contrastive,
+               spec_metric)
     for module in modules:
         overlap = specs.keys() & module.SPECS.keys()
         assert not overlap, f"specs defined twice: {overlap}"

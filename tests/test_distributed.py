@@ -110,6 +110,9 @@ def _checks() -> dict[str, dict[str, float]]:
         "triplet_batch_hard": (lambda t, a, y, **kw: LF.triplet_margin_loss(a @ t, y, margin=2.0, **kw), {}),
         "triplet_batch_all": (lambda t, a, y, **kw: LF.triplet_margin_loss(
             a @ t, y, margin=2.0, mining="batch_all", **kw), {}),
+        "multi_similarity": (lambda t, a, y, **kw: LF.multi_similarity_loss(a @ t, y, beta=10.0, **kw), {}),
+        "circle_weighted": (lambda t, a, y, w=None, **kw: LF.circle_loss(a @ t, y, gamma=8.0, weight=w, **kw),
+                            {"weighted": True}),
     }
     for name, (fn, flags) in cases.items():
         second = v if name.startswith("info_nce") else labels

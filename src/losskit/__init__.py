@@ -10,7 +10,18 @@ The functions live in :mod:`losskit.functional`, the modules in :mod:`losskit.nn
 re-exported here.
 """
 
-from losskit import boxes, compose, detection, distributed, functional, nn, regularization, rl, segmentation
+from losskit import (
+    boxes,
+    compose,
+    detection,
+    distributed,
+    functional,
+    metric,
+    nn,
+    regularization,
+    rl,
+    segmentation,
+)
 from losskit._core.checks import checks_enabled, set_checks
 from losskit._core.module import LossModule
 from losskit._core.reduction import reduce_loss
@@ -35,6 +46,7 @@ __all__ = [
     "families",
     "functional",
     "get",
+    "metric",
     "nn",
     "reduce_loss",
     "register",

@@ -656,6 +656,10 @@ class TripletMarginLoss(LossModule):
 
 
 
+# --- metric learning (learned proxies; see losskit.metric) ----------------------------------------
+
+from losskit.metric import *  # noqa: E402, F403
+
 # Every module class above, the base class included.
 __all__ = sorted(name for name, value in dict(globals()).items()
                  if isinstance(value, type) and issubclass(value, LossModule))

@@ -22,6 +22,9 @@ loss, the value and the derivative (by autograd) along the natural 1-D probe of 
   embeddings ``e1`` and ``(s, sqrt(1 - s^2), 0)``, with ``e3`` as the negative (cosine 0). InfoNCE
   sees the pairs ``(e1, v)``, ``(e3, e3)``; the labelled losses the batch ``e1, v, e3`` with
   labels ``0, 0, 1``. The loss of the first row (anchor) is drawn.
+* **metric**: the cosine :math:`s \\in [-0.99, 0.99]` of the embedding ``(s, sqrt(1 - s^2), 0)``
+  of class 0 and its class's proxy ``e1``; class 1's proxy is ``e3`` (cosine 0). The pair losses
+  see the contrastive probe's batch ``e1, v, e3`` (labels ``0, 0, 1``), the loss of anchor ``e1``.
 * **divergence**: the two-class logits ``(x, 0)``, :math:`x \\in [-6, 6]`, against the target
   distribution ``(0.75, 0.25)`` (KL is 0 at :math:`x = \\ln 3`).
 * **rl**, one row per kind of input: PPO-type losses against the probability ratio
@@ -54,7 +57,7 @@ from typing import Any
 from losskit.arena.report import atomic_write
 
 PROBE_FAMILIES = ("regression", "classification", "boxes", "detection", "segmentation", "contrastive",
-                  "divergence", "rl", "preference")
+                  "metric", "divergence", "rl", "preference")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ _AXES = {
     "segmentation": _Axis("x", "logit margin x on a 16x16 image whose true mask is the band of rows 4-11 "
                                "(half the pixels): foreground logit +x on the mask, -x elsewhere", -6.0, 6.0),
     "contrastive": _Axis("s", "cosine similarity s of the positive pair (the negative at cosine 0)", -0.99, 0.99),
+    "metric": _Axis("s", "cosine s of an embedding and its class's proxy e1, the other class's proxy e3 at "
+                         "cosine 0 (pair losses: of the anchor e1 and its positive, the negative e3)", -0.99, 0.99),
     "divergence": _Axis("x", "logit x of class 0, logits (x, 0), against the target P = (0.75, 0.25)",
                         -6.0, 6.0),
 }
@@ -93,7 +98,7 @@ _VARIABLES = {family: axis.variable for family, axis in _AXES.items()}
 _RANGES = {family: (axis.low, axis.high) for family, axis in _AXES.items()}
 _LINESTYLES = ("-", "--", ":", "-.")
 # Required options that a probe fixes itself (and names in the legend).
-_PROBE_SUPPLIED = frozenset({"advantages", "rewards", "group_size", "desirable"})
+_PROBE_SUPPLIED = frozenset({"advantages", "rewards", "group_size", "desirable", "proxies"})
 
 
 @dataclass
@@ -300,6 +305,20 @@ def _candidates(module, family: str, params: list[str], points: int):
             e1, v, e3 = _pair_embeddings(si)
             return module(torch.stack([e1, v, e3]), torch.tensor([0, 0, 1]), reduction="none")[0]
         yield _Candidate("anchor e1, positive v, negative e3", axis, s, lambda: [("", _stacked(labelled, s))])
+    elif family == "metric" and hasattr(module, "proxies"):
+        s = _grid(axis, points)
+        proxies = torch.zeros_like(module.proxies, dtype=s.dtype)
+        proxies[0, ..., 0] = proxies[1, ..., 2] = 1.0  # class 0 along e1, class 1 along e3 (every sub-centre)
+        v = torch.stack([s, torch.sqrt(1 - s * s), torch.zeros_like(s)], 1)
+        yield _Candidate("embedding v of class 0, proxies e1 and e3", axis, s, lambda: [
+            ("", module(v, torch.zeros(points, dtype=torch.long), proxies=proxies, reduction="none"))])
+    elif family == "metric":  # pair losses: the contrastive probe's labelled batch
+        s = _grid(axis, points)
+
+        def batch(si):
+            e1, v, e3 = _pair_embeddings(si)
+            return module(torch.stack([e1, v, e3]), torch.tensor([0, 0, 1]), reduction="none")[0]
+        yield _Candidate("anchor e1, positive v, negative e3", axis, s, lambda: [("", _stacked(batch, s))])
     elif family == "divergence":
         x = _grid(axis, points)
         target = torch.tensor([0.75, 0.25], dtype=x.dtype).expand(points, 2)
@@ -342,6 +361,8 @@ def probe_loss(name: str, *, points: int = 201, options: Mapping[str, Any] | Non
         probe.error = (f"needs option(s) {', '.join(missing)} that the probe cannot supply; "
                        f"pass options={{{found.name!r}: {{{missing[0]!r}: ...}}}}")
         return probe
+    if "proxies" in _required_options(found.cls) and "proxies" not in options:  # two classes of 3-D embeddings
+        options = {"num_classes": 2, "embedding_size": 3, **options}
     try:
         module = losskit.get(found.name, **options)
     except (TypeError, ValueError) as error:

@@ -7,6 +7,7 @@ option is keyword-only. The reduction rules are those of :func:`losskit.reduce_l
 from losskit.functional import contrastive as _contrastive
 from losskit.functional import fused_policy as _fused_policy
 from losskit.functional import large_vocab as _large_vocab
+from losskit.functional import metric as _metric
 from losskit.functional import rl as _rl
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
 from losskit.functional.boxes import (
@@ -44,6 +45,7 @@ from losskit.functional.divergence import js_div, kl_div
 from losskit.functional.fused_policy import *  # noqa: F403
 from losskit.functional.large_vocab import *  # noqa: F403
 from losskit.functional.lovasz import lovasz_hinge_loss, lovasz_softmax_loss
+from losskit.functional.metric import *  # noqa: F403
 from losskit.functional.regression import (
     balanced_l1_loss,
     charbonnier_loss,
@@ -125,5 +127,6 @@ __all__ = [
     *_contrastive.__all__,
     *_fused_policy.__all__,
     *_large_vocab.__all__,
+    *_metric.__all__,
     *_rl.__all__,
 ]

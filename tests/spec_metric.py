@@ -1,0 +1,197 @@
+"""Contract-suite specs for the metric-learning losses with class proxies (see tests/specs.py).
+
+Each case is a batch of random float64 embeddings ``(n, 5)`` with labels among 4 classes and random
+proxies ``(4, 5)`` (``(4, 2, 5)`` with sub-centres), passed as ``proxies=``. The margin losses run at
+a scale of 8 in the typical cases (their default 64 in the saturated regime), so gradcheck sees
+every class's term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+from tests.specs import NOT_BOXES, Case, Regime, Spec, typical
+
+DIM, CLASSES, SUB_CENTERS = 5, 4, 2
+
+# The margin losses' own options in the typical cases, and the scale factor of their logits.
+OPTIONS = {
+    "normalized_softmax": {"temperature": 0.25},
+    "cosface": {"scale": 8.0},
+    "arcface": {"scale": 8.0},
+    "sub_center_arcface": {"scale": 8.0},
+    "sphereface": {"margin": 2},
+    "large_margin_softmax": {"margin": 3},
+}
+
+
+def _proxies(name: str, classes: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    shape = (classes, SUB_CENTERS, dim) if name == "sub_center_arcface" else (classes, dim)
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _case(name: str, **options):
+    def make(n: int, gen: torch.Generator) -> Case:
+        x = torch.randn((n, DIM), generator=gen, dtype=torch.float64)
+        target = torch.randint(CLASSES, (n,), generator=gen)
+        return Case(x, target, {"proxies": _proxies(name, CLASSES, DIM, gen), **OPTIONS[name], **options})
+
+    return make
+
+
+def _sample_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.rand(case.input.shape[:1], generator=gen, dtype=torch.float64) + 0.5
+    return w, w
+
+
+def _per_sample(case: Case) -> tuple[int, ...]:
+    return tuple(case.input.shape[:1])
+
+
+def _logits(name: str):
+    """The logits a case's loss reduces, before the margin: cosines times the scale (over the
+    temperature), times the embedding norm (and the proxy norm) for the multiplicative margins."""
+
+    def logits(case: Case) -> torch.Tensor:
+        w = case.kwargs["proxies"]
+        flat = w.reshape(-1, w.shape[-1])
+        cos = TF.normalize(case.input, dim=-1) @ TF.normalize(flat, dim=-1).T
+        if name == "normalized_softmax":
+            return cos / case.kwargs.get("temperature", 0.05)
+        if name == "large_margin_softmax":
+            return case.input @ flat.T * case.kwargs.get("scale", 1.0)
+        if name == "sphereface":
+            return cos * case.input.norm(dim=-1, keepdim=True) * case.kwargs.get("scale", 1.0)
+        return cos * case.kwargs.get("scale", 64.0)
+
+    return logits
+
+
+# --- accuracy regimes ---------------------------------------------------------------------------
+# saturated: the defaults (scale 64, logits up to 64), a temperature of 1/30, embeddings of norm
+# about 20 for the multiplicative margins (their logits are |x| cos or |x| |w| cos).
+# near_converged: 8 orthonormal proxies, each embedding near its class's proxy (unit length; 12
+# times that for the multiplicative margins): the labelled logit leads by 10 or more.
+# large: 1000 embeddings against 1000 classes (1e6 logits).
+
+SATURATED = {"normalized_softmax": {"temperature": 1 / 30}, "cosface": {}, "arcface": {},
+             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 3}}
+INPUT_SCALE = {"sphereface": 10.0, "large_margin_softmax": 10.0}
+CONVERGED = {"normalized_softmax": {"temperature": 0.05}, "cosface": {}, "arcface": {},
+             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 2}}
+
+
+def _saturated(name: str):
+    def make(gen: torch.Generator) -> Case:
+        case = _case(name)(64, gen)
+        options = {"proxies": case.kwargs["proxies"], **SATURATED[name]}
+        return Case(case.input * INPUT_SCALE.get(name, 1.0), case.target, options)
+
+    return make
+
+
+def _near_converged(name: str):
+    def make(gen: torch.Generator) -> Case:
+        classes = dim = 8
+        basis = torch.eye(classes, dim, dtype=torch.float64)
+        target = torch.arange(64) % classes
+        x = basis[target] + 0.01 * torch.randn((64, dim), generator=gen, dtype=torch.float64)
+        proxies = basis
+        if name == "sub_center_arcface":  # the second sub-centre of each class points elsewhere
+            proxies = torch.stack([basis, -basis.roll(1, 0)], 1)
+        x = x * (12.0 if name in INPUT_SCALE else 1.0)
+        return Case(x, target, {"proxies": proxies, **CONVERGED[name]})
+
+    return make
+
+
+def _large(name: str):
+    def make(gen: torch.Generator) -> Case:
+        x = torch.randn((1000, 16), generator=gen, dtype=torch.float64)
+        target = torch.randint(1000, (1000,), generator=gen)
+        return Case(x, target, {"proxies": _proxies(name, 1000, 16, gen), **OPTIONS[name]})
+
+    return make
+
+
+NOT_APPLICABLE = {**NOT_BOXES, "imbalance": "one labelled class per sample among C: the large regime "
+                  "has 1000 classes, each labelled about once"}
+
+
+def _spec(name: str, **budget) -> Spec:
+    make = _case(name)
+    return Spec(make=make, unit_shape=_per_sample, weight=_sample_weight, not_applicable=NOT_APPLICABLE,
+                regimes={"typical": typical(make, n=64),
+                         "saturated": Regime(_saturated(name), logits=_logits(name)),
+                         "near_converged": Regime(_near_converged(name)),
+                         "large": Regime(_large(name), reductions=("mean",), logits=_logits(name))},
+                **budget)
+
+
+SPECS: dict[str, Spec] = {name: _spec(name) for name in OPTIONS}
+
+
+# --- pair losses -----------------------------------------------------------------------------------
+# 2n embeddings in n classes of two (labels 0 0 1 1 ...): every anchor has a positive and, from two
+# classes on, negatives. The typical scales are moderate (beta 10, gamma 8) so that gradcheck sees
+# every pair; the saturated regime uses the defaults (beta 50, gamma 80: logits up to about 70).
+# Near convergence each class sits near its basis vector: positives at similarity about 1,
+# negatives about 0 (multi-similarity with alpha 40, so that its positive term is small too).
+
+# Circle loss's gradient holds its weights constant, which gradcheck cannot confirm: the contract
+# differentiates them (tests/test_metric.py checks the default gradient against the peer's).
+PAIR_OPTIONS = {"multi_similarity": {"beta": 10.0}, "circle": {"gamma": 8.0, "detach_weights": False}}
+PAIR_CONVERGED = {"multi_similarity": {"alpha": 40.0}, "circle": {}}
+
+
+def _pair_case(name: str, n_dim: int | None = None):
+    """``make(n, gen)``; with ``n_dim``, ``make(gen)`` for ``n_dim`` embeddings of ``n_dim`` dimensions."""
+
+    def make(n: int, gen: torch.Generator) -> Case:
+        x = torch.randn((2 * n, DIM if n_dim is None else n_dim), generator=gen, dtype=torch.float64)
+        return Case(x, torch.arange(2 * n) // 2, dict(PAIR_OPTIONS[name]))
+
+    if n_dim is not None:
+        return lambda gen: make(n_dim // 2, gen)
+    return make
+
+
+def _pair_saturated(gen: torch.Generator) -> Case:
+    """The defaults on 64 random embeddings."""
+    return Case(torch.randn((64, DIM), generator=gen, dtype=torch.float64), torch.arange(64) // 2, {})
+
+
+def _pair_logits(name: str):
+    def logits(case: Case) -> torch.Tensor:
+        z = TF.normalize(case.input, dim=-1)
+        sim = z @ z.T
+        if name == "multi_similarity":
+            return case.kwargs.get("beta", 50.0) * (sim - case.kwargs.get("base", 0.5))
+        return case.kwargs.get("gamma", 80.0) * (sim - case.kwargs.get("margin", 0.4))
+
+    return logits
+
+
+def _pair_near_converged(name: str):
+    def make(gen: torch.Generator) -> Case:
+        x = torch.eye(32, dtype=torch.float64).repeat_interleave(2, 0)
+        x = x + 0.01 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        return Case(x, torch.arange(64) // 2, dict(PAIR_CONVERGED[name]))
+
+    return make
+
+
+def _pair_spec(name: str) -> Spec:
+    make = _pair_case(name)
+    return Spec(make=make, unit_shape=_per_sample, weight=_sample_weight, not_applicable=NOT_APPLICABLE_PAIRS,
+                regimes={"typical": typical(make, n=16),
+                         "saturated": Regime(_pair_saturated, logits=_pair_logits(name)),
+                         "near_converged": Regime(_pair_near_converged(name)),
+                         "large": Regime(_pair_case(name, n_dim=1000), reductions=("mean",),
+                                         logits=_pair_logits(name))})
+
+
+NOT_APPLICABLE_PAIRS = {**NOT_BOXES, "imbalance": "every anchor has its positive among the batch's negatives; "
+                        "the large regime puts 1 positive among 999 negatives"}
+SPECS.update({name: _pair_spec(name) for name in PAIR_OPTIONS})

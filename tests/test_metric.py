@@ -1,0 +1,325 @@
+"""Metric-learning losses with class proxies: live parity with pytorch-metric-learning 2.9, float64
+references written from the papers, and the module forms' learned proxies.
+
+The contract suite (tests/test_contract.py via tests/spec_metric.py), the accuracy contract and the
+hostile-input properties cover these losses too; this file checks what is particular to them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml
+
+import losskit
+import losskit.functional as LF
+
+N, C, D = 24, 7, 6
+PML_ARC_MARGIN = math.radians(28.6)  # pytorch-metric-learning's ArcFace margin is in degrees
+PROXY_LOSSES = [name for name in losskit.available("metric") if name not in ("multi_similarity", "circle")]
+
+
+def _batch(seed: int = 0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((N, D), generator=gen, dtype=dtype)
+    y = torch.randint(C, (N,), generator=gen)
+    return x, y
+
+
+# --- live parity with pytorch-metric-learning ------------------------------------------------------
+
+PARITY = [
+    # (peer class, peer kwargs, losskit function, losskit options, proxies from the peer's W (D, C))
+    (pml.ArcFaceLoss, {}, LF.arcface_loss, {"margin": PML_ARC_MARGIN}),
+    (pml.ArcFaceLoss, {"margin": 10.0, "scale": 30.0}, LF.arcface_loss,
+     {"margin": math.radians(10.0), "scale": 30.0}),
+    (pml.CosFaceLoss, {}, LF.cosface_loss, {}),
+    (pml.CosFaceLoss, {"margin": 0.2, "scale": 16.0}, LF.cosface_loss, {"margin": 0.2, "scale": 16.0}),
+    (pml.SphereFaceLoss, {}, LF.sphereface_loss, {}),
+    (pml.SphereFaceLoss, {"margin": 3, "scale": 2.0}, LF.sphereface_loss, {"margin": 3, "scale": 2.0}),
+    (pml.LargeMarginSoftmaxLoss, {}, LF.large_margin_softmax_loss, {}),
+    (pml.LargeMarginSoftmaxLoss, {"margin": 2}, LF.large_margin_softmax_loss, {"margin": 2}),
+    (pml.NormalizedSoftmaxLoss, {}, LF.normalized_softmax_loss, {}),
+    (pml.NormalizedSoftmaxLoss, {"temperature": 0.5}, LF.normalized_softmax_loss, {"temperature": 0.5}),
+]
+
+
+@pytest.mark.parametrize(("peer_cls", "peer_kwargs", "fn", "options"), PARITY,
+                         ids=[f"{p[0].__name__}-{i}" for i, p in enumerate(PARITY)])
+def test_margin_losses_match_pytorch_metric_learning(peer_cls, peer_kwargs, fn, options):
+    torch.manual_seed(1)
+    peer = peer_cls(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    x, y = _batch()
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.W))
+    proxies = peer.W.detach().T.clone().requires_grad_(True)  # pml's W is (D, C); losskit's proxies (C, D)
+    actual = fn(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w.T, rtol=1e-8, atol=1e-10)
+
+
+def test_sub_center_arcface_matches_pytorch_metric_learning():
+    torch.manual_seed(2)
+    peer = pml.SubCenterArcFaceLoss(num_classes=C, embedding_size=D).double()  # 3 sub-centres
+    x, y = _batch(3)
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.W))
+    # pml's column c * K + k is class c's sub-centre k
+    proxies = peer.W.detach().T.reshape(C, 3, D).clone().requires_grad_(True)
+    actual = LF.sub_center_arcface_loss(x, y, proxies=proxies, margin=PML_ARC_MARGIN)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w.T.reshape(C, 3, D), rtol=1e-8, atol=1e-10)
+
+
+def test_arcface_matches_pytorch_metric_learning_past_pi_minus_m():
+    # Embeddings opposite their class's proxy: theta near pi, past pi - m, where both switch to
+    # cos(theta) - m sin(m).
+    torch.manual_seed(4)
+    peer = pml.ArcFaceLoss(num_classes=C, embedding_size=D).double()
+    y = torch.arange(N) % C
+    x = -peer.W.detach().T[y] + 0.05 * torch.randn(N, D, dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity(x, peer.W.detach().T[y], dim=-1)
+    assert (cos < -math.cos(PML_ARC_MARGIN)).all()
+    actual = LF.arcface_loss(x, y, proxies=peer.W.detach().T, margin=PML_ARC_MARGIN, reduction="none")
+    torch.testing.assert_close(actual, _pml_per_sample(peer, x, y), rtol=1e-10, atol=1e-12)
+
+
+def _pml_per_sample(peer, x, y):
+    return torch.stack([peer(x[i:i + 1], y[i:i + 1]) for i in range(len(y))])
+
+
+def test_module_forms_train_their_proxies_like_pytorch_metric_learning():
+    # One SGD step on the proxies from the same start gives the same proxies.
+    torch.manual_seed(5)
+    peer = pml.CosFaceLoss(num_classes=C, embedding_size=D).double()
+    ours = losskit.CosFaceLoss(proxies=peer.W.detach().T)
+    assert [name for name, _ in ours.named_parameters()] == ["proxies"]
+    x, y = _batch(6)
+    for module in (peer, ours):
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+        module(x, y).backward()
+        optimizer.step()
+    torch.testing.assert_close(ours.proxies.detach(), peer.W.detach().T, rtol=1e-10, atol=1e-12)
+
+
+# --- float64 references written from the papers -------------------------------------------------
+
+
+def _reference(x, y, w, target_logit, other_logit):
+    """Per-sample cross-entropy, one sample and one class at a time: the labelled class's logit is
+    ``target_logit(x_i, w_y)``, every other class's ``other_logit(x_i, w_j)``."""
+    out = []
+    for i in range(len(y)):
+        logits = [target_logit(x[i], w[j]) if j == y[i] else other_logit(x[i], w[j]) for j in range(len(w))]
+        logits = torch.stack(logits)
+        out.append(torch.logsumexp(logits, 0) - logits[y[i]])
+    return torch.stack(out)
+
+
+def _cos(a, b):
+    return (a @ b) / (a.norm() * b.norm())
+
+
+def test_margin_losses_match_the_papers_formulas():
+    x, y = _batch(7)
+    w = torch.randn(C, D, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    s, m = 10.0, 0.3
+
+    def theta(a, b):
+        return torch.acos(_cos(a, b))
+
+    def arc_target(a, b):  # the paper's cos(theta + m), and the linear fallback past pi - m
+        t = theta(a, b)
+        return s * (torch.cos(t + m) if t <= math.pi - m else torch.cos(t) - m * math.sin(m))
+
+    cases = {
+        "arcface": (LF.arcface_loss(x, y, proxies=w, margin=m, scale=s, reduction="none"),
+                    _reference(x, y, w, arc_target, lambda a, b: s * _cos(a, b))),
+        "cosface": (LF.cosface_loss(x, y, proxies=w, margin=m, scale=s, reduction="none"),
+                    _reference(x, y, w, lambda a, b: s * (_cos(a, b) - m), lambda a, b: s * _cos(a, b))),
+        "normalized_softmax": (LF.normalized_softmax_loss(x, y, proxies=w, temperature=0.2, reduction="none"),
+                               _reference(x, y, w, lambda a, b: _cos(a, b) / 0.2, lambda a, b: _cos(a, b) / 0.2)),
+    }
+    for margin in (1, 2, 3, 4, 5):
+        def psi(t, margin=margin):  # eq. 6 of L-Softmax, with k from the angle
+            k = math.floor(float(t) / (math.pi / margin))
+            return (-1) ** k * torch.cos(margin * t) - 2 * k
+
+        cases[f"large_margin_softmax-{margin}"] = (
+            LF.large_margin_softmax_loss(x, y, proxies=w, margin=margin, scale=1.5, reduction="none"),
+            _reference(x, y, w, lambda a, b, psi=psi: 1.5 * a.norm() * b.norm() * psi(theta(a, b)),
+                       lambda a, b: 1.5 * (a @ b)))
+        cases[f"sphereface-{margin}"] = (
+            LF.sphereface_loss(x, y, proxies=w, margin=margin, reduction="none"),
+            _reference(x, y, w, lambda a, b, psi=psi: a.norm() * psi(theta(a, b)), lambda a, b: a.norm() * _cos(a, b)))
+    for name, (actual, expected) in cases.items():
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_margin_zero_is_the_normalized_softmax():
+    x, y = _batch(9)
+    w = torch.randn(C, D, dtype=torch.float64)
+    plain = LF.normalized_softmax_loss(x, y, proxies=w, temperature=1 / 16)
+    for fn in (LF.arcface_loss, LF.cosface_loss):
+        torch.testing.assert_close(fn(x, y, proxies=w, margin=0.0, scale=16.0), plain, rtol=1e-12, atol=0)
+    one = LF.sphereface_loss(x, y, proxies=w, margin=1)  # psi_1 = cos: the softmax over |x| cos
+    torch.testing.assert_close(one, LF.cross_entropy(x.norm(dim=1, keepdim=True) * torch.nn.functional.normalize(
+        x, dim=1) @ torch.nn.functional.normalize(w, dim=1).T, y))
+
+
+def test_arcface_gradient_is_finite_and_exact_when_the_embedding_is_its_proxy():
+    # theta = 0 exactly: cos(theta + m) has derivative -sin(m) / sin(theta) in cos, infinite at
+    # theta = 0 through an arccosine; here sin(theta) comes from |x - w| and stays finite.
+    w = torch.eye(3, dtype=torch.float64)
+    x = w.clone().requires_grad_(True)
+    loss = LF.arcface_loss(x, torch.arange(3), proxies=w)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(grad).all()
+    # Each loss is log(1 + 2 e^{-s cos m}) (the others' cosines are 0): value from the formula
+    expected = torch.log1p(2 * torch.exp(torch.tensor(-64 * math.cos(0.5), dtype=torch.float64)))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_arcface_is_exact_near_convergence_in_float32():
+    # theta = 0.005: 1 - cos(theta) from the float32 cosine cancels; from |x - w| it does not.
+    w = torch.eye(4, 8)
+    x = w.clone()
+    x[:, 4] = 0.005
+    y = torch.arange(4)
+    exact = LF.arcface_loss(x.double(), y, proxies=w.double(), reduction="none")
+    torch.testing.assert_close(LF.arcface_loss(x, y, proxies=w, reduction="none").double(), exact,
+                               rtol=1e-5, atol=0)
+
+
+# --- module forms ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_module_holds_learned_proxies_of_the_right_shape(name):
+    module = losskit.get(name, num_classes=C, embedding_size=D)
+    expected = (C, 3, D) if name == "sub_center_arcface" else (C, D)
+    assert [(k, tuple(p.shape)) for k, p in module.named_parameters()] == [("proxies", expected)]
+    x, y = _batch(10, torch.float32)
+    module(x, y).backward()
+    assert module.proxies.grad is not None and torch.isfinite(module.proxies.grad).all()
+    assert module.proxies.grad.abs().sum() > 0
+    config = module.get_config()
+    assert config["num_classes"] == C and config["embedding_size"] == D and "proxies" not in config
+    rebuilt = losskit.get(config)
+    assert tuple(rebuilt.proxies.shape) == expected
+    rebuilt.load_state_dict(module.state_dict())
+    torch.testing.assert_close(rebuilt(x, y), module(x, y))
+
+
+def test_sub_center_module_takes_the_number_of_sub_centres():
+    module = losskit.SubCenterArcFaceLoss(num_classes=C, embedding_size=D, sub_centers=5)
+    assert tuple(module.proxies.shape) == (C, 5, D)
+    assert losskit.get(module.get_config()).sub_centers == 5
+
+
+def test_module_errors_name_the_argument():
+    with pytest.raises(TypeError, match="num_classes and embedding_size"):
+        losskit.ArcFaceLoss()
+    with pytest.raises(ValueError, match="num_classes"):
+        losskit.ArcFaceLoss(num_classes=0, embedding_size=4)
+    with pytest.raises(ValueError, match="proxies"):
+        losskit.ArcFaceLoss(num_classes=3, embedding_size=4, proxies=torch.randn(4, 4))
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_bad_inputs_raise_naming_the_argument(name):
+    fn = losskit.get(name, num_classes=C, embedding_size=D).function
+    x, y = _batch(11)
+    w = torch.randn((C, 3, D) if name == "sub_center_arcface" else (C, D), dtype=torch.float64)
+    with pytest.raises(ValueError, match="target has class indices outside"):
+        fn(x, torch.full((N,), C), proxies=w)
+    with pytest.raises(TypeError, match="target must hold integer class labels"):
+        fn(x, y.double(), proxies=w)
+    with pytest.raises(ValueError, match=r"proxies must have shape .*D = input.shape\[1\] = 6"):
+        fn(x, y, proxies=w[..., :-1])
+    with pytest.raises(ValueError, match="input must have shape"):
+        fn(x[:, None], y, proxies=w)
+    with pytest.raises(TypeError, match="proxies must be a torch.Tensor"):
+        fn(x, y, proxies=w.tolist())
+    nan = w.clone()
+    nan.view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="proxies contains non-finite"):
+        fn(x, y, proxies=nan)
+    with losskit.set_checks(False):  # unchecked, the NaN stays a NaN
+        assert torch.isnan(fn(x, y, proxies=nan))
+
+
+def test_probe_draws_the_margin_losses_against_the_cosine_to_the_proxy():
+    from losskit.arena.plots import probe_loss
+
+    # CosFace at cosine s to its proxy, 0 to the other: log(1 + e^{-64 (s - 0.35)}).
+    cosface = probe_loss("cosface", points=5)  # s = -0.99, -0.495, 0, 0.495, 0.99
+    assert cosface.loss == pytest.approx([math.log1p(math.exp(-64 * (s - 0.35))) for s in cosface.x])
+
+
+# --- pair losses ---------------------------------------------------------------------------------
+
+PAIR_PARITY = [
+    (pml.MultiSimilarityLoss, {}, LF.multi_similarity_loss, {}),
+    (pml.MultiSimilarityLoss, {"alpha": 5.0, "beta": 20.0, "base": 0.2}, LF.multi_similarity_loss,
+     {"alpha": 5.0, "beta": 20.0, "base": 0.2}),
+    (pml.CircleLoss, {}, LF.circle_loss, {}),
+    (pml.CircleLoss, {"m": 0.25, "gamma": 256.0}, LF.circle_loss, {"margin": 0.25, "gamma": 256.0}),
+]
+
+
+@pytest.mark.parametrize(("peer_cls", "peer_kwargs", "fn", "options"), PAIR_PARITY,
+                         ids=[f"{p[0].__name__}-{i}" for i, p in enumerate(PAIR_PARITY)])
+def test_pair_losses_match_pytorch_metric_learning(peer_cls, peer_kwargs, fn, options):
+    x, _ = _batch(12)
+    y = torch.arange(N) % 9
+    y[0] = 99  # an anchor without a positive: multi-similarity keeps its negative term, circle drops it
+    x.requires_grad_(True)
+    expected = peer_cls(**peer_kwargs)(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = fn(x, y, **options)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_pair_losses_match_the_papers_formulas():
+    x, _ = _batch(13)
+    y = torch.arange(N) % 5
+    z = torch.nn.functional.normalize(x, dim=1)
+    ms, circle = [], []
+    for i in range(N):
+        pos = [j for j in range(N) if j != i and y[j] == y[i]]
+        neg = [j for j in range(N) if y[j] != y[i]]
+        s = z @ z[i]
+        ms.append(torch.log1p(sum(torch.exp(-2 * (s[p] - 0.5)) for p in pos)) / 2
+                  + torch.log1p(sum(torch.exp(50 * (s[q] - 0.5)) for q in neg)) / 50)
+        m, gamma = 0.4, 80.0  # alpha_p = [1 + m - s_p]_+, alpha_n = [s_n + m]_+ (eq. 6)
+        lp = sum(torch.exp(-gamma * max(1 + m - s[p], 0) * (s[p] - 1 + m)) for p in pos)
+        ln = sum(torch.exp(gamma * max(s[q] + m, 0) * (s[q] - m)) for q in neg)
+        circle.append(torch.log1p(lp * ln))
+    torch.testing.assert_close(LF.multi_similarity_loss(x, y, reduction="none"), torch.stack(ms))
+    torch.testing.assert_close(LF.circle_loss(x, y, reduction="none"), torch.stack(circle))
+
+
+def test_pair_losses_are_exact_near_convergence_in_float32():
+    # Positives at similarity 1 - 2e-5, negatives at 0: log(1 + tiny) from a float32 logsumexp over
+    # (values, 0) would round to 0; softplus of the log-sum keeps it.
+    x = torch.eye(4).repeat_interleave(2, 0)
+    x[1::2, 0] += 0.0063
+    y = torch.arange(8) // 2
+    for fn, options in ((LF.multi_similarity_loss, {"alpha": 40.0}), (LF.circle_loss, {})):
+        exact = fn(x.double(), y, reduction="none", **options)
+        assert (exact > 0).all() and (exact < 1e-8).all()
+        torch.testing.assert_close(fn(x, y, reduction="none", **options).double(), exact, rtol=1e-5, atol=0)
