@@ -323,3 +323,20 @@ def test_pair_losses_are_exact_near_convergence_in_float32():
         exact = fn(x.double(), y, reduction="none", **options)
         assert (exact > 0).all() and (exact < 1e-8).all()
         torch.testing.assert_close(fn(x, y, reduction="none", **options).double(), exact, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("labels", [[5, 5, 5], [0, 1, 2]])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_circle_batch_with_nothing_to_score_ignores_every_embedding(labels, value):
+    # One class (no negative) or no class twice (no positive): no anchor scores, the loss is 0,
+    # and no embedding gets a gradient, even a non-finite one (before, the masked log-sum-exps
+    # sent 0 * NaN back to it).
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x[1, 2] = value
+    x.requires_grad_()
+    out = losskit.circle_loss(x, torch.tensor(labels))
+    (grad,) = torch.autograd.grad(out, x)
+    assert out.item() == 0.0 and (grad == 0).all()
+    # With an anchor that has a positive and a negative, the NaN counts and is named.
+    with pytest.raises(ValueError, match="input contains non-finite values"):
+        losskit.circle_loss(x.detach(), torch.tensor([5, 5, 6]))

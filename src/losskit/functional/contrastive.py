@@ -48,6 +48,16 @@ __all__ = ["info_nce_loss", "supervised_contrastive_loss", "triplet_margin_loss"
 # --- shared pieces ------------------------------------------------------------------------------
 
 
+def _unless_nothing_to_score(x: Tensor, target: Tensor, distributed: bool) -> Tensor:
+    """``x`` (N, D), all ignored when no anchor has both a positive (its class twice) and a negative:
+    the loss is then 0 and no embedding, even a NaN one, gets a gradient. (Across ranks another
+    rank's anchors may score these embeddings, so a distributed batch is left as it is.)"""
+    if distributed and D.is_distributed():
+        return x
+    same = target[:, None] == target[None, :]
+    return ignored_without_gradient(x, ((same.sum(1) > 1) & ~same.all(1)).any())
+
+
 def _check_embeddings(name: str, x: Tensor, dims: tuple[int, ...] = (2,)) -> None:
     check_floating(name, x)
     if x.dim() not in dims:
@@ -439,13 +449,7 @@ def triplet_margin_loss(
     check_bool("soft", soft)
     _check_embeddings("input", input)
     _check_labels(target, input.shape[0])
-    x = upcast(input)
-    if not (distributed and D.is_distributed()):
-        # A batch without any anchor to score (one class, or no class twice) is all ignored: the loss
-        # is 0 and no embedding, even a NaN one, gets a gradient. (Across ranks another rank's
-        # anchors may score these embeddings.)
-        same = target[:, None] == target[None, :]
-        x = ignored_without_gradient(x, ((same.sum(1) > 1) & ~same.all(1)).any())
+    x = _unless_nothing_to_score(upcast(input), target, distributed)
     if normalize:
         x = TF.normalize(x, dim=-1)
     x_all, labels_all, offset = _gather(x, target, distributed)

@@ -50,7 +50,14 @@ from torch import Tensor
 from losskit._core.checks import check_bool, check_class_indices, check_floating, check_number, check_tensor
 from losskit._core.numerics import log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
-from losskit.functional.contrastive import _check_embeddings, _check_labels, _gather, _masked_fill_min, _reduce
+from losskit.functional.contrastive import (
+    _check_embeddings,
+    _check_labels,
+    _gather,
+    _masked_fill_min,
+    _reduce,
+    _unless_nothing_to_score,
+)
 
 __all__ = [
     "arcface_loss",
@@ -581,14 +588,18 @@ def sphereface_loss(
 
 
 def _pair_setup(input: Tensor, target: Tensor, reduction: str, normalizer: object,
-                distributed: object) -> tuple[Tensor, Tensor, Tensor]:
+                distributed: object, *, needs_both: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Cosine similarities ``(n, M)`` of this rank's anchors with every candidate, and the positive
-    and negative masks."""
+    and negative masks. ``needs_both``: an anchor scores only with a positive and a negative, so a
+    batch where none has both is all ignored (no gradient, NaN embeddings included)."""
     check_reduction(reduction, normalizer)
     check_bool("distributed", distributed)
     _check_embeddings("input", input)
     _check_labels(target, input.shape[0])
-    z = TF.normalize(upcast(input), dim=-1)
+    x = upcast(input)
+    if needs_both:
+        x = _unless_nothing_to_score(x, target, distributed)
+    z = TF.normalize(x, dim=-1)
     z_all, labels_all, offset = _gather(z, target, distributed)
     n, total = z.shape[0], z_all.shape[0]
     not_self = torch.arange(total, device=z.device)[None, :] != (torch.arange(n, device=z.device) + offset)[:, None]
@@ -742,7 +753,7 @@ def circle_loss(
     margin = check_number("margin", margin)
     gamma = check_number("gamma", gamma, low=0.0, low_open=True)
     check_bool("detach_weights", detach_weights)
-    sim, positive, negative = _pair_setup(input, target, reduction, normalizer, distributed)
+    sim, positive, negative = _pair_setup(input, target, reduction, normalizer, distributed, needs_both=True)
     fixed = sim.detach() if detach_weights else sim
     logit_p = -gamma * (1 + margin - fixed).clamp_min(0) * (sim - (1 - margin))
     logit_n = gamma * (fixed + margin).clamp_min(0) * (sim - margin)
