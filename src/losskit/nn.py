@@ -7,9 +7,15 @@ each class is its function's.
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from losskit import functional as F
+from losskit._core.checks import check_bool, check_number
 from losskit._core.module import LossModule
 from losskit._core.registry import register
+from losskit.boxes import box_iou
 
 # --- regression -------------------------------------------------------------------------------
 
@@ -278,10 +284,6 @@ class WIoULoss(LossModule):
 
     def __init__(self, *, momentum: float | None = None, total_steps: int | None = None, iou_mean=1.0,
                  **options) -> None:
-        import torch
-
-        from losskit._core.checks import check_number
-
         if momentum is not None and total_steps is not None:
             raise ValueError("give momentum= or total_steps=, not both")
         if momentum is not None:
@@ -317,10 +319,6 @@ class WIoULoss(LossModule):
         Returns:
             The buffer ``iou_mean`` after the update.
         """
-        import torch
-
-        from losskit.boxes import box_iou
-
         momentum = self.momentum_value()
         with torch.no_grad():
             if target is not None:
@@ -603,12 +601,6 @@ class InfoNCELoss(LossModule):
     function = staticmethod(F.info_nce_loss)
 
     def __init__(self, *, learn_temperature: bool = False, max_logit_scale: float = 100.0, **options) -> None:
-        import math
-
-        import torch
-
-        from losskit._core.checks import check_bool, check_number
-
         super().__init__(**options)
         check_bool("learn_temperature", learn_temperature)
         self.learn_temperature = learn_temperature

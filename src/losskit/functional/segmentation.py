@@ -112,6 +112,7 @@ from losskit.functional._region_stats import (
     probabilities_with_complement,
     region_stats,
 )
+from losskit.functional.classification import binary_cross_entropy, cross_entropy
 
 AGGREGATES = ("per_sample", "batch")
 ABSENT = ("keep", "zero", "exclude", "sample_mean")
@@ -929,8 +930,6 @@ def dice_ce_loss(
     References:
         Isensee et al., "nnU-Net", Nature Methods 2021; MONAI ``DiceCELoss``.
     """
-    from losskit.functional.classification import binary_cross_entropy, cross_entropy
-
     check_reduction(reduction, normalizer)
     check_number("lambda_dice", lambda_dice, low=0.0)
     check_number("lambda_ce", lambda_ce, low=0.0)
