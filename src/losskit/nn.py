@@ -12,7 +12,7 @@ import math
 import torch
 
 from losskit import functional as F
-from losskit._core.checks import check_bool, check_number
+from losskit._core.checks import check_bool, check_int, check_number
 from losskit._core.module import LossModule
 from losskit._core.registry import register
 from losskit.boxes import box_iou
@@ -288,9 +288,7 @@ class WIoULoss(LossModule):
             raise ValueError("give momentum= or total_steps=, not both")
         if momentum is not None:
             check_number("momentum", momentum, low=0.0, high=1.0, low_open=True)
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        check_int("total_steps", total_steps, low=1, optional=True)
         mean = torch.as_tensor(iou_mean, dtype=torch.get_default_dtype()).detach().clone()
         if mean.numel() != 1 or not bool(mean.reshape(()) > 0):
             raise ValueError(f"iou_mean must be one positive number, got {iou_mean!r}")

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from losskit._core.checks import check_bool, check_number, excerpt
+from losskit._core.numerics import upcast
 from losskit._core.registry import register
 from losskit.compose.composite import LossAlgebra
 
@@ -175,17 +176,12 @@ def _params(model: nn.Module, include: Any, exclude: Any, exclude_defaults: bool
     return [p for _, p in chosen]
 
 
-def _wide(p: Tensor) -> Tensor:
-    """Half-precision parameters are summed in float32 (a float16 sum of squares overflows)."""
-    return p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
-
-
 def _l1(params: list[Tensor]) -> Tensor:
-    return sum(_wide(p).abs().sum() for p in params)
+    return sum(upcast(p).abs().sum() for p in params)
 
 
 def _l2(params: list[Tensor]) -> Tensor:
-    return sum(_wide(p).square().sum() for p in params)
+    return sum(upcast(p).square().sum() for p in params)
 
 
 def l1_penalty(model: nn.Module, *, include: Any = None, exclude: Any = None,

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from losskit._core import registry
-from losskit._core.checks import check_number, check_one_of, did_you_mean, excerpt
+from losskit._core.checks import check_int, check_number, check_one_of, did_you_mean, excerpt
+from losskit._core.numerics import safe_divide
 from losskit.compose.schedules import Schedule, finite_number, schedule_from_config, times
 from losskit.compose.toml import to_toml
 from losskit.compose.weighting import UNCERTAINTY_FORMS, WEIGHTINGS, uncertainty_weighted
@@ -271,9 +272,7 @@ class CompositeLoss(LossAlgebra, nn.Module):
         super().__init__()
         check_one_of("weighting", weighting, WEIGHTINGS)
         check_one_of("uncertainty_form", uncertainty_form, tuple(UNCERTAINTY_FORMS))
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive integer or None, got {excerpt(total_steps)}")
+        check_int("total_steps", total_steps, low=1, optional=True)
         self.weighting, self.uncertainty_form, self.total_steps = weighting, uncertainty_form, total_steps
         collected = collect_terms(terms)
         if not collected:
@@ -305,10 +304,9 @@ class CompositeLoss(LossAlgebra, nn.Module):
             raise ValueError("step() needs total_steps: CompositeLoss(..., total_steps=epochs), "
                              "or call set_progress(fraction) instead")
         index = self.step_index + 1 if index is None else index
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"index must be a non-negative integer, got {index!r}")
+        check_int("index", index, low=0)
         self.step_index = index
-        self.set_progress(min(index / max(self.total_steps - 1, 1), 1.0))
+        self.set_progress(min(safe_divide(index, self.total_steps - 1), 1.0))
 
     def get_extra_state(self) -> dict[str, float]:
         return {"progress": self.progress, "step_index": self.step_index}

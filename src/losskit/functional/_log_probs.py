@@ -19,6 +19,7 @@ from losskit._core.checks import (
     check_tensor,
     checks_enabled,
 )
+from losskit._core.numerics import safe_divide
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum_norm"]
@@ -134,8 +135,7 @@ def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return x.mean() if x.numel() else x.new_zeros(())
     x = x.expand(mask.shape)
-    count = mask.sum().clamp_min(1).to(x.dtype)
-    return torch.where(mask, x, x.new_zeros(())).sum() / count
+    return safe_divide(torch.where(mask, x, x.new_zeros(())).sum(), mask.sum())
 
 
 def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor | None) -> Tensor:
@@ -144,8 +144,8 @@ def _sequence_log_ratio(log_ratio: Tensor, mask: Tensor | None) -> Tensor:
         return log_ratio
     if mask is None:
         return log_ratio.mean(-1, keepdim=True).expand_as(log_ratio) if log_ratio.shape[-1] else log_ratio
-    count = mask.sum(-1, keepdim=True).clamp_min(1).to(log_ratio.dtype)
-    return (torch.where(mask, log_ratio, 0.0).sum(-1, keepdim=True) / count).expand_as(log_ratio)
+    total = torch.where(mask, log_ratio, 0.0).sum(-1, keepdim=True)
+    return safe_divide(total, mask.sum(-1, keepdim=True)).expand_as(log_ratio)
 
 
 def _aggregate(per_token: Tensor, mask: Tensor | None, aggregation: str,
@@ -160,11 +160,10 @@ def _aggregate(per_token: Tensor, mask: Tensor | None, aggregation: str,
     total = x.sum(-1)
     if aggregation == "sequence_mean":
         if m is None:
-            return total / max(x.shape[-1], 1), None
+            return safe_divide(total, x.shape[-1]), None
         count = m.sum(-1)
-        return total / count.clamp_min(1).to(total.dtype), count > 0
-    length = max(x.shape[-1], 1) if max_length is None else max_length
-    return total / length, None
+        return safe_divide(total, count), count > 0
+    return safe_divide(total, x.shape[-1]) if max_length is None else total / max_length, None
 
 
 def _finish(per_token: Tensor, mask: Tensor | None, *, aggregation: str, max_length: float | None,

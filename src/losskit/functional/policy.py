@@ -50,12 +50,13 @@ from torch import Tensor
 from losskit._core.checks import (
     check_bool,
     check_floating,
+    check_int,
     check_number,
     check_one_of,
     check_tensor,
 )
 from losskit._core.docs import shared_docs
-from losskit._core.numerics import exp_tail, finite_log, log_softmax, upcast
+from losskit._core.numerics import exp_tail, finite_log, log_softmax, safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction
 from losskit.functional._log_probs import (
     _LOG_RATIO_LIMIT,
@@ -85,12 +86,12 @@ def _normalize(advantages: Tensor, mask: Tensor | None, eps: float) -> Tensor:
     valid = None if mask is None or mask.shape != advantages.shape else mask
     if valid is None:
         count = advantages.new_tensor(float(advantages.numel()))
-        mean = advantages.sum() / count.clamp_min(1)
-        var = ((advantages - mean) ** 2).sum() / (count - 1).clamp_min(1)
+        mean = safe_divide(advantages.sum(), count)
+        var = safe_divide(((advantages - mean) ** 2).sum(), count - 1)
     else:
         count = valid.sum().to(advantages.dtype)
-        mean = torch.where(valid, advantages, 0.0).sum() / count.clamp_min(1)
-        var = torch.where(valid, (advantages - mean) ** 2, 0.0).sum() / (count - 1).clamp_min(1)
+        mean = safe_divide(torch.where(valid, advantages, 0.0).sum(), count)
+        var = safe_divide(torch.where(valid, (advantages - mean) ** 2, 0.0).sum(), count - 1)
     return (advantages - mean) / (var.sqrt() + eps)
 
 
@@ -108,11 +109,7 @@ def _group_advantages(rewards: Tensor, group_size: int, scale: str, eps: float) 
 
 
 def _check_group_size(group_size: object, n: int) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int):
-        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
-    if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (a group's mean is the baseline of its members), got "
-                         f"{group_size}")
+    check_int("group_size", group_size, low=2)  # a group's mean is the baseline of its members
     if n % group_size:
         raise ValueError(f"the number of sequences ({n}) must be a multiple of group_size={group_size}: "
                          "rewards hold consecutive groups of completions of the same prompt")

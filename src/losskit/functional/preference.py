@@ -25,7 +25,7 @@ from losskit._core.checks import (
     checks_enabled,
 )
 from losskit._core.numerics import eps as dtype_eps
-from losskit._core.numerics import upcast
+from losskit._core.numerics import safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional._log_probs import (
     Diagnostics,
@@ -41,7 +41,7 @@ DPO_VARIANTS: tuple[str, ...] = ("sigmoid", "hinge", "ipo")
 
 
 def _length_normalized(x: Tensor, lengths: Tensor | None, dtype: torch.dtype) -> Tensor:
-    return x if lengths is None else x / upcast(lengths).to(dtype).clamp_min(1)
+    return x if lengths is None else safe_divide(x, upcast(lengths).to(dtype))
 
 
 def _sigmoid_loss(logits: Tensor, label_smoothing: float) -> Tensor:

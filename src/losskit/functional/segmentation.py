@@ -100,7 +100,7 @@ from losskit._core.checks import (
 )
 from losskit._core.dense import DenseTarget, check_activation, dense_target, drop_background, index_labels, one_hot
 from losskit._core.docs import shared_docs
-from losskit._core.numerics import compute_dtype, upcast
+from losskit._core.numerics import compute_dtype, safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
 from losskit.functional._region_stats import (
     RegionStats,
@@ -307,7 +307,7 @@ def _sample_means(loss: Tensor, present: Tensor, class_weight: Tensor | None) ->
     weights = present.to(loss.dtype) if class_weight is None else torch.where(present, class_weight, 0.0)
     total = weights.sum(1, keepdim=True)
     empty = total == 0
-    share = torch.where(empty, 1.0 / max(loss.shape[1], 1), weights / torch.where(empty, 1.0, total))
+    share = torch.where(empty, safe_divide(1.0, loss.shape[1]), weights / torch.where(empty, 1.0, total))
     return torch.where(empty, 1.0, torch.where(weights > 0, loss, 0.0)), share
 
 
