@@ -337,7 +337,7 @@ def test_step_and_set_progress_drive_the_weights():
     assert c.progress == 1.0
     with pytest.raises(ValueError, match="needs total_steps"):
         CompositeLoss(lnn.MSELoss()).step(1)
-    with pytest.raises(ValueError, match="non-negative integer"):
+    with pytest.raises(ValueError, match="index must be an integer >= 0"):
         c.step(-1)
 
 
