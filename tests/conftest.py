@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["tests.skip_policy"]  # a skip not on its allowlist fails the session
+
 settings.register_profile(
     "ci",
     max_examples=40,

@@ -6,9 +6,8 @@ library, version and the exact call.
 
 Each comparison goes through one adapter below that calls the losskit API. Lines marked
 ``# API:`` are where the planned losskit signature is assumed: adjust them there if the
-implementation settles on other names or options. A comparison is skipped only while the losskit
-function it needs is missing (absent module or attribute, or a stub raising
-``NotImplementedError``); any other difference fails.
+implementation settles on other names or options. A comparison never skips: a missing module or
+function (a rename, say) fails it, like any other difference.
 
 Tolerances. The peers add eps (1e-7) to denominators (union, enclosing area, squared diagonal,
 CIoU alpha; Ultralytics' xyxy mode also adds eps to both heights), losskit may use a different or
@@ -61,26 +60,11 @@ ATOL = RTOL = 1e-6
 
 
 def losskit_fn(path: str) -> Callable:
-    """``losskit.boxes.box_iou`` -> a caller of it; skip while the module, name or implementation is missing."""
+    """``"losskit.boxes.box_iou"`` -> that function; a missing module or name fails the test."""
     module_name, _, attr = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name) and exc.name.startswith("losskit"):
-            pytest.skip(f"{module_name} does not exist yet")
-        raise
-    fn = getattr(module, attr, None)
-    if fn is None:
-        pytest.skip(f"{path} does not exist yet")
-
-    def call(*args, **kwargs) -> torch.Tensor:
-        # A stub that raises NotImplementedError counts as missing (skip); any other error fails.
-        try:
-            return fn(*args, **kwargs)
-        except NotImplementedError as exc:
-            pytest.skip(f"{path} is not implemented yet {exc}".rstrip())
-
-    return call
+    module = importlib.import_module(module_name)
+    assert hasattr(module, attr), f"{path} does not exist, and golden vectors call it"
+    return getattr(module, attr)
 
 
 def tensor(data, *, grad: bool = False) -> torch.Tensor:

@@ -56,6 +56,8 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_number, check_one_of, check_tensor, checks_enabled
+from losskit._core.numerics import LOW_PRECISION as _LOW_PRECISION
+from losskit._core.numerics import float_compute_dtype as _compute_dtype
 
 __all__ = [
     "AXIS_ALIGNED_FORMATS",
@@ -77,7 +79,6 @@ ROTATED_FORMATS: tuple[str, ...] = ("xywhr", "cxcywhr", "xyxyxyxy")
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 IOU_KINDS_3D: tuple[str, ...] = ("iou", "giou")
 _WIDTH = {"xyxy": 4, "xywh": 4, "cxcywh": 4, "xywhr": 5, "cxcywhr": 5, "xyxyxyxy": 8, "xyzxyz": 6}
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 PROBIOU_BOUND = 100.0  # B_D is clamped to [0, 100]: exp(-100) is 0 to float32 and float64 alike
 
 Kind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
@@ -97,10 +98,6 @@ def _resolve_eps(eps: float | None, dtype: torch.dtype) -> float:
     if eps is None:
         return default_eps(dtype)
     return check_number("eps", eps, low=0.0)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _result_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -7,9 +7,15 @@ each class is its function's.
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from losskit import functional as F
+from losskit._core.checks import check_bool, check_int, check_number
 from losskit._core.module import LossModule
 from losskit._core.registry import register
+from losskit.boxes import box_iou
 
 # --- regression -------------------------------------------------------------------------------
 
@@ -278,17 +284,11 @@ class WIoULoss(LossModule):
 
     def __init__(self, *, momentum: float | None = None, total_steps: int | None = None, iou_mean=1.0,
                  **options) -> None:
-        import torch
-
-        from losskit._core.checks import check_number
-
         if momentum is not None and total_steps is not None:
             raise ValueError("give momentum= or total_steps=, not both")
         if momentum is not None:
             check_number("momentum", momentum, low=0.0, high=1.0, low_open=True)
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        check_int("total_steps", total_steps, low=1, optional=True)
         mean = torch.as_tensor(iou_mean, dtype=torch.get_default_dtype()).detach().clone()
         if mean.numel() != 1 or not bool(mean.reshape(()) > 0):
             raise ValueError(f"iou_mean must be one positive number, got {iou_mean!r}")
@@ -317,10 +317,6 @@ class WIoULoss(LossModule):
         Returns:
             The buffer ``iou_mean`` after the update.
         """
-        import torch
-
-        from losskit.boxes import box_iou
-
         momentum = self.momentum_value()
         with torch.no_grad():
             if target is not None:
@@ -603,12 +599,6 @@ class InfoNCELoss(LossModule):
     function = staticmethod(F.info_nce_loss)
 
     def __init__(self, *, learn_temperature: bool = False, max_logit_scale: float = 100.0, **options) -> None:
-        import math
-
-        import torch
-
-        from losskit._core.checks import check_bool, check_number
-
         super().__init__(**options)
         check_bool("learn_temperature", learn_temperature)
         self.learn_temperature = learn_temperature

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from losskit._core.checks import check_bool, check_number, excerpt
-from losskit._core.registry import register_class
-from losskit.compose import LossAlgebra
+from losskit._core.numerics import upcast
+from losskit._core.registry import register
+from losskit.compose.composite import LossAlgebra
 
 __all__ = [
     "NORM_TYPES",
@@ -175,17 +176,12 @@ def _params(model: nn.Module, include: Any, exclude: Any, exclude_defaults: bool
     return [p for _, p in chosen]
 
 
-def _wide(p: Tensor) -> Tensor:
-    """Half-precision parameters are summed in float32 (a float16 sum of squares overflows)."""
-    return p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
-
-
 def _l1(params: list[Tensor]) -> Tensor:
-    return sum(_wide(p).abs().sum() for p in params)
+    return sum(upcast(p).abs().sum() for p in params)
 
 
 def _l2(params: list[Tensor]) -> Tensor:
-    return sum(_wide(p).square().sum() for p in params)
+    return sum(upcast(p).square().sum() for p in params)
 
 
 def l1_penalty(model: nn.Module, *, include: Any = None, exclude: Any = None,
@@ -292,7 +288,7 @@ class _Penalty(LossAlgebra, nn.Module):
     composite's ``parameters()`` and ``state_dict`` do not take the model in) and ignores any
     call arguments."""
 
-    penalty_name = ""
+    registered_name = ""
     takes_inputs = False
     function: Any = None
 
@@ -310,7 +306,7 @@ class _Penalty(LossAlgebra, nn.Module):
         return type(self).function(self.model, **self._options, **self._filters)
 
     def get_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"name": self.penalty_name, **self._options}
+        config: dict[str, Any] = {"name": self.registered_name, **self._options}
         for key in ("include", "exclude"):
             if self._filters[key] is not None:
                 config[key] = _filter_config(self._filters[key])
@@ -324,11 +320,11 @@ class _Penalty(LossAlgebra, nn.Module):
         return ", ".join(parts)
 
 
+@register("l1_penalty", family="penalty")
 class L1Penalty(_Penalty):
     """Module form of :func:`l1_penalty`: takes the model at construction; a term of a composite
     that needs no inputs (``lnn.CrossEntropyLoss() + 1e-5 * L1Penalty(net)``)."""
 
-    penalty_name = "l1_penalty"
     function = staticmethod(l1_penalty)
 
     def __init__(self, model: nn.Module, *, include: Any = None, exclude: Any = None,
@@ -336,10 +332,10 @@ class L1Penalty(_Penalty):
         super().__init__(model, include=include, exclude=exclude, exclude_defaults=exclude_defaults)
 
 
+@register("l2_penalty", family="penalty")
 class L2Penalty(_Penalty):
     """Module form of :func:`l2_penalty` (``half=True`` for the 1/2 factor)."""
 
-    penalty_name = "l2_penalty"
     function = staticmethod(l2_penalty)
 
     def __init__(self, model: nn.Module, *, half: bool = False, include: Any = None, exclude: Any = None,
@@ -348,10 +344,10 @@ class L2Penalty(_Penalty):
         super().__init__(model, include=include, exclude=exclude, exclude_defaults=exclude_defaults, **options)
 
 
+@register("elastic_net_penalty", "elastic_net", family="penalty")
 class ElasticNetPenalty(_Penalty):
     """Module form of :func:`elastic_net_penalty`."""
 
-    penalty_name = "elastic_net_penalty"
     function = staticmethod(elastic_net_penalty)
 
     def __init__(self, model: nn.Module, *, l1_ratio: float = 0.5, half: bool = False, include: Any = None,
@@ -360,14 +356,3 @@ class ElasticNetPenalty(_Penalty):
         if half:
             options["half"] = True
         super().__init__(model, include=include, exclude=exclude, exclude_defaults=exclude_defaults, **options)
-
-
-# Names in ``losskit.build`` specs and configs.
-PENALTIES: dict[str, type[_Penalty]] = {
-    "l1_penalty": L1Penalty,
-    "l2_penalty": L2Penalty,
-    "elastic_net_penalty": ElasticNetPenalty,
-    "elastic_net": ElasticNetPenalty,
-}
-for _cls in (L1Penalty, L2Penalty, ElasticNetPenalty):
-    register_class(_cls)  # configs may name them by class path too

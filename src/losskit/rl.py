@@ -28,23 +28,20 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_floating, check_number, check_one_of, check_tensor
-from losskit.functional.rl import (
+from losskit.functional._log_probs import _as_mask
+from losskit.functional.policy import (
     REWARD_SCALES,
-    _as_mask,
     _check_group_size,
     _group_advantages,
     _normalize,
-    dpo_loss,
     entropy_bonus,
     grpo_loss,
     kl_penalty,
-    kto_loss,
-    orpo_loss,
     ppo_clip_loss,
     reinforce_loss,
-    simpo_loss,
     value_loss,
 )
+from losskit.functional.preference import dpo_loss, kto_loss, orpo_loss, simpo_loss
 
 
 class Advantages(NamedTuple):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losskit._core.checks import check_number, check_tensor
+from losskit._core.checks import check_int, check_number, check_tensor
 
 __all__ = ["distance_transform", "inside_outside_distances", "signed_distance_map", "soft_skeleton"]
 
@@ -309,8 +309,7 @@ def soft_skeleton(x: Tensor, iterations: int = 3) -> Tensor:
     if x.dim() not in (4, 5):
         raise ValueError(f"x must have shape (N, C, H, W) or (N, C, D, H, W) for a soft skeleton, "
                          f"got {tuple(x.shape)}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    check_int("iterations", iterations, low=0)
     if x.numel() == 0:  # nothing to pool (max pooling rejects an empty image)
         return x.clone()
     skel = F.relu(x - _dilate(_erode(x)))

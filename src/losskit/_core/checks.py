@@ -151,6 +151,19 @@ def check_number(name: str, value: object, *, low: float | None = None, high: fl
     return value
 
 
+def check_int(name: str, value: object, *, low: int | None = None, optional: bool = False) -> int | None:
+    """An integer option of at least ``low`` (``None`` passes where ``optional``). A bool is not
+    an integer here: ``True`` is not 1."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "an integer or None" if optional else "an integer"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {excerpt(value)}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    return value
+
+
 def check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")

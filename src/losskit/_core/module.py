@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from losskit._core.checks import did_you_mean
+from losskit.compose.composite import LossAlgebra
 
 
 def _is_number_sequence(value: object) -> bool:
@@ -33,8 +34,9 @@ def _is_number_sequence(value: object) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
 
 
-class LossModule(nn.Module):
-    """Base class of every module form; see the module docstring for the contract."""
+class LossModule(LossAlgebra, nn.Module):
+    """Base class of every module form; see the module docstring for the contract. Loss modules
+    combine with ``+``, ``-``, ``*`` and ``/`` into a :class:`~losskit.compose.CompositeLoss`."""
 
     function: ClassVar[Callable[..., Tensor]]
     registered_name: ClassVar[str] = ""
@@ -90,47 +92,6 @@ class LossModule(nn.Module):
             shown = f"tensor{tuple(value.shape)}" if isinstance(value, Tensor) and value.dim() else value
             parts.append(f"{key}={shown!s}" if isinstance(value, Tensor) else f"{key}={value!r}")
         return ", ".join(parts)
-
-    # Loss algebra: ``0.5 * dice + ce`` is a ``losskit.compose.CompositeLoss`` (see that module).
-    def __add__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__add__(self, other)
-
-    def __radd__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__radd__(self, other)
-
-    def __sub__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__sub__(self, other)
-
-    def __rsub__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__rsub__(self, other)
-
-    def __neg__(self) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__neg__(self)
-
-    def __mul__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__mul__(self, other)
-
-    def __rmul__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__rmul__(self, other)
-
-    def __truediv__(self, other: object) -> Any:
-        from losskit.compose import LossAlgebra
-
-        return LossAlgebra.__truediv__(self, other)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

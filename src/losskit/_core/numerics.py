@@ -12,17 +12,40 @@ import math
 import torch
 from torch import Tensor
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # computed in float32
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a loss computes in for inputs of ``dtype``."""
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def float_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a computation on values that may be integers (box coordinates): as
+    :func:`compute_dtype`, and float32 for integers."""
+    return compute_dtype(dtype) if dtype.is_floating_point else torch.float32
 
 
 def upcast(x: Tensor) -> Tensor:
     """``x`` in its compute dtype (a no-op for float32 and float64)."""
-    return x.float() if x.dtype in _LOW_PRECISION else x
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
+def safe_divide(total: Tensor | float, count: Tensor | int | float) -> Tensor | float:
+    """``total / max(count, 1)``: a mean over ``count`` items that is 0 (the sum of nothing), not
+    NaN, when there are none. A tensor ``count`` is cast to ``total``'s dtype (counts are exact
+    there up to 2048 in float16, 2**24 in float32).
+
+    Examples:
+        >>> safe_divide(torch.tensor([3.0, 0.0]), torch.tensor([2, 0]))
+        tensor([1.5000, 0.0000])
+        >>> safe_divide(6.0, 0)
+        6.0
+    """
+    if isinstance(count, Tensor):
+        dtype = total.dtype if isinstance(total, Tensor) else torch.get_default_dtype()
+        return total / count.clamp_min(1).to(dtype)
+    return total / max(count, 1)
 
 
 def as_option_tensor(value, like: Tensor) -> Tensor:

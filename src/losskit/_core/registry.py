@@ -3,6 +3,11 @@
 Each module form is registered once under a canonical name (its function's name without the
 ``_loss`` suffix) and any number of aliases. Unknown names answer with the closest matches.
 
+The parameter penalties of :mod:`losskit.regularization` are registered too, as the family
+``"penalty"``: they read a model's parameters instead of an input and a target
+(``takes_inputs = False``), so :func:`available` and :func:`families` list them only when that
+family is asked for (``available("penalty")``).
+
 The registry is also the allowlist of configs. A config names a registered loss
 (``{"name": "focal"}``), or a class by its path (``{"class": "losskit.detection.yolo.YOLOLoss"}``)
 that is registered here: every registered loss, and the classes marked with
@@ -14,20 +19,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from torch import nn
 
 from losskit._core.checks import clip, did_you_mean, excerpt
 
-if TYPE_CHECKING:
-    from losskit._core.module import LossModule
+PENALTY_FAMILY = "penalty"
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
-    cls: type[LossModule]
+    cls: type[nn.Module]
     family: str
     aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def takes_inputs(self) -> bool:
+        """Whether the module is called with an input and a target (a penalty reads a model)."""
+        return getattr(self.cls, "takes_inputs", True) is not False
 
 
 _ENTRIES: dict[str, Entry] = {}  # canonical name -> entry
@@ -60,9 +71,10 @@ def registered_class_path(cls: type) -> str | None:
 
 
 def register(name: str, *aliases: str, family: str):
-    """Class decorator: register a :class:`LossModule` under ``name`` and ``aliases``."""
+    """Class decorator: register a :class:`~losskit.LossModule` (or a penalty) under ``name`` and
+    ``aliases``."""
 
-    def decorate(cls: type[LossModule]) -> type[LossModule]:
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
         for key in (name, *aliases):
             if key in _LOOKUP:
                 raise ValueError(f"loss name {key!r} is already registered for {_LOOKUP[key]!r}")
@@ -76,23 +88,44 @@ def register(name: str, *aliases: str, family: str):
     return decorate
 
 
-def _canonical(name: str) -> str:
+def is_registered(cls: type) -> bool:
+    """Whether ``cls`` itself (not a subclass) is registered under a name."""
+    found = _ENTRIES.get(getattr(cls, "registered_name", ""))
+    return found is not None and found.cls is cls
+
+
+def canonical_key(name: str) -> str:
+    """The form names are compared in: stripped, lower case, ``-`` as ``_``."""
+    return name.strip().lower().replace("-", "_")
+
+
+def names() -> list[str]:
+    """Every registered name and alias, penalties included."""
+    return sorted(_LOOKUP)
+
+
+def find(name: str) -> Entry | None:
+    """The entry for a name or alias in any spelling :func:`canonical_key` accepts, with or
+    without a ``_loss`` suffix; ``None`` for an unknown name."""
     if not isinstance(name, str):
         raise TypeError(f"a loss name must be a string such as 'dice', got {type(name).__name__} {excerpt(name)}")
-    key = name.strip().lower().replace("-", "_")
-    if key in _LOOKUP:
-        return _LOOKUP[key]
-    if key.endswith("_loss") and key[: -len("_loss")] in _LOOKUP:
-        return _LOOKUP[key[: -len("_loss")]]
-    raise ValueError(f"unknown loss {excerpt(name)}{did_you_mean(key, _LOOKUP)} (losskit.available() lists every name)")
+    key = canonical_key(name)
+    if key not in _LOOKUP and key.endswith("_loss"):
+        key = key[: -len("_loss")]
+    return _ENTRIES[_LOOKUP[key]] if key in _LOOKUP else None
 
 
 def entry(name: str) -> Entry:
-    """The registry entry for a name or alias."""
-    return _ENTRIES[_canonical(name)]
+    """The registry entry for a name or alias; an unknown name raises ``ValueError`` with the
+    closest names."""
+    found = find(name)
+    if found is None:
+        hint = did_you_mean(canonical_key(name), _LOOKUP)
+        raise ValueError(f"unknown loss {excerpt(name)}{hint} (losskit.available() lists every name)")
+    return found
 
 
-def get(spec: str | Mapping[str, Any] | LossModule, **overrides: Any) -> LossModule:
+def get(spec: str | Mapping[str, Any] | nn.Module, **overrides: Any) -> nn.Module:
     """Build a loss module from a name, an alias or a config dict.
 
     Args:
@@ -118,14 +151,15 @@ def get(spec: str | Mapping[str, Any] | LossModule, **overrides: Any) -> LossMod
         ...
         ValueError: unknown loss 'hubr'; did you mean 'huber'? (losskit.available() lists every name)
     """
-    from losskit._core.module import LossModule
-
-    if isinstance(spec, LossModule):
+    if isinstance(spec, nn.Module) and is_registered(type(spec)):
         if not overrides:
             return spec
         spec = spec.get_config()
     if isinstance(spec, str):
-        return entry(spec).cls(**overrides)
+        found = entry(spec)
+        if not found.takes_inputs:
+            return from_config({"name": found.name, **overrides})  # explains that the model is needed
+        return found.cls(**overrides)
     if isinstance(spec, Mapping):
         return from_config({**spec, **overrides})
     raise TypeError(f"spec must be a name, a config dict or a LossModule, got {type(spec).__name__}")
@@ -199,7 +233,7 @@ def from_config(config: Mapping[str, Any], where: str = "", model: Any = None) -
     if getattr(cls, "takes_inputs", True) is False:  # a penalty: it reads a model's parameters
         if model is None:
             raise ValueError(f"{prefix}{cls.__name__} reads a model's parameters: pass it, "
-                             "losskit.build(config, model=model)")
+                             "losskit.build(spec, model=model)")
         arguments: tuple[Any, ...] = (model,)
     else:
         arguments = ()
@@ -210,19 +244,24 @@ def from_config(config: Mapping[str, Any], where: str = "", model: Any = None) -
 
 
 def available(family: str | None = None) -> list[str]:
-    """Canonical names of the registered losses, sorted; only ``family``'s when given.
+    """Canonical names of the registered losses, sorted; only ``family``'s when given (the
+    penalties only when ``family="penalty"``).
 
     Examples:
         >>> import losskit
         >>> "huber" in losskit.available("regression")
         True
+        >>> losskit.available("penalty")
+        ['elastic_net_penalty', 'l1_penalty', 'l2_penalty']
     """
-    families = sorted({e.family for e in _ENTRIES.values()})
-    if family is not None and family not in families:
-        raise ValueError(f"unknown family {family!r}; families are {families}")
-    return sorted(n for n, e in _ENTRIES.items() if family is None or e.family == family)
+    known = sorted({e.family for e in _ENTRIES.values()})
+    if family is not None and family not in known:
+        raise ValueError(f"unknown family {family!r}; families are {known}")
+    if family is None:
+        return sorted(n for n, e in _ENTRIES.items() if e.takes_inputs)
+    return sorted(n for n, e in _ENTRIES.items() if e.family == family)
 
 
 def families() -> list[str]:
-    """The loss families that have registered losses."""
-    return sorted({e.family for e in _ENTRIES.values()})
+    """The loss families that have registered losses (the ``"penalty"`` family is not one)."""
+    return sorted({e.family for e in _ENTRIES.values() if e.takes_inputs})

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_bool, check_number, check_one_of
+from losskit._core.checks import check_bool, check_int, check_number, check_one_of
 from losskit.boxes import box_convert, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid
 
@@ -158,8 +158,7 @@ class TaskAlignedAssigner:
                  overlap: str = "ciou", small_object_size: float | None = None, topk2: int | None = None,
                  eps: float = 1e-9, dense_topk: bool = False) -> None:
         for name, value in (("topk", topk), ("num_classes", num_classes)) + ((("topk2", topk2),) if topk2 else ()):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, value, low=1)
         check_one_of("overlap", overlap, OVERLAPS)
         self.topk, self.topk2, self.num_classes = topk, topk2, num_classes
         self.alpha = check_number("alpha", alpha, low=0.0)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from losskit._core.checks import check_bool, check_number, check_one_of, checks_enabled
+from losskit._core.checks import check_bool, check_int, check_number, check_one_of, checks_enabled
 from losskit._core.registry import register_class
 from losskit.boxes import IOU_KINDS, box_convert, box_to_distance, distance_to_box, iou_family, pair_geometry
 from losskit.detection.anchors import AnchorGrid, dfl_decode
@@ -459,8 +459,7 @@ class YOLOLoss(nn.Module):
                  one_to_one_topk: int = 7, scale_by_batch: bool = False, dfl_clamp_margin: float = 0.01,
                  distributed: bool = False, clip_boxes: bool = True, dense_topk: bool = False) -> None:
         super().__init__()
-        if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 1:
-            raise ValueError(f"reg_max must be a positive integer, got {reg_max!r}")
+        check_int("reg_max", reg_max, low=1)
         strides = tuple(check_number(f"strides[{i}]", s, low=0.0, low_open=True) for i, s in enumerate(strides))
         if not strides:
             raise ValueError("strides must name at least one level")

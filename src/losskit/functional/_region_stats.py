@@ -46,6 +46,7 @@ from torch import Tensor
 
 from losskit._core.dense import DenseTarget, drop_background
 from losskit._core.numerics import compute_dtype, upcast
+from losskit.distributed import all_reduce_with_grad, is_distributed
 
 # Elements (N * C * voxels) per chunk on a CPU: a 2 MB float32 block stays in cache and keeps the
 # temporaries small (peak = the gradient + less than one block). Dice on (2, 8, 96^3) index labels,
@@ -121,8 +122,6 @@ class RegionStats:
 
 def _all_reduce_fields(fields: list[Tensor | None]) -> list[Tensor | None]:
     """Sum tensors over the ranks in one collective (``None`` entries pass through)."""
-    from losskit.distributed import all_reduce_with_grad, is_distributed
-
     present = [x for x in fields if x is not None]
     if not is_distributed() or not present:
         return fields

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_bool, check_number, check_one_of, check_tensor
+from losskit._core.checks import check_bool, check_int, check_number, check_one_of, check_tensor
 from losskit._core.dense import dense_target, drop_background, miss, probabilities_and_misses
 from losskit._core.docs import shared_docs
-from losskit._core.numerics import compute_dtype, ignored_without_gradient
+from losskit._core.numerics import compute_dtype, ignored_without_gradient, safe_divide
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
 from losskit.functional.segmentation import AGGREGATES
 from losskit.segmentation import inside_outside_distances, signed_distance_map, soft_skeleton
@@ -76,7 +76,7 @@ class _Dense:
         if self.valid is None and not self.pooled:
             return _per_unit_mean(x)
         if self.valid is None:
-            return self.sum(x) / max(x.shape[0] * math.prod(x.shape[2:]), 1)
+            return safe_divide(self.sum(x), x.shape[0] * math.prod(x.shape[2:]))
         return self.sum(x) / self.count(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
 
 
@@ -434,8 +434,7 @@ def cldice_loss(
         Shit et al., "clDice - a Novel Topology-Preserving Loss Function for Tubular Structure
         Segmentation", CVPR 2021. MONAI 1.6.1 ``SoftclDiceLoss``.
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    check_int("iterations", iterations, low=0)
     smooth = check_number("smooth", smooth, low=0.0)
     eps = check_number("eps", eps, low=0.0)
     check_bool("pool_classes", pool_classes)

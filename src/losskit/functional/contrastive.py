@@ -39,7 +39,7 @@ from losskit._core.checks import (
     check_one_of,
     check_tensor,
 )
-from losskit._core.numerics import ignored_without_gradient, log_softmax, upcast
+from losskit._core.numerics import ignored_without_gradient, log_softmax, safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 __all__ = ["info_nce_loss", "supervised_contrastive_loss", "triplet_margin_loss"]
@@ -321,7 +321,7 @@ def supervised_contrastive_loss(
     count = positive.sum(1)
     log_prob = log_softmax(_masked_fill_min(logits, not_self), 1)  # exact where positives dominate
     if variant == "out":
-        loss = -torch.where(positive, log_prob, log_prob.new_zeros(())).sum(1) / count.clamp_min(1)
+        loss = -safe_divide(torch.where(positive, log_prob, log_prob.new_zeros(())).sum(1), count)
     else:
         loss = count.clamp_min(1).to(log_prob.dtype).log() - torch.logsumexp(_masked_fill_min(log_prob, positive), 1)
     if base_temperature is not None:

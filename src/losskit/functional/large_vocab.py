@@ -45,6 +45,7 @@ from losskit._core.checks import (
     check_class_vector,
     check_floating,
     check_ignore_index,
+    check_int,
     check_loss_finite,
     check_normalizer_value,
     check_number,
@@ -272,10 +273,7 @@ def _check_labels(name: str, target: Tensor, hidden_name: str, hidden: Tensor) -
 def _check_chunk_size(chunk_size: object) -> None:
     if chunk_size is None:
         return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 (tokens per chunk), got {chunk_size}")
+    check_int("chunk_size", chunk_size, low=1)
 
 
 # --- cross-entropy -----------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ from losskit._core.checks import (
 )
 from losskit._core.dense import DenseTarget, check_activation, dense_target, drop_background, index_labels, one_hot
 from losskit._core.docs import shared_docs
-from losskit._core.numerics import compute_dtype, upcast
+from losskit._core.numerics import compute_dtype, safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
 from losskit.functional._region_stats import (
     RegionStats,
@@ -112,6 +112,7 @@ from losskit.functional._region_stats import (
     probabilities_with_complement,
     region_stats,
 )
+from losskit.functional.classification import binary_cross_entropy, cross_entropy
 
 AGGREGATES = ("per_sample", "batch")
 ABSENT = ("keep", "zero", "exclude", "sample_mean")
@@ -306,7 +307,7 @@ def _sample_means(loss: Tensor, present: Tensor, class_weight: Tensor | None) ->
     weights = present.to(loss.dtype) if class_weight is None else torch.where(present, class_weight, 0.0)
     total = weights.sum(1, keepdim=True)
     empty = total == 0
-    share = torch.where(empty, 1.0 / max(loss.shape[1], 1), weights / torch.where(empty, 1.0, total))
+    share = torch.where(empty, safe_divide(1.0, loss.shape[1]), weights / torch.where(empty, 1.0, total))
     return torch.where(empty, 1.0, torch.where(weights > 0, loss, 0.0)), share
 
 
@@ -929,8 +930,6 @@ def dice_ce_loss(
     References:
         Isensee et al., "nnU-Net", Nature Methods 2021; MONAI ``DiceCELoss``.
     """
-    from losskit.functional.classification import binary_cross_entropy, cross_entropy
-
     check_reduction(reduction, normalizer)
     check_number("lambda_dice", lambda_dice, low=0.0)
     check_number("lambda_ce", lambda_ce, low=0.0)
