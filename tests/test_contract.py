@@ -139,7 +139,9 @@ def test_to_moves_tensor_options(name):
     options, _ = _options_and_call_kwargs(SPECS[name], SPECS[name].make(2, torch.Generator().manual_seed(0)))
     module = losskit.get(name, **options)
     tensors = TENSOR_OPTIONS[name]
-    assert sorted(dict(module.named_buffers())) == sorted(tensors), "every tensor option is a buffer"
+    # A tensor option is a buffer, or a parameter where the loss learns it (metric-learning proxies).
+    held = {**dict(module.named_buffers()), **dict(module.named_parameters())}
+    assert sorted(held) == sorted(tensors), "every tensor option is a buffer or a parameter"
     module = module.to(torch.float64)
     state = module.state_dict()
     for key, value in tensors.items():
@@ -147,7 +149,8 @@ def test_to_moves_tensor_options(name):
         assert buffer.dtype == torch.float64, key
         torch.testing.assert_close(buffer, value.to(torch.float64))  # moved, not replaced
         assert state[key].data_ptr() == buffer.data_ptr()  # saved with the module
-        assert module.options()[key] is buffer  # what forward passes to the function
+        if key in dict(module.named_buffers()):  # a learned parameter goes to forward's call itself
+            assert module.options()[key] is buffer  # what forward passes to the function
 
 
 @pytest.mark.parametrize("key", IDS)
