@@ -53,12 +53,20 @@ from losskit._core.checks import (
 from losskit._core.numerics import compute_dtype, finite_log, log_softmax
 from losskit._core.reduction import Reduction, check_reduction
 from losskit.functional._softmax import cross_entropy_rows
+from losskit.functional._vocab_parallel import (
+    VocabShard,
+    agree_on_shards,
+    is_vocab_parallel,
+    options_fingerprint,
+    vocab_parallel_cross_entropy,
+)
 from losskit.functional.divergence import kl_terms
 
 __all__ = [
     "fused_linear_cross_entropy",
     "fused_linear_js_div",
     "fused_linear_kl_div",
+    "vocab_parallel_cross_entropy",
 ]
 
 # --- chunk size ----------------------------------------------------------------------------------
@@ -103,6 +111,7 @@ class _Plan:
     chunk: ChunkFn
     extras: dict[str, torch.dtype] = field(default_factory=dict)
     valid: Tensor | None = None  # (N,) bool, False at ignored tokens, whose hidden rows are never read
+    shard: VocabShard | None = None  # the vocabulary block of this rank, under vocabulary parallelism
 
     def hidden_rows(self, h: Tensor, part: slice) -> Tensor:
         """The chunk's hidden rows, ignored ones as 0: an ignored token may hold NaN or inf, which
@@ -173,6 +182,10 @@ def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, .
         for g in grads[1::3] + grads[2::3]:
             if g is not None:
                 g.zero_()
+    if plan.shard is not None:  # every rank's block contributes to the replicated hidden states
+        for g in grads[0::3]:
+            if g is not None:
+                plan.shard.all_reduce_(g)
     return loss, extras, grads
 
 
@@ -310,6 +323,7 @@ class _CrossEntropyChunk:
     z_loss: float
     softcap: float | None
     accuracy: bool
+    shard: VocabShard | None = None
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
@@ -317,7 +331,7 @@ class _CrossEntropyChunk:
             logits[0], self.index[part], self.valid[part],
             target_weight=None if self.target_weight is None else self.target_weight[part],
             class_weight=self.class_weight, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy)
+            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy, shard=self.shard)
         return loss, extras, None if grad is None else [grad]
 
 
@@ -336,6 +350,7 @@ def fused_linear_cross_entropy(
     normalizer: float | Tensor | None = None,
     chunk_size: int | None = None,
     return_components: bool = False,
+    process_group: object | None = None,
 ) -> Tensor | FusedCrossEntropyOutput:
     r"""Cross-entropy of ``hidden @ weight.T + bias`` without ever holding the full logits.
 
@@ -424,21 +439,41 @@ def fused_linear_cross_entropy(
         2024. Options and defaults follow ``torch.nn.CrossEntropyLoss`` and
         :func:`losskit.cross_entropy`.
     """
-    check_reduction(reduction, normalizer)
-    eps = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    zl = check_number("z_loss", z_loss, low=0.0)
-    if softcap is not None:
-        softcap = check_number("softcap", softcap, low=0.0, low_open=True)
-    check_bool("return_components", return_components)
-    _check_chunk_size(chunk_size)
-    _check_head("hidden", hidden, "weight", weight, "bias", bias)
-    _check_labels("target", target, "hidden", hidden)
-    vocab = weight.shape[0]
+    def check() -> tuple[int, list[object], list[object]]:
+        check_reduction(reduction, normalizer)
+        check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        check_number("z_loss", z_loss, low=0.0)
+        if softcap is not None:
+            check_number("softcap", softcap, low=0.0, low_open=True)
+        check_bool("return_components", return_components)
+        _check_chunk_size(chunk_size)
+        _check_head("hidden", hidden, "weight", weight, "bias", bias)
+        _check_labels("target", target, "hidden", hidden)
+        check_ignore_index(ignore_index, optional=False)
+        if class_weight is not None:
+            check_tensor("class_weight", class_weight)
+        options = options_fingerprint(hidden, weight.shape[1], weight.requires_grad and torch.is_grad_enabled(),
+                                      None if bias is None else bias.requires_grad and torch.is_grad_enabled(),
+                                      ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size,
+                                      return_components, None if isinstance(normalizer, Tensor) else normalizer)
+        return weight.shape[0], options, [target, class_weight, normalizer if isinstance(normalizer, Tensor) else None]
+
+    shard = agree_on_shards(process_group, check) if is_vocab_parallel(process_group) else None
+    if shard is None:
+        check()
+    eps, zl = float(label_smoothing), float(z_loss)
+    softcap = None if softcap is None else float(softcap)
+    vocab = weight.shape[0] if shard is None else shard.classes
     dtype = compute_dtype(hidden.dtype)
+    local_class_weight = None
     if class_weight is not None:
         check_class_vector("class_weight", class_weight, vocab)
         class_weight = class_weight.detach().to(device=hidden.device, dtype=dtype)
-    check_ignore_index(ignore_index, optional=False)
+        local_class_weight = class_weight if shard is None else class_weight[shard.start:shard.start + weight.shape[0]]
+        if shard is not None:
+            shard.weight_sum = class_weight.sum()
+    elif shard is not None:
+        shard.weight_sum = float(vocab)
     check_class_indices("target", target, vocab, ignore_index)
 
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -447,10 +482,12 @@ def fused_linear_cross_entropy(
     index = torch.where(valid, labels, torch.zeros_like(labels))
     target_weight = None if class_weight is None else class_weight[index]
     buffers = 2 + (softcap is not None) + (dtype != hidden.dtype)
-    rows = _chunk_rows(flat.shape[0], vocab, dtype, hidden.device, buffers, chunk_size)
-    chunk = _CrossEntropyChunk(index, valid, target_weight, class_weight, eps, zl, softcap, return_components)
+    widest = weight.shape[0] if shard is None else max(shard.sizes)  # every rank walks the same chunks
+    rows = _chunk_rows(flat.shape[0], widest, dtype, hidden.device, buffers, chunk_size)
+    chunk = _CrossEntropyChunk(index, valid, target_weight, local_class_weight, eps, zl, softcap, return_components,
+                               shard)
     extras = {"z": dtype, **({"correct": torch.bool} if return_components else {})}
-    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras, valid=valid)
+    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras, valid=valid, shard=shard)
     reduce = reduction != "none"
     counted_weight = valid.to(dtype) if target_weight is None else torch.where(valid, target_weight, 0.0)
     divisor = _divisor(reduction, normalizer, counted_weight.sum())
