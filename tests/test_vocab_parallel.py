@@ -1,6 +1,6 @@
 """Vocabulary-parallel losses on 2 and 4 gloo ranks equal one process on the full head.
 
-Each world size is spawned once per module (spawning costs seconds) and runs every check. Every
+Each world size is started once per module and runs every check. Every
 rank holds the same tokens and targets and its own contiguous block of the vocabulary (uneven
 blocks: 4 + 7 of 11 classes on two ranks, 1 + 3 + 2 + 5 on four). The reference is the plain
 :func:`losskit.cross_entropy` of the full logits ``hidden @ W.T + b`` in one process (itself
@@ -255,7 +255,10 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
 def _spawn(world: int, tmp_path_factory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp(f"vocab_parallel_{world}")
     out = folder / "results.json"
-    torch.multiprocessing.spawn(_worker, args=(world, str(folder / "init"), str(out)), nprocs=world, join=True)
+    # Forked, not spawned: the children inherit the imported modules (a spawned child spends
+    # seconds importing torch and losskit again); safe here, where no GPU is initialized.
+    torch.multiprocessing.start_processes(_worker, args=(world, str(folder / "init"), str(out)), nprocs=world,
+                                          join=True, start_method="fork")
     return json.loads(out.read_text())
 
 
