@@ -143,6 +143,48 @@ def _logits_case(sizes, *, soft=False, spatial=False, seed=1, **options) -> dict
     return {**_max_over_ranks(errors), "magnitude": float(ref.detach().abs().max())}
 
 
+def _divergence_case(sizes, *, kind="kl", seed=2, frozen_teacher=False, with_target=True, **options
+                     ) -> dict[str, float]:
+    """Fused KL or JSD over both heads' blocks against the same loss on the full heads in one process
+    (itself checked against losskit.kl_div and js_div on the logits in test_large_vocab)."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    tokens = options.pop("tokens", (TOKENS,))
+    tensors = {"student_hidden": torch.randn(*tokens, DIM, generator=g, dtype=f64),
+               "student_weight": torch.randn(VOCAB, DIM, generator=g, dtype=f64),
+               "teacher_hidden": torch.randn(*tokens, DIM + 1, generator=g, dtype=f64) * 2,
+               "teacher_weight": torch.randn(VOCAB, DIM + 1, generator=g, dtype=f64),
+               "student_bias": torch.randn(VOCAB, generator=g, dtype=f64),
+               "teacher_bias": torch.randn(VOCAB, generator=g, dtype=f64)}
+    target = torch.randint(VOCAB, tokens, generator=g)
+    target.view(-1)[[0, 5]] = IGNORE
+    if with_target:
+        options["target"] = target
+    if options.pop("token_weight", False):
+        options["weight"] = torch.rand(tokens, generator=g, dtype=f64) + 0.5
+    up = torch.rand(tokens, generator=g, dtype=f64) + 0.5 if options.get("reduction") == "none" else \
+        torch.tensor(0.9, dtype=f64)
+    fn = LF.fused_linear_kl_div if kind == "kl" else LF.fused_linear_js_div
+    block = _block(sizes)
+    blocks = ("student_weight", "teacher_weight", "student_bias", "teacher_bias")
+    grads_of = [n for n in tensors if not (frozen_teacher and n.startswith("teacher"))]
+
+    leaves = {n: (t[block] if n in blocks else t).clone().requires_grad_(n in grads_of) for n, t in tensors.items()}
+    full = {n: t.clone().requires_grad_(n in grads_of) for n, t in tensors.items()}
+    outs = []
+    for tensors_now, extra in ((leaves, {"process_group": dist.group.WORLD}), (full, {})):
+        args = dict(tensors_now)
+        loss = fn(args.pop("student_hidden"), args.pop("student_weight"), args.pop("teacher_hidden"),
+                  args.pop("teacher_weight"), **args, **options, **extra)
+        grads = torch.autograd.grad(loss, [tensors_now[n] for n in grads_of], up)
+        outs.append((loss.detach(), dict(zip(grads_of, grads, strict=True))))
+    (loss, grads), (ref, ref_grads) = outs
+    errors = {"value": _rel(loss, ref)}
+    for n in grads_of:
+        errors[f"grad_{n}"] = _rel(grads[n], ref_grads[n][block] if n in blocks else ref_grads[n])
+    return {**_max_over_ranks(errors), "magnitude": float(ref.abs().max())}
+
+
 def _raises(fn: Callable[[], object]) -> dict[str, str]:
     """The error every rank raised (type and message per rank); a rank that returned records "".
     The barrier after it proves no rank is left waiting in a collective."""
@@ -236,6 +278,18 @@ def _checks(world: int) -> dict[str, object]:
     }
     for name, options in logits_cases.items():
         results[f"logits/{name}"] = _logits_case(sizes, **options)
+    divergence_cases = {
+        "kl": {},
+        "kl_none_chunks": {"reduction": "none", "chunk_size": 4},
+        "kl_temperature_weight_sum": {"temperature": 2.0, "token_weight": True, "reduction": "sum"},
+        "kl_frozen_teacher_normalizer": {"frozen_teacher": True, "normalizer": 6.0},
+        "kl_no_target_leading_dims": {"with_target": False, "tokens": (2, 5), "reduction": "none"},
+        "js": {"kind": "js"},
+        "js_beta_none": {"kind": "js", "beta": 0.3, "reduction": "none", "temperature": 0.7},
+        "js_frozen_teacher_weight": {"kind": "js", "frozen_teacher": True, "token_weight": True, "chunk_size": 3},
+    }
+    for name, options in divergence_cases.items():
+        results[f"divergence/{name}"] = _divergence_case(sizes, **options)
     results["errors"] = _error_cases(sizes)
     return results
 
@@ -270,7 +324,7 @@ def ranks(request, tmp_path_factory) -> tuple[int, dict[str, object]]:
 def test_every_option_equals_one_process_on_the_full_head(ranks):
     _, results = ranks
     cases = {name: r for name, r in results.items() if name != "errors"}
-    assert len(cases) >= 30
+    assert len(cases) >= 40
     bad = {name: r for name, r in cases.items() if max(v for k, v in r.items() if k != "magnitude") > TOL}
     assert not bad, f"vocabulary-parallel results differ from one process: {bad}"
     # The checks compare real values (a zero loss everywhere would prove nothing) ...

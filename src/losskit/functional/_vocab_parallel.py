@@ -114,6 +114,16 @@ class VocabShard:
         hit = stats.gather(0, owner.view(1, -1, 1).expand(1, -1, 5))[0, :, 4] != 0
         return top, total_rest, mine, x_y, smooth, hit
 
+    def log_sum_exp(self, x: Tensor) -> Tensor:
+        """The log-sum-exp over the last dimension of the full rows of which ``x`` holds this
+        rank's block (one all-gather of two numbers per row and rank)."""
+        top = x.max(-1).values
+        top = torch.where(torch.isfinite(top), top, 0.0)  # a block of -inf adds exp(-inf) = 0
+        total = torch.exp(x - top.unsqueeze(-1)).sum(-1)
+        stats = self.all_gather(torch.stack((top, total), -1))  # (W, ..., 2)
+        peak = stats[..., 0].max(0).values
+        return peak + torch.log((torch.exp(stats[..., 0] - peak) * stats[..., 1]).sum(0))
+
     def all_gather(self, x: Tensor) -> Tensor:
         """Every rank's ``x`` stacked along a new first dimension (rank order)."""
         parts = [torch.empty_like(x) for _ in self.sizes]
