@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import losskit.functional as LF
+from losskit.distributed import token_normalizer
 
 TOL = 1e-10
 VOCAB, DIM, TOKENS = 11, 5, 9
@@ -185,6 +186,41 @@ def _divergence_case(sizes, *, kind="kl", seed=2, frozen_teacher=False, with_tar
     return {**_max_over_ranks(errors), "magnitude": float(ref.abs().max())}
 
 
+def _accumulation_case(world: int, *, steps: int = 3, naive: bool = False) -> dict[str, float]:
+    """Data and context parallelism with gradient accumulation: every rank holds a slice of each
+    sequence (uneven; one rank's slice of one micro-step is all ignored) for ``steps`` micro-steps;
+    the gradients accumulated over the micro-steps and averaged over the ranks (as DDP does) must
+    equal those of one process on the whole step's tokens. ``naive``: each micro-batch's own mean."""
+    g = torch.Generator().manual_seed(7)
+    f64 = torch.float64
+    length = 4 * world + 1
+    x = torch.randn(steps, 2, length, DIM, generator=g, dtype=f64)
+    labels = torch.randint(VOCAB, (steps, 2, length), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.3] = IGNORE
+    cuts = [0, *(3 * r + 3 for r in range(world - 1)), length]  # slices of 3, 3, ... and the rest
+    me = dist.get_rank()
+    labels[1, :, cuts[-2]:] = IGNORE  # the last rank's slice of micro-step 1
+    theta = torch.randn(DIM, DIM, generator=g, dtype=f64)
+    head = torch.randn(VOCAB, DIM, generator=g, dtype=f64)
+
+    def local_slices(t):
+        return [t[m, :, cuts[me]:cuts[me + 1]] for m in range(steps)]
+
+    th, hw = theta.clone().requires_grad_(), head.clone().requires_grad_()
+    mine = local_slices(labels)
+    normalizer = token_normalizer(mine)
+    for xs, ys in zip(local_slices(x), mine, strict=True):
+        loss = LF.fused_linear_cross_entropy(xs @ th, hw, ys, normalizer=None if naive else normalizer)
+        loss.backward()
+    grads = torch.cat((th.grad.reshape(-1), hw.grad.reshape(-1)))
+    dist.all_reduce(grads)
+    grads /= world
+    t1, h1 = theta.clone().requires_grad_(), head.clone().requires_grad_()
+    ref = LF.cross_entropy((x @ t1 @ h1.T).reshape(-1, VOCAB), labels.reshape(-1))
+    ref_grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ref, (t1, h1))])
+    return {"grad": _rel(grads, ref_grads), "magnitude": float(ref)}
+
+
 def _raises(fn: Callable[[], object]) -> dict[str, str]:
     """The error every rank raised (type and message per rank); a rank that returned records "".
     The barrier after it proves no rank is left waiting in a collective."""
@@ -290,6 +326,8 @@ def _checks(world: int) -> dict[str, object]:
     }
     for name, options in divergence_cases.items():
         results[f"divergence/{name}"] = _divergence_case(sizes, **options)
+    results["accumulation/token_normalizer"] = _accumulation_case(world)
+    results["naive_accumulation"] = _accumulation_case(world, naive=True)
     results["errors"] = _error_cases(sizes)
     return results
 
@@ -323,7 +361,7 @@ def ranks(request, tmp_path_factory) -> tuple[int, dict[str, object]]:
 
 def test_every_option_equals_one_process_on_the_full_head(ranks):
     _, results = ranks
-    cases = {name: r for name, r in results.items() if name != "errors"}
+    cases = {name: r for name, r in results.items() if name not in ("errors", "naive_accumulation")}
     assert len(cases) >= 40
     bad = {name: r for name, r in cases.items() if max(v for k, v in r.items() if k != "magnitude") > TOL}
     assert not bad, f"vocabulary-parallel results differ from one process: {bad}"
@@ -365,3 +403,20 @@ def test_without_an_initialized_group_a_process_group_is_an_error():
     # None is the single-process loss
     assert torch.equal(LF.vocab_parallel_cross_entropy(hidden @ weight.T, torch.tensor([0, 1]), process_group=None),
                        LF.cross_entropy(hidden @ weight.T, torch.tensor([0, 1])))
+
+
+def test_accumulated_micro_steps_over_ranks_equal_one_large_batch(ranks):
+    _, results = ranks
+    assert results["accumulation/token_normalizer"]["grad"] <= TOL  # also in the test above
+    # Each micro-batch's own mean is not the large batch's gradient (what the normalizer fixes).
+    assert results["naive_accumulation"]["grad"] > 1e-3
+
+
+def test_token_normalizer_counts_every_micro_step_in_one_process():
+    steps = [torch.tensor([[3, IGNORE, 4, 4]]), torch.tensor([[IGNORE, IGNORE]]), torch.tensor([[0, 1, IGNORE]])]
+    assert token_normalizer(steps) == 5  # 3 + 0 + 2 valid labels
+    assert token_normalizer(steps, shift=True) == 3  # labels[..., 1:]: (4, 4), (), (1,)
+    assert token_normalizer(steps[1]) == 1  # nothing valid: the floor of 1 (a loss of 0, not NaN)
+    assert token_normalizer(torch.tensor([7, 7]), ignore_index=7) == 1
+    with pytest.raises(TypeError, match="labels"):
+        token_normalizer([torch.ones(3)])
