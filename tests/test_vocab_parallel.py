@@ -7,6 +7,10 @@ blocks: 4 + 7 of 11 classes on two ranks, 1 + 3 + 2 + 5 on four). The reference 
 checked against ``torch.nn.functional.cross_entropy``), differentiated by autograd; values and
 the gradients of hidden, weight and bias (each rank's block) must agree in float64 to 1e-10,
 relative to the largest entry. Bad setups must raise on every rank (a hang would time out).
+
+The same ranks also check, as data parallelism: a head sharded by FSDP2 (``fully_shard`` runs on
+the CPU with gloo in torch 2.13) read by the fused loss, and gradient accumulation with the
+token normalizer over micro-steps and context-parallel slices.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.tensor  # noqa: F401  (imported once here, inherited by the forked ranks)
+from torch.distributed.fsdp import fully_shard
 
 import losskit.functional as LF
 from losskit.distributed import token_normalizer
@@ -221,6 +227,59 @@ def _accumulation_case(world: int, *, steps: int = 3, naive: bool = False) -> di
     return {"grad": _rel(grads, ref_grads), "magnitude": float(ref)}
 
 
+def _fsdp_case(world: int, *, reduction: str = "mean", label_smoothing: float = 0.0) -> dict[str, float]:
+    """A head sharded by FSDP2 (fully_shard: Shard(0) DTensor parameters), each rank with its own
+    tokens. The fused loss, reading the sharded weight directly (never calling the head's
+    forward), must give the gradients FSDP2 gives through the head's own forward, and those must
+    be every rank's contribution averaged (independently: plain autograd on the full weight,
+    averaged over the ranks, this rank's rows)."""
+    f64 = torch.float64
+    me = dist.get_rank()
+    g = torch.Generator().manual_seed(11)
+    weight, bias = torch.randn(VOCAB, DIM, generator=g, dtype=f64), torch.randn(VOCAB, generator=g, dtype=f64)
+    g_rank = torch.Generator().manual_seed(100 + me)  # each rank its own batch
+    hidden = torch.randn(TOKENS, DIM, generator=g_rank, dtype=f64)
+    target = torch.randint(VOCAB, (TOKENS,), generator=g_rank)
+    target[me] = IGNORE
+
+    def sharded_head() -> torch.nn.Linear:
+        head = torch.nn.Linear(DIM, VOCAB).to(f64)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        return fully_shard(head)
+
+    options = {"reduction": reduction, "label_smoothing": label_smoothing}
+    fused_head, plain_head = sharded_head(), sharded_head()
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    fused = LF.fused_linear_cross_entropy(h1, fused_head.weight, target, bias=fused_head.bias, **options)
+    fused.sum().backward()
+    plain = LF.cross_entropy(plain_head(h2), target, **options)
+    plain.sum().backward()
+
+    w3, b3 = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    ref = LF.cross_entropy(hidden @ w3.T + b3, target, **options)
+    ref_grads = torch.cat([t.reshape(-1) for t in torch.autograd.grad(ref.sum(), (w3, b3))]) / world
+    dist.all_reduce(ref_grads)
+    ref_w, ref_b = ref_grads[:VOCAB * DIM].view(VOCAB, DIM), ref_grads[VOCAB * DIM:]
+    rows = fused_head.weight.grad.to_local().shape[0]
+    counts: list[object] = [None] * world
+    dist.all_gather_object(counts, rows)
+    lo = sum(counts[:me])
+    local = slice(lo, lo + rows)
+
+    def shard(p: torch.nn.Parameter) -> torch.Tensor:
+        return p.grad.to_local()
+
+    errors = {"value": _rel(fused.detach(), plain.detach()), "grad_hidden": _rel(h1.grad, h2.grad),
+              "grad_weight_vs_fsdp": _rel(shard(fused_head.weight), shard(plain_head.weight)),
+              "grad_bias_vs_fsdp": _rel(shard(fused_head.bias), shard(plain_head.bias)),
+              "grad_weight_vs_average": _rel(shard(fused_head.weight), ref_w[local]),
+              "grad_bias_vs_average": _rel(shard(fused_head.bias), ref_b[local]),
+              "placements": float(str(fused_head.weight.grad.placements) != "(Shard(dim=0),)")}
+    return {**_max_over_ranks(errors), "magnitude": float(fused.detach().abs().max())}
+
+
 def _raises(fn: Callable[[], object]) -> dict[str, str]:
     """The error every rank raised (type and message per rank); a rank that returned records "".
     The barrier after it proves no rank is left waiting in a collective."""
@@ -328,6 +387,8 @@ def _checks(world: int) -> dict[str, object]:
         results[f"divergence/{name}"] = _divergence_case(sizes, **options)
     results["accumulation/token_normalizer"] = _accumulation_case(world)
     results["naive_accumulation"] = _accumulation_case(world, naive=True)
+    results["fsdp2/mean"] = _fsdp_case(world)
+    results["fsdp2/none_smoothing"] = _fsdp_case(world, reduction="none", label_smoothing=0.1)
     results["errors"] = _error_cases(sizes)
     return results
 

@@ -46,7 +46,7 @@ from losskit._core.numerics import compute_dtype
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional._softmax import cross_entropy_rows
 
-__all__ = ["VocabShard", "agree_on_shards", "is_vocab_parallel", "options_fingerprint",
+__all__ = ["VocabShard", "agree_on_shards", "gather_full", "is_vocab_parallel", "options_fingerprint",
            "vocab_parallel_cross_entropy"]
 
 
@@ -59,6 +59,30 @@ def is_vocab_parallel(group: object | None) -> bool:
         raise ValueError("process_group was given but torch.distributed is not initialized "
                          "(call torch.distributed.init_process_group first)")
     return dist.get_world_size(group) > 1
+
+
+def gather_full(x: Tensor | None) -> Tensor | None:
+    """A head parameter sharded by FSDP2 (a ``DTensor``, ``Shard(0)`` as ``fully_shard`` makes
+    it) gathered whole, differentiably; anything else unchanged.
+
+    The gradient of the gathered tensor goes back reduce-scattered with the average over the
+    mesh (``Partial("avg")``), as FSDP2 reduces the gradients of parameters it gathers itself:
+    every rank's contribution reaches every shard. (``full_tensor()`` without it keeps only this
+    rank's own contribution in its shard.) A head read outside its module's forward, as a fused
+    loss reads it, is never gathered by FSDP2, so the loss gathers it here; the whole weight
+    stays alive until backward.
+    """
+    try:
+        from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+    except ImportError:  # a torch without DTensor
+        return x
+    if not isinstance(x, DTensor):
+        return x
+    for placement in x.placements:
+        if not (isinstance(placement, Replicate) or (isinstance(placement, Shard) and placement.dim == 0)):
+            raise ValueError(f"a head parameter given as a DTensor must be sharded along its first dimension "
+                             f"(Shard(0), as fully_shard makes it) or replicated, got placements {x.placements}")
+    return x.full_tensor(grad_placements=[Partial("avg")] * len(x.placements))
 
 
 def _crc(*parts: object) -> float:

@@ -56,6 +56,7 @@ from losskit.functional._softmax import cross_entropy_rows
 from losskit.functional._vocab_parallel import (
     VocabShard,
     agree_on_shards,
+    gather_full,
     is_vocab_parallel,
     options_fingerprint,
     vocab_parallel_cross_entropy,
@@ -385,7 +386,9 @@ def fused_linear_cross_entropy(
     Args:
         hidden: Hidden states :math:`h` entering the head.
         weight: The head's weight :math:`W` (``nn.Linear(D, V).weight``, or the tied embedding
-            matrix), same dtype and device as ``hidden``.
+            matrix), same dtype and device as ``hidden``. A weight (or bias) sharded by FSDP2
+            (a ``Shard(0)`` ``DTensor``) is gathered inside the call, and its gradient is
+            reduce-scattered back with FSDP2's average over the ranks.
         target: Class indices; tokens equal to ``ignore_index`` count nowhere.
         bias: The head's bias :math:`b`, shape :math:`(V,)`, or ``None``.
         ignore_index: Target value of tokens to skip (padding, prompt tokens).
@@ -451,6 +454,8 @@ def fused_linear_cross_entropy(
         2024. Options and defaults follow ``torch.nn.CrossEntropyLoss`` and
         :func:`losskit.cross_entropy`.
     """
+    weight, bias = gather_full(weight), gather_full(bias)
+
     def check() -> tuple[int, list[object], list[object]]:
         check_reduction(reduction, normalizer)
         check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
@@ -630,6 +635,9 @@ def _fused_divergence(
     chunk_size: int | None,
     process_group: object | None,
 ) -> Tensor:
+    student_weight, student_bias = gather_full(student_weight), gather_full(student_bias)
+    teacher_weight, teacher_bias = gather_full(teacher_weight), gather_full(teacher_bias)
+
     def check() -> tuple[int, list[object], list[object]]:
         check_reduction(reduction, normalizer)
         check_number("temperature", temperature, low=0.0, low_open=True)
