@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace) -> None:
           f"({args.vocab // dist.get_world_size()} per rank), float32, {device.type}, "
           f"chunk_size={args.chunk_size}, {args.rounds} rounds, rank 0")
     naive_time = statistics.median(times["vocab-parallel naive"])
-    print(f"{'method':<22} {'median s':>9} {'/ naive':>8} {'peak MB':>9} {'added MB':>9} {'added / naive logits+grad':>26}")
+    header = ("method", "median s", "/ naive", "peak MB", "added MB", "added / naive logits+grad")
+    print(f"{header[0]:<22} {header[1]:>9} {header[2]:>8} {header[3]:>9} {header[4]:>9} {header[5]:>26}")
     for method in METHODS:
         t = statistics.median(times[method])
         added = peaks[method] - (gradients if method != "one process" else 0)
