@@ -102,17 +102,19 @@ def _components_case(sizes, **options) -> dict[str, float]:
     """return_components: the parts equal those of one process on the full head (a tie for the
     largest logit across two ranks' blocks included, where the first column wins)."""
     hidden, weight, bias, target, _, class_weight = _data(3)
-    weight[VOCAB - 1] = weight[0]
-    bias[VOCAB - 1] = bias[0]  # classes 0 (first block) and V-1 (last block) tie everywhere
+    # Classes 0 (first block) and V-1 (last block) tie exactly at the top of every token's logits:
+    # zero weight rows, the same large bias (other logits stay below 10 here).
+    weight[0] = weight[VOCAB - 1] = 0.0
+    bias[0] = bias[VOCAB - 1] = 20.0
     target[0], target[2] = VOCAB - 1, 0
-    hidden[0] = hidden[2] = weight[0] * 3  # ... and lead tokens 0 and 2
     block = _block(sizes)
     out = LF.fused_linear_cross_entropy(hidden, weight[block], target, bias=bias[block], class_weight=class_weight,
                                         process_group=dist.group.WORLD, return_components=True, **options)
     ref = LF.fused_linear_cross_entropy(hidden, weight, target, bias=bias, class_weight=class_weight,
                                         return_components=True, **options)
     logits = hidden @ weight.T + bias
-    hits = (logits.argmax(1) == target) & (target != IGNORE)  # argmax: the first of tied columns
+    assert bool((logits.argmax(1) == 0).all())  # argmax: the first of the tied columns
+    hits = (logits.argmax(1) == target) & (target != IGNORE)
     accuracy = hits.double() if options.get("reduction") == "none" else hits.double().sum() / (target != IGNORE).sum()
     errors = {name: _rel(getattr(out, name), getattr(ref, name)) for name in ("loss", "cross_entropy", "z_loss")}
     errors["accuracy"] = _rel(out.accuracy, accuracy)
