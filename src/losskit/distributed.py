@@ -38,6 +38,8 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -50,6 +52,7 @@ __all__ = [
     "is_distributed",
     "rank",
     "shard_offset",
+    "token_normalizer",
     "world_size",
 ]
 
@@ -132,6 +135,52 @@ def global_normalizer(count: float | Tensor, *, min_count: float = 1.0, group: o
     total = total.clamp_min(min_count)
     total = torch.where(total == 0, torch.ones_like(total), total)
     return total / size
+
+
+def token_normalizer(labels: Tensor | Sequence[Tensor], *, ignore_index: int = -100, shift: bool = False,
+                     group: object | None = None) -> Tensor:
+    r"""The normalizer of a token-level loss over all data-parallel ranks and accumulation micro-steps.
+
+    Counts the tokens whose label is not ``ignore_index`` in every micro-batch of one optimizer
+    step (pass them all: ``labels`` is one tensor or a sequence of them), sums the count over
+    the ranks of ``group`` and returns :func:`global_normalizer` of it. Each micro-step then
+    computes ``loss(..., reduction="mean", normalizer=token_normalizer(all_labels))`` (or the
+    sum divided by it) and backpropagates as usual: the gradients accumulated over the
+    micro-steps, averaged over the ranks by DDP, are the gradient of one large batch's mean over
+    its valid tokens. Dividing each micro-batch by its own count (the per-micro-batch mean)
+    weighs a token of a short micro-batch more than one of a long one, and summing the per-step
+    means over ``M`` micro-steps makes the gradient ``M`` times too large.
+
+    Sequence and context parallelism split a sequence's tokens over ranks; include those ranks
+    in ``group`` (with the data-parallel ones) and give each rank its own slice of the labels.
+
+    Args:
+        labels: One optimizer step's labels on this rank: a tensor, or one per micro-step.
+        ignore_index: The label of tokens that count nowhere (padding, prompts).
+        shift: Count ``labels[..., 1:]``, the labels a causal language model predicts when it
+            shifts them inside the loss (as Hugging Face models do).
+        group: The process group over which the batch is split (the default group when None).
+
+    Returns:
+        A 0-dim float tensor: :math:`\max(n, 1) / W` with :math:`n` the global count.
+
+    Examples:
+        >>> steps = [torch.tensor([[5, 7, -100]]), torch.tensor([[1, -100, -100]])]
+        >>> token_normalizer(steps)               # one process: 3 valid tokens in two micro-steps
+        tensor(3.)
+        >>> token_normalizer(steps, shift=True)   # labels[..., 1:]: 7 only
+        tensor(1.)
+    """
+    parts = [labels] if isinstance(labels, Tensor) else list(labels)
+    count = torch.zeros((), dtype=torch.int64)
+    for part in parts:
+        if not isinstance(part, Tensor) or part.is_floating_point():
+            raise TypeError(f"labels must be integer tensors (or a sequence of them), got "
+                            f"{type(part).__name__ if not isinstance(part, Tensor) else part.dtype}")
+        counted = part[..., 1:] if shift else part
+        count = count + (counted != ignore_index).sum().cpu()
+    device = parts[0].device if parts else torch.device("cpu")
+    return global_normalizer(count.to(device).to(torch.get_default_dtype()), group=group)
 
 
 class _AllReduceSum(torch.autograd.Function):

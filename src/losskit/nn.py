@@ -486,7 +486,7 @@ class _FusedHeadLoss(LossModule):
 
 class FusedLinearCrossEntropyLoss(_FusedHeadLoss):
     function = staticmethod(F.fused_linear_cross_entropy)
-    per_batch = ("bias",)
+    per_batch = ("bias", "process_group")
 
     def forward(self, hidden, weight, target, bias=None, **call_options):
         """``fused_linear_cross_entropy(hidden, weight, target, bias=bias, **options)``."""
@@ -495,7 +495,7 @@ class FusedLinearCrossEntropyLoss(_FusedHeadLoss):
 
 class FusedLinearKLDivLoss(_FusedHeadLoss):
     function = staticmethod(F.fused_linear_kl_div)
-    per_batch = ("student_bias", "teacher_bias", "target", "weight")
+    per_batch = ("student_bias", "teacher_bias", "target", "weight", "process_group")
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, **call_options):
         """``fused_linear_kl_div(...)``; biases, ``target`` and ``weight`` go here as keywords."""
@@ -504,7 +504,7 @@ class FusedLinearKLDivLoss(_FusedHeadLoss):
 
 class FusedLinearJSDivLoss(_FusedHeadLoss):
     function = staticmethod(F.fused_linear_js_div)
-    per_batch = ("student_bias", "teacher_bias", "target", "weight")
+    per_batch = ("student_bias", "teacher_bias", "target", "weight", "process_group")
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, **call_options):
         """``fused_linear_js_div(...)``; biases, ``target`` and ``weight`` go here as keywords."""

@@ -13,12 +13,33 @@ loss is :math:`(m - x_y) + \operatorname{log1p}(r)`: a sum of non-negative terms
 float32, and nothing left from a lead of 17). The gradient at the target,
 :math:`p_y \cdot c - (1 - \varepsilon) w_y`, is likewise formed with :math:`1 - p_y = r / (1 + r)`
 when the target holds the peak.
+
+Split over ranks by vocabulary (``shard=``, :mod:`losskit.functional._vocab_parallel`), each rank
+holds a contiguous block of the columns; the per-row statistics (peak, rest, target logit,
+smoothing sum) are combined across ranks once per call, and everything else stays local, so the
+loss and each shard's gradient are those of the full row.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
+
+
+class RowStats(Protocol):
+    """Combines per-row statistics of a vocabulary shard into those of the full row (one
+    collective), for :func:`cross_entropy_rows` over column blocks held by different ranks."""
+
+    start: int  # global index of this shard's first column
+    classes: int  # columns of the full row
+    weight_sum: Tensor | float  # sum of the full row's class weights (classes without weights)
+
+    def combine(self, peak: Tensor, rest: Tensor, x_y: Tensor, smooth: Tensor | None,
+                hit: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """Local ``(peak, rest, x_y, smooth, hit)`` to global ``(peak, rest, scale, x_y, smooth,
+        hit)``, ``scale = exp(local peak - global peak)``."""
 
 
 def cross_entropy_rows(
@@ -34,6 +55,7 @@ def cross_entropy_rows(
     scale: Tensor | None = None,
     with_grad: bool = True,
     accuracy: bool = False,
+    shard: RowStats | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
     r"""Per-row cross-entropy of logits ``z`` ``(n, C)``, and ``z`` turned into its gradient.
 
@@ -52,12 +74,16 @@ def cross_entropy_rows(
         scale: Upstream gradient per row ``(n,)``, or None for 1.
         with_grad: Compute the gradient (into ``z``).
         accuracy: Also return ``extras["correct"]``: the largest logit is the target.
+        shard: ``z`` holds columns ``[shard.start, shard.start + C)`` of rows of ``shard.classes``
+            columns; ``index`` is global and ``class_weight`` this shard's slice. The statistics
+            of the full rows come from ``shard.combine``; every rank must call with the same rows.
 
     Returns:
         ``(loss (n,), extras, gradient or None)``: ``extras["z"]`` is the z-loss part of each row's
         loss; the gradient is ``z`` itself, ``d loss / d logits`` times ``scale``.
     """
-    eps, zl, cap, classes = label_smoothing, z_loss, softcap, z.shape[1]
+    eps, zl, cap = label_smoothing, z_loss, softcap
+    classes = z.shape[1] if shard is None else shard.classes
     dcap = None
     if cap is not None:  # x~ = c tanh(x / c); d x~ / d x = 1 - tanh^2
         z.div_(cap).tanh_()
@@ -65,10 +91,17 @@ def cross_entropy_rows(
             dcap = torch.mul(z, z).neg_().add_(1)
         z.mul_(cap)
     extras: dict[str, Tensor] = {}
-    if accuracy:
-        extras["correct"] = (z.argmax(1) == index) & valid
-    column = index.unsqueeze(1)
+    if shard is None:
+        here = None
+        column = index.unsqueeze(1)
+        if accuracy:
+            extras["correct"] = (z.argmax(1) == index) & valid
+    else:  # the target's column if this shard holds it (here), else any column, read as 0
+        local = index - shard.start
+        here = (local >= 0) & (local < z.shape[1])
+        column = torch.where(here, local, torch.zeros_like(local)).unsqueeze(1)
     x_y = z.gather(1, column).squeeze(1)
+    smooth = None
     if eps:
         smooth = z.sum(1) if class_weight is None else torch.mv(z, class_weight)
         weight_sum = classes if class_weight is None else class_weight.sum()
@@ -76,8 +109,17 @@ def cross_entropy_rows(
     z.sub_(peak).exp_()  # exp(x~ - max): exactly 1 at the peak
     rest = z.scatter_(1, top, 0.0).sum(1)  # every term but the peak's own 1
     z.scatter_(1, top, 1.0)
-    log_total = torch.log1p(rest)
     peak = peak.squeeze(1)
+    at_peak = index == top.squeeze(1)  # the target holds the peak (1 - p_y is then exact)
+    if shard is not None:
+        x_y = torch.where(here, x_y, 0.0)
+        at_peak = here & (column == top).squeeze(1)
+        peak, rest, rescale, x_y, smooth, at_peak = shard.combine(peak, rest, x_y, smooth, at_peak)
+        z.mul_(rescale.unsqueeze(1))  # exp(x~ - global max)
+        weight_sum = shard.weight_sum
+        if accuracy:
+            extras["correct"] = at_peak & valid
+    log_total = torch.log1p(rest)
     lse = peak + log_total
 
     # l = (1-eps) w_y (lse - x~_y) + eps/C sum_k w_k (lse - x~_k) + z_loss w_y lse^2
@@ -106,11 +148,14 @@ def cross_entropy_rows(
         extra = extra + rows * (eps / classes * weight_sum)
     total = rest + 1
     p_y = z.gather(1, column).squeeze(1) / total
-    below_one = torch.where(index == top.squeeze(1), rest / total, 1 - p_y)  # 1 - p_y, exact at the peak
+    below_one = torch.where(at_peak, rest / total, 1 - p_y)  # 1 - p_y, exact at the peak
     z.mul_(((pull + extra) / total).unsqueeze(1))  # p_k (pull + extra)
-    z.scatter_(1, column, (p_y * extra - below_one * pull).unsqueeze(1))
+    at_target = p_y * extra - below_one * pull
+    if here is not None:  # a shard without the target keeps p_y (pull + extra) there
+        at_target = torch.where(here, at_target, z.gather(1, column).squeeze(1))
+    z.scatter_(1, column, at_target.unsqueeze(1))
     if eps:
-        w = class_weight if class_weight is not None else z.new_ones(classes)
+        w = class_weight if class_weight is not None else z.new_ones(z.shape[1])
         z.addr_(rows, w, alpha=-eps / classes)
     if dcap is not None:
         z.mul_(dcap)

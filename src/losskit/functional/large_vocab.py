@@ -54,12 +54,21 @@ from losskit._core.checks import (
 from losskit._core.numerics import compute_dtype, finite_log, log_softmax
 from losskit._core.reduction import Reduction, check_reduction
 from losskit.functional._softmax import cross_entropy_rows
+from losskit.functional._vocab_parallel import (
+    VocabShard,
+    agree_on_shards,
+    gather_full,
+    is_vocab_parallel,
+    options_fingerprint,
+    vocab_parallel_cross_entropy,
+)
 from losskit.functional.divergence import kl_terms
 
 __all__ = [
     "fused_linear_cross_entropy",
     "fused_linear_js_div",
     "fused_linear_kl_div",
+    "vocab_parallel_cross_entropy",
 ]
 
 # --- chunk size ----------------------------------------------------------------------------------
@@ -104,6 +113,7 @@ class _Plan:
     chunk: ChunkFn
     extras: dict[str, torch.dtype] = field(default_factory=dict)
     valid: Tensor | None = None  # (N,) bool, False at ignored tokens, whose hidden rows are never read
+    shard: VocabShard | None = None  # the vocabulary block of this rank, under vocabulary parallelism
 
     def hidden_rows(self, h: Tensor, part: slice) -> Tensor:
         """The chunk's hidden rows, ignored ones as 0: an ignored token may hold NaN or inf, which
@@ -174,6 +184,10 @@ def _sweep(plan: _Plan, tensors: tuple[Tensor | None, ...], needs: tuple[bool, .
         for g in grads[1::3] + grads[2::3]:
             if g is not None:
                 g.zero_()
+    if plan.shard is not None:  # every rank's block contributes to the replicated hidden states
+        for g in grads[0::3]:
+            if g is not None:
+                plan.shard.all_reduce_(g)
     return loss, extras, grads
 
 
@@ -308,6 +322,7 @@ class _CrossEntropyChunk:
     z_loss: float
     softcap: float | None
     accuracy: bool
+    shard: VocabShard | None = None
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
@@ -315,7 +330,7 @@ class _CrossEntropyChunk:
             logits[0], self.index[part], self.valid[part],
             target_weight=None if self.target_weight is None else self.target_weight[part],
             class_weight=self.class_weight, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy)
+            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy, shard=self.shard)
         return loss, extras, None if grad is None else [grad]
 
 
@@ -334,6 +349,7 @@ def fused_linear_cross_entropy(
     normalizer: float | Tensor | None = None,
     chunk_size: int | None = None,
     return_components: bool = False,
+    process_group: object | None = None,
 ) -> Tensor | FusedCrossEntropyOutput:
     r"""Cross-entropy of ``hidden @ weight.T + bias`` without ever holding the full logits.
 
@@ -368,7 +384,9 @@ def fused_linear_cross_entropy(
     Args:
         hidden: Hidden states :math:`h` entering the head.
         weight: The head's weight :math:`W` (``nn.Linear(D, V).weight``, or the tied embedding
-            matrix), same dtype and device as ``hidden``.
+            matrix), same dtype and device as ``hidden``. A weight (or bias) sharded by FSDP2
+            (a ``Shard(0)`` ``DTensor``) is gathered inside the call, and its gradient is
+            reduce-scattered back with FSDP2's average over the ranks.
         target: Class indices; tokens equal to ``ignore_index`` count nowhere.
         bias: The head's bias :math:`b`, shape :math:`(V,)`, or ``None``.
         ignore_index: Target value of tokens to skip (padding, prompt tokens).
@@ -386,6 +404,18 @@ def fused_linear_cross_entropy(
             buffer of that size) within 64 MiB on a CPU and 1 GiB on other devices.
         return_components: Return a :class:`FusedCrossEntropyOutput` (the total, and detached
             cross-entropy, z-loss and token accuracy) instead of the loss alone.
+        process_group: Split the vocabulary over this group's ranks (tensor parallelism of the
+            head): ``weight`` and ``bias`` are this rank's contiguous block of classes, in rank
+            order (blocks may differ in size), ``target`` holds global class indices, and
+            ``hidden``, ``target`` and ``class_weight`` (the whole vocabulary's) are the same on
+            every rank. The result, identical on every rank, and ``hidden``'s gradient (summed
+            over the ranks inside the call) equal the single-process loss on the full head under
+            every option; each rank's ``weight`` and ``bias`` receive their rows of the full
+            gradient. No rank forms more than one chunk of its block's logits. Each chunk adds one
+            all-gather of five numbers per token; every rank must call with the same options
+            and backpropagate the same upstream gradient. A bad setup (ranks disagreeing on
+            options or targets, an empty block, a class outside the global vocabulary) raises on
+            every rank. ``None`` or a group of one rank: one process.
 
     Shape:
         - hidden: :math:`(N, D)` or :math:`(B, T, D)` (any leading dimensions).
@@ -422,21 +452,43 @@ def fused_linear_cross_entropy(
         2024. Options and defaults follow ``torch.nn.CrossEntropyLoss`` and
         :func:`losskit.cross_entropy`.
     """
-    check_reduction(reduction, normalizer)
-    eps = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    zl = check_number("z_loss", z_loss, low=0.0)
-    if softcap is not None:
-        softcap = check_number("softcap", softcap, low=0.0, low_open=True)
-    check_bool("return_components", return_components)
-    _check_chunk_size(chunk_size)
-    _check_head("hidden", hidden, "weight", weight, "bias", bias)
-    _check_labels("target", target, "hidden", hidden)
-    vocab = weight.shape[0]
+    weight, bias = gather_full(weight), gather_full(bias)
+
+    def check() -> tuple[int, list[object], list[object]]:
+        check_reduction(reduction, normalizer)
+        check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        check_number("z_loss", z_loss, low=0.0)
+        if softcap is not None:
+            check_number("softcap", softcap, low=0.0, low_open=True)
+        check_bool("return_components", return_components)
+        _check_chunk_size(chunk_size)
+        _check_head("hidden", hidden, "weight", weight, "bias", bias)
+        _check_labels("target", target, "hidden", hidden)
+        check_ignore_index(ignore_index, optional=False)
+        if class_weight is not None:
+            check_tensor("class_weight", class_weight)
+        options = options_fingerprint(hidden, weight.shape[1], weight.requires_grad and torch.is_grad_enabled(),
+                                      None if bias is None else bias.requires_grad and torch.is_grad_enabled(),
+                                      ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size,
+                                      return_components, None if isinstance(normalizer, Tensor) else normalizer)
+        return weight.shape[0], options, [target, class_weight, normalizer if isinstance(normalizer, Tensor) else None]
+
+    shard = agree_on_shards(process_group, check) if is_vocab_parallel(process_group) else None
+    if shard is None:
+        check()
+    eps, zl = float(label_smoothing), float(z_loss)
+    softcap = None if softcap is None else float(softcap)
+    vocab = weight.shape[0] if shard is None else shard.classes
     dtype = compute_dtype(hidden.dtype)
+    local_class_weight = None
     if class_weight is not None:
         check_class_vector("class_weight", class_weight, vocab)
         class_weight = class_weight.detach().to(device=hidden.device, dtype=dtype)
-    check_ignore_index(ignore_index, optional=False)
+        local_class_weight = class_weight if shard is None else class_weight[shard.start:shard.start + weight.shape[0]]
+        if shard is not None:
+            shard.weight_sum = class_weight.sum()
+    elif shard is not None:
+        shard.weight_sum = float(vocab)
     check_class_indices("target", target, vocab, ignore_index)
 
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -445,10 +497,12 @@ def fused_linear_cross_entropy(
     index = torch.where(valid, labels, torch.zeros_like(labels))
     target_weight = None if class_weight is None else class_weight[index]
     buffers = 2 + (softcap is not None) + (dtype != hidden.dtype)
-    rows = _chunk_rows(flat.shape[0], vocab, dtype, hidden.device, buffers, chunk_size)
-    chunk = _CrossEntropyChunk(index, valid, target_weight, class_weight, eps, zl, softcap, return_components)
+    widest = weight.shape[0] if shard is None else max(shard.sizes)  # every rank walks the same chunks
+    rows = _chunk_rows(flat.shape[0], widest, dtype, hidden.device, buffers, chunk_size)
+    chunk = _CrossEntropyChunk(index, valid, target_weight, local_class_weight, eps, zl, softcap, return_components,
+                               shard)
     extras = {"z": dtype, **({"correct": torch.bool} if return_components else {})}
-    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras, valid=valid)
+    plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras, valid=valid, shard=shard)
     reduce = reduction != "none"
     counted_weight = valid.to(dtype) if target_weight is None else torch.where(valid, target_weight, 0.0)
     divisor = _divisor(reduction, normalizer, counted_weight.sum())
@@ -478,31 +532,68 @@ def fused_linear_cross_entropy(
 
 @dataclass
 class _DivergenceChunk:
-    """The elementwise part of a divergence between two chunks of logits, by autograd on the chunk."""
+    """The elementwise part of a divergence between two chunks of logits, by autograd on the chunk.
+
+    Over a vocabulary split by rank, ``per_token`` sums this rank's classes only; the two global
+    log-sum-exps enter as leaves of the chunk's graph, so their gradients (summed over the ranks
+    with the partial sums, one all-reduce) send each rank's share back through the softmax.
+    """
 
     per_token: Callable[[Tensor, Tensor], Tensor]  # (log Q student, log P teacher) -> (n,)
     temperature: float
     valid: Tensor  # (N,) bool
     token_weight: Tensor | None  # (N,)
+    shard: VocabShard | None = None
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
         student, teacher = logits
         valid = self.valid[part]
+        if self.shard is not None:
+            return self._sharded(student, teacher, valid, part, scale, want)
         with torch.enable_grad():
             student.requires_grad_(want[0])
             teacher.requires_grad_(want[1])
             log_q = log_softmax(student / self.temperature, 1)  # as losskit.kl_div: no floor
             log_p = finite_log(log_softmax(teacher / self.temperature, 1))
-            value = torch.where(valid, self.per_token(log_q, log_p), log_q.new_zeros(()))
-            if self.token_weight is not None:
-                value = value * self.token_weight[part]
+            value = self._weighted(self.per_token(log_q, log_p), valid, part)
             if not any(want):
                 return value, {}, None
             wrt = [x for x, w in zip((student, teacher), want, strict=True) if w]
             grads = iter(torch.autograd.grad(value, wrt, grad_outputs=torch.ones_like(value) if scale is None
                                              else scale))
         return value.detach(), {}, [next(grads) if w else None for w in want]
+
+    def _weighted(self, value: Tensor, valid: Tensor, part: slice) -> Tensor:
+        value = torch.where(valid, value, value.new_zeros(()))
+        return value if self.token_weight is None else value * self.token_weight[part]
+
+    def _sharded(self, student: Tensor, teacher: Tensor, valid: Tensor, part: slice, scale: Tensor | None,
+                 want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
+        shard, t = self.shard, self.temperature
+        with torch.no_grad():
+            lse = shard.log_sum_exp(torch.stack((student, teacher)) / t)  # (2, n)
+        with torch.enable_grad():
+            leaves = [student.requires_grad_(want[0]), lse[0].clone().requires_grad_(want[0]),
+                      teacher.requires_grad_(want[1]), lse[1].clone().requires_grad_(want[1])]
+            log_q = student / t - leaves[1].unsqueeze(1)
+            log_p = finite_log(teacher / t - leaves[3].unsqueeze(1))
+            value = self._weighted(self.per_token(log_q, log_p), valid, part)  # this block's share
+            wrt = [x for x in leaves if x.requires_grad]
+            grads = torch.autograd.grad(value, wrt, grad_outputs=torch.ones_like(value) if scale is None
+                                        else scale) if wrt else ()
+        found = dict(zip((id(x) for x in wrt), grads, strict=True))
+        through_lse = [found.get(id(leaves[i]), torch.zeros_like(value)) for i in (1, 3)]
+        summed = shard.all_reduce_(torch.stack((value.detach(), *through_lse)))  # (3, n)
+        out: list[Tensor | None] = []
+        for i, x in ((0, student), (1, teacher)):
+            if not want[i]:
+                out.append(None)
+                continue
+            # d lse / d x_k = softmax(x / T)_k / T, the global softmax restricted to this block
+            probs = torch.exp(x.detach() / t - lse[i].unsqueeze(1))
+            out.append(found[id(x)].addcmul_(probs, summed[1 + i].unsqueeze(1), value=1 / t))
+        return summed[0], {}, out if any(want) else None
 
 
 # Both distributions are softmaxes, so each sums to 1 and the divergences are sums of the
@@ -520,6 +611,7 @@ def _js_per_token(beta: float) -> Callable[[Tensor, Tensor], Tensor]:
         terms = beta * kl_terms(log_p.exp(), log_p, log_m, m) + (1 - beta) * kl_terms(log_q.exp(), log_q, log_m, m)
         return terms.sum(1)
 
+    per_token.beta = beta  # type: ignore[attr-defined]  (part of the options every rank must agree on)
     return per_token
 
 
@@ -539,47 +631,70 @@ def _fused_divergence(
     reduction: Reduction,
     normalizer: float | Tensor | None,
     chunk_size: int | None,
+    process_group: object | None,
 ) -> Tensor:
-    check_reduction(reduction, normalizer)
-    temperature = check_number("temperature", temperature, low=0.0, low_open=True)
-    _check_chunk_size(chunk_size)
-    _check_head("student_hidden", student_hidden, "student_weight", student_weight, "student_bias", student_bias)
-    _check_head("teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight, "teacher_bias", teacher_bias)
+    student_weight, student_bias = gather_full(student_weight), gather_full(student_bias)
+    teacher_weight, teacher_bias = gather_full(teacher_weight), gather_full(teacher_bias)
+
+    def check() -> tuple[int, list[object], list[object]]:
+        check_reduction(reduction, normalizer)
+        check_number("temperature", temperature, low=0.0, low_open=True)
+        _check_chunk_size(chunk_size)
+        _check_head("student_hidden", student_hidden, "student_weight", student_weight, "student_bias",
+                    student_bias)
+        _check_head("teacher_hidden", teacher_hidden, "teacher_weight", teacher_weight, "teacher_bias",
+                    teacher_bias)
+        tokens = student_hidden.shape[:-1]
+        if teacher_hidden.shape[:-1] != tokens:
+            raise ValueError(f"teacher_hidden must have student_hidden's token shape {tuple(tokens)} before its "
+                             f"last dimension, got shape {tuple(teacher_hidden.shape)}")
+        if teacher_weight.shape[0] != student_weight.shape[0]:
+            raise ValueError(f"teacher_weight must have student_weight's vocabulary size {student_weight.shape[0]} "
+                             f"(its first dimension), got shape {tuple(teacher_weight.shape)}")
+        if teacher_hidden.device != student_hidden.device:
+            raise TypeError(f"teacher_hidden must be on student_hidden's device {student_hidden.device}, "
+                            f"got {teacher_hidden.device}")
+        if compute_dtype(teacher_hidden.dtype) != compute_dtype(student_hidden.dtype):
+            raise TypeError(f"teacher_hidden must compute in student_hidden's precision ({student_hidden.dtype}), "
+                            f"got {teacher_hidden.dtype}")
+        check_ignore_index(ignore_index, optional=False)
+        if target is not None:
+            _check_labels("target", target, "student_hidden", student_hidden)
+        if weight is not None:
+            check_tensor("weight", weight)
+            check_broadcastable("weight", weight, tokens, "the per-token loss, shape")
+        needs = [t is not None and t.requires_grad and torch.is_grad_enabled()
+                 for t in (student_weight, student_bias, teacher_weight, teacher_bias)]
+        options = options_fingerprint(student_hidden, teacher_hidden, student_weight.shape[1],
+                                      teacher_weight.shape[1], needs, ignore_index, temperature, reduction,
+                                      chunk_size, None if isinstance(normalizer, Tensor) else normalizer,
+                                      per_token.__qualname__, getattr(per_token, "beta", None))
+        data = [target, weight, normalizer if isinstance(normalizer, Tensor) else None]
+        return student_weight.shape[0], options, data
+
+    shard = agree_on_shards(process_group, check) if is_vocab_parallel(process_group) else None
+    if shard is None:
+        check()
+    temperature = float(temperature)
     tokens = student_hidden.shape[:-1]
-    if teacher_hidden.shape[:-1] != tokens:
-        raise ValueError(f"teacher_hidden must have student_hidden's token shape {tuple(tokens)} before its last "
-                         f"dimension, got shape {tuple(teacher_hidden.shape)}")
-    if teacher_weight.shape[0] != student_weight.shape[0]:
-        raise ValueError(f"teacher_weight must have student_weight's vocabulary size {student_weight.shape[0]} "
-                         f"(its first dimension), got shape {tuple(teacher_weight.shape)}")
-    if teacher_hidden.device != student_hidden.device:
-        raise TypeError(f"teacher_hidden must be on student_hidden's device {student_hidden.device}, "
-                        f"got {teacher_hidden.device}")
     dtype = compute_dtype(student_hidden.dtype)
-    if compute_dtype(teacher_hidden.dtype) != dtype:
-        raise TypeError(f"teacher_hidden must compute in student_hidden's precision ({student_hidden.dtype}), "
-                        f"got {teacher_hidden.dtype}")
     device = student_hidden.device
-    check_ignore_index(ignore_index, optional=False)
     if target is not None:
-        _check_labels("target", target, "student_hidden", student_hidden)
         valid = target.reshape(-1).to(device) != ignore_index
     else:
         valid = torch.ones(tokens.numel(), dtype=torch.bool, device=device)
     token_weight = None
     if weight is not None:
-        check_tensor("weight", weight)
-        check_broadcastable("weight", weight, tokens, "the per-token loss, shape")
         token_weight = weight.detach().to(device=device, dtype=dtype).expand(tokens).reshape(-1)
 
     s_flat = student_hidden.reshape(-1, student_hidden.shape[-1])
     t_flat = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
-    vocab = student_weight.shape[0]
+    widest = student_weight.shape[0] if shard is None else max(shard.sizes)  # every rank walks the same chunks
     # Buffers alive per chunk: both heads' logits, the scaled copies, log-softmaxes, their
     # exponentials and the gradient (autograd's saved tensors on the chunk): about 10.
-    rows = _chunk_rows(s_flat.shape[0], vocab, dtype, device, 10, chunk_size)
-    chunk = _DivergenceChunk(per_token, temperature, valid, token_weight)
-    plan = _Plan(heads=2, rows=rows, dtype=dtype, chunk=chunk, valid=None if target is None else valid)
+    rows = _chunk_rows(s_flat.shape[0], widest, dtype, device, 10, chunk_size)
+    chunk = _DivergenceChunk(per_token, temperature, valid, token_weight, shard)
+    plan = _Plan(heads=2, rows=rows, dtype=dtype, chunk=chunk, valid=None if target is None else valid, shard=shard)
     tensors = (s_flat, student_weight, student_bias, t_flat, teacher_weight, teacher_bias)
     reduce = reduction != "none"
     counted_weight = valid.to(dtype) if token_weight is None else torch.where(valid, token_weight, 0.0)
@@ -614,6 +729,12 @@ _DIVERGENCE_ARGS = r"""
         chunk_size: Tokens per chunk; ``None`` fits the chunk's buffers (both heads' logits and the
             autograd intermediates of the chunk, about ten of that size) within 64 MiB on a CPU and
             1 GiB on other devices.
+        process_group: Split the vocabulary over this group's ranks: the heads (weights and
+            biases) are this rank's contiguous block of classes, in rank order, the same block for
+            the student and the teacher; the hidden states, ``target`` and ``weight`` are the same
+            on every rank. The result and the hidden states' gradients equal the single-process
+            ones; each head receives its block of the gradient (see
+            :func:`fused_linear_cross_entropy`).
 
     The teacher's tensors get gradients only if they require them (a frozen teacher, the usual
     case, costs one matrix product per chunk and nothing in backward). Gradients are exact under
@@ -651,11 +772,13 @@ def fused_linear_kl_div(
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
     chunk_size: int | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     return _fused_divergence(_kl_per_token, student_hidden, student_weight, teacher_hidden, teacher_weight,
                              student_bias=student_bias, teacher_bias=teacher_bias, target=target,
                              ignore_index=ignore_index, temperature=temperature, weight=weight,
-                             reduction=reduction, normalizer=normalizer, chunk_size=chunk_size)
+                             reduction=reduction, normalizer=normalizer, chunk_size=chunk_size,
+                             process_group=process_group)
 
 
 fused_linear_kl_div.__doc__ = r"""Distillation KL divergence of a teacher's head from a student's, fused with the heads.
@@ -701,6 +824,7 @@ def fused_linear_js_div(
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
     chunk_size: int | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     try:
         beta = check_number("beta", beta, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -710,7 +834,8 @@ def fused_linear_js_div(
     return _fused_divergence(_js_per_token(beta), student_hidden, student_weight, teacher_hidden, teacher_weight,
                              student_bias=student_bias, teacher_bias=teacher_bias, target=target,
                              ignore_index=ignore_index, temperature=temperature, weight=weight,
-                             reduction=reduction, normalizer=normalizer, chunk_size=chunk_size)
+                             reduction=reduction, normalizer=normalizer, chunk_size=chunk_size,
+                             process_group=process_group)
 
 
 fused_linear_js_div.__doc__ = r"""Generalized Jensen-Shannon divergence between a teacher's and a student's head, fused.
