@@ -10,10 +10,10 @@ from losskit.arena.tasks.base import Task, batched, register_task
 
 __all__ = ["LESION_SIZE", "TinyUNet", "make_lesion_images"]
 
-# Seeds of the default comparison: as many as fit in 120 s on 2 cores. One seed's four runs take about
-# 34 s of CPU time (8 s a run, one thread each), so five take about 85 s of two idle cores, with the
-# start and the report. Measured on a shared machine: see the README.
-SEGMENTATION_SEEDS = 5
+# Seeds of the default comparison: as many as fit in 120 s on 2 cores. On 2 idle Xeon cores one
+# seed's four runs took about 47 s of CPU time (about 11.5 s a run, one thread each): five seeds
+# took 136 s of wall time with the start and the report, so four (see the README).
+SEGMENTATION_SEEDS = 4
 LESION_SIZE = 48
 
 
