@@ -22,10 +22,12 @@ from torch import Tensor
 RowLoss = Callable[[Tensor, Tensor], Tensor]
 LossAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
-# Most rows per chunk on a CPU, a trade between dispatch overhead and memory, measured with
-# benchmarks/bench_boxes.py (2 cores): with 40k-row chunks 100k GIoU pairs (3 chunks) peak at
-# 5.8 MB against 7.7 MB in 2 chunks and torchvision's 7.3 MB, and still run about 2x faster than
-# torchvision. GPUs take everything in one chunk: their limit is kernel launches, not cache.
+# Most rows per chunk on a CPU, for the losses differentiated here by autograd chunk by chunk
+# (SIoU, WIoU, NWD, ProbIoU...; the IoU family passes ``closed_form``, which blocks its pairs
+# itself: :mod:`losskit._core.iou_grad`). A trade between dispatch overhead and memory, first
+# measured on GIoU before it had a closed form (benchmarks/bench_boxes.py, 2 cores): 100k pairs in
+# 3 chunks of 40k peaked at 5.8 MB against 7.7 MB in 2 chunks and torchvision's 7.3 MB. GPUs take
+# everything in one chunk: their limit is kernel launches, not cache.
 _CPU_ROWS = 40_000
 
 
