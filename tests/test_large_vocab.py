@@ -520,3 +520,17 @@ def test_ignored_tokens_may_hold_nan_or_inf(gen, name, reduction, value):
     assert (poisoned_grads[0][ignored] == 0).all()
     for got, want in zip(poisoned_grads, grads, strict=True):
         _assert_close(got, want)
+
+
+def test_a_vocabulary_block_takes_at_most_an_eighth_of_the_tokens_per_chunk():
+    # The 2-rank benchmark's shape (2048 tokens, 16,032 classes a rank): the 64 MiB CPU budget
+    # alone gives 344-row chunks (14.4% of the naive block's logits and gradient); a block takes
+    # 2048 / 8 = 256 (7.1%), never fewer than 128 rows, and never more than the budget allows.
+    from losskit.functional.large_vocab import _chunk_rows
+
+    cpu = torch.device("cpu")
+    assert _chunk_rows(2048, 16032, torch.float32, cpu, 3, None) == 344
+    assert _chunk_rows(2048, 16032, torch.float32, cpu, 3, None, sharded=True) == 256
+    assert _chunk_rows(512, 16032, torch.float32, cpu, 3, None, sharded=True) == 128
+    assert _chunk_rows(100_000, 128_256, torch.float32, cpu, 3, None, sharded=True) == 40
+    assert _chunk_rows(2048, 16032, torch.float32, cpu, 3, 64, sharded=True) == 64  # chunk_size wins

@@ -82,14 +82,26 @@ _BUDGET_BYTES = {"cpu": 64 * 2**20}
 _DEFAULT_BUDGET_BYTES = 1024 * 2**20
 
 
+# Under vocabulary parallelism a rank's block is a fraction of the head, so the fixed budget can
+# exceed a tenth of what the naive form holds (its block's logits and their gradient): at
+# N=2048, V=32064 on 2 ranks, 344-row chunks added 14.4% of it, 256-row ones 7.1%
+# (benchmarks/bench_vocab_parallel.py). There a chunk takes at most an eighth of the tokens, and
+# never fewer than the 128 rows at which CPU matrix products reach full speed.
+_SHARDED_FRACTION = 8
+_FULL_SPEED_ROWS = 128
+
+
 def _chunk_rows(rows: int, vocab: int, dtype: torch.dtype, device: torch.device, buffers: int,
-                chunk_size: int | None) -> int:
-    """Tokens per chunk: ``chunk_size`` if given, else what fits the device's budget."""
+                chunk_size: int | None, *, sharded: bool = False) -> int:
+    """Tokens per chunk: ``chunk_size`` if given, else what fits the device's budget (and, for a
+    vocabulary block, an eighth of the tokens: see ``_SHARDED_FRACTION``)."""
     if chunk_size is not None:
         return max(1, min(chunk_size, rows))
     budget = _BUDGET_BYTES.get(device.type, _DEFAULT_BUDGET_BYTES)
     per_row = max(vocab, 1) * torch.finfo(dtype).bits // 8 * buffers
     fit = max(1, budget // per_row)
+    if sharded:
+        fit = min(fit, max(_FULL_SPEED_ROWS, rows // _SHARDED_FRACTION))
     if fit >= 16:
         fit -= fit % 8  # whole multiples of 8 rows keep matrix products aligned
     return max(1, min(fit, rows))
@@ -498,7 +510,7 @@ def fused_linear_cross_entropy(
     target_weight = None if class_weight is None else class_weight[index]
     buffers = 2 + (softcap is not None) + (dtype != hidden.dtype)
     widest = weight.shape[0] if shard is None else max(shard.sizes)  # every rank walks the same chunks
-    rows = _chunk_rows(flat.shape[0], widest, dtype, hidden.device, buffers, chunk_size)
+    rows = _chunk_rows(flat.shape[0], widest, dtype, hidden.device, buffers, chunk_size, sharded=shard is not None)
     chunk = _CrossEntropyChunk(index, valid, target_weight, local_class_weight, eps, zl, softcap, return_components,
                                shard)
     extras = {"z": dtype, **({"correct": torch.bool} if return_components else {})}
@@ -692,7 +704,7 @@ def _fused_divergence(
     widest = student_weight.shape[0] if shard is None else max(shard.sizes)  # every rank walks the same chunks
     # Buffers alive per chunk: both heads' logits, the scaled copies, log-softmaxes, their
     # exponentials and the gradient (autograd's saved tensors on the chunk): about 10.
-    rows = _chunk_rows(s_flat.shape[0], widest, dtype, device, 10, chunk_size)
+    rows = _chunk_rows(s_flat.shape[0], widest, dtype, device, 10, chunk_size, sharded=shard is not None)
     chunk = _DivergenceChunk(per_token, temperature, valid, token_weight, shard)
     plan = _Plan(heads=2, rows=rows, dtype=dtype, chunk=chunk, valid=None if target is None else valid, shard=shard)
     tensors = (s_flat, student_weight, student_bias, t_flat, teacher_weight, teacher_bias)
