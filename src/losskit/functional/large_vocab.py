@@ -85,8 +85,9 @@ _DEFAULT_BUDGET_BYTES = 1024 * 2**20
 # Under vocabulary parallelism a rank's block is a fraction of the head, so the fixed budget can
 # exceed a tenth of what the naive form holds (its block's logits and their gradient): at
 # N=2048, V=32064 on 2 ranks, 344-row chunks added 14.4% of it, 256-row ones 7.1%
-# (benchmarks/bench_vocab_parallel.py). There a chunk takes at most an eighth of the tokens, and
-# never fewer than the 128 rows at which CPU matrix products reach full speed.
+# (benchmarks/bench_vocab_parallel.py). There a chunk takes at most an eighth of the tokens; that
+# cap never goes below the 128 rows at which CPU matrix products reach full speed (the budget
+# alone may still give fewer, for a wide block).
 _SHARDED_FRACTION = 8
 _FULL_SPEED_ROWS = 128
 
