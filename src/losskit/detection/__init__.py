@@ -8,6 +8,8 @@ distribution focal) are in :mod:`losskit.functional`.
 
 from losskit.detection.anchors import AnchorGrid, bbox2dist, dfl_decode, dist2bbox, make_anchors
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
+from losskit.detection.pose import YOLOPoseLoss
+from losskit.detection.segment import YOLOSegmentLoss
 from losskit.detection.yolo import DetectionLossResult, YOLOLoss, one_to_many_weight
 
 __all__ = [
@@ -17,6 +19,8 @@ __all__ = [
     "DetectionLossResult",
     "TaskAlignedAssigner",
     "YOLOLoss",
+    "YOLOPoseLoss",
+    "YOLOSegmentLoss",
     "bbox2dist",
     "dfl_decode",
     "dist2bbox",
