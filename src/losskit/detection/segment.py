@@ -269,13 +269,13 @@ def _mask_bce(coef: Tensor, proto: Tensor, masks: _Masks, rows: Tensor, image: T
     plan = torch.stack((sizes[by_area, 0], sizes[by_area, 1], counts[by_area]), 1).tolist()
     start = 0
     while start < len(by_area):
-        width, height, k = plan[start]
-        per_object = max(width * height * max(k, 1), 1)
+        width, height, kmax = plan[start]
         stop = start + 1
-        kmax = k
-        while stop < len(by_area) and (stop - start + 1) * per_object * max(kmax, plan[stop][2]) <= _WINDOW_ELEMENTS:
-            kmax = max(kmax, plan[stop][2])
-            stop += 1
+        while stop < len(by_area):  # grow the chunk while its padded logits stay within the budget
+            w, h, k = (max(a, b) for a, b in zip((width, height, kmax), plan[stop], strict=True))
+            if (stop - start + 1) * max(w * h * k, 1) > _WINDOW_ELEMENTS:
+                break
+            width, height, kmax, stop = w, h, k, stop + 1
         chunk = by_area[start:stop]
         sums.append(_window_bce(coef, pixels, masks, objects[chunk], object_image[chunk], bounds[chunk],
                                 width, height, kmax, anchor_object, slot, chunk, owners))

@@ -1,0 +1,199 @@
+"""YOLOSegmentLoss: Ultralytics 8.4.190 golden vectors, a float64 reference of the mask term, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losskit.detection import YOLOSegmentLoss
+from tests.replay_yolo_tasks import cases, check_replay, common_options, leaves, load
+
+SEGMENT_CASES = cases("segment")
+
+
+def test_every_segment_case_is_present():
+    assert set(SEGMENT_CASES) == {"seg_v8_overlap", "seg_v8_instances", "seg_v8_crowded", "seg26_e2e",
+                                  "seg26_crowded"}
+    for name in SEGMENT_CASES:
+        source = load(name)["source"]
+        assert source["lib"] == "ultralytics" and source["version"] == "8.4.190"
+        assert "generate_yolo_task_vectors.py" in source["generator"]
+
+
+@pytest.mark.parametrize("name", SEGMENT_CASES)
+def test_matches_ultralytics(name):
+    """Total, box/seg/cls/dfl-or-l1 items of each branch, foreground and every gradient (maps, coefficients,
+    prototypes) against v8SegmentationLoss / E2ELoss(SegmentLoss26)."""
+    case = load(name)
+    cfg = case["config"]
+    criterion = YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"],
+                                mask_assignment=cfg["yolo26"], **common_options(case))
+    preds, named = leaves(case)
+    check_replay(case, criterion, preds, named)
+
+
+# --- a float64 reference written from the formula ------------------------------------------------
+
+
+def _scene(dtype=torch.float64, seed=0, overlap=True):
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(2, 64 + 2, s, s, generator=g, dtype=dtype) for s in (8, 4)]
+    coef = torch.randn(2, 6, 80, generator=g, dtype=dtype)
+    proto = torch.randn(2, 6, 16, 16, generator=g, dtype=dtype)
+    bboxes = torch.tensor([[0.3, 0.35, 0.4, 0.5], [0.6, 0.6, 0.5, 0.45], [0.5, 0.5, 0.7, 0.6]])
+    batch = {"batch_idx": torch.tensor([0.0, 0.0, 1.0]), "cls": torch.tensor([0.0, 1.0, 1.0]), "bboxes": bboxes}
+    inst = torch.zeros(3, 16, 16)
+    inst[0, 3:9, 2:8] = 1
+    inst[1, 6:13, 6:13] = 1
+    inst[2, 4:12, 3:13] = 1
+    if overlap:
+        masks = torch.zeros(2, 16, 16)
+        masks[0][inst[0] > 0] = 1
+        masks[0][inst[1] > 0] = 2  # the second object covers the first where they meet
+        masks[1][inst[2] > 0] = 1
+        batch["masks"] = masks
+    else:
+        batch["masks"] = inst
+    return {"maps": maps, "mask_coefficient": coef, "proto": proto}, batch
+
+
+def _reference_seg(preds, batch, result, overlap, box_gain=7.5):
+    """The mask term from its definition, dense over the prototype grid, in float64."""
+    coef, proto = preds["mask_coefficient"].double(), preds["proto"].double()
+    _, _, mh, mw = proto.shape
+    fg = result.assignment.fg_mask.nonzero()
+    image_size = torch.tensor([64.0, 64.0], dtype=torch.float64)  # W, H: 8 x 8 cells of stride 8
+    total = 0.0
+    for b, a in fg.tolist():
+        row = int(result.assignment.target_gt[b, a])
+        box = result.assignment.target_boxes[b, a].double() / image_size.repeat(2)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        x1, y1, x2, y2 = (box * torch.tensor([mw, mh, mw, mh], dtype=torch.float64)).tolist()
+        cols, rows = torch.arange(mw, dtype=torch.float64), torch.arange(mh, dtype=torch.float64)
+        inside = ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
+        if overlap:
+            rank = int((batch["batch_idx"][:row] == b).sum())
+            target = (batch["masks"][b] == rank + 1).double()
+        else:
+            target = batch["masks"][row].double()
+        logits = torch.einsum("n,nhw->hw", coef[b, :, a], proto[b])
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        total = total + (bce * inside).sum() / (mh * mw) / area
+    return box_gain * total / len(fg)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_mask_term_matches_float64_reference(overlap, dtype):
+    preds64, batch = _scene(overlap=overlap)
+    criterion = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16), overlap_mask=overlap)
+    preds = {k: ([m.to(dtype) for m in v] if k == "maps" else v.to(dtype)) for k, v in preds64.items()}
+    out = criterion(preds, batch)
+    # the reference reads the same inputs (rounded to dtype) and the same assignment
+    rounded = {k: (v if k == "maps" else v.to(dtype).double()) for k, v in preds.items()}
+    expected = _reference_seg(rounded, batch, out, overlap)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert out.components["seg"].dtype == dtype
+    torch.testing.assert_close(out.components["seg"].double(), expected, rtol=tol, atol=0)
+    assert int(out.assignment.fg_mask.sum()) > 3
+
+
+def test_gradients_match_float64_autograd_of_the_reference():
+    preds, batch = _scene()
+    coef = preds["mask_coefficient"].requires_grad_()
+    proto = preds["proto"].requires_grad_()
+    out = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(preds, batch)
+    got = torch.autograd.grad(out.components["seg"], (coef, proto))
+    want = torch.autograd.grad(_reference_seg(preds, batch, out, True), (coef, proto))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_prototype_pixels_outside_every_box_do_not_matter():
+    """The BCE counts inside each object's box only: no gradient reaches the pixels outside all boxes."""
+    preds, batch = _scene()
+    proto = preds["proto"].requires_grad_()
+    out = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(preds, batch)
+    (grad,) = torch.autograd.grad(out.components["seg"], proto)
+    boxes = batch["bboxes"]
+    # each box grown by a pixel: an edge on a pixel boundary may round either way
+    lo = ((boxes[:, :2] - boxes[:, 2:] / 2) * 16).floor().long()
+    hi = ((boxes[:, :2] + boxes[:, 2:] / 2) * 16).ceil().long() + 1
+    covered = torch.zeros(2, 16, 16, dtype=torch.bool)
+    for (x1, y1), (x2, y2), b in zip(lo.tolist(), hi.tolist(), batch["batch_idx"].long().tolist(), strict=True):
+        covered[b, y1:y2, x1:x2] = True
+    assert bool((grad.abs().sum(1)[~covered] == 0).all())
+    assert bool((grad.abs().sum(1)[covered] > 0).any())
+
+
+def test_totals_components_and_per_image_agree():
+    preds, batch = _scene(torch.float32)
+    out = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(preds, batch)
+    assert list(out.components) == ["box", "seg", "cls", "dfl"]
+    torch.testing.assert_close(sum(out.components.values()), out.total)
+    torch.testing.assert_close(out.per_image.sum(), out.total)
+    torch.testing.assert_close(out.per_image_components.sum(0), torch.stack(list(out.components.values())))
+
+
+def test_no_objects_gives_zero_mask_term_and_a_gradient():
+    preds, batch = _scene(torch.float32)
+    maps = [m.requires_grad_() for m in preds["maps"]]
+    empty = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0), "bboxes": torch.zeros(0, 4),
+             "masks": torch.zeros(2, 16, 16)}
+    out = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(preds, empty)
+    assert float(out.components["seg"].detach()) == 0.0 and torch.isfinite(out.total)
+    out.total.backward()
+    assert maps[0].grad is not None
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def _criterion(**kw):
+    return YOLOSegmentLoss(2, num_masks=6, strides=(8, 16), **kw)
+
+
+def test_masks_of_another_size_than_the_prototypes_are_refused():
+    preds, batch = _scene(torch.float32)
+    batch["masks"] = torch.zeros(2, 32, 32)
+    with pytest.raises(ValueError, match=r"masks'\] has size \(32, 32\) but the prototypes are \(16, 16\)"):
+        _criterion()(preds, batch)
+
+
+def test_mask_count_must_match_the_form():
+    preds, batch = _scene(torch.float32, overlap=False)
+    batch["masks"] = batch["masks"][:2]
+    with pytest.raises(ValueError, match=r"\(M=3, h, w\) with overlap_mask=False"):
+        _criterion(overlap_mask=False)(preds, batch)
+
+
+def test_overlap_values_that_mark_no_object_name_the_image():
+    preds, batch = _scene(torch.float32)
+    batch["masks"][1, 0, 0] = 2  # image 1 has one object
+    with pytest.raises(ValueError, match=r"image 1 holds 2"):
+        _criterion()(preds, batch)
+
+
+def test_instance_mask_values_outside_unit_interval_name_the_row():
+    preds, batch = _scene(torch.float32, overlap=False)
+    batch["masks"][2, 5, 5] = 3.0
+    with pytest.raises(ValueError, match=r"row 2 holds 3"):
+        _criterion(overlap_mask=False)(preds, batch)
+
+
+def test_negative_box_size_names_the_row():
+    preds, batch = _scene(torch.float32)
+    batch["bboxes"][1, 2] = -0.1
+    with pytest.raises(ValueError, match=r"negative width or height .*\(row 1:"):
+        _criterion()(preds, batch)
+
+
+def test_missing_inputs_are_named():
+    preds, batch = _scene(torch.float32)
+    with pytest.raises(ValueError, match="mask_coefficient"):
+        _criterion()({"maps": preds["maps"], "proto": preds["proto"]}, batch)
+    with pytest.raises(ValueError, match=r"preds\['mask_coefficient'\] must have shape \(B, 6, A=80\)"):
+        _criterion()({**preds, "mask_coefficient": preds["mask_coefficient"][:, :, :10]}, batch)
+    with pytest.raises(ValueError, match="'masks'"):
+        _criterion()(preds, {k: v for k, v in batch.items() if k != "masks"})
