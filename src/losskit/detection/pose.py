@@ -242,7 +242,7 @@ class YOLOPoseLoss(TaskLoss):
         visible = truth[..., 2] != 0
         elements = len(fg_image) * k  # Ultralytics takes means over (F, K)
         distance = (predicted - truth_xy).pow(2).sum(-1)
-        factor = k / (visible.sum(1, keepdim=True) + 1e-9)
+        factor = k / (visible.sum(1, keepdim=True).to(dtype) + 1e-9)
         spread = (2 * self.sigmas.to(dtype)).pow(2) * (area + 1e-9) * 2
         location = (factor * (1 - torch.exp(-distance / spread)) * visible).sum(1) * (self.pose_gain / elements)
         out = [per_image_sum(location, fg_image, num_images)]
@@ -262,7 +262,8 @@ class YOLOPoseLoss(TaskLoss):
             return zero
         k = self.keypoint_shape[0]
         raw_sigma = branch.extras["kpts_sigma"][fg_image, :, fg_anchor].view(-1, k, 2)[visible]
-        sigma = raw_sigma.float().sigmoid().clamp_min(torch.finfo(raw_sigma.dtype).tiny).to(predicted.dtype)
+        # float32 at least (Ultralytics: float32 always), the floor float32's smallest normal
+        sigma = raw_sigma.to(predicted.dtype).sigmoid().clamp_min(torch.finfo(torch.float32).tiny)
         error = (predicted[visible] - truth[visible]) / (sigma + 1e-9)
         finite = torch.isfinite(error).all(-1)
         image = fg_image[:, None].expand(-1, k)[visible][finite]
