@@ -197,3 +197,11 @@ def test_missing_inputs_are_named():
         _criterion()({**preds, "mask_coefficient": preds["mask_coefficient"][:, :, :10]}, batch)
     with pytest.raises(ValueError, match="'masks'"):
         _criterion()(preds, {k: v for k, v in batch.items() if k != "masks"})
+
+
+def test_benchmark_runs_on_a_small_scene():
+    """The segmentation benchmark's smoke run (without Ultralytics it times losskit alone)."""
+    from benchmarks import bench_yolo_segment
+
+    text = bench_yolo_segment.main(["--imgsz", "64", "--batch", "1", "--objects", "3", "--rounds", "1"])
+    assert "losskit" in text
