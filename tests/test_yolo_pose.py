@@ -202,3 +202,14 @@ def test_negative_box_size_names_the_row():
     batch["bboxes"][2, 3] = -0.2
     with pytest.raises(ValueError, match=r"negative width or height .*\(row 2:"):
         _criterion()(preds, batch)
+
+
+def test_config_round_trip_rebuilds_an_equal_criterion():
+    import losskit
+
+    criterion = YOLOPoseLoss(1, keypoint_shape=(4, 3), strides=(8, 16), sigmas=[0.1, 0.2, 0.3, 0.4], pose=6.0,
+                             yolo26=True, reg_max=1, end2end=True)
+    config = criterion.get_config()
+    rebuilt = losskit.get({"class": "losskit.detection.pose.YOLOPoseLoss", **config})
+    assert rebuilt.get_config() == config
+    torch.testing.assert_close(rebuilt.sigmas, torch.tensor([0.1, 0.2, 0.3, 0.4]))

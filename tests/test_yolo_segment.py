@@ -205,3 +205,12 @@ def test_benchmark_runs_on_a_small_scene():
 
     text = bench_yolo_segment.main(["--imgsz", "64", "--batch", "1", "--objects", "3", "--rounds", "1"])
     assert "losskit" in text
+
+
+def test_config_round_trip_rebuilds_an_equal_criterion():
+    import losskit
+
+    criterion = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16), overlap_mask=False, mask_assignment=True)
+    config = criterion.get_config()
+    rebuilt = losskit.get({"class": "losskit.detection.segment.YOLOSegmentLoss", **config})
+    assert rebuilt.get_config() == config and not rebuilt.overlap_mask and rebuilt.mask_assignment

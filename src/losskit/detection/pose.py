@@ -145,6 +145,11 @@ class YOLOPoseLoss(TaskLoss):
             raise ValueError("rle_flow must have a log_prob(error) method")
         self._config.update(keypoint_shape=list(shape), pose=pose, kobj=kobj, rle=rle, yolo26=yolo26)
 
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild an equal criterion; a module is no config value, so
+        ``rle_flow`` is left out: pass it again."""
+        return {**super().get_config(), "sigmas": self.sigmas.tolist(), "rle_weights": self.rle_weights.tolist()}
+
     @property
     def component_names(self) -> tuple[str, ...]:
         box, cls, third = self.detection_names
