@@ -213,3 +213,20 @@ def test_config_round_trip_rebuilds_an_equal_criterion():
     rebuilt = losskit.get({"class": "losskit.detection.pose.YOLOPoseLoss", **config})
     assert rebuilt.get_config() == config
     torch.testing.assert_close(rebuilt.sigmas, torch.tensor([0.1, 0.2, 0.3, 0.4]))
+
+
+def test_crowded_scene_float32_matches_float64():
+    """On the crowded YOLO26 scene (RLE included), the float32 result is the float64 result to 1e-5."""
+    case = load("pose26_crowded")
+    cfg = case["config"]
+    flow = AffineFlow(cfg["flow"]["loc"], cfg["flow"]["log_scale"])
+    criterion = YOLOPoseLoss(cfg["nc"], keypoint_shape=(cfg["k"], 3), yolo26=True, rle_flow=flow,
+                             **common_options(case))
+    preds32, _ = leaves(case)
+    preds64 = {b: {k: ([m.double() for m in v] if k == "maps" else v.double()) for k, v in p.items()}
+               for b, p in preds32.items()}
+    out32 = criterion(preds32, case["batch"])
+    out64 = criterion.double()(preds64, case["batch"])
+    assert torch.equal(out32.assignment.fg_mask, out64.assignment.fg_mask)
+    for key in out32.components:
+        torch.testing.assert_close(out32.components[key].double(), out64.components[key], rtol=1e-5, atol=1e-7)

@@ -199,7 +199,7 @@ class YOLOSegmentLoss(TaskLoss):
             miou = torch.zeros_like(box_overlap)
             if len(chosen):
                 miou[chosen] = _mask_iou(coef, proto, masks, prepared.image, pairs.gt[chosen], pairs.anchor[chosen],
-                                         pairs.pred_box[chosen] * scale.to(pairs.pred_box))
+                                         pairs.pred_box[chosen] * scale.to(pairs.pred_box)).to(miou.dtype)
             return (box_overlap + miou) / 2
 
         assigner.pair_overlap = overlap
@@ -312,23 +312,24 @@ def _mask_iou(coef: Tensor, proto: Tensor, masks: _Masks, table_image: Tensor, r
               boxes: Tensor) -> Tensor:
     """IoU of each pair's predicted mask (logit > 0, cropped to its predicted box) with its object's mask."""
     _, _, mh, mw = proto.shape
-    out = torch.zeros(len(rows), dtype=torch.float32, device=rows.device)
+    dtype = torch.promote_types(proto.dtype, torch.float32)
+    out = torch.zeros(len(rows), dtype=dtype, device=rows.device)
     image = table_image[rows]
     cols = torch.arange(mw, device=rows.device, dtype=boxes.dtype)
     lines = torch.arange(mh, device=rows.device, dtype=boxes.dtype)
     per_chunk = max(1, (1 << 24) // (mh * mw))
     for b in torch.unique(image).tolist():
         pairs = (image == b).nonzero().squeeze(1)
-        flat = proto[b].flatten(1).float()
+        flat = proto[b].flatten(1).to(dtype)
         for start in range(0, len(pairs), per_chunk):
             p = pairs[start:start + per_chunk]
-            predicted = (coef[b, :, anchors[p]].T.float() @ flat) > 0  # (n, h w)
+            predicted = (coef[b, :, anchors[p]].T.to(dtype) @ flat) > 0  # (n, h w)
             x1, y1, x2, y2 = boxes[p].unbind(-1)
             crop = (((lines >= y1[:, None]) & (lines < y2[:, None]))[:, :, None]
                     & ((cols >= x1[:, None]) & (cols < x2[:, None]))[:, None, :])
             predicted &= crop.flatten(1)
             truth = masks.binary(rows[p])
-            inter = (predicted & truth).sum(-1).float()
-            union = truth.sum(-1).float() + predicted.sum(-1).float() - inter
+            inter = (predicted & truth).sum(-1).to(dtype)
+            union = truth.sum(-1).to(dtype) + predicted.sum(-1).to(dtype) - inter
             out[p] = inter / union.clamp(min=1)
     return out
