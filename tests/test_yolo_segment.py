@@ -232,3 +232,86 @@ def test_crowded_scene_float32_matches_float64(name):
     assert torch.equal(out32.assignment.fg_mask, out64.assignment.fg_mask)
     for key in out32.components:
         torch.testing.assert_close(out32.components[key].double(), out64.components[key], rtol=1e-5, atol=1e-7)
+
+
+# --- distributed=True: two ranks equal one process ---------------------------------------------
+
+
+def _two_rank_checks() -> dict:
+    from losskit.detection import YOLOPoseLoss
+    from tests.replay_yolo_tasks import AffineFlow
+    from tests.test_distributed import _check
+
+    g = torch.Generator().manual_seed(3)
+    f64 = torch.float64
+    maps = [torch.randn(4, 66, 8, 8, generator=g, dtype=f64), torch.randn(4, 66, 4, 4, generator=g, dtype=f64)]
+    coef, proto = torch.randn(4, 6, 80, generator=g, dtype=f64), torch.randn(4, 6, 16, 16, generator=g, dtype=f64)
+    kpts = torch.randn(4, 12, 80, generator=g, dtype=f64)
+    sigma = torch.randn(4, 8, 80, generator=g, dtype=f64)
+    bboxes = torch.tensor([[0.3, 0.35, 0.4, 0.5], [0.6, 0.6, 0.5, 0.45], [0.5, 0.5, 0.7, 0.6], [0.4, 0.5, 0.5, 0.5]])
+    inst = torch.zeros(4, 16, 16)
+    for row, (cx, cy, w, h) in enumerate((bboxes * 16).tolist()):
+        inst[row, int(cy - h / 3):int(cy + h / 3), int(cx - w / 3):int(cx + w / 3)] = 1
+    keypoints = torch.cat([bboxes[:, None, :2] + (torch.rand(4, 4, 2, generator=g) - 0.5) * bboxes[:, None, 2:] / 2,
+                           torch.randint(0, 3, (4, 4, 1), generator=g).float()], -1)
+    gain = torch.ones(1, dtype=f64)
+    flow = AffineFlow(torch.tensor([0.1, -0.2], dtype=f64), torch.tensor([0.3, -0.1], dtype=f64))
+    results = {}
+    for image_of_rows in ([0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 1.0, 1.0]):  # rank 1 holds one object, or none
+        idx = torch.tensor(image_of_rows)
+        table = {"batch_idx": idx, "cls": torch.tensor([0.0, 1.0, 1.0, 0.0]), "bboxes": bboxes, "masks": inst,
+                 "keypoints": keypoints}
+
+        def local(lo, hi, table=table):
+            keep = (table["batch_idx"] >= lo) & (table["batch_idx"] < hi)
+            return {"batch_idx": table["batch_idx"][keep] - lo, "cls": table["cls"][keep],
+                    "bboxes": table["bboxes"][keep], "masks": table["masks"][keep],
+                    "keypoints": table["keypoints"][keep]}
+
+        def seg(t, lo, hi, table, distributed):
+            preds = {"maps": [m[lo:hi] * t for m in maps], "mask_coefficient": coef[lo:hi] * t,
+                     "proto": proto[lo:hi] * t}
+            return YOLOSegmentLoss(2, num_masks=6, strides=(8, 16), overlap_mask=False,
+                                   distributed=distributed)(preds, table).total
+
+        def pose(t, lo, hi, table, distributed):
+            preds = {"maps": [m[lo:hi, :65] * t for m in maps], "kpts": kpts[lo:hi] * t,
+                     "kpts_sigma": sigma[lo:hi] * t}
+            return YOLOPoseLoss(1, keypoint_shape=(4, 3), strides=(8, 16), yolo26=True, rle_flow=flow,
+                                distributed=distributed)(preds, {**table, "cls": torch.zeros_like(table["cls"])}).total
+
+        for name, fn in (("segment", seg), ("pose", pose)):
+            results[f"{name}{image_of_rows}"] = _check(
+                gain, (2, 2), lambda t, lo, hi, fn=fn: fn(t, lo, hi, local(lo, hi), True),
+                lambda t, fn=fn, table=table: fn(t, 0, 4, table, False))
+    return results
+
+
+def _two_rank_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        results = _two_rank_checks()
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_two_ranks_equal_one_process(tmp_path):
+    """With distributed=True the mask and keypoint means (and RLE's) use the global counts: the mean of two
+    ranks' totals and of their gradients is the one-process result on the whole batch."""
+    import json
+
+    out = tmp_path / "results.json"
+    torch.multiprocessing.spawn(_two_rank_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    results = json.loads(out.read_text())
+    assert len(results) == 4
+    bad = {name: r for name, r in results.items() if r["loss"] > 1e-10 or r["grad"] > 1e-10}
+    assert not bad, f"two ranks differ from one process: {bad}"

@@ -24,6 +24,7 @@ from losskit.detection.yolo import (
     _prepare_targets,
     _Targets,
 )
+from losskit.distributed import global_normalizer
 
 __all__: list[str] = []
 
@@ -142,6 +143,13 @@ class TaskLoss(YOLOLoss):
         per_image = sum(weights[name] * exact[name] for name in results)
         return self._result(per_image, results["one2one"].assignment,
                             branch_preds["one2one"]["maps"][0].dtype, branches=results)
+
+    def _count_normalizer(self, count: int, dtype: torch.dtype, device: torch.device) -> Tensor | float:
+        """``max(count, 1)``; with ``distributed=True`` the count summed over the ranks, over the world size
+        (:func:`losskit.distributed.global_normalizer`): every rank must call it, with or without objects."""
+        if self.distributed:
+            return global_normalizer(torch.tensor(float(count), dtype=dtype, device=device), min_count=1.0)
+        return float(max(count, 1))
 
     # --- hooks --------------------------------------------------------------------------------
 

@@ -83,7 +83,9 @@ class YOLOPoseLoss(TaskLoss):
         rle_flow: A module with ``log_prob(error) -> (N,)`` on ``(N, 2)`` errors (YOLO26's head keeps a
             RealNVP: ``model.model[-1].flow_model``); ``None``: no RLE term.
         rle_weights: ``(K,)``; default COCO's for 17 keypoints, else ones.
-        **options: Everything :class:`~losskit.detection.YOLOLoss` takes.
+        **options: Everything :class:`~losskit.detection.YOLOLoss` takes. With ``distributed=True``
+            the counts :math:`F K` and :math:`N` are summed over the ranks (exact under DDP); the
+            RLE clamp at 0 acts on each rank's share.
 
     Inputs:
         preds: ``{"maps": [per-level maps], "kpts": (B, K * D, A)}`` plus ``"kpts_sigma": (B, 2 K, A)``
@@ -234,8 +236,13 @@ class YOLOPoseLoss(TaskLoss):
         k, d = self.keypoint_shape
         columns = 3 if self.rle_flow is not None else 2
         fg_image, fg_anchor = assignment.fg_mask.nonzero(as_tuple=True)
+        device = fg_image.device
+        elements = self._count_normalizer(len(fg_image) * k, dtype, device)  # Ultralytics: means over (F, K)
+        with_rle = self.rle_flow is not None and "kpts_sigma" in branch.extras
         if not len(fg_image):
-            return torch.zeros(num_images, columns, dtype=dtype, device=fg_image.device)
+            if with_rle:
+                self._count_normalizer(0, dtype, device)  # every rank joins each reduction
+            return torch.zeros(num_images, columns, dtype=dtype, device=device)
         points, strides = levels.grid.points(dtype=dtype, device=fg_image.device)
         stride = strides[fg_anchor]  # (F, 1)
         raw = branch.extras["kpts"][fg_image, :, fg_anchor].to(dtype).view(-1, k, d)
@@ -245,7 +252,6 @@ class YOLOPoseLoss(TaskLoss):
         box = assignment.target_boxes[fg_image, fg_anchor] / stride
         area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))[:, None]
         visible = truth[..., 2] != 0
-        elements = len(fg_image) * k  # Ultralytics takes means over (F, K)
         distance = (predicted - truth_xy).pow(2).sum(-1)
         factor = k / (visible.sum(1, keepdim=True).to(dtype) + 1e-9)
         spread = (2 * self.sigmas.to(dtype)).pow(2) * (area + 1e-9) * 2
@@ -257,14 +263,13 @@ class YOLOPoseLoss(TaskLoss):
         else:
             out.append(out[0].new_zeros(num_images))
         if self.rle_flow is not None:
-            out.append(self._rle(branch, fg_image, fg_anchor, predicted, truth_xy, visible, num_images))
+            out.append(self._rle(branch, fg_image, fg_anchor, predicted, truth_xy, visible, num_images) if with_rle
+                       else out[0].new_zeros(num_images))
         return torch.stack(out, -1)
 
     def _rle(self, branch: Branch, fg_image: Tensor, fg_anchor: Tensor, predicted: Tensor, truth: Tensor,
              visible: Tensor, num_images: int) -> Tensor:
         zero = predicted.new_zeros(num_images)
-        if "kpts_sigma" not in branch.extras or not bool(visible.any()):
-            return zero
         k = self.keypoint_shape[0]
         raw_sigma = branch.extras["kpts_sigma"][fg_image, :, fg_anchor].view(-1, k, 2)[visible]
         # float32 at least (Ultralytics: float32 always), the floor float32's smallest normal
@@ -273,12 +278,13 @@ class YOLOPoseLoss(TaskLoss):
         finite = torch.isfinite(error).all(-1)
         image = fg_image[:, None].expand(-1, k)[visible][finite]
         weights = self.rle_weights.to(error.dtype).expand(len(visible), -1)[visible][finite]
+        rows = self._count_normalizer(len(image), predicted.dtype, predicted.device)
         if not len(image):
             return zero
         error, sigma = error[finite].clamp(-100, 100), sigma[finite]
         log_phi = self.rle_flow.log_prob(error)
         per_row = ((sigma.log() - log_phi[:, None] + (2 * sigma).log() + error.abs()) * weights[:, None]).sum(1)
-        per_image = per_image_sum(per_row / len(per_row), image, num_images)
+        per_image = per_image_sum(per_row / rows, image, num_images)
         # Ultralytics clamps the batch's RLE at 0; each image's share follows the clamp.
         return torch.where(per_image.sum() > 0, per_image, zero) * self.rle_gain
 

@@ -88,7 +88,9 @@ class YOLOSegmentLoss(TaskLoss):
             image's ``k``-th object (in table order) lies; ``False``: one mask per object, ``(M, h, w)``.
         mask_assignment: YOLO26's mask-aware assignment (above).
         **options: Everything :class:`~losskit.detection.YOLOLoss` takes (``strides``, ``reg_max``,
-            gains, ``end2end``, ``scale_by_batch``, ...).
+            gains, ``end2end``, ``scale_by_batch``, ...). With ``distributed=True`` the foreground
+            count :math:`|\mathcal F|` is also summed over the ranks (exact under DDP, as the
+            detection terms' normalizer).
 
     Inputs:
         preds: ``{"maps": [per-level maps (B, 4 * reg_max + C, H_i, W_i)], "mask_coefficient":
@@ -211,6 +213,7 @@ class YOLOSegmentLoss(TaskLoss):
         dtype, num_images = levels.dtype, levels.num_images
         fg_image, fg_anchor = assignment.fg_mask.nonzero(as_tuple=True)
         out = torch.zeros(num_images, 1, dtype=dtype, device=fg_image.device)
+        normalizer = self._count_normalizer(len(fg_image), dtype, fg_image.device)
         if not len(fg_image):
             return out
         coef = branch.extras["mask_coefficient"][fg_image, :, fg_anchor].to(dtype)  # (F, nm)
@@ -218,7 +221,7 @@ class YOLOSegmentLoss(TaskLoss):
         rows = assignment.target_gt[fg_image, fg_anchor]
         per_anchor = _mask_bce(coef, proto, masks, rows, fg_image, assignment.target_boxes[fg_image, fg_anchor],
                                levels.image_size)
-        per_anchor = per_anchor * (self.box_gain / len(fg_image))
+        per_anchor = per_anchor * (self.box_gain / normalizer)
         return per_image_sum(per_anchor, fg_image, num_images)[:, None]
 
 
