@@ -18,6 +18,8 @@ from losskit._core.checks import (
     check_one_of,
     check_tensor,
     checks_enabled,
+    did_you_mean,
+    excerpt,
 )
 from losskit._core.numerics import safe_divide
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
@@ -226,3 +228,26 @@ def check_pair_inputs(chosen: object, rejected: object, *, reduction: object, no
              "ref_chosen_log_probs": refs[0], "ref_rejected_log_probs": refs[1]}
     _check_log_probs({k: v for k, v in named.items() if v is not None})
     return beta, label_smoothing
+
+
+def check_variants(variant: object, variant_weights: object, choices: tuple[str, ...]) -> list[tuple[str, float]]:
+    """``variant`` (one name, or a list of names mixed as TRL's MPO mixes its ``loss_type`` list) and
+    ``variant_weights`` (one number per name, default 1 each) as ``[(name, weight), ...]``.
+
+    An unknown name raises with the closest known ones; weights that do not pair with the names raise."""
+    names = [variant] if isinstance(variant, str) else variant
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(v, str) for v in names):
+        raise TypeError(f"variant must be a name or a non-empty list of names from {choices}, got {excerpt(variant)}")
+    for name in names:
+        if name not in choices:
+            raise ValueError(f"variant must be one of {choices}, got {excerpt(name)}{did_you_mean(name, choices)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant lists a name twice: {list(names)}")
+    if variant_weights is None:
+        return [(name, 1.0) for name in names]
+    weights = [variant_weights] if isinstance(variant_weights, (int, float)) else variant_weights
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(names):
+        raise ValueError(f"variant_weights must hold one number per variant ({len(names)}: {list(names)}), got "
+                         f"{excerpt(variant_weights)}")
+    return [(name, check_number(f"variant_weights[{i}]", w, low=0.0))
+            for i, (name, w) in enumerate(zip(names, weights, strict=True))]
