@@ -7,6 +7,7 @@ here); this module adds what turns rewards into the returns and advantages they 
 * :func:`gae`: generalized advantage estimation, with episode ends and bootstrapping.
 * :func:`normalize_advantages`: standardization over the batch's valid entries.
 * :func:`group_advantages`: GRPO's group-relative advantages.
+* :func:`wpo_weights` and :func:`ld_dpo_log_probs`: what WPO and LD-DPO feed :func:`dpo_loss`.
 
 Time runs along ``dim`` (0 by default: rollouts of shape ``(T, num_envs)``; pass ``dim=-1`` for
 ``(num_envs, T)`` or per-token rewards of shape ``(N, T)``). ``dones[t]`` is true when the
@@ -274,6 +275,101 @@ def group_advantages(
     return _group_advantages(rewards.detach(), group_size, scale, eps)
 
 
+def _paired_tokens(name: str, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``mask`` as bool for ``x`` of shape (B, L), B even: the chosen sequences first, then the rejected."""
+    check_floating(name, x)
+    if x.dim() != 2 or x.shape[0] % 2:
+        raise ValueError(f"{name} must have shape (B, L) with B even (the chosen sequences first, then the rejected "
+                         f"ones: chosen and rejected batches of the same size), got shape {tuple(x.shape)}")
+    m = _as_mask(mask, name, x)
+    return torch.ones_like(x, dtype=torch.bool) if m is None else m
+
+
+def wpo_weights(token_log_probs: Tensor, log_sum_sq_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""WPO's per-pair weights :math:`w(y_w)\,w(y_l)`, to pass as :func:`dpo_loss`'s ``wpo_weights``.
+
+    WPO reweights each preference pair by how likely the current policy is to generate it, with
+    each token's probability aligned by the policy's own "self-probability"
+    :math:`\sum_k p_k^2` at that position (so that a flat and a peaked distribution are comparable):
+
+    .. math::
+        w(y) = \exp\Big(\frac{1}{|y|}\sum_{t \in y} \big(\log p_t(y_t) - \log\textstyle\sum_k p_t(k)^2\big)\Big)
+
+    Args:
+        token_log_probs: :math:`\log p_t(y_t)` per token, :math:`(B, L)`: the :math:`B/2` chosen
+            sequences first, then the :math:`B/2` rejected ones.
+        log_sum_sq_probs: :math:`\log\sum_k p_t(k)^2` per token, :math:`(B, L)`:
+            ``torch.logsumexp(2 * log_softmax(logits, -1), -1)``.
+        mask: Bool or integer :math:`(B, L)`, ``True`` at completion tokens (default: all).
+
+    Returns:
+        :math:`(B/2,)`, detached (as TRL computes them, under ``no_grad``).
+
+    Examples:
+        >>> import math, torch
+        >>> from losskit.rl import wpo_weights
+        >>> lp = torch.log(torch.tensor([[0.5], [0.5]]))  # two tokens over a uniform pair of words
+        >>> wpo_weights(lp, torch.full((2, 1), math.log(0.5)))  # 0.5 / (0.25 + 0.25) = 1 each
+        tensor([1.])
+
+    References:
+        Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", EMNLP 2024, Eq. 2.
+        TRL's ``DPOConfig(use_weighting=True)``.
+    """
+    mask = _paired_tokens("token_log_probs", token_log_probs, mask)
+    if log_sum_sq_probs.shape != token_log_probs.shape:
+        raise ValueError(f"log_sum_sq_probs must have the shape of token_log_probs {tuple(token_log_probs.shape)}, "
+                         f"got shape {tuple(log_sum_sq_probs.shape)}")
+    aligned = torch.where(mask, token_log_probs.detach() - log_sum_sq_probs.detach(), 0.0)
+    mean = aligned.sum(-1) / mask.sum(-1).clamp(min=1)
+    chosen, rejected = mean.chunk(2)
+    return torch.exp(chosen + rejected)
+
+
+def ld_dpo_log_probs(token_log_probs: Tensor, mask: Tensor | None = None, *, alpha: float) -> Tensor:
+    r"""LD-DPO's length-desensitized sequence log-probabilities, to pass to :func:`dpo_loss`.
+
+    DPO's summed log-probability favours the longer completion of a pair. LD-DPO counts the
+    tokens both completions share in length (the first :math:`\min(|y_w|, |y_l|)` completion
+    tokens of each) in full and the longer one's excess tokens with weight :math:`\alpha`:
+
+    .. math::
+        \log\hat\pi(y) = \sum_{t \le \ell_p} \log p_t + \alpha \sum_{t > \ell_p} \log p_t, \qquad
+        \ell_p = \min(|y_w|, |y_l|)
+
+    Apply it to the policy's and the reference's token log-probabilities alike (as TRL does).
+
+    Args:
+        token_log_probs: :math:`(B, L)`: the :math:`B/2` chosen sequences, then the rejected ones.
+        mask: Bool or integer :math:`(B, L)`, ``True`` at completion tokens (default: all).
+        alpha: :math:`\alpha \in [0, 1]` (TRL's ``ld_alpha``; 1 is plain DPO).
+
+    Returns:
+        :math:`(B,)`: split with ``.chunk(2)`` into the chosen and the rejected log-probabilities.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.rl import ld_dpo_log_probs
+        >>> lp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
+        >>> mask = torch.tensor([[1, 1, 1], [1, 0, 0]])  # lengths 3 and 1: one shared token
+        >>> ld_dpo_log_probs(lp, mask, alpha=0.5)  # -1 + 0.5 (-2), and -2
+        tensor([-2., -2.])
+
+    References:
+        Liu et al., "Length Desensitization in Direct Preference Optimization", 2024. TRL's ``DPOConfig(ld_alpha=...)``.
+    """
+    mask = _paired_tokens("token_log_probs", token_log_probs, mask)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+    position = mask.long().cumsum(-1)
+    chosen_len, rejected_len = mask.sum(-1).chunk(2)
+    shared = torch.minimum(chosen_len, rejected_len).repeat(2).unsqueeze(-1)
+    in_shared = mask & (position <= shared)
+    tail = mask & (position > shared)
+    zero = token_log_probs.new_zeros(())
+    return (torch.where(in_shared, token_log_probs, zero).sum(-1)
+            + alpha * torch.where(tail, token_log_probs, zero).sum(-1))
+
+
 __all__ = [
     "Advantages",
     "discounted_returns",
@@ -284,10 +380,12 @@ __all__ = [
     "grpo_loss",
     "kl_penalty",
     "kto_loss",
+    "ld_dpo_log_probs",
     "normalize_advantages",
     "orpo_loss",
     "ppo_clip_loss",
     "reinforce_loss",
     "simpo_loss",
     "value_loss",
+    "wpo_weights",
 ]
