@@ -29,11 +29,8 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_floating, check_number, check_one_of, check_tensor
-from losskit.functional._log_probs import _as_mask
+from losskit.functional._log_probs import REWARD_SCALES, _as_mask, _check_group_size, _group_advantages
 from losskit.functional.policy import (
-    REWARD_SCALES,
-    _check_group_size,
-    _group_advantages,
     _normalize,
     entropy_bonus,
     grpo_loss,
