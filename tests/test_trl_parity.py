@@ -147,3 +147,133 @@ def test_wpo_matches_trl(trl_dpo, gen):
 def test_ld_dpo_matches_trl(trl_dpo, gen):
     # precomputed reference log-probabilities are taken as they are (LD weighting applies to the policy's)
     _compare(trl_dpo, gen, loss_type=["sigmoid"], ld_alpha=0.4)
+
+
+# --- GRPO -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trl_grpo():
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    return GRPOTrainer
+
+
+class _GRPOAccelerator(_Accelerator):
+    num_processes = 1
+    sync_gradients = True
+
+    @staticmethod
+    def reduce(x, reduction="sum"):
+        return x
+
+    @staticmethod
+    def pad_across_processes(x, dim=0, pad_index=0):
+        return x
+
+
+def _grpo_batch(gen, n=6, length=5):
+    mask = torch.ones(n, length, dtype=torch.long)
+    for i, k in enumerate(torch.randint(1, length + 1, (n,), generator=gen).tolist()):
+        mask[i, k:] = 0
+    old = -(0.1 + 2.0 * torch.rand(n, length, generator=gen, dtype=F64))
+    lp = (old + 0.4 * torch.randn(n, length, generator=gen, dtype=F64)).clamp(max=-0.01)
+    sampling = (old + 0.3 * torch.randn(n, length, generator=gen, dtype=F64)).clamp(max=-0.01)
+    ref = (old + 0.3 * torch.randn(n, length, generator=gen, dtype=F64)).clamp(max=-0.01)
+    entropies = 3 * torch.rand(n, length, generator=gen, dtype=F64)
+    rewards = torch.randn(n, generator=gen, dtype=F64)
+    return lp, old, sampling, ref, entropies, rewards, mask
+
+
+def _trl_grpo_loss(trainer_cls, lp, old, sampling, ref, entropies, advantages, mask, is_ratio, cfg):
+    stand_in = SimpleNamespace(
+        model=SimpleNamespace(training=True), accelerator=_GRPOAccelerator(), aux_loss_enabled=False,
+        _get_per_token_logps_and_entropies=lambda *args, **kwargs: (lp, entropies, None),
+        top_entropy_quantile=cfg.get("top_entropy_quantile", 1.0),
+        off_policy_mask_threshold=cfg.get("off_policy_mask_threshold"),
+        get_off_policy_mask=trainer_cls.get_off_policy_mask,
+        importance_sampling_level=cfg.get("importance_sampling_level", "token"), beta=cfg.get("beta", 0.0),
+        loss_type=cfg["loss_type"], epsilon_low=cfg.get("epsilon", 0.2),
+        epsilon_high=cfg.get("epsilon_high", cfg.get("epsilon", 0.2)),
+        use_vllm=is_ratio is not None, vllm_importance_sampling_correction=is_ratio is not None,
+        current_gradient_accumulation_steps=1, max_completion_length=cfg.get("max_completion_length", 8),
+        _entropy_bonus_enabled=False, _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        args=SimpleNamespace(use_bias_correction_kl=cfg.get("use_bias_correction_kl", False),
+                             delta=cfg.get("delta"), sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
+                             steps_per_generation=1))
+    stand_in.get_high_entropy_mask = lambda e, m, t: trainer_cls.get_high_entropy_mask(stand_in, e, m, t)
+    n = lp.shape[0]
+    inputs = {"prompt_ids": torch.zeros(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+              "completion_ids": torch.zeros_like(mask), "completion_mask": mask, "advantages": advantages,
+              "old_per_token_logps": old, "sampling_per_token_logps": sampling, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum().to(F64)}
+    if is_ratio is not None:
+        inputs["importance_sampling_ratio"] = is_ratio
+    return trainer_cls._compute_loss(stand_in, None, inputs)
+
+
+def _compare_grpo(trl_grpo, gen, vllm_mode=None, **cfg):
+    lp, old, sampling, ref, entropies, rewards, mask = _grpo_batch(gen)
+    advantages = rl.group_advantages(rewards, 2)
+    is_ratio = None if vllm_mode is None else rl.vllm_importance_sampling_ratio(
+        old, sampling, mask, mode=vllm_mode, clip_min=0.5, clip_max=1.5)
+    trl_is_ratio = None if is_ratio is None else (is_ratio if is_ratio.dim() == 2 else is_ratio.unsqueeze(-1))
+    ours_in, theirs_in = lp.clone().requires_grad_(), lp.clone().requires_grad_()
+    options = {"variant": cfg["loss_type"], "clip_eps": cfg.get("epsilon", 0.2),
+               "clip_eps_high": cfg.get("epsilon_high"), "beta": cfg.get("beta", 0.0),
+               "ref_log_probs": ref if cfg.get("beta") else None,
+               "use_bias_correction_kl": cfg.get("use_bias_correction_kl", False), "delta": cfg.get("delta"),
+               "ratio_level": cfg.get("importance_sampling_level", "token"), "importance_sampling_ratio": is_ratio,
+               "sampling_log_probs": sampling, "off_policy_mask_threshold": cfg.get("off_policy_mask_threshold"),
+               "entropies": entropies, "top_entropy_quantile": cfg.get("top_entropy_quantile", 1.0), "mask": mask}
+    if cfg["loss_type"] == "dr_grpo":
+        options["max_length"] = cfg.get("max_completion_length", 8)
+    ours = losskit.grpo_loss(ours_in, old, rewards=rewards, group_size=2, **options)
+    theirs = _trl_grpo_loss(trl_grpo, theirs_in, old, sampling, ref, entropies, advantages.unsqueeze(-1), mask,
+                            trl_is_ratio, cfg)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"])
+def test_grpo_loss_types_match_trl(trl_grpo, gen, loss_type):
+    cfg = {"epsilon_high": 5.0} if loss_type == "cispo" else {"epsilon_high": 0.28}
+    _compare_grpo(trl_grpo, gen, loss_type=loss_type, **cfg)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "sapo"])
+def test_gspo_sequence_importance_sampling_matches_trl(trl_grpo, gen, loss_type):
+    _compare_grpo(trl_grpo, gen, loss_type=loss_type, importance_sampling_level="sequence")
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_grpo_kl_and_its_bias_correction_match_trl(trl_grpo, gen, corrected):
+    _compare_grpo(trl_grpo, gen, loss_type="dapo", beta=0.04, use_bias_correction_kl=corrected)
+
+
+def test_grpo_two_sided_delta_clipping_matches_trl(trl_grpo, gen):
+    _compare_grpo(trl_grpo, gen, loss_type="grpo", delta=1.1)
+
+
+@pytest.mark.parametrize("threshold", [-0.05, 0.1])
+def test_grpo_off_policy_masking_matches_trl(trl_grpo, gen, threshold):
+    _compare_grpo(trl_grpo, gen, loss_type="dapo", off_policy_mask_threshold=threshold)
+
+
+def test_the_off_policy_mask_of_these_inputs_drops_some_sequences_and_keeps_others(gen):
+    # the thresholds above must split the batch, or the parity test could not fail
+    lp, old, sampling, _, _, rewards, mask = _grpo_batch(gen)
+    losses = [losskit.grpo_loss(lp, old, rewards=rewards, group_size=2, mask=mask, sampling_log_probs=sampling,
+                                off_policy_mask_threshold=t, reduction="none").sum(-1) for t in (-0.05, 0.1, None)]
+    assert (losses[0] == 0).sum() > (losses[1] == 0).sum() > (losses[2] == 0).sum()
+
+
+def test_grpo_top_entropy_quantile_matches_trl(trl_grpo, gen):
+    _compare_grpo(trl_grpo, gen, loss_type="dapo", top_entropy_quantile=0.4)
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_grpo_vllm_importance_sampling_matches_trl(trl_grpo, gen, mode):
+    _compare_grpo(trl_grpo, gen, vllm_mode=mode, loss_type="dapo")

@@ -7,6 +7,7 @@ here); this module adds what turns rewards into the returns and advantages they 
 * :func:`gae`: generalized advantage estimation, with episode ends and bootstrapping.
 * :func:`normalize_advantages`: standardization over the batch's valid entries.
 * :func:`group_advantages`: GRPO's group-relative advantages.
+* :func:`vllm_importance_sampling_ratio`: the sampler correction :func:`grpo_loss` takes.
 * :func:`wpo_weights` and :func:`ld_dpo_log_probs`: what WPO and LD-DPO feed :func:`dpo_loss`.
 
 Time runs along ``dim`` (0 by default: rollouts of shape ``(T, num_envs)``; pass ``dim=-1`` for
@@ -23,6 +24,7 @@ the time limit is a terminal state.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -367,6 +369,72 @@ def ld_dpo_log_probs(token_log_probs: Tensor, mask: Tensor | None = None, *, alp
             + alpha * torch.where(tail, token_log_probs, zero).sum(-1))
 
 
+VLLM_IS_MODES: tuple[str, ...] = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def vllm_importance_sampling_ratio(
+    old_log_probs: Tensor,
+    sampling_log_probs: Tensor,
+    mask: Tensor | None = None,
+    *,
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "sequence_mask",
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> Tensor:
+    r"""The importance weight that corrects for a sampler (vLLM) whose probabilities differ from the trainer's.
+
+    Completions sampled by an inference engine carry its log-probabilities, which differ from
+    the training policy's (other kernels, other precision). The ratio
+    :math:`\pi_\text{old}/\pi_\text{sampler}` per token, or its product over the sequence,
+    reweights the policy-gradient term; ``"*_truncate"`` clamps it to ``[clip_min, clip_max]``
+    (truncated importance sampling), ``"*_mask"`` sets it to 0 outside (masked importance
+    sampling). Pass the result as :func:`losskit.grpo_loss`'s ``importance_sampling_ratio``.
+    Sampler log-probabilities that are NaN (tokens the sampler did not score) count as a log-ratio of 0.
+
+    Args:
+        old_log_probs: Per-token log-probabilities of the training policy that generated, :math:`(N, T)`.
+        sampling_log_probs: The sampler's, :math:`(N, T)`.
+        mask: Bool or integer :math:`(N, T)`, ``True`` at completion tokens (default: all).
+        mode: ``"token_truncate"`` | ``"token_mask"`` | ``"sequence_truncate"`` | ``"sequence_mask"``
+            (TRL's ``vllm_importance_sampling_mode``, default ``"sequence_mask"``).
+        clip_min: The lower bound, or ``None`` (TRL's ``vllm_importance_sampling_clip_min``).
+        clip_max: The upper bound (TRL's ``vllm_importance_sampling_clip_max``, 3.0), or ``None``.
+
+    Returns:
+        :math:`(N, T)` for the token modes, :math:`(N,)` for the sequence modes; detached.
+
+    Examples:
+        >>> import math, torch
+        >>> from losskit.rl import vllm_importance_sampling_ratio
+        >>> old = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+        >>> sampler = torch.log(torch.tensor([[0.25, 0.5], [0.1, 0.5]]))  # sequence ratios 2 and 5
+        >>> vllm_importance_sampling_ratio(old, sampler)  # the second exceeds 3: masked
+        tensor([2., 0.])
+
+    References:
+        Yao et al., "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", 2025
+        (truncated importance sampling). TRL's ``GRPOConfig(vllm_importance_sampling_correction=True)``.
+    """
+    check_floating("old_log_probs", old_log_probs)
+    check_floating("sampling_log_probs", sampling_log_probs)
+    if sampling_log_probs.shape != old_log_probs.shape or old_log_probs.dim() != 2:
+        raise ValueError(f"old_log_probs and sampling_log_probs must share a shape (N, T), got "
+                         f"{tuple(old_log_probs.shape)} and {tuple(sampling_log_probs.shape)}")
+    check_one_of("mode", mode, VLLM_IS_MODES)
+    low = -math.inf if clip_min is None else check_number("clip_min", clip_min)
+    high = math.inf if clip_max is None else check_number("clip_max", clip_max)
+    valid = _as_mask(mask, "old_log_probs", old_log_probs)
+    diff = torch.nan_to_num((old_log_probs - sampling_log_probs).detach(), nan=0.0)  # unscored tokens: no correction
+    if valid is not None:
+        diff = torch.where(valid, diff, 0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1)
+    ratio = diff.exp()
+    if mode.endswith("truncate"):
+        return ratio.clamp(min=None if clip_min is None else low, max=None if clip_max is None else high)
+    return torch.where((ratio < low) | (ratio > high), 0.0, ratio)
+
+
 __all__ = [
     "Advantages",
     "discounted_returns",
@@ -384,5 +452,6 @@ __all__ = [
     "reinforce_loss",
     "simpo_loss",
     "value_loss",
+    "vllm_importance_sampling_ratio",
     "wpo_weights",
 ]
