@@ -203,3 +203,25 @@ def test_bad_inputs_raise_naming_the_argument():
         losskit.dpo_loss(c, c, variant=3)
     with pytest.raises(ValueError, match="B even"):
         rl.ld_dpo_log_probs(torch.zeros(3, 2), alpha=0.5)
+
+
+# --- KTO's loss types -----------------------------------------------------------------------------
+
+
+def test_kto_apo_zero_unpaired_matches_the_paper(gen):
+    # APO-zero (D'Oosterlinck et al. Eq. 7) on unpaired data: 1 - sigma(beta r) desirable, sigma(beta r) undesirable
+    lp, refs = -(1 + 9 * torch.rand(2, 6, generator=gen, dtype=F64))
+    desirable = [True, False, True, True, False, False]
+    out = losskit.kto_loss(lp, refs, desirable=desirable, variant="apo_zero_unpaired", beta=0.2,
+                           desirable_weight=1.5, undesirable_weight=0.5, reduction="none")
+    expected = [1.5 * (1 - ref._sigmoid(0.2 * (a - b))) if d else 0.5 * ref._sigmoid(0.2 * (a - b))
+                for a, b, d in zip(lp.tolist(), refs.tolist(), desirable, strict=True)]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-12)
+
+
+def test_kto_variant_errors_name_the_argument():
+    lp = torch.tensor([-1.0, -2.0])
+    with pytest.raises(ValueError, match="did you mean 'apo_zero_unpaired'"):
+        losskit.kto_loss(lp, lp, desirable=[True, False], variant="apo_zero_unpaird")
+    with pytest.raises(ValueError, match="has no reference point"):
+        losskit.kto_loss(lp, lp, desirable=[True, False], variant="apo_zero_unpaired", kl=0.1)

@@ -11,6 +11,7 @@ the reference log-probabilities inside, and with ``return_diagnostics=True`` ret
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as TF
@@ -45,6 +46,8 @@ from losskit.functional._log_probs import (
     check_pair_inputs,
     check_variants,
 )
+
+KTO_VARIANTS: tuple[str, ...] = ("kto", "apo_zero_unpaired")
 
 
 def _length_normalized(x: Tensor, lengths: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -431,6 +434,7 @@ def kto_loss(
     ref_log_probs: Tensor,
     *,
     desirable: Tensor | Sequence[bool],
+    variant: Literal["kto", "apo_zero_unpaired"] = "kto",
     kl: float | Tensor = 0.0,
     beta: float = 0.1,
     desirable_weight: float = 1.0,
@@ -461,10 +465,15 @@ def kto_loss(
     not the denominator of ``"mean"``), as in the paper and TRL; the paper advises
     :math:`\lambda_D n_D / (\lambda_U n_U) \in [1, 4/3]`.
 
+    ``variant="apo_zero_unpaired"`` (TRL's ``loss_type``) is APO-zero for unpaired data: no
+    reference point, :math:`\lambda_D(1 - \sigma(\beta r))` for desirable completions and
+    :math:`\lambda_U\,\sigma(\beta r)` for the others.
+
     Args:
         policy_log_probs: :math:`\log\pi_\theta(y \mid x)`, summed over the completion's tokens.
         ref_log_probs: :math:`\log\pi_\text{ref}(y \mid x)`, the same shape.
         desirable: Bool (or 0/1) per completion: ``True`` for desirable; a tensor or a sequence.
+        variant: TRL's ``loss_type``: ``"kto"`` | ``"apo_zero_unpaired"`` (which reads no ``kl``).
         kl: The reference point :math:`z_0` (a number or a one-element tensor).
         beta: :math:`\beta > 0` (0.1, as TRL and Liger).
         desirable_weight: :math:`\lambda_D > 0`.
@@ -484,7 +493,8 @@ def kto_loss(
 
     Raises:
         ValueError: Mismatched shapes, ``desirable`` values other than 0 and 1 (value check), positive
-            log-probabilities (value check), options out of range.
+            log-probabilities (value check), an unknown ``variant`` (with the closest names), a ``kl``
+            with ``"apo_zero_unpaired"``, options out of range.
         TypeError: Non-floating inputs.
 
     Examples:
@@ -495,7 +505,8 @@ def kto_loss(
 
     References:
         Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization", ICML 2024.
-        TRL's ``KTOTrainer`` (``beta=0.1``, ``desirable_weight=undesirable_weight=1``) and
+        D'Oosterlinck et al., "Anchored Preference Optimization", 2024 (APO-zero). TRL's ``KTOTrainer``
+        (``beta=0.1``, ``desirable_weight=undesirable_weight=1``) and
         Liger-Kernel's ``LigerFusedLinearKTOLoss``.
     """
     check_reduction(reduction, normalizer)
@@ -514,6 +525,11 @@ def kto_loss(
             raise ValueError(f"kl must be a number or a one-element tensor, got shape {tuple(kl.shape)}")
     else:
         check_number("kl", kl)
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be one name from {KTO_VARIANTS}, got {type(variant).__name__}")
+    check_variants(variant, None, KTO_VARIANTS)
+    if variant == "apo_zero_unpaired" and (isinstance(kl, Tensor) or kl != 0):
+        raise ValueError("variant='apo_zero_unpaired' has no reference point: leave kl at 0")
     beta, _ = _preference_options(beta, 0.0, return_diagnostics, weight)
     lam_d = check_number("desirable_weight", desirable_weight, low=0.0, low_open=True)
     lam_u = check_number("undesirable_weight", undesirable_weight, low=0.0, low_open=True)
@@ -523,6 +539,8 @@ def kto_loss(
     ratio = lp - upcast(ref_log_probs).detach().to(dtype)
     z0 = upcast(kl).detach().to(dtype).reshape(()) if isinstance(kl, Tensor) else kl
     # 1 - sigmoid(x) = sigmoid(-x), exact for large x.
+    # apo_zero_unpaired is kto with the reference point at 0 and the undesirable term sigma(beta r)
+    # = 1 - sigma(beta (0 - r)): the same expressions.
     loss = torch.where(desirable, lam_d * torch.sigmoid(-beta * (ratio - z0)),
                        lam_u * torch.sigmoid(-beta * (z0 - ratio)))
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=policy_log_probs.dtype,
