@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from losskit.functional import fused_policy
+from losskit.functional import fused_policy, fused_preference
 from tests.spec_large_vocab import HEAD_IN_HALF, V, _eye, _logits, _random_head
 from tests.specs import NOT_BOXES, Budget, Case, Regime, Spec, typical, uniform
 
@@ -120,9 +120,9 @@ _HEAD_REGIMES = ("the head's regimes (near-converged tokens, 1e6 logits, one cor
                  "with its own regimes in tests/spec_rl.py")
 _NOT_OBJECTIVE = {**NOT_BOXES, "near_converged": _HEAD_REGIMES, "large": _HEAD_REGIMES, "imbalance": _HEAD_REGIMES}
 
-_PAIRED = {"dpo": fused_policy.fused_linear_dpo_loss, "simpo": fused_policy.fused_linear_simpo_loss,
-           "orpo": fused_policy.fused_linear_orpo_loss, "cpo": fused_policy.fused_linear_cpo_loss}
-_PER_SEQUENCE = {"kto": fused_policy.fused_linear_kto_loss, "grpo": fused_policy.fused_linear_grpo_loss}
+_PAIRED = {"dpo": fused_preference.fused_linear_dpo_loss, "simpo": fused_preference.fused_linear_simpo_loss,
+           "orpo": fused_preference.fused_linear_orpo_loss, "cpo": fused_preference.fused_linear_cpo_loss}
+_PER_SEQUENCE = {"kto": fused_preference.fused_linear_kto_loss, "grpo": fused_policy.fused_linear_grpo_loss}
 
 
 # Measured 1.2e-4 to 1.3e-3 over seeds 0 to 2 (float32): the unfused kto_loss's own precision, not the head's.
