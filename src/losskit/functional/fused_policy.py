@@ -448,9 +448,10 @@ def fused_linear_grpo_loss(
         ref_hidden, ref_weight, ref_bias: Or the reference model's hidden states and head.
         temperature: :math:`T > 0`, the sampling temperature (TRL's and Liger's ``temperature``).
         variant: TRL's ``loss_type``, as in :func:`losskit.grpo_loss`.
-        beta, use_bias_correction_kl, clip_eps, clip_eps_high, delta, sapo_temperature_pos,
-            sapo_temperature_neg, scale_rewards, eps, ratio_level, importance_sampling_ratio,
-            sampling_log_probs, off_policy_mask_threshold: As in :func:`losskit.grpo_loss`.
+        beta, use_bias_correction_kl, clip_eps, clip_eps_high, delta: As in :func:`losskit.grpo_loss`.
+        sapo_temperature_pos, sapo_temperature_neg, scale_rewards, eps: As in :func:`losskit.grpo_loss`.
+        ratio_level, importance_sampling_ratio: As in :func:`losskit.grpo_loss`.
+        sampling_log_probs, off_policy_mask_threshold: As in :func:`losskit.grpo_loss`.
         top_entropy_quantile: As in :func:`losskit.grpo_loss`, with the entropies computed here, fused.
         aggregation, max_length, reduction, normalizer: As in :func:`losskit.grpo_loss`.
         {pg_diagnostics}

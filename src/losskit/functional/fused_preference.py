@@ -75,10 +75,11 @@ def fused_linear_dpo_loss(
     Args:
         {head_args}
         {ref_args}
-        beta, variant, variant_weights, label_smoothing, f_divergence_type, f_alpha_divergence_coef,
-            discopop_tau, return_diagnostics, reduction, normalizer: As in :func:`losskit.dpo_loss`
-            (every TRL loss type and MPO mixture; ``sigmoid_norm`` and ``sft`` read the completions'
-            token counts, taken here from ``target``; ``ipo`` stays the paper's, on summed log-probabilities).
+        beta, variant, variant_weights, label_smoothing: As in :func:`losskit.dpo_loss` (every TRL
+            loss type and MPO mixture; ``sigmoid_norm`` and ``sft`` read the completions' token
+            counts, taken here from ``target``; ``ipo`` stays the paper's, on summed log-probabilities).
+        f_divergence_type, f_alpha_divergence_coef, discopop_tau: As in :func:`losskit.dpo_loss`.
+        return_diagnostics, reduction, normalizer: As in :func:`losskit.dpo_loss`.
         sample_weight: Per-pair weights :math:`(B/2,)` (``dpo_loss``'s ``weight=``).
         {common_args}
 
@@ -378,8 +379,8 @@ def fused_linear_kto_loss(
         {head_args}
         desirable: Bool per sequence :math:`(B,)`.
         {ref_args}
-        variant, kl, beta, desirable_weight, undesirable_weight, return_diagnostics, reduction,
-            normalizer: As in :func:`losskit.kto_loss`.
+        variant, kl, beta, desirable_weight, undesirable_weight: As in :func:`losskit.kto_loss`.
+        return_diagnostics, reduction, normalizer: As in :func:`losskit.kto_loss`.
         sample_weight: Per-sequence weights :math:`(B,)`.
         {common_args}
 
