@@ -277,3 +277,53 @@ def test_grpo_top_entropy_quantile_matches_trl(trl_grpo, gen):
 @pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
 def test_grpo_vllm_importance_sampling_matches_trl(trl_grpo, gen, mode):
     _compare_grpo(trl_grpo, gen, vllm_mode=mode, loss_type="dapo")
+
+
+# --- CPO (TRL's experimental trainer) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trl_cpo():
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.cpo import CPOTrainer
+
+    return CPOTrainer
+
+
+def _trl_cpo_loss(trainer_cls, logits, target, *, loss_type, beta, cpo_alpha, simpo_gamma, alpha, label_smoothing):
+    """CPOTrainer.get_batch_loss_metrics's loss: cpo_loss on get_batch_logps plus cpo_alpha times the
+    chosen tokens' cross-entropy (targets already shifted: TRL's encoder-decoder path, no shift)."""
+    if loss_type == "alphapo":  # CPOConfig's own rewrite
+        loss_type, cpo_alpha = "simpo", 0.0
+    stand_in = SimpleNamespace(alpha=alpha, loss_type=loss_type, simpo_gamma=simpo_gamma, beta=beta,
+                               label_smoothing=label_smoothing, accelerator=_Accelerator())
+    logps = trainer_cls.get_batch_logps(logits, target.clone(), average_log_prob=loss_type in ("ipo", "simpo"),
+                                        is_encoder_decoder=True)
+    half = logits.shape[0] // 2
+    losses, _, _ = trainer_cls.cpo_loss(stand_in, logps[:half], logps[half:])
+    nll = torch.nn.functional.cross_entropy(logits[:half].reshape(-1, logits.shape[-1]), target[:half].reshape(-1),
+                                            ignore_index=-100)
+    return losses.mean() + cpo_alpha * nll
+
+
+@pytest.mark.parametrize(("loss_type", "alphapo_alpha", "smoothing"), [
+    ("sigmoid", 0.0, 0.1), ("hinge", 0.0, 0.0), ("ipo", 0.0, 0.0), ("simpo", 0.0, 0.1), ("alphapo", 0.25, 0.0),
+    ("sigmoid", -0.3, 0.0),
+])
+def test_cpo_loss_types_match_trl(trl_cpo, gen, loss_type, alphapo_alpha, smoothing):
+    hidden = torch.randn(4, 5, 3, generator=gen, dtype=F64, requires_grad=True)
+    head = torch.randn(7, 3, generator=gen, dtype=F64, requires_grad=True)
+    target = torch.randint(7, (4, 5), generator=gen)
+    target[:, 0] = -100
+    target[1, 3:] = -100
+    options = {"beta": 0.3, "simpo_gamma": 0.4, "label_smoothing": smoothing}
+    ours = losskit.fused_linear_cpo_loss(hidden, head, target, variant=loss_type, alpha=0.7,
+                                         alphapo_alpha=alphapo_alpha, chunk_size=3, **options)
+    theirs = _trl_cpo_loss(trl_cpo, hidden @ head.T, target, loss_type=loss_type, cpo_alpha=0.7, alpha=alphapo_alpha,
+                           **options)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, (hidden, head)), torch.autograd.grad(theirs, (hidden, head)),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

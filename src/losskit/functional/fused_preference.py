@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 import losskit.functional as _losses
 from losskit._core.checks import check_bool, check_number
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional._dpo_variants import LENGTH_VARIANTS
+from losskit.functional._log_probs import check_variants
 from losskit.functional.fused_policy import _check_paired, _docs, _finish, _halves, _policy, _reference
 
 __all__ = [
@@ -251,6 +253,25 @@ def fused_linear_orpo_loss(
                                      reduction=reduction, normalizer=normalizer), hidden)
 
 
+CPO_VARIANTS: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
+
+
+def _cpo_preference(chosen: Tensor, rejected: Tensor, lengths: tuple[Tensor, Tensor], *, variant: str, beta: float,
+                    gamma: float, label_smoothing: float, alphapo_alpha: float, return_diagnostics: bool):
+    """CPO's per-pair preference term (TRL's ``CPOTrainer.cpo_loss``), reduction ``"none"``."""
+    if variant != "sigmoid" and variant != "hinge":  # TRL averages the log-probabilities of ipo and simpo
+        chosen = chosen / lengths[0].clamp(min=1).to(chosen.dtype)
+        rejected = rejected / lengths[1].clamp(min=1).to(rejected.dtype)
+    if alphapo_alpha:  # AlphaPO's reward (1 - p^-a) / a, <= 0 like a log-probability
+        chosen = -torch.expm1(-alphapo_alpha * chosen) / alphapo_alpha
+        rejected = -torch.expm1(-alphapo_alpha * rejected) / alphapo_alpha
+    options = {"beta": beta, "label_smoothing": label_smoothing, "return_diagnostics": return_diagnostics,
+               "reduction": "none"}
+    if variant in ("simpo", "alphapo"):
+        return _losses.simpo_loss(chosen, rejected, gamma=gamma, **options)
+    return _losses.dpo_loss(chosen, rejected, variant=variant, **options)
+
+
 @_docs
 def fused_linear_cpo_loss(
     hidden: Tensor,
@@ -261,6 +282,9 @@ def fused_linear_cpo_loss(
     ignore_index: int = -100,
     beta: float = 0.1,
     alpha: float = 1.0,
+    variant: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = "sigmoid",
+    simpo_gamma: float = 0.5,
+    alphapo_alpha: float = 0.0,
     label_smoothing: float = 0.0,
     return_diagnostics: bool = False,
     sample_weight: Tensor | None = None,
@@ -281,6 +305,14 @@ def fused_linear_cpo_loss(
         \mathcal{L} = \frac{1}{B/2}\sum_i \ell_i + \alpha\, \mathrm{NLL}, \quad
         \mathrm{NLL} = -\frac{\sum_i \log\pi_\theta(y^w_i)}{\sum_i |y^w_i|}
 
+    ``variant`` is TRL's ``CPOConfig.loss_type``: ``"hinge"`` and ``"ipo"`` replace the
+    preference term by :func:`losskit.dpo_loss`'s (reference-free; ``ipo`` on the *average*
+    per-token log-probabilities, as TRL), ``"simpo"`` by :func:`losskit.simpo_loss`'s on the
+    average log-probabilities with margin ``simpo_gamma``; ``"alphapo"`` is ``"simpo"`` without
+    the NLL term (TRL sets ``cpo_alpha=0``). With ``alphapo_alpha`` :math:`= a \ne 0` (TRL's
+    ``alpha``, any variant) each log-probability :math:`\ell` becomes AlphaPO's reward
+    :math:`(1 - e^{-a\ell})/a = (1 - p^{-a})/a` before the preference term.
+
     ``reduction="mean"`` gives :math:`\mathcal{L}` as TRL computes it (``losses.mean() +
     cpo_alpha * nll_loss``). The token-mean NLL is shared out so that the other reductions stay
     consistent with it: pair :math:`i`'s unit loss is
@@ -292,6 +324,9 @@ def fused_linear_cpo_loss(
         {head_args}
         beta: :math:`\beta > 0` (TRL's default 0.1).
         alpha: :math:`\alpha \ge 0`, the NLL term's weight (TRL's ``cpo_alpha``, default 1.0).
+        variant: ``"sigmoid"`` | ``"hinge"`` | ``"ipo"`` | ``"simpo"`` | ``"alphapo"``.
+        simpo_gamma: The target margin of ``"simpo"`` and ``"alphapo"`` (TRL's ``simpo_gamma``, 0.5).
+        alphapo_alpha: AlphaPO's :math:`a` (TRL's ``alpha``, default 0: plain log-probabilities).
         label_smoothing: :math:`s \in [0, 0.5)`.
         return_diagnostics: Also return :func:`losskit.dpo_loss`'s reward diagnostics and ``nll``.
         sample_weight: Per-pair weights :math:`(B/2,)`.
@@ -325,10 +360,15 @@ def fused_linear_cpo_loss(
     alpha = check_number("alpha", alpha, low=0.0)
     check_reduction(reduction, normalizer)
     check_bool("return_diagnostics", return_diagnostics)
+    check_variants(variant, None, CPO_VARIANTS)
+    alphapo_alpha = check_number("alphapo_alpha", alphapo_alpha)
+    if variant == "alphapo":
+        alpha = 0.0  # TRL's loss_type="alphapo" is "simpo" with cpo_alpha=0
     policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
     chosen, rejected = _halves(hidden, policy.summed)
-    preference = _losses.dpo_loss(chosen, rejected, beta=beta, variant="sigmoid", label_smoothing=label_smoothing,
-                                  return_diagnostics=return_diagnostics, reduction="none")
+    preference = _cpo_preference(chosen, rejected, _halves(hidden, policy.lengths), variant=variant, beta=beta,
+                                 gamma=simpo_gamma, label_smoothing=label_smoothing, alphapo_alpha=alphapo_alpha,
+                                 return_diagnostics=return_diagnostics)
     preference, diagnostics = preference if return_diagnostics else (preference, {})
     chosen_tokens = _halves(hidden, policy.lengths)[0].sum().to(chosen.dtype)
     nll_share = -chosen * chosen.shape[0] / chosen_tokens.clamp_min(1)  # mean over pairs = token-mean NLL
