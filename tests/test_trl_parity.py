@@ -327,3 +327,47 @@ def test_cpo_loss_types_match_trl(trl_cpo, gen, loss_type, alphapo_alpha, smooth
     for a, b in zip(torch.autograd.grad(ours, (hidden, head)), torch.autograd.grad(theirs, (hidden, head)),
                     strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --- KTO ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trl_kto():
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    return KTOTrainer
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_kto_loss_types_match_trl(trl_kto, gen, loss_type):
+    n, length = 6, 5
+    mask = torch.zeros(n, length + 1, dtype=torch.long)
+    mask[:, 1:] = 1
+    mask[2, 4:] = 0
+    token_lp = -(0.05 + torch.rand(n, length, generator=gen, dtype=F64)) * mask[:, 1:]
+    ref = token_lp.sum(-1) + 0.7 * torch.randn(n, generator=gen, dtype=F64)
+    # mismatched-pair log-probabilities whose KL estimate is positive (0.5 to 2.5 per pair): the clamp at 0 stays off
+    kl_policy = -torch.rand(n, generator=gen, dtype=F64) * 2
+    kl_ref = kl_policy - 0.5 - 2 * torch.rand(n, generator=gen, dtype=F64)
+    labels = torch.tensor([True, False, True, True, False, False])
+    calculate_kl = loss_type == "kto"
+    zeros = torch.zeros_like(token_lp)
+    outputs = SimpleNamespace(log_probs=None, entropy=zeros, mean_logits=zeros)
+    stand_in = SimpleNamespace(
+        model=SimpleNamespace(training=True), accelerator=_Accelerator(), aux_loss_enabled=False,
+        calculate_KL=calculate_kl, precompute_ref_logps=True, loss_type=loss_type, beta=0.2, desirable_weight=1.3,
+        undesirable_weight=0.8, _compute_kl_logps=lambda model, batch: kl_policy if calculate_kl else None,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    batch = {"label": labels, "input_ids": torch.zeros_like(mask), "attention_mask": torch.ones_like(mask),
+             "completion_mask": mask, "ref_logps": ref, "ref_KL_logps": kl_ref}
+    theirs_in, ours_in = token_lp.clone().requires_grad_(), token_lp.clone().requires_grad_()
+    outputs.log_probs = theirs_in
+    theirs = trl_kto._compute_loss(stand_in, lambda **kwargs: outputs, batch, return_outputs=False)
+    kl = (kl_policy - kl_ref).mean().clamp(min=0) if calculate_kl else 0.0
+    ours = losskit.kto_loss(ours_in.sum(-1), ref, desirable=labels, variant=loss_type, kl=kl, beta=0.2,
+                            desirable_weight=1.3, undesirable_weight=0.8)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-10, atol=1e-12)
