@@ -225,3 +225,13 @@ def test_kto_variant_errors_name_the_argument():
         losskit.kto_loss(lp, lp, desirable=[True, False], variant="apo_zero_unpaird")
     with pytest.raises(ValueError, match="has no reference point"):
         losskit.kto_loss(lp, lp, desirable=[True, False], variant="apo_zero_unpaired", kl=0.1)
+
+
+def test_modules_round_trip_a_mixture_through_their_config(gen):
+    c, r, rc, rr = _pairs(gen)
+    module = losskit.get("dpo", variant=["sigmoid", "apo_down"], variant_weights=[1.0, 0.25], beta=0.2)
+    rebuilt = losskit.get(module.get_config())
+    kw = {"ref_chosen_log_probs": rc, "ref_rejected_log_probs": rr}
+    expected = losskit.dpo_loss(c, r, variant=["sigmoid", "apo_down"], variant_weights=[1.0, 0.25], beta=0.2, **kw)
+    torch.testing.assert_close(rebuilt(c, r, **kw), expected)
+    torch.testing.assert_close(module(c, r, **kw), expected)

@@ -247,6 +247,8 @@ def check_variants(variant: object, variant_weights: object, choices: tuple[str,
     if variant_weights is None:
         return [(name, 1.0) for name in names]
     weights = [variant_weights] if isinstance(variant_weights, (int, float)) else variant_weights
+    if isinstance(weights, Tensor) and weights.dim() == 1:  # a module holds its list of weights as a buffer
+        weights = weights.tolist()
     if not isinstance(weights, (list, tuple)) or len(weights) != len(names):
         raise ValueError(f"variant_weights must hold one number per variant ({len(names)}: {list(names)}), got "
                          f"{excerpt(variant_weights)}")
