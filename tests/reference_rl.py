@@ -170,3 +170,63 @@ def kto(lp: float, ref: float, desirable: bool, z0: float, beta: float, lam_d: f
     if desirable:
         return lam_d - lam_d * _sigmoid(beta * (r - z0))
     return lam_u - lam_u * _sigmoid(beta * (z0 - r))
+
+
+# --- DPO's loss types, from the papers (one pair at a time; c, r the log-ratios) -----------------
+
+
+def dpo_variant(variant: str, c: float, r: float, beta: float, *, s: float = 0.0, tau: float = 0.05) -> float:
+    """One pair's loss: c = log pi/pi_ref of the chosen completion, r of the rejected one."""
+    h = c - r
+    z = beta * h
+    if variant == "sigmoid":  # DPO Eq. 7; cDPO flips the label with probability s
+        return -(1 - s) * _log_sigmoid(z) - s * _log_sigmoid(-z)
+    if variant == "hinge":  # SLiC-HF's calibration loss on the reward margin
+        return max(0.0, 1 - z)
+    if variant == "ipo":  # IPO Eq. 17, tau = beta
+        return (h - 1 / (2 * beta)) ** 2
+    if variant == "robust":  # rDPO Eq. 8: the unbiased loss under label noise s
+        return ((1 - s) * -_log_sigmoid(z) - s * -_log_sigmoid(-z)) / (1 - 2 * s)
+    if variant == "exo_pair":  # EXO Eq. 16 with K = 2: KL(softmax(beta (c, r)) || (1 - s, s))
+        q_w, q_l = _sigmoid(z), _sigmoid(-z)
+        return q_w * math.log(q_w / (1 - s)) + q_l * math.log(q_l / s)
+    if variant == "nca_pair":  # NCA Eq. 11, K = 2: -log sigma(c) - (1/2) sum_y log sigma(-r_y)
+        return -_log_sigmoid(beta * c) - 0.5 * (_log_sigmoid(-beta * c) + _log_sigmoid(-beta * r))
+    if variant == "bco_pair":  # BCO Eq. 6 without the reward shift delta
+        return -_log_sigmoid(beta * c) - _log_sigmoid(-beta * r)
+    if variant == "sppo_hard":  # SPPO Eq. 4.7 with P(y_w wins) = 1, P(y_l wins) = 0, eta = 1 / beta
+        return (c - 0.5 / beta) ** 2 + (r + 0.5 / beta) ** 2
+    if variant == "apo_zero":  # APO Eq. 7
+        return (1 - _sigmoid(beta * c)) + _sigmoid(beta * r)
+    if variant == "apo_down":  # APO Eq. 8
+        return _sigmoid(beta * c) + (1 - _sigmoid(beta * (c - r)))
+    if variant == "discopop":  # DiscoPOP's log-ratio modulated loss (LRML), Eq. 5
+        gate = _sigmoid(z / tau)
+        return (1 - gate) * -_log_sigmoid(z) + gate * math.exp(-z)
+    raise ValueError(variant)
+
+
+def aot(chosen, rejected, ref_chosen, ref_rejected, beta: float, *, s: float = 0.0, paired: bool = True) -> list:
+    """AOT: first-order stochastic dominance through sorting; the paired form sorts the policy and the
+    reference margins, the unpaired form the chosen and the rejected log-ratios."""
+    if paired:
+        first = sorted(a - b for a, b in zip(chosen, rejected, strict=True))
+        second = sorted(a - b for a, b in zip(ref_chosen, ref_rejected, strict=True))
+    else:
+        first = sorted(a - b for a, b in zip(chosen, ref_chosen, strict=True))
+        second = sorted(a - b for a, b in zip(rejected, ref_rejected, strict=True))
+    return [-(1 - s) * _log_sigmoid(beta * (u - v)) - s * _log_sigmoid(-beta * (u - v))
+            for u, v in zip(first, second, strict=True)]
+
+
+def f_score(log_ratio: float, divergence: str, alpha: float = 0.5) -> float:
+    """f'(u) at u = pi / pi_ref, f-DPO Table 1 (the alpha divergence in TRL's parameterization
+    (u^(alpha-1) - 1) / (alpha - 1); the paper's alpha is 1 - TRL's, up to a constant)."""
+    u = math.exp(log_ratio)
+    if divergence == "reverse_kl":
+        return log_ratio
+    if divergence == "forward_kl":
+        return -1 / u  # the paper's f'(u) = -1/u; TRL's 1 - 1/u differs by a constant that cancels
+    if divergence == "js_divergence":
+        return math.log(2 * u / (1 + u))
+    return (u ** (alpha - 1) - 1) / (alpha - 1)

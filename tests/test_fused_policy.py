@@ -143,6 +143,18 @@ def _dpo(h, w, b, target, variant):
                            beta=0.3, reduction="none")
 
 
+def _dpo_trl_types(h, w, b, target):
+    """An MPO mixture with the loss types that read token counts (sigmoid_norm, sft) and an f-divergence."""
+    ref = _ref_log_probs()
+    options = {"variant": ["sigmoid_norm", "sft", "discopop"], "variant_weights": [1.0, 0.5, 0.3],
+               "f_divergence_type": "js_divergence", "beta": 0.3}
+    fused = losskit.fused_linear_dpo_loss(h, w, target, bias=b, ref_log_probs=ref, reduction="none",
+                                          chunk_size=CHUNK, **options)
+    c, r, lc, lr = _pairs(_materialised(h, w, b, target), target != -100)
+    return fused, dpo_loss(c, r, ref_chosen_log_probs=ref[:2], ref_rejected_log_probs=ref[2:], chosen_lengths=lc,
+                           rejected_lengths=lr, reduction="none", **options)
+
+
 def _simpo(h, w, b, target):
     fused = losskit.fused_linear_simpo_loss(h, w, target, bias=b, label_smoothing=0.1, reduction="none",
                                             chunk_size=CHUNK)
@@ -198,6 +210,23 @@ def _grpo(h, w, b, target, aggregation):
                             aggregation=aggregation, reduction="none")
 
 
+def _grpo_trl_options(h, w, b, target, variant):
+    """TRL's loss types with the top-entropy mask (entropies fused here, from the logits there), delta,
+    off-policy masking and the bias-corrected KL."""
+    old, ref = _old_and_ref()
+    rewards = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64)
+    options = {"variant": variant, "beta": 0.04, "use_bias_correction_kl": True, "top_entropy_quantile": 0.5,
+               "off_policy_mask_threshold": 0.5, "delta": 1.5, "clip_eps_high": 0.28}
+    fused = losskit.fused_linear_grpo_loss(h, w, target, bias=b, rewards=rewards, group_size=2, old_log_probs=old,
+                                           ref_log_probs=ref, temperature=0.8, max_length=None, reduction="none",
+                                           chunk_size=CHUNK, **options)
+    lp = _materialised(h, w, b, target, temperature=0.8)
+    p = torch.softmax((h @ w.T + b) / 0.8, -1)
+    entropies = torch.where(target != -100, -(p * p.log()).sum(-1), 0.0).detach()
+    return fused, grpo_loss(lp, old, rewards=rewards, group_size=2, ref_log_probs=ref, mask=target != -100,
+                            entropies=entropies, reduction="none", **options)
+
+
 def _ppo(h, w, b, target):
     old, _ = _old_and_ref()
     advantages = torch.tensor([1.0, -0.5, 0.3, -2.0], dtype=torch.float64)
@@ -211,12 +240,17 @@ OBJECTIVES = {
     "dpo_sigmoid": lambda *a: _dpo(*a, "sigmoid"),
     "dpo_hinge": lambda *a: _dpo(*a, "hinge"),
     "dpo_ipo": lambda *a: _dpo(*a, "ipo"),
+    "dpo_apo_zero": lambda *a: _dpo(*a, "apo_zero"),
+    "dpo_trl_types": _dpo_trl_types,
     "simpo": _simpo,
     "orpo": _orpo,
     "cpo": _cpo,
     "kto": _kto,
     "grpo_token_mean": lambda *a: _grpo(*a, "token_mean"),
     "grpo_sequence_mean": lambda *a: _grpo(*a, "sequence_mean"),
+    "grpo_dr_grpo": lambda *a: _grpo_trl_options(*a, "dr_grpo"),
+    "grpo_cispo": lambda *a: _grpo_trl_options(*a, "cispo"),
+    "grpo_sapo": lambda *a: _grpo_trl_options(*a, "sapo"),
     "ppo": _ppo,
 }
 

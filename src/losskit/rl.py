@@ -7,6 +7,8 @@ here); this module adds what turns rewards into the returns and advantages they 
 * :func:`gae`: generalized advantage estimation, with episode ends and bootstrapping.
 * :func:`normalize_advantages`: standardization over the batch's valid entries.
 * :func:`group_advantages`: GRPO's group-relative advantages.
+* :func:`vllm_importance_sampling_ratio`: the sampler correction :func:`grpo_loss` takes.
+* :func:`wpo_weights` and :func:`ld_dpo_log_probs`: what WPO and LD-DPO feed :func:`dpo_loss`.
 
 Time runs along ``dim`` (0 by default: rollouts of shape ``(T, num_envs)``; pass ``dim=-1`` for
 ``(num_envs, T)`` or per-token rewards of shape ``(N, T)``). ``dones[t]`` is true when the
@@ -22,17 +24,15 @@ the time limit is a terminal state.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from losskit._core.checks import check_floating, check_number, check_one_of, check_tensor
-from losskit.functional._log_probs import _as_mask
+from losskit.functional._log_probs import REWARD_SCALES, _as_mask, _check_group_size, _group_advantages
 from losskit.functional.policy import (
-    REWARD_SCALES,
-    _check_group_size,
-    _group_advantages,
     _normalize,
     entropy_bonus,
     grpo_loss,
@@ -274,6 +274,167 @@ def group_advantages(
     return _group_advantages(rewards.detach(), group_size, scale, eps)
 
 
+def _paired_tokens(name: str, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``mask`` as bool for ``x`` of shape (B, L), B even: the chosen sequences first, then the rejected."""
+    check_floating(name, x)
+    if x.dim() != 2 or x.shape[0] % 2:
+        raise ValueError(f"{name} must have shape (B, L) with B even (the chosen sequences first, then the rejected "
+                         f"ones: chosen and rejected batches of the same size), got shape {tuple(x.shape)}")
+    m = _as_mask(mask, name, x)
+    return torch.ones_like(x, dtype=torch.bool) if m is None else m
+
+
+def wpo_weights(token_log_probs: Tensor, log_sum_sq_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""WPO's per-pair weights :math:`w(y_w)\,w(y_l)`, to pass as :func:`dpo_loss`'s ``wpo_weights``.
+
+    WPO reweights each preference pair by how likely the current policy is to generate it, with
+    each token's probability aligned by the policy's own "self-probability"
+    :math:`\sum_k p_k^2` at that position (so that a flat and a peaked distribution are comparable):
+
+    .. math::
+        w(y) = \exp\Big(\frac{1}{|y|}\sum_{t \in y} \big(\log p_t(y_t) - \log\textstyle\sum_k p_t(k)^2\big)\Big)
+
+    Args:
+        token_log_probs: :math:`\log p_t(y_t)` per token, :math:`(B, L)`: the :math:`B/2` chosen
+            sequences first, then the :math:`B/2` rejected ones.
+        log_sum_sq_probs: :math:`\log\sum_k p_t(k)^2` per token, :math:`(B, L)`:
+            ``torch.logsumexp(2 * log_softmax(logits, -1), -1)``.
+        mask: Bool or integer :math:`(B, L)`, ``True`` at completion tokens (default: all).
+
+    Returns:
+        :math:`(B/2,)`, detached (as TRL computes them, under ``no_grad``).
+
+    Examples:
+        >>> import math, torch
+        >>> from losskit.rl import wpo_weights
+        >>> lp = torch.log(torch.tensor([[0.5], [0.5]]))  # two tokens over a uniform pair of words
+        >>> wpo_weights(lp, torch.full((2, 1), math.log(0.5)))  # 0.5 / (0.25 + 0.25) = 1 each
+        tensor([1.])
+
+    References:
+        Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", EMNLP 2024, Eq. 2.
+        TRL's ``DPOConfig(use_weighting=True)``.
+    """
+    mask = _paired_tokens("token_log_probs", token_log_probs, mask)
+    if log_sum_sq_probs.shape != token_log_probs.shape:
+        raise ValueError(f"log_sum_sq_probs must have the shape of token_log_probs {tuple(token_log_probs.shape)}, "
+                         f"got shape {tuple(log_sum_sq_probs.shape)}")
+    aligned = torch.where(mask, token_log_probs.detach() - log_sum_sq_probs.detach(), 0.0)
+    mean = aligned.sum(-1) / mask.sum(-1).clamp(min=1)
+    chosen, rejected = mean.chunk(2)
+    return torch.exp(chosen + rejected)
+
+
+def ld_dpo_log_probs(token_log_probs: Tensor, mask: Tensor | None = None, *, alpha: float) -> Tensor:
+    r"""LD-DPO's length-desensitized sequence log-probabilities, to pass to :func:`dpo_loss`.
+
+    DPO's summed log-probability favours the longer completion of a pair. LD-DPO counts the
+    tokens both completions share in length (the first :math:`\min(|y_w|, |y_l|)` completion
+    tokens of each) in full and the longer one's excess tokens with weight :math:`\alpha`:
+
+    .. math::
+        \log\hat\pi(y) = \sum_{t \le \ell_p} \log p_t + \alpha \sum_{t > \ell_p} \log p_t, \qquad
+        \ell_p = \min(|y_w|, |y_l|)
+
+    Apply it to the policy's and the reference's token log-probabilities alike (as TRL does).
+
+    Args:
+        token_log_probs: :math:`(B, L)`: the :math:`B/2` chosen sequences, then the rejected ones.
+        mask: Bool or integer :math:`(B, L)`, ``True`` at completion tokens (default: all).
+        alpha: :math:`\alpha \in [0, 1]` (TRL's ``ld_alpha``; 1 is plain DPO).
+
+    Returns:
+        :math:`(B,)`: split with ``.chunk(2)`` into the chosen and the rejected log-probabilities.
+
+    Examples:
+        >>> import torch
+        >>> from losskit.rl import ld_dpo_log_probs
+        >>> lp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
+        >>> mask = torch.tensor([[1, 1, 1], [1, 0, 0]])  # lengths 3 and 1: one shared token
+        >>> ld_dpo_log_probs(lp, mask, alpha=0.5)  # -1 + 0.5 (-2), and -2
+        tensor([-2., -2.])
+
+    References:
+        Liu et al., "Length Desensitization in Direct Preference Optimization", 2024. TRL's ``DPOConfig(ld_alpha=...)``.
+    """
+    mask = _paired_tokens("token_log_probs", token_log_probs, mask)
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+    position = mask.long().cumsum(-1)
+    chosen_len, rejected_len = mask.sum(-1).chunk(2)
+    shared = torch.minimum(chosen_len, rejected_len).repeat(2).unsqueeze(-1)
+    in_shared = mask & (position <= shared)
+    tail = mask & (position > shared)
+    zero = token_log_probs.new_zeros(())
+    return (torch.where(in_shared, token_log_probs, zero).sum(-1)
+            + alpha * torch.where(tail, token_log_probs, zero).sum(-1))
+
+
+VLLM_IS_MODES: tuple[str, ...] = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def vllm_importance_sampling_ratio(
+    old_log_probs: Tensor,
+    sampling_log_probs: Tensor,
+    mask: Tensor | None = None,
+    *,
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "sequence_mask",
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> Tensor:
+    r"""The importance weight that corrects for a sampler (vLLM) whose probabilities differ from the trainer's.
+
+    Completions sampled by an inference engine carry its log-probabilities, which differ from
+    the training policy's (other kernels, other precision). The ratio
+    :math:`\pi_\text{old}/\pi_\text{sampler}` per token, or its product over the sequence,
+    reweights the policy-gradient term; ``"*_truncate"`` clamps it to ``[clip_min, clip_max]``
+    (truncated importance sampling), ``"*_mask"`` sets it to 0 outside (masked importance
+    sampling). Pass the result as :func:`losskit.grpo_loss`'s ``importance_sampling_ratio``.
+    Sampler log-probabilities that are NaN (tokens the sampler did not score) count as a log-ratio of 0.
+
+    Args:
+        old_log_probs: Per-token log-probabilities of the training policy that generated, :math:`(N, T)`.
+        sampling_log_probs: The sampler's, :math:`(N, T)`.
+        mask: Bool or integer :math:`(N, T)`, ``True`` at completion tokens (default: all).
+        mode: ``"token_truncate"`` | ``"token_mask"`` | ``"sequence_truncate"`` | ``"sequence_mask"``
+            (TRL's ``vllm_importance_sampling_mode``, default ``"sequence_mask"``).
+        clip_min: The lower bound, or ``None`` (TRL's ``vllm_importance_sampling_clip_min``).
+        clip_max: The upper bound (TRL's ``vllm_importance_sampling_clip_max``, 3.0), or ``None``.
+
+    Returns:
+        :math:`(N, T)` for the token modes, :math:`(N,)` for the sequence modes; detached.
+
+    Examples:
+        >>> import math, torch
+        >>> from losskit.rl import vllm_importance_sampling_ratio
+        >>> old = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+        >>> sampler = torch.log(torch.tensor([[0.25, 0.5], [0.1, 0.5]]))  # sequence ratios 2 and 5
+        >>> vllm_importance_sampling_ratio(old, sampler)  # the second exceeds 3: masked
+        tensor([2., 0.])
+
+    References:
+        Yao et al., "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", 2025
+        (truncated importance sampling). TRL's ``GRPOConfig(vllm_importance_sampling_correction=True)``.
+    """
+    check_floating("old_log_probs", old_log_probs)
+    check_floating("sampling_log_probs", sampling_log_probs)
+    if sampling_log_probs.shape != old_log_probs.shape or old_log_probs.dim() != 2:
+        raise ValueError(f"old_log_probs and sampling_log_probs must share a shape (N, T), got "
+                         f"{tuple(old_log_probs.shape)} and {tuple(sampling_log_probs.shape)}")
+    check_one_of("mode", mode, VLLM_IS_MODES)
+    low = -math.inf if clip_min is None else check_number("clip_min", clip_min)
+    high = math.inf if clip_max is None else check_number("clip_max", clip_max)
+    valid = _as_mask(mask, "old_log_probs", old_log_probs)
+    diff = torch.nan_to_num((old_log_probs - sampling_log_probs).detach(), nan=0.0)  # unscored tokens: no correction
+    if valid is not None:
+        diff = torch.where(valid, diff, 0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1)
+    ratio = diff.exp()
+    if mode.endswith("truncate"):
+        return ratio.clamp(min=None if clip_min is None else low, max=None if clip_max is None else high)
+    return torch.where((ratio < low) | (ratio > high), 0.0, ratio)
+
+
 __all__ = [
     "Advantages",
     "discounted_returns",
@@ -284,10 +445,13 @@ __all__ = [
     "grpo_loss",
     "kl_penalty",
     "kto_loss",
+    "ld_dpo_log_probs",
     "normalize_advantages",
     "orpo_loss",
     "ppo_clip_loss",
     "reinforce_loss",
     "simpo_loss",
     "value_loss",
+    "vllm_importance_sampling_ratio",
+    "wpo_weights",
 ]

@@ -6,6 +6,7 @@ option is keyword-only. The reduction rules are those of :func:`losskit.reduce_l
 
 from losskit.functional import contrastive as _contrastive
 from losskit.functional import fused_policy as _fused_policy
+from losskit.functional import fused_preference as _fused_preference
 from losskit.functional import large_vocab as _large_vocab
 from losskit.functional import metric as _metric
 from losskit.functional import rl as _rl
@@ -43,6 +44,7 @@ from losskit.functional.detection import (
 )
 from losskit.functional.divergence import js_div, kl_div
 from losskit.functional.fused_policy import *  # noqa: F403
+from losskit.functional.fused_preference import *  # noqa: F403
 from losskit.functional.large_vocab import *  # noqa: F403
 from losskit.functional.lovasz import lovasz_hinge_loss, lovasz_softmax_loss
 from losskit.functional.metric import *  # noqa: F403
@@ -126,6 +128,7 @@ __all__ = [
     "wiou_loss",
     *_contrastive.__all__,
     *_fused_policy.__all__,
+    *_fused_preference.__all__,
     *_large_vocab.__all__,
     *_metric.__all__,
     *_rl.__all__,

@@ -14,12 +14,15 @@ from torch import Tensor
 from losskit._core.checks import (
     check_bool,
     check_floating,
+    check_int,
     check_number,
     check_one_of,
     check_tensor,
     checks_enabled,
+    did_you_mean,
+    excerpt,
 )
-from losskit._core.numerics import safe_divide
+from losskit._core.numerics import exp_tail, safe_divide
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 
 Aggregation = Literal["token_mean", "sequence_mean", "sequence_sum_norm"]
@@ -226,3 +229,95 @@ def check_pair_inputs(chosen: object, rejected: object, *, reduction: object, no
              "ref_chosen_log_probs": refs[0], "ref_rejected_log_probs": refs[1]}
     _check_log_probs({k: v for k, v in named.items() if v is not None})
     return beta, label_smoothing
+
+
+def check_variants(variant: object, variant_weights: object, choices: tuple[str, ...]) -> list[tuple[str, float]]:
+    """``variant`` (one name, or a list of names mixed as TRL's MPO mixes its ``loss_type`` list) and
+    ``variant_weights`` (one number per name, default 1 each) as ``[(name, weight), ...]``.
+
+    An unknown name raises with the closest known ones; weights that do not pair with the names raise."""
+    names = [variant] if isinstance(variant, str) else variant
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(v, str) for v in names):
+        raise TypeError(f"variant must be a name or a non-empty list of names from {choices}, got {excerpt(variant)}")
+    for name in names:
+        if name not in choices:
+            raise ValueError(f"variant must be one of {choices}, got {excerpt(name)}{did_you_mean(name, choices)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant lists a name twice: {list(names)}")
+    if variant_weights is None:
+        return [(name, 1.0) for name in names]
+    weights = [variant_weights] if isinstance(variant_weights, (int, float)) else variant_weights
+    if isinstance(weights, Tensor) and weights.dim() == 1:  # a module holds its list of weights as a buffer
+        weights = weights.tolist()
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(names):
+        raise ValueError(f"variant_weights must hold one number per variant ({len(names)}: {list(names)}), got "
+                         f"{excerpt(variant_weights)}")
+    return [(name, check_number(f"variant_weights[{i}]", w, low=0.0))
+            for i, (name, w) in enumerate(zip(names, weights, strict=True))]
+
+
+# --- what the clipped policy objectives share --------------------------------------------------
+
+REWARD_SCALES: tuple[str, ...] = ("group", "batch", "none")
+KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+
+
+def _group_advantages(rewards: Tensor, group_size: int, scale: str, eps: float) -> Tensor:
+    """GRPO's group-relative advantages: rewards centred on their group's mean, divided by a std."""
+    if rewards.numel() == 0:
+        return rewards
+    grouped = rewards.reshape(-1, group_size)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(1, keepdim=True) + eps)
+    elif scale == "batch" and rewards.numel():
+        centred = centred / (rewards.std() + eps)
+    return centred.reshape(rewards.shape)
+
+
+def _check_group_size(group_size: object, n: int) -> int:
+    check_int("group_size", group_size, low=2)  # a group's mean is the baseline of its members
+    if n % group_size:
+        raise ValueError(f"the number of sequences ({n}) must be a multiple of group_size={group_size}: "
+                         "rewards hold consecutive groups of completions of the same prompt")
+    return group_size
+
+
+def _clipped_surrogate(log_ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float,
+                       dual_clip: float | None) -> tuple[Tensor, Tensor]:
+    """PPO's per-token loss ``-min(r A, clip(r) A)`` (dual-clipped for A < 0) and the ratio r."""
+    ratio = log_ratio.clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT).exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
+    return loss, ratio
+
+
+def _ppo_diagnostics(ratio: Tensor, log_ratio: Tensor, advantages: Tensor, mask: Tensor | None,
+                     clip_low: float, clip_high: float, dual_clip: float | None) -> Diagnostics:
+    ratio, log_ratio, advantages = ratio.detach(), log_ratio.detach(), advantages.detach()
+    low = (ratio < 1.0 - clip_low) & (advantages < 0)
+    high = (ratio > 1.0 + clip_high) & (advantages > 0)
+    out = {
+        "clip_fraction": _masked_mean((low | high).to(ratio.dtype), mask),
+        "clip_fraction_low": _masked_mean(low.to(ratio.dtype), mask),
+        "clip_fraction_high": _masked_mean(high.to(ratio.dtype), mask),
+        # k3 estimate of KL(old || new) from samples of the old policy: (r - 1) - log r.
+        "approx_kl": _masked_mean((ratio - 1.0) - log_ratio.clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT), mask),
+        "ratio_mean": _masked_mean(ratio, mask),
+    }
+    if dual_clip is not None:
+        out["dual_clip_fraction"] = _masked_mean(((advantages < 0) & (ratio > dual_clip)).to(ratio.dtype), mask)
+    return out
+
+
+def _kl_estimate(log_probs: Tensor, ref_log_probs: Tensor, estimator: str) -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3)."""
+    log_r = (ref_log_probs - log_probs).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)  # log pi_ref / pi
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r**2
+    return exp_tail(log_r)  # e^d - 1 - d, exact near d = 0 where expm1(d) - d cancels

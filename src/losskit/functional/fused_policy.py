@@ -17,12 +17,12 @@ Batch layout (as Liger-Kernel and TRL): ``hidden`` is :math:`(B, L, D)` and ``ta
 :math:`(B, L)` holds each sequence's tokens, already shifted so that ``hidden[:, t]`` predicts
 ``target[:, t]``; prompt and padding positions hold ``ignore_index``. Pairwise objectives take
 the :math:`B/2` chosen sequences first, then the :math:`B/2` rejected ones, pair :math:`i`
-being sequences :math:`i` and :math:`i + B/2`.
+being sequences :math:`i` and :math:`i + B/2`. The preference objectives live in
+:mod:`losskit.functional.fused_preference`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +40,7 @@ from losskit._core.checks import (
     checks_enabled,
 )
 from losskit._core.numerics import compute_dtype
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit._core.reduction import Reduction
 from losskit.functional.large_vocab import (
     _check_chunk_size,
     _check_head,
@@ -52,14 +52,9 @@ from losskit.functional.large_vocab import (
 )
 
 __all__ = [
-    "fused_linear_cpo_loss",
-    "fused_linear_dpo_loss",
     "fused_linear_grpo_loss",
-    "fused_linear_kto_loss",
     "fused_linear_log_probs",
-    "fused_linear_orpo_loss",
     "fused_linear_ppo_loss",
-    "fused_linear_simpo_loss",
 ]
 
 
@@ -357,375 +352,6 @@ def _docs(fn):
     return fn
 
 
-# --- preference objectives -----------------------------------------------------------------------
-
-
-@_docs
-def fused_linear_dpo_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None = None,
-    ref_log_probs: Tensor | None = None,
-    ref_hidden: Tensor | None = None,
-    ref_weight: Tensor | None = None,
-    ref_bias: Tensor | None = None,
-    ignore_index: int = -100,
-    beta: float = 0.1,
-    variant: Literal["sigmoid", "hinge", "ipo"] = "sigmoid",
-    label_smoothing: float = 0.0,
-    return_diagnostics: bool = False,
-    sample_weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    normalizer: float | Tensor | None = None,
-    chunk_size: int | None = None,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    r"""DPO from the policy's hidden states and head, chunk by chunk, without the logits.
-
-    :func:`losskit.dpo_loss` applied to the sequence log-probabilities
-    :math:`\log\pi_\theta(y) = \sum_{t \in y} \log p_t` of :func:`fused_linear_log_probs`;
-    equal to it in value and in the gradients of ``hidden``, ``weight`` and ``bias``.
-
-    .. math::
-        h_i = \big(\log\pi_\theta(y^w_i) - \log\pi_\text{ref}(y^w_i)\big)
-            - \big(\log\pi_\theta(y^l_i) - \log\pi_\text{ref}(y^l_i)\big), \qquad
-        \ell_i = -\log\sigma(\beta h_i) \ \text{(sigmoid; hinge and ipo as in dpo_loss)}
-
-    Sequences :math:`0 .. B/2 - 1` are the chosen completions :math:`y^w`, sequences
-    :math:`B/2 .. B - 1` the rejected :math:`y^l` of the same prompts, in the same order. Without a
-    reference the reference terms are 0 (TRL's ``reference_free=True``).
-
-    Args:
-        {head_args}
-        {ref_args}
-        beta, variant, label_smoothing, return_diagnostics, reduction, normalizer: As in
-            :func:`losskit.dpo_loss`.
-        sample_weight: Per-pair weights :math:`(B/2,)` (``dpo_loss``'s ``weight=``).
-        {common_args}
-
-    Returns:
-        The loss in ``hidden``'s dtype (per pair with ``reduction="none"``), or ``(loss, diagnostics)``.
-
-    Raises:
-        ValueError: An odd batch (chosen and rejected of different sizes), a reference given both
-            as log-probabilities and as hidden states, positive ``ref_log_probs``, shapes that do
-            not fit, options out of range.
-        TypeError: Non-floating ``hidden`` or ``weight``, differing dtypes, a non-integer ``target``.
-
-    Examples:
-        >>> import torch, losskit
-        >>> weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> hidden = torch.tensor([[[2.0, 0.0]], [[0.0, 0.0]]])  # chosen, then rejected: one token each
-        >>> target = torch.tensor([[0], [0]])  # log p = log(e^2/(e^2+1)) and log(1/2)
-        >>> losskit.fused_linear_dpo_loss(hidden, weight, target)  # -log sigmoid(0.1 (-0.1269 + 0.6931))
-        tensor(0.6652)
-        >>> lp = torch.log_softmax(hidden @ weight.T, -1)[..., 0].sum(-1)
-        >>> losskit.dpo_loss(lp[:1], lp[1:])
-        tensor(0.6652)
-
-    References:
-        Rafailov et al., "Direct Preference Optimization", NeurIPS 2023. Liger-Kernel's
-        ``LigerFusedLinearDPOLoss`` (the fused form and the batch layout), TRL's ``DPOTrainer``.
-    """
-    _check_paired(hidden)
-    policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
-    ref = _reference(policy, target, ref_log_probs=ref_log_probs, ref_hidden=ref_hidden, ref_weight=ref_weight,
-                     ref_bias=ref_bias, ignore_index=ignore_index, temperature=1.0, chunk_size=chunk_size,
-                     required=False)
-    chosen, rejected = _halves(hidden, policy.summed)
-    ref_chosen, ref_rejected = (None, None) if ref is None else _halves(hidden, ref)
-    return _finish(_losses.dpo_loss(chosen, rejected, ref_chosen_log_probs=ref_chosen,
-                                    ref_rejected_log_probs=ref_rejected, beta=beta, variant=variant,
-                                    label_smoothing=label_smoothing, return_diagnostics=return_diagnostics,
-                                    weight=sample_weight, reduction=reduction, normalizer=normalizer), hidden)
-
-
-@_docs
-def fused_linear_simpo_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None = None,
-    ignore_index: int = -100,
-    beta: float = 2.0,
-    gamma: float = 0.5,
-    label_smoothing: float = 0.0,
-    return_diagnostics: bool = False,
-    sample_weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    normalizer: float | Tensor | None = None,
-    chunk_size: int | None = None,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    r"""SimPO from the policy's hidden states and head, chunk by chunk, without the logits.
-
-    :func:`losskit.simpo_loss` applied to the summed sequence log-probabilities of
-    :func:`fused_linear_log_probs` with the completions' token counts (so that it averages them):
-
-    .. math::
-        \ell_i = -\log\sigma\Big(\frac{\beta}{|y^w_i|}\log\pi_\theta(y^w_i)
-                 - \frac{\beta}{|y^l_i|}\log\pi_\theta(y^l_i) - \gamma\Big)
-
-    Chosen sequences first, then the rejected ones (see :func:`fused_linear_dpo_loss`).
-
-    Args:
-        {head_args}
-        beta, gamma, label_smoothing, return_diagnostics, reduction, normalizer: As in
-            :func:`losskit.simpo_loss`.
-        sample_weight: Per-pair weights :math:`(B/2,)`.
-        {common_args}
-
-    Returns:
-        The loss in ``hidden``'s dtype, or ``(loss, diagnostics)``.
-
-    Raises:
-        ValueError: An odd batch, shapes that do not fit, options out of range.
-        TypeError: Non-floating ``hidden`` or ``weight``, differing dtypes, a non-integer ``target``.
-
-    Examples:
-        >>> import torch, losskit
-        >>> weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> hidden = torch.tensor([[[2.0, 0.0], [2.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
-        >>> target = torch.tensor([[0, -100], [0, 0]])  # chosen: 1 token, rejected: 2
-        >>> losskit.fused_linear_simpo_loss(hidden, weight, target)  # -log sigmoid(2 (-0.1269 + 0.6931) - 0.5)
-        tensor(0.4261)
-
-    References:
-        Meng, Xia and Chen, "SimPO", NeurIPS 2024. Liger-Kernel's ``LigerFusedLinearSimPOLoss``.
-    """
-    _check_paired(hidden)
-    policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
-    chosen, rejected = _halves(hidden, policy.summed)
-    chosen_len, rejected_len = _halves(hidden, policy.lengths)
-    return _finish(_losses.simpo_loss(chosen, rejected, beta=beta, gamma=gamma, chosen_lengths=chosen_len,
-                                      rejected_lengths=rejected_len, label_smoothing=label_smoothing,
-                                      return_diagnostics=return_diagnostics, weight=sample_weight,
-                                      reduction=reduction, normalizer=normalizer), hidden)
-
-
-@_docs
-def fused_linear_orpo_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None = None,
-    ignore_index: int = -100,
-    beta: float = 0.1,
-    include_nll: bool = True,
-    return_diagnostics: bool = False,
-    sample_weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    normalizer: float | Tensor | None = None,
-    chunk_size: int | None = None,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    r"""ORPO from the policy's hidden states and head, chunk by chunk, without the logits.
-
-    :func:`losskit.orpo_loss` applied to the summed sequence log-probabilities of
-    :func:`fused_linear_log_probs` with the completions' token counts (ORPO's odds use the
-    average per-token log-probability :math:`\overline{\log\pi}`):
-
-    .. math::
-        \ell_i = -\overline{\log\pi}(y^w_i)
-                 - \lambda \log\sigma\big(\log\mathrm{odds}(y^w_i) - \log\mathrm{odds}(y^l_i)\big)
-
-    Chosen sequences first, then the rejected ones (see :func:`fused_linear_dpo_loss`).
-
-    Args:
-        {head_args}
-        beta, include_nll, return_diagnostics, reduction, normalizer: As in :func:`losskit.orpo_loss`.
-        sample_weight: Per-pair weights :math:`(B/2,)`.
-        {common_args}
-
-    Returns:
-        The loss in ``hidden``'s dtype, or ``(loss, diagnostics)``.
-
-    Raises:
-        ValueError: An odd batch, shapes that do not fit, options out of range.
-        TypeError: Non-floating ``hidden`` or ``weight``, differing dtypes, a non-integer ``target``.
-
-    Examples:
-        >>> import torch, losskit
-        >>> weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> hidden = torch.tensor([[[0.0, 0.0]], [[0.0, 1.3862944]]])  # p = 1/2 chosen, 1/5 rejected
-        >>> losskit.fused_linear_orpo_loss(hidden, weight, torch.tensor([[0], [0]]))  # as orpo_loss's example
-        tensor(0.7155)
-
-    References:
-        Hong, Lee and Thorne, "ORPO", EMNLP 2024. Liger-Kernel's ``LigerFusedLinearORPOLoss``.
-    """
-    _check_paired(hidden)
-    policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
-    chosen, rejected = _halves(hidden, policy.summed)
-    chosen_len, rejected_len = _halves(hidden, policy.lengths)
-    return _finish(_losses.orpo_loss(chosen, rejected, beta=beta, chosen_lengths=chosen_len,
-                                     rejected_lengths=rejected_len, include_nll=include_nll,
-                                     return_diagnostics=return_diagnostics, weight=sample_weight,
-                                     reduction=reduction, normalizer=normalizer), hidden)
-
-
-@_docs
-def fused_linear_cpo_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None = None,
-    ignore_index: int = -100,
-    beta: float = 0.1,
-    alpha: float = 1.0,
-    label_smoothing: float = 0.0,
-    return_diagnostics: bool = False,
-    sample_weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    normalizer: float | Tensor | None = None,
-    chunk_size: int | None = None,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    r"""CPO from the policy's hidden states and head: reference-free DPO plus the chosen tokens' NLL.
-
-    Contrastive Preference Optimization (TRL's ``CPOTrainer`` with its default
-    ``loss_type="sigmoid"``): the preference term is :func:`losskit.dpo_loss` without a reference
-    on the summed sequence log-probabilities, and a behaviour-cloning term adds the
-    negative log-likelihood of the chosen completions, the mean over all their tokens in the batch:
-
-    .. math::
-        \ell_i = -(1-s)\log\sigma\big(\beta(\log\pi_\theta(y^w_i) - \log\pi_\theta(y^l_i))\big)
-                 - s\log\sigma\big(-\beta(\ldots)\big), \qquad
-        \mathcal{L} = \frac{1}{B/2}\sum_i \ell_i + \alpha\, \mathrm{NLL}, \quad
-        \mathrm{NLL} = -\frac{\sum_i \log\pi_\theta(y^w_i)}{\sum_i |y^w_i|}
-
-    ``reduction="mean"`` gives :math:`\mathcal{L}` as TRL computes it (``losses.mean() +
-    cpo_alpha * nll_loss``). The token-mean NLL is shared out so that the other reductions stay
-    consistent with it: pair :math:`i`'s unit loss is
-    :math:`\ell_i - \alpha\,\tfrac{B}{2}\,\log\pi_\theta(y^w_i) / \sum_j |y^w_j|`, whose mean is
-    :math:`\mathcal{L}` (``"none"`` returns these, ``"sum"`` their sum; with ``sample_weight`` or
-    ``normalizer`` they are weighted and divided like any per-pair loss).
-
-    Args:
-        {head_args}
-        beta: :math:`\beta > 0` (TRL's default 0.1).
-        alpha: :math:`\alpha \ge 0`, the NLL term's weight (TRL's ``cpo_alpha``, default 1.0).
-        label_smoothing: :math:`s \in [0, 0.5)`.
-        return_diagnostics: Also return :func:`losskit.dpo_loss`'s reward diagnostics and ``nll``.
-        sample_weight: Per-pair weights :math:`(B/2,)`.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
-        {common_args}
-
-    Returns:
-        The loss in ``hidden``'s dtype, or ``(loss, diagnostics)``.
-
-    Raises:
-        ValueError: An odd batch, shapes that do not fit, options out of range.
-        TypeError: Non-floating ``hidden`` or ``weight``, differing dtypes, a non-integer ``target``.
-
-    Examples:
-        >>> import torch, losskit
-        >>> weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> hidden = torch.tensor([[[2.0, 0.0]], [[0.0, 0.0]]])
-        >>> target = torch.tensor([[0], [0]])  # log p: -0.1269 chosen, -0.6931 rejected
-        >>> losskit.fused_linear_cpo_loss(hidden, weight, target)  # 0.6652 (as DPO's example) + 0.1269
-        tensor(0.7922)
-
-    References:
-        Xu et al., "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance
-        in Machine Translation", ICML 2024 (the loss: preference term plus NLL on the preferred).
-        TRL's ``CPOTrainer`` (``beta=0.1``, ``cpo_alpha=1.0``, ``loss_type="sigmoid"``: summed
-        log-probabilities, NLL as the cross-entropy mean over the chosen tokens) and
-        Liger-Kernel's ``LigerFusedLinearCPOLoss``.
-    """
-    _check_paired(hidden)
-    alpha = check_number("alpha", alpha, low=0.0)
-    check_reduction(reduction, normalizer)
-    check_bool("return_diagnostics", return_diagnostics)
-    policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
-    chosen, rejected = _halves(hidden, policy.summed)
-    preference = _losses.dpo_loss(chosen, rejected, beta=beta, variant="sigmoid", label_smoothing=label_smoothing,
-                                  return_diagnostics=return_diagnostics, reduction="none")
-    preference, diagnostics = preference if return_diagnostics else (preference, {})
-    chosen_tokens = _halves(hidden, policy.lengths)[0].sum().to(chosen.dtype)
-    nll_share = -chosen * chosen.shape[0] / chosen_tokens.clamp_min(1)  # mean over pairs = token-mean NLL
-    loss = reduce_loss(preference + alpha * nll_share, reduction, weight=sample_weight, normalizer=normalizer,
-                       out_dtype=hidden.dtype, inputs={"hidden": hidden, "weight": weight, "bias": bias})
-    if not return_diagnostics:
-        return loss
-    diagnostics["nll"] = nll_share.detach().mean() if nll_share.numel() else nll_share.new_zeros(())
-    return loss, diagnostics
-
-
-@_docs
-def fused_linear_kto_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    *,
-    desirable: Tensor | Sequence[bool],
-    bias: Tensor | None = None,
-    ref_log_probs: Tensor | None = None,
-    ref_hidden: Tensor | None = None,
-    ref_weight: Tensor | None = None,
-    ref_bias: Tensor | None = None,
-    ignore_index: int = -100,
-    kl: float | Tensor = 0.0,
-    beta: float = 0.1,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
-    return_diagnostics: bool = False,
-    sample_weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    normalizer: float | Tensor | None = None,
-    chunk_size: int | None = None,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    r"""KTO from the policy's hidden states and head, chunk by chunk, without the logits.
-
-    :func:`losskit.kto_loss` applied to the summed sequence log-probabilities of
-    :func:`fused_linear_log_probs`. KTO's completions are unpaired: each of the :math:`B`
-    sequences is labelled ``desirable`` or not, and needs the reference policy.
-
-    .. math::
-        r_i = \log\pi_\theta(y_i) - \log\pi_\text{ref}(y_i), \qquad
-        \ell_i = \lambda_D\big(1 - \sigma(\beta(r_i - z_0))\big) \text{ or }
-                 \lambda_U\big(1 - \sigma(\beta(z_0 - r_i))\big)
-
-    Args:
-        {head_args}
-        desirable: Bool per sequence :math:`(B,)`.
-        {ref_args}
-        kl, beta, desirable_weight, undesirable_weight, return_diagnostics, reduction, normalizer: As
-            in :func:`losskit.kto_loss`.
-        sample_weight: Per-sequence weights :math:`(B,)`.
-        {common_args}
-
-    Returns:
-        The loss in ``hidden``'s dtype, or ``(loss, diagnostics)``.
-
-    Raises:
-        ValueError: No reference, or one given both ways; shapes that do not fit; options out of range.
-        TypeError: Non-floating ``hidden`` or ``weight``, differing dtypes, a non-integer ``target``.
-
-    Examples:
-        >>> import torch, losskit
-        >>> weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> hidden = torch.tensor([[[0.0, 0.0]], [[0.0, 0.0]]])  # log p = log(1/2) for both
-        >>> ref = torch.log(torch.tensor([0.25, 0.25]))  # r = log 2, beta r = 0.0693
-        >>> losskit.fused_linear_kto_loss(hidden, weight, torch.tensor([[0], [1]]), desirable=[True, False],
-        ...                               ref_log_probs=ref, reduction="none")  # 1 - s(0.0693), 1 - s(-0.0693)
-        tensor([0.4827, 0.5173])
-
-    References:
-        Ethayarajh et al., "KTO", ICML 2024. Liger-Kernel's ``LigerFusedLinearKTOLoss``.
-    """
-    policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
-    ref = _reference(policy, target, ref_log_probs=ref_log_probs, ref_hidden=ref_hidden, ref_weight=ref_weight,
-                     ref_bias=ref_bias, ignore_index=ignore_index, temperature=1.0, chunk_size=chunk_size,
-                     required=True)
-    return _finish(_losses.kto_loss(policy.summed, ref, desirable=desirable, kl=kl, beta=beta,
-                                    desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
-                                    return_diagnostics=return_diagnostics, weight=sample_weight,
-                                    reduction=reduction, normalizer=normalizer), hidden)
-
-
 # --- policy gradient -----------------------------------------------------------------------------
 
 
@@ -766,6 +392,7 @@ def fused_linear_grpo_loss(
     *,
     rewards: Tensor,
     group_size: int,
+    variant: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"] = "dapo",
     old_log_probs: Tensor | None = None,
     bias: Tensor | None = None,
     ref_log_probs: Tensor | None = None,
@@ -775,12 +402,20 @@ def fused_linear_grpo_loss(
     ignore_index: int = -100,
     temperature: float = 1.0,
     beta: float = 0.0,
+    use_bias_correction_kl: bool = False,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
+    delta: float | None = None,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
     scale_rewards: Literal["group", "batch", "none"] = "group",
     eps: float = 1e-4,
     ratio_level: Literal["token", "sequence"] = "token",
-    aggregation: Literal["token_mean", "sequence_mean", "sequence_sum_norm"] = "token_mean",
+    importance_sampling_ratio: Tensor | None = None,
+    sampling_log_probs: Tensor | None = None,
+    off_policy_mask_threshold: float | None = None,
+    top_entropy_quantile: float = 1.0,
+    aggregation: Literal["token_mean", "sequence_mean", "sequence_sum_norm"] | None = None,
     max_length: float | None = None,
     return_diagnostics: bool = False,
     sample_weight: Tensor | None = None,
@@ -812,7 +447,12 @@ def fused_linear_grpo_loss(
         ref_log_probs: The reference policy's per-token log-probabilities :math:`(B, L)`.
         ref_hidden, ref_weight, ref_bias: Or the reference model's hidden states and head.
         temperature: :math:`T > 0`, the sampling temperature (TRL's and Liger's ``temperature``).
-        beta, clip_eps, clip_eps_high, scale_rewards, eps, ratio_level: As in :func:`losskit.grpo_loss`.
+        variant: TRL's ``loss_type``, as in :func:`losskit.grpo_loss`.
+        beta, use_bias_correction_kl, clip_eps, clip_eps_high, delta: As in :func:`losskit.grpo_loss`.
+        sapo_temperature_pos, sapo_temperature_neg, scale_rewards, eps: As in :func:`losskit.grpo_loss`.
+        ratio_level, importance_sampling_ratio: As in :func:`losskit.grpo_loss`.
+        sampling_log_probs, off_policy_mask_threshold: As in :func:`losskit.grpo_loss`.
+        top_entropy_quantile: As in :func:`losskit.grpo_loss`, with the entropies computed here, fused.
         aggregation, max_length, reduction, normalizer: As in :func:`losskit.grpo_loss`.
         {pg_diagnostics}
         sample_weight: Weights as :func:`losskit.grpo_loss`'s ``weight=``.
@@ -842,15 +482,24 @@ def fused_linear_grpo_loss(
         Shao et al., "DeepSeekMath" (GRPO), 2024. Liger-Kernel's ``LigerFusedLinearGRPOLoss``, TRL's ``GRPOTrainer``.
     """
     check_bool("return_diagnostics", return_diagnostics)
+    top_entropy_quantile = check_number("top_entropy_quantile", top_entropy_quantile, low=0.0, high=1.0,
+                                        low_open=True)
     policy = _policy(hidden, weight, target, bias, temperature=temperature, ignore_index=ignore_index,
-                     chunk_size=chunk_size, entropy=return_diagnostics)
+                     chunk_size=chunk_size, entropy=return_diagnostics or top_entropy_quantile < 1.0)
     old = _old(policy, old_log_probs)
     ref = _reference(policy, target, ref_log_probs=ref_log_probs, ref_hidden=ref_hidden, ref_weight=ref_weight,
                      ref_bias=ref_bias, ignore_index=ignore_index, temperature=temperature, chunk_size=chunk_size,
                      required=False, per_token=True)
-    result = _losses.grpo_loss(policy.log_probs, old, rewards=rewards, group_size=group_size, ref_log_probs=ref,
-                               beta=beta, clip_eps=clip_eps, clip_eps_high=clip_eps_high, scale_rewards=scale_rewards,
-                               eps=eps, ratio_level=ratio_level, mask=policy.mask, aggregation=aggregation,
+    result = _losses.grpo_loss(policy.log_probs, old, rewards=rewards, group_size=group_size, variant=variant,
+                               ref_log_probs=ref, beta=beta, use_bias_correction_kl=use_bias_correction_kl,
+                               clip_eps=clip_eps, clip_eps_high=clip_eps_high, delta=delta,
+                               sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+                               scale_rewards=scale_rewards, eps=eps, ratio_level=ratio_level,
+                               importance_sampling_ratio=importance_sampling_ratio,
+                               sampling_log_probs=sampling_log_probs,
+                               off_policy_mask_threshold=off_policy_mask_threshold,
+                               entropies=policy.entropy, top_entropy_quantile=top_entropy_quantile,
+                               mask=policy.mask, aggregation=aggregation,
                                max_length=max_length, return_diagnostics=return_diagnostics, weight=sample_weight,
                                reduction=reduction, normalizer=normalizer)
     return _with_entropy(result, policy, hidden, return_diagnostics)

@@ -50,16 +50,16 @@ from torch import Tensor
 from losskit._core.checks import (
     check_bool,
     check_floating,
-    check_int,
     check_number,
     check_one_of,
     check_tensor,
 )
 from losskit._core.docs import shared_docs
-from losskit._core.numerics import exp_tail, finite_log, log_softmax, safe_divide, upcast
+from losskit._core.numerics import finite_log, log_softmax, safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction
+from losskit.functional._grpo import grpo_loss
 from losskit.functional._log_probs import (
-    _LOG_RATIO_LIMIT,
+    KL_ESTIMATORS,
     Aggregation,
     Diagnostics,
     _as_mask,
@@ -68,16 +68,16 @@ from losskit.functional._log_probs import (
     _check_same_shape,
     _check_token_options,
     _check_unit_interval_open,
+    _clipped_surrogate,
     _finish,
+    _kl_estimate,
     _masked_mean,
     _per_token,
+    _ppo_diagnostics,
     _result,
     _sequence_log_ratio,
     _zero_masked,
 )
-
-KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
-REWARD_SCALES: tuple[str, ...] = ("group", "batch", "none")
 
 
 def _normalize(advantages: Tensor, mask: Tensor | None, eps: float) -> Tensor:
@@ -93,68 +93,6 @@ def _normalize(advantages: Tensor, mask: Tensor | None, eps: float) -> Tensor:
         mean = safe_divide(torch.where(valid, advantages, 0.0).sum(), count)
         var = safe_divide(torch.where(valid, (advantages - mean) ** 2, 0.0).sum(), count - 1)
     return (advantages - mean) / (var.sqrt() + eps)
-
-
-def _group_advantages(rewards: Tensor, group_size: int, scale: str, eps: float) -> Tensor:
-    """GRPO's group-relative advantages: rewards centred on their group's mean, divided by a std."""
-    if rewards.numel() == 0:
-        return rewards
-    grouped = rewards.reshape(-1, group_size)
-    centred = grouped - grouped.mean(1, keepdim=True)
-    if scale == "group":
-        centred = centred / (grouped.std(1, keepdim=True) + eps)
-    elif scale == "batch" and rewards.numel():
-        centred = centred / (rewards.std() + eps)
-    return centred.reshape(rewards.shape)
-
-
-def _check_group_size(group_size: object, n: int) -> int:
-    check_int("group_size", group_size, low=2)  # a group's mean is the baseline of its members
-    if n % group_size:
-        raise ValueError(f"the number of sequences ({n}) must be a multiple of group_size={group_size}: "
-                         "rewards hold consecutive groups of completions of the same prompt")
-    return group_size
-
-
-def _clipped_surrogate(log_ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float,
-                       dual_clip: float | None) -> tuple[Tensor, Tensor]:
-    """PPO's per-token loss ``-min(r A, clip(r) A)`` (dual-clipped for A < 0) and the ratio r."""
-    ratio = log_ratio.clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT).exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    if dual_clip is not None:
-        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
-    return loss, ratio
-
-
-def _ppo_diagnostics(ratio: Tensor, log_ratio: Tensor, advantages: Tensor, mask: Tensor | None,
-                     clip_low: float, clip_high: float, dual_clip: float | None) -> Diagnostics:
-    ratio, log_ratio, advantages = ratio.detach(), log_ratio.detach(), advantages.detach()
-    low = (ratio < 1.0 - clip_low) & (advantages < 0)
-    high = (ratio > 1.0 + clip_high) & (advantages > 0)
-    out = {
-        "clip_fraction": _masked_mean((low | high).to(ratio.dtype), mask),
-        "clip_fraction_low": _masked_mean(low.to(ratio.dtype), mask),
-        "clip_fraction_high": _masked_mean(high.to(ratio.dtype), mask),
-        # k3 estimate of KL(old || new) from samples of the old policy: (r - 1) - log r.
-        "approx_kl": _masked_mean((ratio - 1.0) - log_ratio.clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT), mask),
-        "ratio_mean": _masked_mean(ratio, mask),
-    }
-    if dual_clip is not None:
-        out["dual_clip_fraction"] = _masked_mean(((advantages < 0) & (ratio > dual_clip)).to(ratio.dtype), mask)
-    return out
-
-
-def _kl_estimate(log_probs: Tensor, ref_log_probs: Tensor, estimator: str) -> Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1, k2, k3)."""
-    log_r = (ref_log_probs - log_probs).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)  # log pi_ref / pi
-    if estimator == "k1":
-        return -log_r
-    if estimator == "k2":
-        return 0.5 * log_r**2
-    return exp_tail(log_r)  # e^d - 1 - d, exact near d = 0 where expm1(d) - d cancels
-
 
 
 def reinforce_loss(
@@ -670,156 +608,6 @@ def kl_penalty(
         return loss
     return loss, {"kl_k1": _masked_mean(_kl_estimate(lp, ref, "k1"), mask),
                   "kl_k3": _masked_mean(_kl_estimate(lp, ref, "k3"), mask)}
-
-
-@_docs
-def grpo_loss(
-    log_probs: Tensor,
-    old_log_probs: Tensor,
-    *,
-    rewards: Tensor,
-    group_size: int,
-    ref_log_probs: Tensor | None = None,
-    beta: float = 0.0,
-    clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
-    scale_rewards: Literal["group", "batch", "none"] = "group",
-    eps: float = 1e-4,
-    ratio_level: Literal["token", "sequence"] = "token",
-    mask: Tensor | None = None,
-    aggregation: Aggregation = "token_mean",
-    max_length: float | None = None,
-    return_diagnostics: bool = False,
-    weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    normalizer: float | Tensor | None = None,
-) -> Tensor | tuple[Tensor, Diagnostics]:
-    r"""GRPO: PPO's clipped loss with group-normalized advantages and an optional KL to a reference policy.
-
-    Each prompt gets ``group_size`` sampled completions; a completion's advantage is its reward
-    relative to its group, so no value network is needed. Every token of completion :math:`i`
-    gets the same advantage; the per-token loss is PPO's clipped surrogate plus
-    :math:`\beta` times the :math:`k_3` estimate of the KL to the reference policy, and
-    ``aggregation`` turns tokens into the loss (the choice that matters most in practice; see
-    the module docstring).
-
-    .. math::
-        A_i = \frac{R_i - \mathrm{mean}(R_\text{group})}{\mathrm{std}(R_\text{group}) + \varepsilon}, \qquad
-        \ell_{i,t} = -\min\big(r_{i,t} A_i,\ \mathrm{clip}(r_{i,t}, 1-\epsilon_\text{low},
-        1+\epsilon_\text{high}) A_i\big) + \beta\, k_3(\pi_\theta, \pi_\text{ref})_{i,t}
-
-    The std is the unbiased one (as in TRL). ``scale_rewards="none"`` only centres (Dr. GRPO),
-    ``"batch"`` divides by the std of all rewards in the batch. With a single update per
-    generation, pass ``old_log_probs=log_probs.detach()`` (the ratio is then 1 and only its
-    gradient acts).
-
-    To reproduce: the GRPO paper, ``aggregation="sequence_mean", beta=0.04``; Dr. GRPO,
-    ``aggregation="sequence_sum_norm", scale_rewards="none", max_length=<generation budget>``;
-    DAPO and TRL's default ``loss_type="dapo"``, the defaults (with ``clip_eps_high=0.28`` for
-    DAPO's clip-higher). TRL averages the token mean over the global batch: pass
-    ``normalizer=<valid tokens over all ranks and accumulation steps>``.
-
-    Args:
-        log_probs: Per-token log-probabilities of the completions under the current policy.
-        old_log_probs: The same under the policy that generated them (detached).
-        rewards: One scalar reward per completion, :math:`(N,)`, groups of ``group_size``
-            consecutive completions of the same prompt.
-        group_size: Completions per prompt, ``>= 2``.
-        ref_log_probs: Per-token log-probabilities under the reference policy; needed when ``beta > 0``.
-        beta: KL coefficient :math:`\beta \ge 0` (the paper: 0.04; TRL's default: 0).
-        clip_eps: :math:`\epsilon_\text{low}` (and :math:`\epsilon_\text{high}` unless given).
-        clip_eps_high: :math:`\epsilon_\text{high}`.
-        scale_rewards: ``"group"`` | ``"batch"`` | ``"none"``.
-        eps: Added to the std (TRL's 1e-4).
-        ratio_level: ``"token"`` or ``"sequence"`` (GSPO).
-        mask: Bool or integer, ``True`` where the token counts (the completion mask).
-        aggregation: ``"token_mean"`` | ``"sequence_mean"`` | ``"sequence_sum_norm"``.
-        max_length: The constant divisor of ``"sequence_sum_norm"``.
-        return_diagnostics: Also return PPO's clip fractions, ``approx_kl`` and ``ratio_mean``,
-            ``reward_mean``, ``reward_std``, ``advantage_std`` and, with a reference, ``kl`` (the mean k3).
-        {reduction_args}
-
-    Shape:
-        - log_probs, old_log_probs, ref_log_probs: :math:`(N, T)` (or :math:`(N,)`).
-        - rewards: :math:`(N,)`, :math:`N` a multiple of ``group_size``.
-        - output: scalar; with ``reduction="none"`` the input's shape (``"token_mean"``) or :math:`(N,)`.
-
-    Returns:
-        The loss in the input's dtype, or ``(loss, diagnostics)``. Empty input gives 0 with a gradient.
-
-    Raises:
-        ValueError: Mismatched shapes, ``N`` not a multiple of ``group_size``, ``beta > 0`` without
-            ``ref_log_probs``, options out of range.
-        TypeError: Non-floating inputs, a non-int ``group_size``, a floating ``mask``.
-
-    Examples:
-        >>> import torch, losskit
-        >>> lp = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
-        >>> rewards = torch.tensor([1.0, 0.0])  # one group of 2: A = (+0.5, -0.5) / (0.7071 + 1e-4)
-        >>> losskit.grpo_loss(lp, lp.detach(), rewards=rewards, group_size=2)  # ratio 1: mean of -A
-        tensor(0.)
-        >>> losskit.grpo_loss(lp, lp.detach(), rewards=rewards, group_size=2, reduction="none")
-        tensor([[-0.7070, -0.7070],
-                [ 0.7070,  0.7070]])
-
-    References:
-        Shao et al., "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language
-        Models", 2024 (GRPO). Liu et al., "Understanding R1-Zero-Like Training: A Critical
-        Perspective", 2025 (Dr. GRPO). Yu et al., "DAPO", 2025. TRL's ``GRPOTrainer`` (``loss_type``
-        ``"grpo"``, ``"dr_grpo"``, ``"dapo"``), Liger-Kernel's ``LigerFusedLinearGRPOLoss``.
-    """
-    check_reduction(reduction, normalizer)
-    _check_input("log_probs", log_probs)
-    _check_same_shape("log_probs", log_probs, "old_log_probs", old_log_probs)
-    check_floating("rewards", rewards)
-    if rewards.shape != log_probs.shape[:1]:
-        raise ValueError(f"rewards must have shape ({log_probs.shape[0]},), one per completion, got shape "
-                         f"{tuple(rewards.shape)}")
-    _check_group_size(group_size, rewards.shape[0])
-    _check_token_options(aggregation, max_length, return_diagnostics, weight)
-    beta = check_number("beta", beta, low=0.0)
-    if ref_log_probs is not None:
-        _check_same_shape("log_probs", log_probs, "ref_log_probs", ref_log_probs, role="")
-    elif beta > 0:
-        raise ValueError(f"beta={beta:g} weighs a KL to the reference policy: pass ref_log_probs")
-    clip_low = _check_unit_interval_open("clip_eps", clip_eps)
-    clip_high = clip_low if clip_eps_high is None else check_number("clip_eps_high", clip_eps_high, low=0.0)
-    check_one_of("scale_rewards", scale_rewards, REWARD_SCALES)
-    eps = check_number("eps", eps, low=0.0)
-    check_one_of("ratio_level", ratio_level, ("token", "sequence"))
-    mask = _as_mask(mask, "log_probs", log_probs)
-    _check_log_probs({"log_probs": log_probs, "old_log_probs": old_log_probs, "ref_log_probs": ref_log_probs},
-                     mask)
-
-    lp = _zero_masked(upcast(log_probs), mask)
-    dtype = lp.dtype
-    old = _zero_masked(upcast(old_log_probs).detach().to(dtype), mask)
-    r = upcast(rewards).detach().to(dtype)
-    adv = _group_advantages(r, group_size, scale_rewards, eps)
-    adv_t = adv.unsqueeze(-1) if lp.dim() == 2 else adv
-    log_ratio = lp - old
-    if ratio_level == "sequence":
-        log_ratio = _sequence_log_ratio(log_ratio, mask)
-    per_token, ratio = _clipped_surrogate(log_ratio, adv_t, clip_low, clip_high, None)
-    kl = None
-    if ref_log_probs is not None:
-        ref = _zero_masked(upcast(ref_log_probs).detach().to(dtype), mask)
-        kl = _kl_estimate(lp, ref, "k3")
-        if beta > 0:
-            per_token = per_token + beta * kl
-    loss = _finish(per_token, mask, aggregation=aggregation, max_length=max_length, weight=weight,
-                   reduction=reduction, normalizer=normalizer, input=log_probs,
-                   inputs={"log_probs": log_probs, "old_log_probs": old_log_probs, "rewards": rewards,
-                           "ref_log_probs": ref_log_probs})
-    if not return_diagnostics:
-        return loss
-    diagnostics = _ppo_diagnostics(ratio, log_ratio, adv_t.expand_as(lp), mask, clip_low, clip_high, None)
-    diagnostics["reward_mean"] = _masked_mean(r, None)
-    diagnostics["reward_std"] = _masked_mean((r - _masked_mean(r, None)) ** 2, None).sqrt()
-    diagnostics["advantage_std"] = _masked_mean((adv - _masked_mean(adv, None)) ** 2, None).sqrt()
-    if kl is not None:
-        diagnostics["kl"] = _masked_mean(kl, mask)
-    return loss, diagnostics
 
 
 __all__ = ["entropy_bonus", "grpo_loss", "kl_penalty", "ppo_clip_loss", "reinforce_loss", "value_loss"]

@@ -27,6 +27,15 @@ from losskit._core.checks import (
 from losskit._core.numerics import eps as dtype_eps
 from losskit._core.numerics import safe_divide, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit.functional._dpo_variants import (
+    DPO_VARIANTS,
+    F_DIVERGENCE_VARIANTS,
+    F_DIVERGENCES,
+    LOSSES,
+    SMOOTHED_VARIANTS,
+    _Pair,
+    f_scores,
+)
 from losskit.functional._log_probs import (
     Diagnostics,
     _check_log_probs,
@@ -35,9 +44,10 @@ from losskit.functional._log_probs import (
     _preference_options,
     _result,
     check_pair_inputs,
+    check_variants,
 )
 
-DPO_VARIANTS: tuple[str, ...] = ("sigmoid", "hinge", "ipo")
+KTO_VARIANTS: tuple[str, ...] = ("kto", "apo_zero_unpaired")
 
 
 def _length_normalized(x: Tensor, lengths: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -65,80 +75,152 @@ def dpo_loss(
     ref_chosen_log_probs: Tensor | None = None,
     ref_rejected_log_probs: Tensor | None = None,
     beta: float = 0.1,
-    variant: Literal["sigmoid", "hinge", "ipo"] = "sigmoid",
+    variant: str | Sequence[str] = "sigmoid",
+    variant_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 1.0,
+    discopop_tau: float = 0.05,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+    wpo_weights: Tensor | None = None,
     return_diagnostics: bool = False,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Diagnostics]:
-    r"""Direct Preference Optimization: a classification loss on the policy's implicit reward margin.
+    r"""Direct Preference Optimization and its variants: TRL's ``DPOTrainer`` loss types, one pair at a time.
 
     DPO shows that the KL-regularized reward-maximizing policy defines an implicit reward
     :math:`\beta \log \pi_\theta(y) / \pi_\text{ref}(y)`; fitting the Bradley-Terry model of the
-    preference data with that reward gives a logistic loss on the margin
-    :math:`h = \log\frac{\pi_\theta(y_w)}{\pi_\text{ref}(y_w)} - \log\frac{\pi_\theta(y_l)}{\pi_\text{ref}(y_l)}`
-    between the chosen :math:`y_w` and the rejected :math:`y_l` completion:
+    preference data with that reward gives a logistic loss on the margin between the chosen
+    :math:`y_w` and the rejected :math:`y_l` completion. With the log-ratios
+    :math:`c = \log\frac{\pi_\theta(y_w)}{\pi_\text{ref}(y_w)}` and
+    :math:`r = \log\frac{\pi_\theta(y_l)}{\pi_\text{ref}(y_l)}`,
+    the scores :math:`f'(e^c), f'(e^r)` (``f_divergence_type``; the log-ratios themselves for the
+    default reverse KL) and their difference :math:`h = f'(e^c) - f'(e^r)`:
 
     .. math::
-        \text{sigmoid:}\quad \ell = -(1-s)\log\sigma(\beta h) - s \log\sigma(-\beta h)
+        \text{sigmoid:}\ -(1-s)\log\sigma(\beta h) - s\log\sigma(-\beta h) \qquad
+        \text{hinge:}\ \max(0, 1 - \beta h) \qquad
+        \text{ipo:}\ \big(h - \tfrac{1}{2\beta}\big)^2
 
-        \text{hinge (SLiC):}\quad \ell = \max(0,\ 1 - \beta h) \qquad
-        \text{ipo:}\quad \ell = \Big(h - \frac{1}{2\beta}\Big)^2
+        \text{robust:}\ \frac{-(1-s)\log\sigma(\beta h) + s\log\sigma(-\beta h)}{1 - 2s} \qquad
+        \text{exo\_pair:}\ \sigma(\beta h)\log\frac{\sigma(\beta h)}{1-s}
+            + \sigma(-\beta h)\log\frac{\sigma(-\beta h)}{s}
 
-    :math:`s` is ``label_smoothing`` (conservative DPO: the preference labels are flipped with
-    probability :math:`s`); it applies to the sigmoid variant only. Without reference
-    log-probabilities the reference terms are 0 (TRL's ``reference_free=True``). The reference
-    log-probabilities are detached; both policy log-probabilities receive gradients. Swapping
-    chosen and rejected negates :math:`h`.
+        \text{nca\_pair:}\ -\log\sigma(\beta c) - \tfrac12\log\sigma(-\beta c) - \tfrac12\log\sigma(-\beta r) \qquad
+        \text{bco\_pair:}\ -\log\sigma(\beta c) - \log\sigma(-\beta r)
+
+        \text{sppo\_hard:}\ \big(c - \tfrac{1}{2\beta}\big)^2 + \big(r + \tfrac{1}{2\beta}\big)^2 \qquad
+        \text{apo\_zero:}\ 1 - \sigma(\beta c) + \sigma(\beta r) \qquad
+        \text{apo\_down:}\ \sigma(\beta c) + 1 - \sigma(\beta (c - r))
+
+        \text{discopop:}\ (1 - g)\,(-\log\sigma(\beta h)) + g\, e^{-\beta h},\ g = \sigma(\beta h / \tau) \qquad
+        \text{sigmoid\_norm:}\ -\log\sigma\Big(\beta\Big(\frac{f'(e^c)}{|y_w|} - \frac{f'(e^r)}{|y_l|}\Big)\Big)
+
+    ``aot`` is the smoothed sigmoid loss on the batch's *sorted* policy margins minus its sorted
+    reference margins, ``aot_unpaired`` on sorted :math:`c` minus sorted :math:`r` (each pair's
+    loss then depends on the whole batch). ``sft`` is the negative mean log-probability over all
+    the chosen tokens of the batch, :math:`-\sum_i \log\pi_\theta(y_{w,i}) / \sum_i |y_{w,i}|`,
+    repeated for every pair (as TRL). With ``chosen_lengths`` and ``rejected_lengths`` (token
+    counts), ``ipo`` divides each score by its length as TRL does; without, it is the paper's.
+
+    A list of variants with ``variant_weights`` is TRL's MPO (``loss_type=[...]``,
+    ``loss_weights=[...]``): each pair's loss is :math:`\sum_k w_k \ell_k`. ``wpo_weights`` (one
+    per pair, detached) multiply each pair's loss: WPO's :math:`w(y_w) w(y_l)`, from
+    :func:`losskit.rl.wpo_weights`. Without reference log-probabilities the reference terms
+    are 0 (TRL's ``reference_free=True``). The reference log-probabilities are detached; both
+    policy log-probabilities receive gradients.
 
     Args:
-        chosen_log_probs: :math:`\log\pi_\theta(y_w \mid x)`, summed over the completion's tokens.
+        chosen_log_probs: :math:`\log\pi_\theta(y_w \mid x)`, summed over the completion's tokens
+            (for LD-DPO, see :func:`losskit.rl.ld_dpo_log_probs`).
         rejected_log_probs: :math:`\log\pi_\theta(y_l \mid x)`, the same shape.
         ref_chosen_log_probs: :math:`\log\pi_\text{ref}(y_w \mid x)`, or ``None`` (with the next) for none.
         ref_rejected_log_probs: :math:`\log\pi_\text{ref}(y_l \mid x)`.
         beta: :math:`\beta > 0`, the strength of the implicit KL constraint (0.1, as TRL and Liger).
-        variant: ``"sigmoid"`` | ``"hinge"`` | ``"ipo"``.
-        label_smoothing: :math:`s \in [0, 0.5)`.
+        variant: A TRL ``loss_type``: ``"sigmoid"`` | ``"hinge"`` | ``"ipo"`` | ``"exo_pair"`` |
+            ``"nca_pair"`` | ``"robust"`` | ``"bco_pair"`` | ``"sppo_hard"`` | ``"aot"`` |
+            ``"aot_unpaired"`` | ``"apo_zero"`` | ``"apo_down"`` | ``"discopop"`` | ``"sft"`` |
+            ``"sigmoid_norm"``, or a list of them (MPO).
+        variant_weights: One weight :math:`w_k \ge 0` per variant (default 1 each).
+        label_smoothing: :math:`s \in [0, 0.5)`, read by sigmoid (cDPO), robust, exo_pair (where it must
+            be positive), aot and aot_unpaired.
+        f_divergence_type: ``"reverse_kl"`` | ``"forward_kl"`` (:math:`f'(u) = 1 - 1/u`) |
+            ``"js_divergence"`` (:math:`\log\frac{2u}{1+u}`) | ``"alpha_divergence"``
+            (:math:`\frac{u^{\alpha-1} - 1}{\alpha - 1}`), for sigmoid, sigmoid_norm, hinge, ipo,
+            exo_pair, robust, discopop and sft only.
+        f_alpha_divergence_coef: :math:`\alpha` of the alpha divergence (1.0: reverse KL).
+        discopop_tau: :math:`\tau > 0` of discopop (0.05, as TRL).
+        chosen_lengths: Token counts of the chosen completions (needed by sigmoid_norm; used by ipo and sft).
+        rejected_lengths: Token counts of the rejected completions.
+        wpo_weights: Per-pair factors :math:`\ge 0` multiplying each pair's loss (detached), or ``None``.
         return_diagnostics: Also return ``rewards_chosen`` and ``rewards_rejected`` (means of
             :math:`\beta \log\pi_\theta/\pi_\text{ref}`), ``reward_margin`` and ``reward_accuracy``
             (the fraction of pairs whose chosen reward is the larger), as TRL logs them.
-        weight: Per-pair weights.
+        weight: Per-pair weights (of the weighted mean).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
 
     Shape:
-        - all log-probabilities: :math:`(N,)` (any shape, elementwise).
+        - all log-probabilities, lengths and ``wpo_weights``: :math:`(N,)` (any shape, elementwise).
         - output: scalar, or :math:`(N,)` with ``reduction="none"``.
 
     Returns:
         The loss in the input's dtype, or ``(loss, diagnostics)``. Empty input gives 0 with a gradient.
 
     Raises:
-        ValueError: Mismatched shapes, only one of the two reference tensors, ``label_smoothing``
-            with a variant other than sigmoid, positive log-probabilities (value check), options out of range.
-        TypeError: Non-floating inputs.
+        ValueError: Mismatched shapes (chosen and rejected of different sizes), only one of the two
+            reference or length tensors, an unknown ``variant`` (with the closest names),
+            ``variant_weights`` that do not pair with the variants, ``label_smoothing`` with no
+            variant that reads it, ``exo_pair`` without it, an f-divergence with a variant that has
+            none, ``sigmoid_norm`` without lengths, positive log-probabilities (value check),
+            options out of range.
+        TypeError: Non-floating inputs, a ``variant`` that is not a name or a list of names.
 
     Examples:
         >>> import torch, losskit
         >>> chosen, rejected = torch.tensor([-10.0]), torch.tensor([-12.0])
-        >>> ref_c, ref_r = torch.tensor([-11.0]), torch.tensor([-11.0])  # h = (1) - (-1) = 2
+        >>> ref_c, ref_r = torch.tensor([-11.0]), torch.tensor([-11.0])  # c = 1, r = -1, h = 2
         >>> losskit.dpo_loss(chosen, rejected, ref_chosen_log_probs=ref_c, ref_rejected_log_probs=ref_r)
         tensor(0.5981)
+        >>> losskit.dpo_loss(chosen, rejected, ref_chosen_log_probs=ref_c, ref_rejected_log_probs=ref_r,
+        ...                  variant="apo_zero")  # 1 - sigmoid(0.1) + sigmoid(-0.1)
+        tensor(0.9500)
+        >>> losskit.dpo_loss(chosen, rejected, ref_chosen_log_probs=ref_c, ref_rejected_log_probs=ref_r,
+        ...                  variant=["sigmoid", "bco_pair"], variant_weights=[0.5, 1.0])  # 0.5 (0.5981) + 2 (0.6444)
+        tensor(1.5878)
 
     References:
-        Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward
-        Model", NeurIPS 2023 (and the cDPO note, 2023). Zhao et al., "SLiC-HF", 2023 (hinge). Azar
-        et al., "A General Theoretical Paradigm to Understand Learning from Human Preferences", 2023
-        (IPO). The variants and defaults follow TRL's ``DPOTrainer`` ``loss_type`` and Liger-Kernel.
+        Rafailov et al., "Direct Preference Optimization", NeurIPS 2023 (and the cDPO note, 2023).
+        Zhao et al., "SLiC-HF", 2023 (hinge). Azar et al., "A General Theoretical Paradigm to
+        Understand Learning from Human Preferences", 2023 (IPO). Ji et al., "Towards Efficient
+        Exact Optimization of Language Model Alignment", 2024 (EXO). Chen et al., "Noise Contrastive
+        Alignment", 2024 (NCA). Chowdhury et al., "Provably Robust DPO", 2024. Jung et al., "Binary
+        Classifier Optimization", 2024 (BCO). Wu et al., "Self-Play Preference Optimization", 2024
+        (SPPO). Melnyk et al., "Distributional Preference Alignment of LLMs via Optimal Transport",
+        2024 (AOT). D'Oosterlinck et al., "Anchored Preference Optimization", 2024 (APO). Chris Lu
+        et al., "Discovering Preference Optimization Algorithms with and for Large Language
+        Models", 2024 (DiscoPOP). Wang et al., "Beyond Reverse KL: Generalizing DPO with Diverse
+        Divergence Constraints", 2023 (f-DPO). Wang et al., "Enhancing Multimodal LLM with Mixed
+        Preference Optimization", 2024 (MPO). Zhou et al., "WPO: Enhancing RLHF with Weighted
+        Preference Optimization", 2024. The names, formulas and defaults are those of TRL 1.x's
+        ``DPOTrainer`` (``loss_type``, ``loss_weights``, ``f_divergence_type``,
+        ``f_alpha_divergence_coef``, ``discopop_tau``); ``docs/families/preference.md`` lists where
+        TRL departs from the papers.
     """
     beta, label_smoothing = check_pair_inputs(
         chosen_log_probs, rejected_log_probs, reduction=reduction, normalizer=normalizer, beta=beta,
         label_smoothing=label_smoothing, return_diagnostics=return_diagnostics, weight=weight,
-        refs=(ref_chosen_log_probs, ref_rejected_log_probs))
-    check_one_of("variant", variant, DPO_VARIANTS)
-    if label_smoothing and variant != "sigmoid":
-        raise ValueError(f"label_smoothing applies to variant='sigmoid' only, got variant={variant!r}")
+        refs=(ref_chosen_log_probs, ref_rejected_log_probs), lengths=(chosen_lengths, rejected_lengths))
+    mixture = check_variants(variant, variant_weights, DPO_VARIANTS)
+    names = {name for name, _ in mixture}
+    _check_dpo_options(names, label_smoothing, f_divergence_type, chosen_lengths)
+    alpha = check_number("f_alpha_divergence_coef", f_alpha_divergence_coef)
+    tau = check_number("discopop_tau", discopop_tau, low=0.0, low_open=True)
+    if wpo_weights is not None:
+        _check_same_shape("chosen_log_probs", chosen_log_probs, "wpo_weights", wpo_weights, role="")
     c = upcast(chosen_log_probs)
     dtype = c.dtype
     r = upcast(rejected_log_probs).to(dtype)
@@ -147,13 +229,12 @@ def dpo_loss(
         r_ratio = r - upcast(ref_rejected_log_probs).detach().to(dtype)
     else:
         c_ratio, r_ratio = c, r
-    h = c_ratio - r_ratio
-    if variant == "sigmoid":
-        loss = _sigmoid_loss(beta * h, label_smoothing)
-    elif variant == "hinge":
-        loss = torch.relu(1 - beta * h)
-    else:
-        loss = (h - 1 / (2 * beta)) ** 2
+    pair = _Pair(c, r, c_ratio, r_ratio, f_scores(c_ratio, f_divergence_type, alpha),
+                 f_scores(r_ratio, f_divergence_type, alpha), chosen_lengths, rejected_lengths, beta,
+                 label_smoothing, tau)
+    loss = sum(w * LOSSES[name](pair) for name, w in mixture)
+    if wpo_weights is not None:
+        loss = loss * upcast(wpo_weights).detach().to(dtype)
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=chosen_log_probs.dtype,
                       inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs,
                               "ref_chosen_log_probs": ref_chosen_log_probs,
@@ -161,6 +242,23 @@ def dpo_loss(
     if not return_diagnostics:
         return out
     return out, _pair_diagnostics(beta * c_ratio, beta * r_ratio)
+
+
+def _check_dpo_options(names: set[str], label_smoothing: float, f_divergence_type: object,
+                       lengths: Tensor | None) -> None:
+    if label_smoothing and not names & SMOOTHED_VARIANTS:
+        raise ValueError(f"label_smoothing applies to variant {sorted(SMOOTHED_VARIANTS)} only, got variant "
+                         f"{sorted(names)}")
+    if "exo_pair" in names and not label_smoothing:
+        raise ValueError("variant='exo_pair' needs label_smoothing > 0 (its target distribution (1 - s, s); "
+                         "the EXO paper uses 1e-3)")
+    check_one_of("f_divergence_type", f_divergence_type, F_DIVERGENCES)
+    if f_divergence_type != "reverse_kl" and not names <= F_DIVERGENCE_VARIANTS:
+        raise ValueError(f"f_divergence_type={f_divergence_type!r} applies to variant "
+                         f"{sorted(F_DIVERGENCE_VARIANTS)} only, got {sorted(names - F_DIVERGENCE_VARIANTS)}")
+    if "sigmoid_norm" in names and lengths is None:
+        raise ValueError("variant='sigmoid_norm' divides each score by its completion's length: pass "
+                         "chosen_lengths and rejected_lengths")
 
 
 def simpo_loss(
@@ -336,6 +434,7 @@ def kto_loss(
     ref_log_probs: Tensor,
     *,
     desirable: Tensor | Sequence[bool],
+    variant: Literal["kto", "apo_zero_unpaired"] = "kto",
     kl: float | Tensor = 0.0,
     beta: float = 0.1,
     desirable_weight: float = 1.0,
@@ -366,10 +465,15 @@ def kto_loss(
     not the denominator of ``"mean"``), as in the paper and TRL; the paper advises
     :math:`\lambda_D n_D / (\lambda_U n_U) \in [1, 4/3]`.
 
+    ``variant="apo_zero_unpaired"`` (TRL's ``loss_type``) is APO-zero for unpaired data: no
+    reference point, :math:`\lambda_D(1 - \sigma(\beta r))` for desirable completions and
+    :math:`\lambda_U\,\sigma(\beta r)` for the others.
+
     Args:
         policy_log_probs: :math:`\log\pi_\theta(y \mid x)`, summed over the completion's tokens.
         ref_log_probs: :math:`\log\pi_\text{ref}(y \mid x)`, the same shape.
         desirable: Bool (or 0/1) per completion: ``True`` for desirable; a tensor or a sequence.
+        variant: TRL's ``loss_type``: ``"kto"`` | ``"apo_zero_unpaired"`` (which reads no ``kl``).
         kl: The reference point :math:`z_0` (a number or a one-element tensor).
         beta: :math:`\beta > 0` (0.1, as TRL and Liger).
         desirable_weight: :math:`\lambda_D > 0`.
@@ -389,7 +493,8 @@ def kto_loss(
 
     Raises:
         ValueError: Mismatched shapes, ``desirable`` values other than 0 and 1 (value check), positive
-            log-probabilities (value check), options out of range.
+            log-probabilities (value check), an unknown ``variant`` (with the closest names), a ``kl``
+            with ``"apo_zero_unpaired"``, options out of range.
         TypeError: Non-floating inputs.
 
     Examples:
@@ -400,7 +505,8 @@ def kto_loss(
 
     References:
         Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization", ICML 2024.
-        TRL's ``KTOTrainer`` (``beta=0.1``, ``desirable_weight=undesirable_weight=1``) and
+        D'Oosterlinck et al., "Anchored Preference Optimization", 2024 (APO-zero). TRL's ``KTOTrainer``
+        (``beta=0.1``, ``desirable_weight=undesirable_weight=1``) and
         Liger-Kernel's ``LigerFusedLinearKTOLoss``.
     """
     check_reduction(reduction, normalizer)
@@ -419,6 +525,11 @@ def kto_loss(
             raise ValueError(f"kl must be a number or a one-element tensor, got shape {tuple(kl.shape)}")
     else:
         check_number("kl", kl)
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be one name from {KTO_VARIANTS}, got {type(variant).__name__}")
+    check_variants(variant, None, KTO_VARIANTS)
+    if variant == "apo_zero_unpaired" and (isinstance(kl, Tensor) or kl != 0):
+        raise ValueError("variant='apo_zero_unpaired' has no reference point: leave kl at 0")
     beta, _ = _preference_options(beta, 0.0, return_diagnostics, weight)
     lam_d = check_number("desirable_weight", desirable_weight, low=0.0, low_open=True)
     lam_u = check_number("undesirable_weight", undesirable_weight, low=0.0, low_open=True)
@@ -428,6 +539,8 @@ def kto_loss(
     ratio = lp - upcast(ref_log_probs).detach().to(dtype)
     z0 = upcast(kl).detach().to(dtype).reshape(()) if isinstance(kl, Tensor) else kl
     # 1 - sigmoid(x) = sigmoid(-x), exact for large x.
+    # apo_zero_unpaired is kto with the reference point at 0 and the undesirable term sigma(beta r)
+    # = 1 - sigma(beta (0 - r)): the same expressions.
     loss = torch.where(desirable, lam_d * torch.sigmoid(-beta * (ratio - z0)),
                        lam_u * torch.sigmoid(-beta * (z0 - ratio)))
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=policy_log_probs.dtype,
