@@ -8,6 +8,8 @@ distribution focal) are in :mod:`losskit.functional`.
 
 from losskit.detection.anchors import AnchorGrid, bbox2dist, dfl_decode, dist2bbox, make_anchors
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
+from losskit.detection.obb import YOLOOBBLoss, normalize_angle, rotated_box_to_distance, rotated_distance_to_box
+from losskit.detection.rotated_assigner import RotatedTaskAlignedAssigner, rotated_corners
 from losskit.detection.yolo import DetectionLossResult, YOLOLoss, one_to_many_weight
 
 __all__ = [
@@ -22,4 +24,10 @@ __all__ = [
     "dist2bbox",
     "make_anchors",
     "one_to_many_weight",
+    "RotatedTaskAlignedAssigner",
+    "YOLOOBBLoss",
+    "normalize_angle",
+    "rotated_box_to_distance",
+    "rotated_corners",
+    "rotated_distance_to_box",
 ]
