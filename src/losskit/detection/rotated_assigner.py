@@ -141,7 +141,8 @@ class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
         dtype = torch.promote_types(pred_boxes.dtype, torch.float32)
         pred = pred_boxes.to(dtype)
         pred = torch.cat((pred[:, :2], pred[:, 2:4].abs(), pred[:, 4:]), -1)
-        # in float64: the float32 covariance term cancels for boxes of very different sizes (see losskit.detection.obb._exact_probiou)
+        # in float64: the float32 covariance term cancels for boxes of very different sizes
+        # (see losskit.detection.obb._exact_probiou)
         return probiou(gt_boxes.double(), pred.double(), aligned=True, eps=1e-7).to(dtype).clamp(min=0)
 
 
