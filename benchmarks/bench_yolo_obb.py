@@ -10,7 +10,9 @@ Scenario (the goal: losskit at least 1.5x faster and at least 2x lower peak memo
 image (128x128 + 64x64 + 32x32 = 21504 anchors), 15 classes (DOTA), B = 8, 100 rotated objects per
 image (sides 8-120 px, any angle, w >= h, in overlapping clusters).
 
-Before timing, the script checks that both compute the same total (relative difference <= 1e-4).
+losskit runs with its defaults (top-k among positive candidates: on rotated boxes the same assignment as
+Ultralytics' dense top-k, see tests/test_golden_yolo_obb.py). Before timing, the script checks that both
+compute the same total (relative difference <= 1e-4).
 Memory is the peak of live tensors during one pass (``benchmarks.harness``; on CUDA the allocator's
 peak). Run it in the peer environment with losskit on the path::
 
@@ -106,7 +108,7 @@ def main() -> None:
 
     for reg_max in args.reg_max:
         maps, batch_dict = make_inputs(args.batch, args.objects, args.imgsz, args.classes, reg_max, device)
-        ours = YOLOOBBLoss(args.classes, strides=STRIDES, reg_max=reg_max, scale_by_batch=True, dense_topk=True)
+        ours = YOLOOBBLoss(args.classes, strides=STRIDES, reg_max=reg_max, scale_by_batch=True)
         forwards = {"losskit": lambda ours=ours, maps=maps, batch_dict=batch_dict: ours(maps, batch_dict).total,
                     ULTRALYTICS: ultralytics_forward(maps, batch_dict, args.classes, reg_max)}
         values = {label: f().detach().item() for label, f in forwards.items()}
