@@ -322,9 +322,9 @@ class YOLOOBBLoss(YOLOLoss):
 
     Args:
         num_classes: Number of classes :math:`C`.
-        strides, reg_max, box, cls, dfl, topk, alpha, beta, small_object_size, class_weights, end2end,
-            one_to_one_topk, scale_by_batch, dfl_clamp_margin, distributed, dense_topk: As in
-            :class:`YOLOLoss`.
+        strides: As in :class:`YOLOLoss`, and so are ``reg_max``, ``box``, ``cls``, ``dfl``, ``topk``,
+            ``alpha``, ``beta``, ``small_object_size``, ``class_weights``, ``end2end``,
+            ``one_to_one_topk``, ``scale_by_batch``, ``dfl_clamp_margin``, ``distributed`` and ``dense_topk``.
         angle: :math:`\lambda_{angle}`, the angle term's gain (Ultralytics' ``angle: 1.0``).
         probiou_floor: :math:`f`, added to each box's variances in the box term (Ultralytics: 0.01).
         angle_aspect_scale: :math:`\lambda` of the angle term's aspect weight (Ultralytics: 3).
