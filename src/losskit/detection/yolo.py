@@ -259,7 +259,6 @@ class _BranchPlan:
             out[i] = g
         return out
 
-
     def foreground_gradient(self, grad: Tensor) -> Tensor:
         """``(F, box channels)``: the gradient in the foreground anchors' box logits (box and third terms)."""
         fg = self.fg
