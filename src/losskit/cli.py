@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         "file could not be written, 2 for a bad argument.")
     compare.add_argument("--task", help="segmentation (default), classification, regression, detection, rl, "
                          "tabular (--data FILE --target COLUMN) or segmentation-folder (--data DIR)")
+    compare.add_argument("--obb", action="store_true",
+                         help="with --task detection: rotated rectangles, trained with YOLOOBBLoss (specs obb, "
+                         "obb-no-angle, obb-no-floor)")
     compare.add_argument("--losses", help='comma-separated loss specs, e.g. "ce,dice,0.5*dice+0.5*ce" '
                          "(the task's defaults if omitted); the first is the baseline")
     compare.add_argument("--epochs", type=_count, help="epochs per run, at least 1 (the task's default if omitted)")
@@ -146,7 +149,12 @@ def _compare(args: argparse.Namespace) -> int:
     from losskit.arena.report import print_results
     from losskit.arena.runner import compare
 
-    results = compare(args.task, split_specs(args.losses) if args.losses else None, epochs=args.epochs,
+    task = args.task
+    if args.obb:
+        if task != "detection":
+            raise ValueError(f"--obb goes with --task detection, got --task {task}")
+        task = "detection-obb"
+    results = compare(task, split_specs(args.losses) if args.losses else None, epochs=args.epochs,
                       seeds=args.seeds, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                       out=args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
                       jobs=args.jobs, threads=args.threads, executor=args.executor, address=args.address,

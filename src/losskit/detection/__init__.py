@@ -8,7 +8,9 @@ distribution focal) are in :mod:`losskit.functional`.
 
 from losskit.detection.anchors import AnchorGrid, bbox2dist, dfl_decode, dist2bbox, make_anchors
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
+from losskit.detection.obb import YOLOOBBLoss, normalize_angle, rotated_box_to_distance, rotated_distance_to_box
 from losskit.detection.pose import YOLOPoseLoss
+from losskit.detection.rotated_assigner import RotatedTaskAlignedAssigner, rotated_corners
 from losskit.detection.segment import YOLOSegmentLoss
 from losskit.detection.yolo import DetectionLossResult, YOLOLoss, one_to_many_weight
 
@@ -17,13 +19,19 @@ __all__ = [
     "Assignment",
     "CandidatePairs",
     "DetectionLossResult",
+    "RotatedTaskAlignedAssigner",
     "TaskAlignedAssigner",
     "YOLOLoss",
+    "YOLOOBBLoss",
     "YOLOPoseLoss",
     "YOLOSegmentLoss",
     "bbox2dist",
     "dfl_decode",
     "dist2bbox",
     "make_anchors",
+    "normalize_angle",
     "one_to_many_weight",
+    "rotated_box_to_distance",
+    "rotated_corners",
+    "rotated_distance_to_box",
 ]

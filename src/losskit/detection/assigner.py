@@ -252,14 +252,14 @@ class TaskAlignedAssigner:
             fg_mask=torch.zeros(shape, dtype=torch.bool, device=gt_boxes.device),
             target_gt=torch.full(shape, -1, dtype=torch.long, device=gt_boxes.device),
             target_labels=torch.full(shape, self.num_classes, dtype=torch.long, device=gt_boxes.device),
-            target_boxes=gt_boxes.new_zeros((*shape, 4)),
+            target_boxes=gt_boxes.new_zeros((*shape, gt_boxes.shape[-1])),
             target_scores=score.new_zeros(shape),
             alignment=metric.new_zeros(shape),
         )
         out.fg_mask.view(-1)[slot] = True
         out.target_gt.view(-1)[slot] = gt
         out.target_labels.view(-1)[slot] = gt_labels[gt]
-        out.target_boxes.view(-1, 4)[slot] = gt_boxes[gt]
+        out.target_boxes.view(-1, gt_boxes.shape[-1])[slot] = gt_boxes[gt]
         out.target_scores.view(-1)[slot] = score
         out.alignment.view(-1)[slot] = metric
         return out

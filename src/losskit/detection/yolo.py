@@ -236,7 +236,7 @@ class _BranchPlan:
         cls_factor = (grad[:, 1] * self.cls_scale).view(-1, 1, 1, 1)  # per image
         if self.class_weights is not None:
             cls_factor = cls_factor * self.class_weights.view(1, -1, 1, 1)
-        box_grad = grad[fg.image, 0, None] * fg.box_grad + grad[fg.image, 2, None] * fg.third_grad
+        box_grad = self.foreground_gradient(grad)
         label_weight = 1.0 if self.class_weights is None else self.class_weights[fg.label]
         fg_cls = grad[fg.image, 1] * self.cls_scale * label_weight * fg.score  # the -x*y part of BCE
         out: list[Tensor | None] = [None] * len(maps)
@@ -258,6 +258,11 @@ class _BranchPlan:
             g[image, :r, row, col] = box_grad[where].to(m.dtype)
             out[i] = g
         return out
+
+    def foreground_gradient(self, grad: Tensor) -> Tensor:
+        """``(F, box channels)``: the gradient in the foreground anchors' box logits (box and third terms)."""
+        fg = self.fg
+        return grad[fg.image, 0, None] * fg.box_grad + grad[fg.image, 2, None] * fg.third_grad
 
 
 def _branch_loss(levels: _Levels, targets: _Targets, assigner: TaskAlignedAssigner, loss: YOLOLoss,

@@ -9,7 +9,15 @@ Metrics come from torchmetrics and detection mAP from faster-coco-eval; pandas a
 your files. Each is imported when it is needed, so importing this package needs torch alone.
 """
 
-from losskit.arena.tasks import classification, regression, rl, segmentation, segmentation_folder, tabular
+from losskit.arena.tasks import (
+    classification,
+    detection_obb,
+    regression,
+    rl,
+    segmentation,
+    segmentation_folder,
+    tabular,
+)
 from losskit.arena.tasks.base import TASKS, Task, get_task, register_task
 from losskit.arena.tasks.detection import (
     SHAPES_CLASSES,
@@ -25,5 +33,6 @@ from losskit.arena.tasks.segmentation import LESION_SIZE, TinyUNet, make_lesion_
 
 __all__ = ["LESION_SIZE", "SHAPES_CLASSES", "SHAPES_REG_MAX", "SHAPES_SIZE", "SHAPES_STRIDES", "TASKS",
            "ActorCritic", "CartPole", "Task", "TinyDetector", "TinyUNet", "classification", "decode_detections",
+           "detection_obb",
            "get_task", "make_lesion_images", "make_shapes", "regression", "register_task", "rl", "segmentation",
            "segmentation_folder", "tabular"]
