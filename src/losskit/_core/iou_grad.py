@@ -15,7 +15,8 @@ any make is doing less, not tuning for one cache:
   (``tests/test_boxes.py``).
 * **Vectorized kernels only.** Comparisons with bool results, ``torch.where``, ``masked_fill``
   and ops mixing bool and float tensors run element by element on CPUs, several times slower than
-  arithmetic. Masks here are 0/1 floats (``sign`` of a ``relu``), and a select is ``torch.lerp``
+  arithmetic. Masks here are 0/1 floats (a comparison written into a float tensor, which runs
+  vectorized: one op where ``sign`` of a ``relu`` took two), and a select is ``torch.lerp``
   with a 0/1 weight, which returns either end exactly.
 * **One workspace per call**, reused by every block, whose rows each quantity takes in turn
   (``out=`` and in-place ops): 8 floats per coordinate and 8 to 10 more per pair of a block,
@@ -78,16 +79,16 @@ class IoUSpec:
     gamma: float | None = None  # eiou: Focal-EIoU's detached IoU^gamma
 
 
-def _positive_(x: Tensor) -> Tensor:
-    """``[x > 0]`` as 0/1 floats (0 for NaN), in place."""
-    return x.relu_().sign_()
+def _above(x: Tensor, threshold: float, out: Tensor) -> Tensor:
+    """``[x > threshold]`` as 0/1 floats (0 for NaN), into ``out`` (which may be ``x``)."""
+    return torch.gt(x, threshold, out=out)
 
 
 def _guarded_reciprocal(den: Tensor, eps: float, out: Tensor) -> Tensor:
     """``1 / den`` where ``den > eps``, else 0, into ``out`` (which may be ``den``): the factor of a
     guarded ratio. NaN stays NaN (``0 / NaN``)."""
     floored = den.clamp_min(eps)
-    return _positive_(torch.sub(den, eps, out=out)).div_(floored)
+    return _above(den, eps, out).div_(floored)
 
 
 # The helpers below take the rows of a (D, rows) quantity as a tuple (``_Layout`` makes them once
@@ -210,7 +211,7 @@ def _exact_miss(lay: _Layout, inter: Tensor, giou: bool, eps: float) -> Tensor:
         out1.sub_(only2)
     only = only1.add_(only2)
     exact_union = torch.add(only, inter, out=scratch0)
-    proper = _positive_(torch.sub(exact_union, eps, out=scratch1))  # [U > eps] as 0/1
+    proper = _above(exact_union, eps, scratch1)  # [U > eps] as 0/1
     # only / U where U > eps, else 1 (NaN stays NaN through only); the 1 is added as 1 - [U > eps],
     # a 0 or 1 formed apart: adding 1 - [U > eps] to the ratio in two steps would round it.
     miss = only.mul_(proper).div_(exact_union.clamp_min_(eps))
@@ -247,7 +248,7 @@ def _block(x: Tensor, t: Tensor, spec: IoUSpec, lay: _Layout, loss: Tensor, grad
     off = None
     if kind not in ("iou", "giou"):  # ((hi2 - hi1) + (lo2 - lo1)) / 2, from exact differences
         off = torch.sub(lay.diff_hi, lay.diff_lo, out=lay.spare0).mul_(0.5)
-    chosen = _positive_(diff)
+    chosen = _above(diff, 0.0, diff)
 
     _product(lay.axis_pairs, lay.areas)  # (A1, A2)
     union = sc[1].add_(sc[2]).sub_(inter)
@@ -351,7 +352,7 @@ def _ciou_terms(lay: _Layout, iou: Tensor, miss: Tensor, spec: IoUSpec, loss: Te
     w, h = lay.axis_pairs  # (2, rows) each: both boxes
     r_norm = _guarded_reciprocal(_squares(lay.axis_pairs, norm_rows), eps, norm_rows)  # 0 for a point box
     # atan(w / h) as atan2(w, h); pi/4 for a point box (w^2 + h^2 <= eps), as boxes._aspect_angle.
-    point = _positive_(r_norm.clone()).neg_().add_(1.0)
+    point = _above(r_norm, 0.0, torch.empty_like(r_norm)).neg_().add_(1.0)
     angle = torch.atan2(w, h, out=angle_rows).lerp_(lay.quarter_pi, point)
     delta = torch.sub(angle[1], angle[0], out=angle[0])
     v = torch.mul(delta, delta, out=angle[1]).mul_(_ASPECT)
