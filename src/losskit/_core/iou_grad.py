@@ -197,9 +197,9 @@ def _exact_miss(lay: _Layout, inter: Tensor, giou: bool, eps: float) -> Tensor:
     out0, out1 = lay.miss_rows[0], lay.miss_rows[1]
     beyond2, beyond1 = lay.spare0, lay.spare1
     # Per axis, how far box 2 reaches beyond box 1 (both ends together), and box 1 beyond box 2.
-    torch.clamp_min(lay.diff_lo, 0.0, out=beyond2)
+    torch.clamp_min(lay.box2, 0.0, out=lay.box1)  # both ends at once, over box 1's spare rows
+    beyond2.add_(beyond1)
     torch.clamp_max(lay.diff_lo, 0.0, out=beyond1)
-    beyond2.add_(torch.clamp_min(lay.diff_hi, 0.0, out=lay.axis_scratch))
     beyond1.add_(torch.clamp_max(lay.diff_hi, 0.0, out=lay.axis_scratch)).neg_()
     torch.minimum(lay.s1, beyond1, out=beyond1)
     only1 = _area_beyond(lay.s1_rows, lay.ov_rows, lay.spare1_rows, out0, scratch1)  # A1 - I
