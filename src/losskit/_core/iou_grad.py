@@ -15,12 +15,15 @@ any make is doing less, not tuning for one cache:
   (``tests/test_boxes.py``).
 * **Vectorized kernels only.** Comparisons with bool results, ``torch.where``, ``masked_fill``
   and ops mixing bool and float tensors run element by element on CPUs, several times slower than
-  arithmetic. Masks here are 0/1 floats (``sign`` of a ``relu``), and a select is ``torch.lerp``
+  arithmetic. Masks here are 0/1 floats (a comparison written into a float tensor, which runs
+  vectorized: one op where ``sign`` of a ``relu`` took two), and a select is ``torch.lerp``
   with a 0/1 weight, which returns either end exactly.
 * **One workspace per call**, reused by every block, whose rows each quantity takes in turn
   (``out=`` and in-place ops): 8 floats per coordinate and 8 to 10 more per pair of a block,
   allocated once, so the cost does not depend on how the allocator treats many short-lived
-  buffers.
+  buffers. Its views (rows, halves, per-axis pairs) are made once per call too (``_Layout``) and
+  shared by equal blocks: at 10k pairs indexing and dispatch, not arithmetic, set a block's time,
+  and making the views once took a fifth to a third off it (loaded 2-core Xeon, one thread).
 
 The geometry is that of :func:`losskit.boxes.pair_geometry`, with the same conventions:
 
@@ -76,40 +79,44 @@ class IoUSpec:
     gamma: float | None = None  # eiou: Focal-EIoU's detached IoU^gamma
 
 
-def _positive_(x: Tensor) -> Tensor:
-    """``[x > 0]`` as 0/1 floats (0 for NaN), in place."""
-    return x.relu_().sign_()
+def _above(x: Tensor, threshold: float, out: Tensor) -> Tensor:
+    """``[x > threshold]`` as 0/1 floats (0 for NaN), into ``out`` (which may be ``x``)."""
+    return torch.gt(x, threshold, out=out)
 
 
 def _guarded_reciprocal(den: Tensor, eps: float, out: Tensor) -> Tensor:
     """``1 / den`` where ``den > eps``, else 0, into ``out`` (which may be ``den``): the factor of a
     guarded ratio. NaN stays NaN (``0 / NaN``)."""
     floored = den.clamp_min(eps)
-    return _positive_(torch.sub(den, eps, out=out)).div_(floored)
+    return _above(den, eps, out).div_(floored)
 
 
-def _times_others(values: Tensor, factor: Tensor, out: Tensor) -> Tensor:
-    """``out[k] = factor * prod(values[j] for j != k)`` for ``(D, rows)`` values: ``factor`` times
-    the derivative of the product over ``D`` in row ``k``. ``out`` must not overlap ``values``."""
-    dims = values.shape[0]
+# The helpers below take the rows of a (D, rows) quantity as a tuple (``_Layout`` makes them once
+# per call): indexing a tensor costs a dispatch, and at 10k pairs a block's dispatches, not its
+# arithmetic, set its time.
+
+
+def _times_others(values: tuple[Tensor, ...], factor: Tensor, out: tuple[Tensor, ...]) -> None:
+    """``out[k] = factor * prod(values[j] for j != k)``: ``factor`` times the derivative of the
+    product of ``values`` in row ``k``. ``out`` must not overlap ``values``."""
+    dims = len(values)
     for k in range(dims):
         others = [values[j] for j in range(dims) if j != k]
         torch.mul(others[0], factor, out=out[k])
         for row in others[1:]:
             out[k].mul_(row)
-    return out
 
 
-def _product(values: Tensor, out: Tensor) -> Tensor:
-    """Product over the first dimension, into ``out``."""
+def _product(values: tuple[Tensor, ...], out: Tensor) -> Tensor:
+    """Product of the rows ``values``, into ``out``."""
     torch.mul(values[0], values[1], out=out)
     for row in values[2:]:
         out.mul_(row)
     return out
 
 
-def _squares(values: Tensor, out: Tensor) -> Tensor:
-    """Sum of squares over the first dimension, into ``out``."""
+def _squares(values: tuple[Tensor, ...], out: Tensor) -> Tensor:
+    """Sum of squares of the rows ``values``, into ``out``."""
     torch.mul(values[0], values[0], out=out)
     for row in values[1:]:
         out.addcmul_(row, row)
@@ -121,13 +128,14 @@ def workspace_rows(spec: IoUSpec, dims: int) -> int:
     return 8 * dims + _SCALAR_ROWS[spec.kind] + _MISS_ROWS
 
 
-def _area_beyond(big: Tensor, small: Tensor, extra: Tensor, out: Tensor, scratch: Tensor) -> Tensor:
-    """``prod(big) - prod(small)`` for ``(D, rows)`` sides ``big = small + extra`` (``extra >= 0``), as
-    the sum of non-negative terms ``sum_k prod(big[:k]) extra[k] prod(small[k+1:])``, into ``out``
+def _area_beyond(big: tuple[Tensor, ...], small: tuple[Tensor, ...], extra: tuple[Tensor, ...], out: Tensor,
+                 scratch: Tensor) -> Tensor:
+    """``prod(big) - prod(small)`` for sides (rows) ``big = small + extra`` (``extra >= 0``), as the
+    sum of non-negative terms ``sum_k prod(big[:k]) extra[k] prod(small[k+1:])``, into ``out``
     (``scratch``: one free row). The same sum as :func:`losskit.boxes.pair_geometry`'s."""
-    dims = extra.shape[0]
+    dims = len(extra)
     for k in range(dims):
-        factors = [big[j] for j in range(k)] + [small[j] for j in range(k + 1, dims)]
+        factors = big[:k] + small[k + 1:]
         term = out if k == 0 else scratch
         torch.mul(extra[k], factors[0], out=term)
         for row in factors[1:]:
@@ -137,79 +145,113 @@ def _area_beyond(big: Tensor, small: Tensor, extra: Tensor, out: Tensor, scratch
     return out
 
 
-def _exact_miss(size: Tensor, diff: Tensor, iw: Tensor, inter: Tensor, beyond: Tensor, scratch: Tensor,
-                out: Tensor, hull: Tensor | None, eps: float) -> Tensor:
+class _Layout:
+    """The views of one block's workspace ``(workspace_rows(spec, D), rows)``, made once per call
+    and shared by its equal blocks. The rows each quantity takes in turn are described in
+    :func:`_block`."""
+
+    def __init__(self, ws: Tensor, dims: int) -> None:
+        d, rows = dims, ws.shape[1]
+        self.ws, self.dims = ws, d
+        # Rows 0..4D: the boxes, box-major, as (-lo, hi); rows 4D..8D: (half, min/max, axis).
+        self.box_rows = ws[: 4 * d]
+        boxes = self.box_rows.view(2, 2, d, rows)  # box, (-lo, hi), axis
+        extremes = ws[4 * d : 8 * d].view(2, 2, d, rows)
+        self.lo_halves, self.hi_halves = boxes[:, 0], boxes[:, 1]
+        self.box1, self.box2 = boxes[0], boxes[1]
+        self.minima, self.maxima = extremes[:, 0], extremes[:, 1]
+        self.half0, self.half1 = extremes[0], extremes[1]
+        self.ov, self.enc = extremes[1, 0], extremes[1, 1]
+        self.ov_rows, self.enc_rows = self.ov.unbind(0), self.enc.unbind(0)
+        self.s1, self.s2 = extremes[0, 0], extremes[0, 1]  # sizes, over the spent half 0
+        self.s1_rows, self.s2_rows = self.s1.unbind(0), self.s2.unbind(0)
+        self.size = extremes[0]
+        self.axis_pairs = self.size.transpose(0, 1).unbind(0)  # (s1_k, s2_k) per axis, each (2, rows)
+        # Box 2 becomes (lo1 - lo2, hi2 - hi1), then the 0/1 choice of box 1's entries, then the
+        # gradient; box 1's rows are spare from then on.
+        self.diff_lo, self.diff_hi = boxes[1, 0], boxes[1, 1]
+        self.diff_hi_rows = self.diff_hi.unbind(0)
+        self.diff_lo_rows = self.diff_lo.unbind(0)
+        self.spare0, self.spare1 = boxes[0, 0], boxes[0, 1]  # beyond2 / offset, beyond1
+        self.spare0_rows, self.spare1_rows = self.spare0.unbind(0), self.spare1.unbind(0)
+        sc = ws[8 * d :]
+        self.sc = sc.unbind(0)  # rows for values with one entry per pair
+        self.axis_scratch = sc[4 : 4 + d]  # free while the miss is formed (D <= 3: rows 4-6)
+        self.areas = sc[1:3]
+        self.miss_rows = sc[-_MISS_ROWS:]
+        self.block = sc
+        self.quarter_pi = ws.new_tensor(math.pi / 4)  # CIoU's angle of a point box
+
+
+def _exact_miss(lay: _Layout, inter: Tensor, giou: bool, eps: float) -> Tensor:
     """``1 - IoU`` as :func:`losskit.boxes.pair_geometry` forms it with ``exact_miss=True``: the areas
     of each box outside the other, summed from the parts of their sides outside the other box, over
     their sum with the intersection (1 for a degenerate union). ``1 - IoU`` itself keeps few digits
     of a close prediction's loss.
 
-    ``diff`` is ``(lo1 - lo2, hi2 - hi1)``; ``beyond`` ``(2, D, rows)`` and ``scratch`` (2 rows) are
-    free workspace. The miss goes to ``out[0]``; with ``hull`` (the enclosing sides), ``out[1]``
-    gets the enclosing area minus the union, GIoU's gap, the same way.
+    Reads the sizes, the differences ``(lo1 - lo2, hi2 - hi1)`` and the overlaps (clamped at 0) of
+    ``lay``; box 1's rows and rows 4 and 5 are free workspace. The miss goes to the first miss row;
+    with ``giou``, the second gets the enclosing area minus the union, GIoU's gap, the same way.
     """
-    s1, s2 = size[0], size[1]
-    beyond2, beyond1 = beyond[0], beyond[1]
+    scratch0, scratch1 = lay.sc[4], lay.sc[5]
+    out0, out1 = lay.miss_rows[0], lay.miss_rows[1]
+    beyond2, beyond1 = lay.spare0, lay.spare1
     # Per axis, how far box 2 reaches beyond box 1 (both ends together), and box 1 beyond box 2.
-    torch.clamp_min(diff[0], 0.0, out=beyond2)
-    torch.clamp_max(diff[0], 0.0, out=beyond1)
-    for k in range(diff.shape[1]):
-        beyond2[k].add_(torch.clamp_min(diff[1, k], 0.0, out=scratch[0]))
-        beyond1[k].add_(torch.clamp_max(diff[1, k], 0.0, out=scratch[0]))
-    beyond1.neg_()
-    only1 = _area_beyond(s1, iw, torch.minimum(s1, beyond1, out=beyond1), out[0], scratch[1])  # A1 - I
-    if hull is not None:  # C - U = (C - A1) - (A2 - I): the enclosing sides are s1 + beyond2
-        _area_beyond(hull, s1, beyond2, out[1], scratch[1])
-    only2 = _area_beyond(s2, iw, torch.minimum(s2, beyond2, out=beyond2), scratch[0], scratch[1])  # A2 - I
-    if hull is not None:
-        out[1].sub_(only2)
+    torch.clamp_min(lay.box2, 0.0, out=lay.box1)  # both ends at once, over box 1's spare rows
+    beyond2.add_(beyond1)
+    torch.clamp_max(lay.diff_lo, 0.0, out=beyond1)
+    beyond1.add_(torch.clamp_max(lay.diff_hi, 0.0, out=lay.axis_scratch)).neg_()
+    torch.minimum(lay.s1, beyond1, out=beyond1)
+    only1 = _area_beyond(lay.s1_rows, lay.ov_rows, lay.spare1_rows, out0, scratch1)  # A1 - I
+    if giou:  # C - U = (C - A1) - (A2 - I): the enclosing sides are s1 + beyond2
+        _area_beyond(lay.enc_rows, lay.s1_rows, lay.spare0_rows, out1, scratch1)
+    torch.minimum(lay.s2, beyond2, out=beyond2)
+    only2 = _area_beyond(lay.s2_rows, lay.ov_rows, lay.spare0_rows, scratch0, scratch1)  # A2 - I
+    if giou:
+        out1.sub_(only2)
     only = only1.add_(only2)
-    exact_union = torch.add(only, inter, out=scratch[0])
-    proper = _positive_(torch.sub(exact_union, eps, out=scratch[1]))  # [U > eps] as 0/1
+    exact_union = torch.add(only, inter, out=scratch0)
+    proper = _above(exact_union, eps, scratch1)  # [U > eps] as 0/1
     # only / U where U > eps, else 1 (NaN stays NaN through only); the 1 is added as 1 - [U > eps],
     # a 0 or 1 formed apart: adding 1 - [U > eps] to the ratio in two steps would round it.
     miss = only.mul_(proper).div_(exact_union.clamp_min_(eps))
     return miss.add_(proper.neg_().add_(1.0))
 
 
-def _block(x: Tensor, t: Tensor, spec: IoUSpec, ws: Tensor, loss: Tensor, grad_out: Tensor) -> None:
+def _block(x: Tensor, t: Tensor, spec: IoUSpec, lay: _Layout, loss: Tensor, grad_out: Tensor) -> None:
     """Loss and gradient of one block of pairs: ``x``, ``t`` ``(rows, 2D)`` in, the loss written into
-    ``loss`` ``(rows,)`` and the gradient into ``grad_out`` ``(rows, 2D)``; ``ws`` is the workspace,
-    ``(workspace_rows(spec, D), rows)``."""
-    rows, width = x.shape
-    d = width // 2
+    ``loss`` ``(rows,)`` and the gradient into ``grad_out`` ``(rows, 2D)``; ``lay`` holds the views
+    of the workspace, ``(workspace_rows(spec, D), rows)``."""
+    d = lay.dims
     eps = spec.eps
+    sc = lay.sc
     # Rows 0..4D: the boxes, box-major, as (-lo, hi). With the low corner negated one minimum gives
     # (-max(lo), min(hi)) and one maximum (-min(lo), max(hi)); sizes, overlaps and the enclosing
     # box are then sums of halves, with no sign vector to broadcast.
-    boxes = ws[: 4 * d].view(2, 2, d, rows)  # box, (-lo, hi), axis
-    torch.stack(x.unbind(1) + t.unbind(1), out=ws[: 4 * d])  # faster than copy_ from a transposed view
-    boxes[:, 0].neg_()
+    torch.stack(x.unbind(1) + t.unbind(1), out=lay.box_rows)  # faster than copy_ from a transposed view
+    lay.lo_halves.neg_()
     # Rows 4D..8D: (half, min/max, axis), half 0 = (-max(lo), -min(lo)), half 1 = (min(hi), max(hi)).
-    extremes = ws[4 * d : 8 * d].view(2, 2, d, rows)
-    box1, box2 = boxes[0], boxes[1]
-    torch.minimum(box1, box2, out=extremes[:, 0])
-    torch.maximum(box1, box2, out=extremes[:, 1])
-    ov_enc = extremes[1].add_(extremes[0])  # (ov, enc) = (min(hi) - max(lo), max(hi) - min(lo))
-    ov, enc = ov_enc[0], ov_enc[1]
-    size = torch.add(boxes[:, 1], boxes[:, 0], out=extremes[0])  # (s1, s2), over the spent half 0
-    s1, s2 = size[0], size[1]
+    torch.minimum(lay.box1, lay.box2, out=lay.minima)
+    torch.maximum(lay.box1, lay.box2, out=lay.maxima)
+    lay.half1.add_(lay.half0)  # (ov, enc) = (min(hi) - max(lo), max(hi) - min(lo))
+    ov, enc = lay.ov, lay.enc
+    torch.add(lay.hi_halves, lay.lo_halves, out=lay.half0)  # (s1, s2), over the spent half 0
+    s1, s2 = lay.s1, lay.s2
     # Box 2 becomes (lo1 - lo2, hi2 - hi1); box 1's rows are free from here on.
-    diff = box2.sub_(box1)
-    spare = box1  # (2, D, rows), free
+    diff = lay.box2.sub_(lay.box1)
     iw = ov.clamp_min_(0.0)
-    sc = ws[8 * d :]  # rows for values with one entry per pair
-    inter = _product(iw, sc[0])
-    miss_rows = sc[-_MISS_ROWS:]
+    inter = _product(lay.ov_rows, sc[0])
+    kind = spec.kind
     # Rows 4 and 5 (dS/dA1, dS/dI later) are free until the IoU's gradient is formed.
-    miss = _exact_miss(size, diff, iw, inter, spare, sc[4:6], miss_rows, enc if spec.kind == "giou" else None, eps)
+    miss = _exact_miss(lay, inter, kind == "giou", eps)
+    miss_rows = lay.miss_rows
     off = None
-    if spec.kind not in ("iou", "giou"):  # ((hi2 - hi1) + (lo2 - lo1)) / 2, from exact differences
-        off = torch.sub(diff[1], diff[0], out=spare[0]).mul_(0.5)
-    chosen = _positive_(diff)
+    if kind not in ("iou", "giou"):  # ((hi2 - hi1) + (lo2 - lo1)) / 2, from exact differences
+        off = torch.sub(lay.diff_hi, lay.diff_lo, out=lay.spare0).mul_(0.5)
+    chosen = _above(diff, 0.0, diff)
 
-    areas = _product(size.transpose(0, 1), sc[1:3])
-    union = areas[0].add_(areas[1]).sub_(inter)
+    _product(lay.axis_pairs, lay.areas)  # (A1, A2)
+    union = sc[1].add_(sc[2]).sub_(inter)
     r_union = _guarded_reciprocal(union, eps, sc[2])
     iou = torch.mul(inter, r_union, out=sc[3])
     # dIoU/dI = (1 + IoU) / U and dIoU/dA1 = -IoU / U (U = A1 + A2 - I): dS/dI and dS/dA1 so far.
@@ -218,32 +260,32 @@ def _block(x: Tensor, t: Tensor, spec: IoUSpec, ws: Tensor, loss: Tensor, grad_o
     g_area.neg_()
     d_enc = d_size = half_d_off = focus = None  # dS/denc, dS/ds1 beyond A1, dS/dd / 2, Focal-EIoU's weight
 
-    kind = spec.kind
     if kind == "iou":
         loss.copy_(miss)
         if spec.mode != "linear":
             _iou_mode(spec, iou, loss, g_inter, g_area)
     elif kind == "giou":
-        hull = _product(enc, sc[0])
+        hull = _product(lay.enc_rows, sc[0])
         r_hull = _guarded_reciprocal(hull, eps, sc[2])
         torch.addcmul(miss, miss_rows[1], r_hull, out=loss)  # 1 - IoU + (C - U) / C
         # S = IoU - 1 + U / C for C > eps: dS/dU = 1/C (U = A1 + A2 - I), dS/dC = -U/C^2.
         g_inter.sub_(r_hull)
         g_area.add_(r_hull)
-        d_enc = _times_others(enc, union.mul_(r_hull).mul_(r_hull).neg_(), spare[0])
+        _times_others(lay.enc_rows, union.mul_(r_hull).mul_(r_hull).neg_(), lay.spare0_rows)
+        d_enc = lay.spare0
     else:
-        r_c2 = _guarded_reciprocal(_squares(enc, sc[0]), eps, sc[0])
-        centre = _squares(off, sc[1]).mul_(r_c2)
+        r_c2 = _guarded_reciprocal(_squares(lay.enc_rows, sc[0]), eps, sc[0])
+        centre = _squares(lay.spare0_rows, sc[1]).mul_(r_c2)
         torch.add(miss, centre, out=loss)
         # S -= rho^2 / c^2: dS/dd = -2 d / c^2, dS/denc = 2 enc rho^2 / c^4.
         half_d_off = off.mul_(r_c2).neg_()
         if kind == "eiou":
-            eiou_d_enc, d_size = _eiou_terms(size, enc, eps, loss)
+            eiou_d_enc, d_size = _eiou_terms(lay.size, enc, eps, loss)
             if spec.gamma is not None:
                 focus = iou.pow(spec.gamma)
         d_enc = enc.mul_(centre.mul_(r_c2).mul_(2.0))  # the enclosing sides are spent
         if kind == "ciou":
-            d_size = _ciou_terms(size, iou, miss, spec, loss, g_inter, g_area, sc[0], sc[6:8], spare[1])
+            d_size = _ciou_terms(lay, iou, miss, spec, loss, g_inter, g_area)
         elif kind == "eiou":
             d_enc.add_(eiou_d_enc)
         elif kind != "diou":
@@ -251,14 +293,16 @@ def _block(x: Tensor, t: Tensor, spec: IoUSpec, ws: Tensor, loss: Tensor, grad_o
 
     # dS/ds1 through A1, over s2 (spent); then dS/dov_k = dS/dI * (product of the other overlaps)
     # where ov_k > 0, over s1.
-    g_size = _times_others(s1, g_area, s2)
+    _times_others(lay.s1_rows, g_area, lay.s2_rows)
+    g_size = s2
     if d_size is not None:
         g_size.add_(d_size)
-    g_ov = _times_others(iw, g_inter, s1).mul_(iw.sign_())
+    _times_others(lay.ov_rows, g_inter, lay.s1_rows)
+    g_ov = s1.mul_(iw.sign_())
     # ov = min(hi) + min(-lo) and enc = max(hi) + max(-lo): box 1's entry that is the min takes
     # dS/dov, otherwise (ties included) dS/denc. With dd/d(-lo1) = 1/2 and dd/dhi1 = -1/2:
     # dS/d(-lo1) = pick_lo + g_size + dS/dd / 2 and dS/dhi1 = pick_hi + g_size - dS/dd / 2.
-    for side in chosen:  # side 0: -lo, side 1: hi; the pick replaces the 0/1 weights
+    for side in (lay.diff_lo, lay.diff_hi):  # side 0: -lo, side 1: hi; the pick replaces the 0/1 weights
         if d_enc is None:
             side.mul_(g_ov)
         else:
@@ -271,14 +315,15 @@ def _block(x: Tensor, t: Tensor, spec: IoUSpec, ws: Tensor, loss: Tensor, grad_o
             half_d_off.mul_(focus)
     # The loss is 1 - S: dL/dlo1 = dS/d(-lo1) and dL/dhi1 = -dS/dhi1. Written column by column:
     # a (D, rows) op into the (rows, 2D) gradient would run an inner loop of D elements.
+    columns = grad_out.unbind(1)
     for k in range(d):
-        lo_col, hi_col = grad_out[:, k], grad_out[:, d + k]
+        lo_col, hi_col = columns[k], columns[d + k]
         if half_d_off is None:
-            lo_col.copy_(pick[0, k])
-            torch.neg(pick[1, k], out=hi_col)
+            lo_col.copy_(lay.diff_lo_rows[k])
+            torch.neg(lay.diff_hi_rows[k], out=hi_col)
         else:
-            torch.add(pick[0, k], half_d_off[k], out=lo_col)
-            torch.sub(half_d_off[k], pick[1, k], out=hi_col)
+            torch.add(lay.diff_lo_rows[k], lay.spare0_rows[k], out=lo_col)
+            torch.sub(lay.spare0_rows[k], lay.diff_hi_rows[k], out=hi_col)
 
 
 def _iou_mode(spec: IoUSpec, iou: Tensor, loss: Tensor, g_inter: Tensor, g_area: Tensor) -> None:
@@ -297,17 +342,18 @@ def _iou_mode(spec: IoUSpec, iou: Tensor, loss: Tensor, g_inter: Tensor, g_area:
     g_area.mul_(scale)
 
 
-def _ciou_terms(size: Tensor, iou: Tensor, miss: Tensor, spec: IoUSpec, loss: Tensor, g_inter: Tensor,
-                g_area: Tensor, den_row: Tensor, angle_rows: Tensor, norm_rows: Tensor) -> Tensor:
+def _ciou_terms(lay: _Layout, iou: Tensor, miss: Tensor, spec: IoUSpec, loss: Tensor, g_inter: Tensor,
+                g_area: Tensor) -> Tensor:
     """CIoU's aspect term: adds ``alpha v`` to ``loss``, scales dS/dI and dS/dA1 when alpha is
-    differentiated, and returns dS/ds1 of the term (in ``norm_rows``). ``miss`` is the exact
-    ``1 - IoU``; ``den_row``, ``angle_rows`` (2) and ``norm_rows`` (2) are free workspace rows."""
+    differentiated, and returns dS/ds1 of the term (in box 1's spare ``hi`` rows). ``miss`` is the
+    exact ``1 - IoU``; workspace rows 0, 6 and 7 are free."""
     eps = spec.eps
-    w, h = size[:, 0], size[:, 1]  # (2, rows) each: both boxes
-    r_norm = _guarded_reciprocal(_squares(size.transpose(0, 1), norm_rows), eps, norm_rows)  # 0 for a point box
+    den_row, angle_rows, norm_rows = lay.sc[0], lay.block[6:8], lay.spare1
+    w, h = lay.axis_pairs  # (2, rows) each: both boxes
+    r_norm = _guarded_reciprocal(_squares(lay.axis_pairs, norm_rows), eps, norm_rows)  # 0 for a point box
     # atan(w / h) as atan2(w, h); pi/4 for a point box (w^2 + h^2 <= eps), as boxes._aspect_angle.
-    point = _positive_(r_norm.clone()).neg_().add_(1.0)
-    angle = torch.atan2(w, h, out=angle_rows).lerp_(angle_rows.new_tensor(math.pi / 4), point)
+    point = _above(r_norm, 0.0, torch.empty_like(r_norm)).neg_().add_(1.0)
+    angle = torch.atan2(w, h, out=angle_rows).lerp_(lay.quarter_pi, point)
     delta = torch.sub(angle[1], angle[0], out=angle[0])
     v = torch.mul(delta, delta, out=angle[1]).mul_(_ASPECT)
     r_den = _guarded_reciprocal(torch.add(miss, v, out=den_row), eps, den_row)
@@ -362,9 +408,11 @@ def iou_loss_and_grad(x: Tensor, t: Tensor, spec: IoUSpec) -> tuple[Tensor, Tens
     step = block_rows(rows, x.device)
     height = workspace_rows(spec, width // 2)
     workspace = x.new_empty(height * step)
+    layouts: dict[int, _Layout] = {}  # one per block size: every block but the last shares one
     for start in range(0, rows, step):
         part = slice(start, start + step)
         count = min(step, rows - start)
-        ws = workspace[: height * count].view(height, count)
-        _block(x[part], t[part], spec, ws, loss[part], grad[part])
+        if count not in layouts:
+            layouts[count] = _Layout(workspace[: height * count].view(height, count), width // 2)
+        _block(x[part], t[part], spec, layouts[count], loss[part], grad[part])
     return loss, grad
