@@ -1,7 +1,7 @@
 """Metric-learning losses with class proxies: live parity with pytorch-metric-learning 2.9, float64
 references written from the papers, and the module forms' learned proxies.
 
-The contract suite (tests/test_contract.py via tests/spec_metric.py), the accuracy contract and the
+The contract suite (tests/test_contract.py via losskit/examples/metric.py), the accuracy contract and the
 hostile-input properties cover these losses too; this file checks what is particular to them.
 """
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tests.specs import FLOAT32, Budget, Case, Spec, large, typical
+from losskit.examples.base import FLOAT32, Budget, Case, Spec, large, typical
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from tests.specs import (
+from losskit.examples.base import (
     Budget,
     Case,
     Regime,

@@ -1,4 +1,4 @@
-"""Contract-suite specs for the contrastive losses (see tests/specs.py).
+"""Contract-suite specs for the contrastive losses (see losskit/examples/base.py).
 
 Each case is a small batch of random float64 embeddings. For the label-driven losses every
 anchor has a positive (and, for the triplet loss, a negative), so the plain mean of
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, large, typical
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large, typical
 
 DIM = 5
 

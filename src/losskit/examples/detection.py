@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tests.spec_classification import NOT_BOXES, binary_regimes
-from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
+from losskit.examples.base import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
+from losskit.examples.classification import NOT_BOXES, binary_regimes
 
 A, C = 3, 4  # anchors and classes per sample in the classification cases
 SIDES, BINS = 4, 8  # box sides and bins per side in the DFL case

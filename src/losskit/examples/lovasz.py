@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, large, typical, uniform
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large, typical, uniform
 
 C = 3
 SPATIAL = (3, 4)

@@ -1,4 +1,4 @@
-"""Contract-suite specs for the metric-learning losses with class proxies (see tests/specs.py).
+"""Contract-suite specs for the metric-learning losses with class proxies (see losskit/examples/base.py).
 
 Each case is a batch of random float64 embeddings ``(n, 5)`` with labels among 4 classes and random
 proxies ``(4, 5)`` (``(4, 2, 5)`` with sub-centres), passed as ``proxies=``. The margin losses run at
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, typical
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, typical
 
 DIM, CLASSES, SUB_CENTERS = 5, 4, 2
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical
+from losskit.examples.base import Case, Regime, Spec, elementwise_weight, large, same_shape, typical
 
 FEATURES = 3
 

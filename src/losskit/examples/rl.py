@@ -1,4 +1,4 @@
-"""Contract-suite specs for the rl and preference losses (see tests/specs.py).
+"""Contract-suite specs for the rl and preference losses (see losskit/examples/base.py).
 
 Policy losses get log-probabilities of shape (n, 3) (three tokens per sequence), kept away from 0;
 preference losses one log-probability per sequence. The options exercise the non-default paths
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, elementwise_weight, large, typical, uniform
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, elementwise_weight, large, typical, uniform
 
 F64 = torch.float64
 T = 3
