@@ -261,7 +261,12 @@ def test_probes_match_hand_values():
     # GIoU loss = 2/3.
     giou = probe_loss("giou", points=7)  # s = -1.5, -1, ..., 1.5
     assert giou.x[4] == pytest.approx(0.5) and giou.loss[4] == pytest.approx(2 / 3)
-    assert probe_loss("ldam").error.startswith("needs option(s) class_counts")
+    # LDAM's probe carries its class counts (90, 10) and scale 1: the margins go as n^(-1/4) with
+    # the rarest class's 0.5, so the true class 0 gets 0.5 (10 / 90)^(1/4) and its loss is
+    # log(1 + e^-(x - that margin)).
+    ldam = probe_loss("ldam", points=5)
+    shift = 0.5 * (10 / 90) ** 0.25
+    assert ldam.loss == pytest.approx([math.log1p(math.exp(-(x - shift))) for x in ldam.x])
 
 
 def test_every_family_has_a_probe():
@@ -271,10 +276,7 @@ def test_every_family_has_a_probe():
     assert set(losskit.families()) <= set(plots.PROBE_FAMILIES)
     for family in losskit.families():
         for name in losskit.available(family):
-            probe = probe_loss(name, points=9)
-            if name in ("gaussian_nll", "balanced_softmax", "ldam", "logit_adjusted_cross_entropy"):
-                continue  # need options (the docs hook passes them)
-            assert probe.error is None, (name, probe.error)
+            probe = probe_loss(name, points=9)  # raises if the loss fails on its probe
             assert probe.axis and probe.variable and probe.curves, name
             for _, loss, grad in probe.curves:
                 assert loss.shape == grad.shape == (9,), name
@@ -352,15 +354,13 @@ def test_plot_losses_errors(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="did you mean 'huber'"):
         plot_losses(["hubr"], tmp_path / "x.png")
-    with pytest.warns(UserWarning, match="'ldam' needs option"):
-        plot_losses(["ldam", "mse"], tmp_path / "y.png", points=11)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match="no loss could be evaluated"):
-            plot_losses(["ldam"], tmp_path / "z.png")
-    # The missing option, once given, makes it plot.
-    plot_losses(["ldam"], tmp_path / "ldam.png", points=11, options={"ldam": {"class_counts": [90, 10]}})
-    assert not (tmp_path / "x.png").exists() and (tmp_path / "ldam.png").is_file()
+    # The probe's own options draw LDAM; options that break it raise the loss's error, nothing is
+    # caught or drawn in its place.
+    plot_losses(["ldam", "mse"], tmp_path / "ldam.png", points=11)
+    with pytest.raises(ValueError, match="class_counts"):
+        plot_losses(["mse", "ldam"], tmp_path / "z.png", points=11, options={"ldam": {"class_counts": [1, 2, 3]}})
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "z.png").exists()
+    assert (tmp_path / "ldam.png").is_file()
 
 
 def test_loss_info():

@@ -19,23 +19,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-# Options the 1-D probe cannot invent; LDAM is drawn at scale 1 so that its default scale of 30
-# does not flatten every other curve of the figure.
-PLOT_OPTIONS = {
-    "gaussian_nll": {"var": 1.0},
-    "balanced_softmax": {"class_counts": [90, 10]},
-    "ldam": {"class_counts": [90, 10], "scale": 1.0},
-    "logit_adjusted_cross_entropy": {"class_prior": [0.9, 0.1]},
-}
 _MARKER = re.compile(r"^<!-- losskit:(losses|plot) (\w+) -->$", re.MULTILINE)
-
-
-def _plot_options() -> dict:
-    import torch
-
-    options = {k: dict(v) for k, v in PLOT_OPTIONS.items()}
-    options["gaussian_nll"]["var"] = torch.ones(())
-    return options
 
 
 def on_files(files, config, **kwargs):
@@ -47,7 +31,7 @@ def on_files(files, config, **kwargs):
             path = Path(tmp) / f"{family}.png"
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a loss missing from the figure fails the build
-                plot_losses(losskit.available(family), path, options=_plot_options())
+                plot_losses(losskit.available(family), path)
             files.append(File.generated(config, f"families/plots/{family}.png", content=path.read_bytes()))
     return files
 

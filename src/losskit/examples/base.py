@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from losskit.examples.probes import Sweep
+
 
 @dataclass
 class Case:
@@ -114,6 +116,8 @@ class Spec:
         budget: The accuracy budget (:class:`Budget`) in every regime ...
         budgets: ... except those named here.
         function: The function to call, for a loss outside the registry.
+        probe: The 1-D sweep ``losskit plot`` draws (:mod:`losskit.examples.probes`); ``None``: the
+            family's (``probes.FAMILY``).
     """
 
     make: Callable[[int, torch.Generator], Case]
@@ -127,6 +131,7 @@ class Spec:
     budget: Budget = Budget()
     budgets: Mapping[str, Budget] = field(default_factory=dict)
     function: Callable[..., Tensor] | None = None
+    probe: Sweep | None = None
 
     def budget_for(self, regime: str) -> Budget:
         return self.budgets.get(regime, self.budget)

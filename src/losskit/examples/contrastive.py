@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from losskit.examples import probes
 from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large, typical
 
 DIM = 5
@@ -123,6 +124,7 @@ def _large_paired(n: int, gen: torch.Generator) -> Case:
 
 SPECS: dict[str, Spec] = {
     "info_nce": Spec(make=_paired, unit_shape=_leading, weight=_unit_weight, not_applicable=NO_IMBALANCE,
+                     probe=probes.PAIRS,
                      regimes=_regimes(_paired, _paired_at(1 / 30), _paired_near_basis(1 / 20))
                      | {"large": large(lambda gen: _large_paired(1000, gen))}),
     "supervised_contrastive": Spec(make=_views, unit_shape=_leading, weight=_unit_weight,

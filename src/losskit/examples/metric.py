@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
+from losskit.examples import probes
 from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, typical
 
 DIM, CLASSES, SUB_CENTERS = 5, 4, 2
@@ -185,6 +186,7 @@ def _pair_near_converged(name: str):
 def _pair_spec(name: str) -> Spec:
     make = _pair_case(name)
     return Spec(make=make, unit_shape=_per_sample, weight=_sample_weight, not_applicable=NOT_APPLICABLE_PAIRS,
+                probe=probes.LABELLED_PAIRS,
                 regimes={"typical": typical(make, n=16),
                          "saturated": Regime(_pair_saturated, logits=_pair_logits(name)),
                          "near_converged": Regime(_pair_near_converged(name)),
