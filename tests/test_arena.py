@@ -22,7 +22,8 @@ from losskit.arena import report as _report
 from losskit.arena.report import _table_model
 from losskit.arena.runner import compare
 from losskit.arena.tasks import TASKS, Task, get_task
-from losskit.cli import main, split_specs
+from losskit.cli import main
+from losskit.cli.main import split_specs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # Tests train on the first samples of each data set only, to stay quick; the code path is the same.

@@ -19,8 +19,6 @@ pytest.importorskip("rich")
 import matplotlib.image  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from losskit.arena.info import loss_info  # noqa: E402
-from losskit.arena.plots import plot_losses, probe_loss  # noqa: E402
 from losskit.arena.report import (  # noqa: E402
     correlations,
     print_results,
@@ -30,6 +28,8 @@ from losskit.arena.report import (  # noqa: E402
     safe_name,
     write_report,
 )
+from losskit.cli.info import loss_info  # noqa: E402
+from losskit.cli.plots import plot_losses, probe_loss  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -271,7 +271,7 @@ def test_probes_match_hand_values():
 
 def test_every_family_has_a_probe():
     import losskit
-    from losskit.arena import plots
+    from losskit.cli import plots
 
     assert set(losskit.families()) <= set(plots.PROBE_FAMILIES)
     for family in losskit.families():
@@ -346,7 +346,7 @@ def test_plot_losses_every_family(tmp_path):
 
 
 def test_plot_losses_errors(tmp_path, monkeypatch):
-    from losskit.arena import plots
+    from losskit.cli import plots
 
     monkeypatch.setattr(plots, "PROBE_FAMILIES", ("regression", "classification", "boxes"))
     with pytest.raises(ValueError, match="no 1-D probe for family segmentation; plot supports regression"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import losskit
-from losskit.arena.plots import PROBE_FAMILIES
+from losskit.cli.plots import PROBE_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

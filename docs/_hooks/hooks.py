@@ -1,7 +1,7 @@
 """Build-time generation for the docs site (registered under ``hooks:`` in mkdocs.yml).
 
 * ``on_files`` draws each family's losses and gradients (every family in
-  ``losskit.arena.plots.PROBE_FAMILIES``) with :func:`losskit.arena.plots.plot_losses` and adds
+  ``losskit.cli.plots.PROBE_FAMILIES``) with :func:`losskit.cli.plots.plot_losses` and adds
   the PNGs to the site as
   ``families/plots/<family>.png``; nothing generated is stored in the repository.
 * ``on_page_markdown`` expands two markers in the family pages from the registry, so a page
@@ -24,7 +24,7 @@ _MARKER = re.compile(r"^<!-- losskit:(losses|plot) (\w+) -->$", re.MULTILINE)
 
 def on_files(files, config, **kwargs):
     import losskit
-    from losskit.arena.plots import PROBE_FAMILIES, plot_losses
+    from losskit.cli.plots import PROBE_FAMILIES, plot_losses
 
     with tempfile.TemporaryDirectory() as tmp:
         for family in PROBE_FAMILIES:
@@ -64,7 +64,7 @@ def _losses(family: str) -> str:
 
 def _plot(family: str) -> str:
     return (f"![{family} losses and their gradients along the 1-D probe](plots/{family}.png)\n\n"
-            f"*Drawn at build time by `losskit.arena.plots.plot_losses(losskit.available(\"{family}\"), ...)`.*")
+            f"*Drawn at build time by `losskit.cli.plots.plot_losses(losskit.available(\"{family}\"), ...)`.*")
 
 
 def on_page_markdown(markdown, page, config, files, **kwargs):

@@ -183,11 +183,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list()
     if args.command == "info":
-        from losskit.arena.info import loss_info
+        from losskit.cli.info import loss_info
 
         print(loss_info(args.name))
         return 0
-    from losskit.arena.plots import plot_losses
+    from losskit.cli.plots import plot_losses
 
     print(plot_losses(args.names, args.out))
     return 0
