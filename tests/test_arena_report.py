@@ -368,6 +368,11 @@ def test_loss_info():
     assert text.startswith("huber (regression): Huber loss")
     assert re.search(r"^  delta\s+= 1\.0$", text, re.MULTILINE)  # the option and its default
     assert "losskit.nn.HuberLoss" in text and "losskit.huber_loss" in text
+    # The example call comes from the table of example inputs, by the function's own argument names.
+    example = loss_info("dpo").split("example inputs (losskit.examples, 2 samples):\n")[1]
+    assert re.match(r"  chosen_log_probs\s+= tensor float64 \(2,\)\n  rejected_log_probs\s+= tensor float64 \(2,\)",
+                    example)
+    assert "plot probe: chosen -3.5 + m/2, rejected -3.5 - m/2" in example
     assert "\\ell(e)" in text  # the formula
     assert "references:" in text and "Huber, \"Robust Estimation" in text
     assert "Examples" not in text and ">>>" not in text

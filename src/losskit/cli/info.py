@@ -2,9 +2,10 @@
 
 The text is generated from the code: the registry entry (name, family, aliases, module class),
 the function's signature (the keyword-only options and their defaults, which the module's
-constructor shares) and the function's docstring (summary, description, the ``.. math::`` block,
-the "To reproduce" lists, References), plus the lines of the family's module docstring that show
-how to reproduce a peer with this loss.
+constructor shares), the loss's example inputs and plot probe (:mod:`losskit.examples`), the
+function's docstring (summary, description, the ``.. math::`` block, the "To reproduce" lists,
+References), and the lines of the family's module docstring that show how to reproduce a peer
+with this loss.
 """
 
 from __future__ import annotations
@@ -159,6 +160,32 @@ def _options(cls: type, fn: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _describe(value: Any) -> str:
+    """A tensor as its dtype and shape, anything else as its (clipped) repr."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _example(name: str, fn: Any) -> list[str]:
+    """The example call of the table of example inputs (:mod:`losskit.examples`), and the probe
+    ``losskit plot`` draws."""
+    import torch
+
+    from losskit import examples
+
+    case = examples.spec(name).make(2, torch.Generator().manual_seed(0))
+    sweep = examples.sweep(name)
+    first, second = list(inspect.signature(fn).parameters)[:2]
+    rows = [(first, case.input), (second, case.target), *case.kwargs.items()]
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key.ljust(width)} = {_describe(value)}" for key, value in rows]
+    return [*lines, f"plot probe: {sweep.kind}; x axis: {sweep.axis.label}"]
+
+
 def _indent(lines: list[str], prefix: str = "  ") -> list[str]:
     return [prefix + line if line.strip() else "" for line in lines]
 
@@ -207,6 +234,8 @@ def loss_info(name: str) -> str:
         out += ["", "options (constructor defaults):"]
         width = max(len(option) for option, _ in options)
         out += [f"  {option.ljust(width)} = {default}" for option, default in options]
+
+    out += ["", "example inputs (losskit.examples, 2 samples):", *_indent(_example(found.name, fn))]
 
     description = _render_description(body, len(math_blocks))
     if description:
