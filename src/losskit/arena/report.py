@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import statistics
 import tempfile
 import textwrap
 from collections.abc import Iterable, Mapping
@@ -246,16 +247,14 @@ def _folders(results: Mapping[str, Any]) -> list[str]:
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
-    n = len(xs)
-    if n < 3:
+    """Pearson's r, or ``None`` below 3 points or when either series is constant."""
+    if len(xs) < 3:
         return None
-    mx, my = math.fsum(xs) / n, math.fsum(ys) / n
-    sxx = math.fsum((x - mx) ** 2 for x in xs)
-    syy = math.fsum((y - my) ** 2 for y in ys)
-    if sxx <= 0.0 or syy <= 0.0:
+    try:
+        r = statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # a constant series
         return None
-    sxy = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    return max(-1.0, min(1.0, r))  # a rounding step outside [-1, 1] is clipped
 
 
 def _loss_metric_pairs(run: Mapping[str, Any], metric: str | None) -> tuple[list[float], list[float], list[int]]:
