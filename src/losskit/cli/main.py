@@ -128,23 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def split_specs(text: str) -> list[str]:
-    """Comma-separated specs; commas inside parentheses belong to a spec's options."""
-    specs, depth, current = [], 0, []
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            specs.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    specs.append("".join(current).strip())
-    return [s for s in specs if s]
-
-
 def _compare(args: argparse.Namespace) -> int:
     from losskit.arena.report import print_results
     from losskit.arena.runner import compare
+    from losskit.compose.spec import split_specs
 
     results = compare(args.task, split_specs(args.losses) if args.losses else None, epochs=args.epochs,
                       seeds=args.seeds, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
