@@ -385,6 +385,31 @@ def test_loss_info():
         loss_info("hubr")
 
 
+def test_loss_info_reads_like_text():
+    import losskit
+
+    # Inline formulas read as Unicode (griffe sections, pylatexenc), never as reST roles.
+    asl = loss_info("asl")
+    assert "easy negatives (p < `clip`)" in asl and "\\sigma" not in asl.split("formula:")[0]
+    assert "KL(P \u2016 Q)" in loss_info("kl_div").splitlines()[0]
+    assert "exp (1/|y|" in loss_info("ppo_clip")  # \tfrac{1}{|y|}
+    # A directive with two equations keeps them apart: ASL's probability shift, then its loss.
+    formula = asl.split("formula:\n")[1].split("\n\n")
+    assert formula[0].strip().startswith("p = \\sigma(x)") and formula[1].strip().startswith("\\ell = ")
+    for name in losskit.available():
+        text = loss_info(name)
+        assert ":math:`" not in text and ":func:`" not in text and ":class:`" not in text, name
+
+
+def test_docstring_markdown_keeps_each_equation():
+    from losskit.cli.docstrings import convert
+
+    # reST separates the equations of one directive by a blank line; each becomes its own block.
+    doc = "Text.\n\n.. math::\n\n    a = 1\n\n    b = 2\n    + 3\n\nMore with :math:`x` and :func:`f`."
+    expected = "Text.\n\n$$\na = 1\n$$\n\n$$\nb = 2\n+ 3\n$$\n\nMore with $x$ and `f`."
+    assert re.sub(r"\n{3,}", "\n\n", convert(doc)) == expected
+
+
 def make_seeded_results():
     """Two losses on three seeds. Final dice: ce 0.60, 0.62, 0.61; dice 0.66, 0.70, 0.68 (paired
     differences 0.06, 0.08, 0.07: mean 0.07, sd 0.01, half-width 4.302653 * 0.01 / sqrt(3) = 0.0248).
