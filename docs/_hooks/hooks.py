@@ -8,10 +8,13 @@
   lists every registered loss of its family without being edited:
   ``<!-- losskit:losses FAMILY -->`` (one section per loss: names, module, API entry) and
   ``<!-- losskit:plot FAMILY -->`` (the generated figure).
+* ``on_page_content`` renders every formula to MathML at build time (``latex2mathml``), so the
+  site needs no script and no network to show them.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import tempfile
 import warnings
@@ -19,6 +22,8 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
+# pymdownx.arithmatex (generic) wraps inline TeX as \\( \\) in a span and display TeX as \\[ \\] in a div.
+_FORMULA = re.compile(r'<(span|div) class="arithmatex">\\[(\[](.*?)\\[)\]]</\1>', re.DOTALL)
 _MARKER = re.compile(r"^<!-- losskit:(losses|plot) (\w+) -->$", re.MULTILINE)
 
 
@@ -69,6 +74,17 @@ def _plot(family: str) -> str:
 
 def on_page_markdown(markdown, page, config, files, **kwargs):
     return _MARKER.sub(lambda m: _losses(m.group(2)) if m.group(1) == "losses" else _plot(m.group(2)), markdown)
+
+
+def _mathml(match: re.Match) -> str:
+    from latex2mathml.converter import convert
+
+    display = "block" if match.group(1) == "div" else "inline"
+    return convert(html.unescape(match.group(2)).strip(), display=display)
+
+
+def on_page_content(content, page, config, files, **kwargs):
+    return _FORMULA.sub(_mathml, content)
 
 
 def on_config(config, **kwargs):
