@@ -2,11 +2,11 @@
 
 Users train in float32, bfloat16 and float16; float64 agreement proves a formula, not what they
 get. For every registered loss and the fused large-vocabulary losses, each regime of the loss's
-spec (``tests/specs.py``: typical, saturated, near-converged, large reductions, extreme imbalance,
+spec (``losskit/examples/``: typical, saturated, near-converged, large reductions, extreme imbalance,
 sub-pixel and huge boxes) is rounded to float32, bfloat16 and float16. The loss and its input
 gradient are computed there (half precision computes through float32) and compared with float64
 on the same rounded inputs, so only the computation is judged, never the rounding of the inputs.
-The error may not exceed the spec's :class:`~tests.specs.Budget`, plus, in every dtype, the
+The error may not exceed the spec's :class:`~losskit.examples.base.Budget`, plus, in every dtype, the
 rounding of the exact result once to that dtype.
 """
 
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import losskit
+from losskit import examples as specs
 from losskit._core.registry import entry
-from tests import specs
 
 SPECS = specs.accuracy_specs()
 

@@ -22,7 +22,8 @@ from losskit.arena import report as _report
 from losskit.arena.report import _table_model
 from losskit.arena.runner import compare
 from losskit.arena.tasks import TASKS, Task, get_task
-from losskit.cli import main, split_specs
+from losskit.cli import main
+from losskit.compose.spec import split_specs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # Tests train on the first samples of each data set only, to stay quick; the code path is the same.
@@ -191,6 +192,10 @@ def test_list_and_info(capsys):
 def test_split_specs_keeps_commas_inside_options():
     assert split_specs("ce, focal(gamma=2.0, alpha=0.25) ,0.5*dice+ce") == ["ce", "focal(gamma=2.0, alpha=0.25)",
                                                                               "0.5*dice+ce"]
+    # The spec tokenizer splits them: a comma inside a string is an option's, a stray character is an error.
+    assert split_specs("x(name='a,b'), ce") == ["x(name='a,b')", "ce"]
+    with pytest.raises(ValueError, match="at position 3: unexpected character '!'"):
+        split_specs("ce,!")
 
 
 # --- the Python API with a task of one's own ---------------------------------------------------

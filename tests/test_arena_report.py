@@ -19,8 +19,6 @@ pytest.importorskip("rich")
 import matplotlib.image  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from losskit.arena.info import loss_info  # noqa: E402
-from losskit.arena.plots import plot_losses, probe_loss  # noqa: E402
 from losskit.arena.report import (  # noqa: E402
     correlations,
     print_results,
@@ -30,6 +28,8 @@ from losskit.arena.report import (  # noqa: E402
     safe_name,
     write_report,
 )
+from losskit.cli.info import loss_info  # noqa: E402
+from losskit.cli.plots import plot_losses, probe_loss  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -261,20 +261,22 @@ def test_probes_match_hand_values():
     # GIoU loss = 2/3.
     giou = probe_loss("giou", points=7)  # s = -1.5, -1, ..., 1.5
     assert giou.x[4] == pytest.approx(0.5) and giou.loss[4] == pytest.approx(2 / 3)
-    assert probe_loss("ldam").error.startswith("needs option(s) class_counts")
+    # LDAM's probe carries its class counts (90, 10) and scale 1: the margins go as n^(-1/4) with
+    # the rarest class's 0.5, so the true class 0 gets 0.5 (10 / 90)^(1/4) and its loss is
+    # log(1 + e^-(x - that margin)).
+    ldam = probe_loss("ldam", points=5)
+    shift = 0.5 * (10 / 90) ** 0.25
+    assert ldam.loss == pytest.approx([math.log1p(math.exp(-(x - shift))) for x in ldam.x])
 
 
 def test_every_family_has_a_probe():
     import losskit
-    from losskit.arena import plots
+    from losskit.cli import plots
 
     assert set(losskit.families()) <= set(plots.PROBE_FAMILIES)
     for family in losskit.families():
         for name in losskit.available(family):
-            probe = probe_loss(name, points=9)
-            if name in ("gaussian_nll", "balanced_softmax", "ldam", "logit_adjusted_cross_entropy"):
-                continue  # need options (the docs hook passes them)
-            assert probe.error is None, (name, probe.error)
+            probe = probe_loss(name, points=9)  # raises if the loss fails on its probe
             assert probe.axis and probe.variable and probe.curves, name
             for _, loss, grad in probe.curves:
                 assert loss.shape == grad.shape == (9,), name
@@ -344,7 +346,7 @@ def test_plot_losses_every_family(tmp_path):
 
 
 def test_plot_losses_errors(tmp_path, monkeypatch):
-    from losskit.arena import plots
+    from losskit.cli import plots
 
     monkeypatch.setattr(plots, "PROBE_FAMILIES", ("regression", "classification", "boxes"))
     with pytest.raises(ValueError, match="no 1-D probe for family segmentation; plot supports regression"):
@@ -352,15 +354,13 @@ def test_plot_losses_errors(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="did you mean 'huber'"):
         plot_losses(["hubr"], tmp_path / "x.png")
-    with pytest.warns(UserWarning, match="'ldam' needs option"):
-        plot_losses(["ldam", "mse"], tmp_path / "y.png", points=11)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match="no loss could be evaluated"):
-            plot_losses(["ldam"], tmp_path / "z.png")
-    # The missing option, once given, makes it plot.
-    plot_losses(["ldam"], tmp_path / "ldam.png", points=11, options={"ldam": {"class_counts": [90, 10]}})
-    assert not (tmp_path / "x.png").exists() and (tmp_path / "ldam.png").is_file()
+    # The probe's own options draw LDAM; options that break it raise the loss's error, nothing is
+    # caught or drawn in its place.
+    plot_losses(["ldam", "mse"], tmp_path / "ldam.png", points=11)
+    with pytest.raises(ValueError, match="class_counts"):
+        plot_losses(["mse", "ldam"], tmp_path / "z.png", points=11, options={"ldam": {"class_counts": [1, 2, 3]}})
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "z.png").exists()
+    assert (tmp_path / "ldam.png").is_file()
 
 
 def test_loss_info():
@@ -368,6 +368,11 @@ def test_loss_info():
     assert text.startswith("huber (regression): Huber loss")
     assert re.search(r"^  delta\s+= 1\.0$", text, re.MULTILINE)  # the option and its default
     assert "losskit.nn.HuberLoss" in text and "losskit.huber_loss" in text
+    # The example call comes from the table of example inputs, by the function's own argument names.
+    example = loss_info("dpo").split("example inputs (losskit.examples, 2 samples):\n")[1]
+    assert re.match(r"  chosen_log_probs\s+= tensor float64 \(2,\)\n  rejected_log_probs\s+= tensor float64 \(2,\)",
+                    example)
+    assert "plot probe: chosen -3.5 + m/2, rejected -3.5 - m/2" in example
     assert "\\ell(e)" in text  # the formula
     assert "references:" in text and "Huber, \"Robust Estimation" in text
     assert "Examples" not in text and ">>>" not in text
@@ -378,6 +383,31 @@ def test_loss_info():
     assert "to reproduce:" in loss_info("varifocal")
     with pytest.raises(ValueError, match="did you mean 'huber'"):
         loss_info("hubr")
+
+
+def test_loss_info_reads_like_text():
+    import losskit
+
+    # Inline formulas read as Unicode (griffe sections, pylatexenc), never as reST roles.
+    asl = loss_info("asl")
+    assert "easy negatives (p < `clip`)" in asl and "\\sigma" not in asl.split("formula:")[0]
+    assert "KL(P \u2016 Q)" in loss_info("kl_div").splitlines()[0]
+    assert "exp (1/|y|" in loss_info("ppo_clip")  # \tfrac{1}{|y|}
+    # A directive with two equations keeps them apart: ASL's probability shift, then its loss.
+    formula = asl.split("formula:\n")[1].split("\n\n")
+    assert formula[0].strip().startswith("p = \\sigma(x)") and formula[1].strip().startswith("\\ell = ")
+    for name in losskit.available():
+        text = loss_info(name)
+        assert ":math:`" not in text and ":func:`" not in text and ":class:`" not in text, name
+
+
+def test_docstring_markdown_keeps_each_equation():
+    from losskit.cli.docstrings import convert
+
+    # reST separates the equations of one directive by a blank line; each becomes its own block.
+    doc = "Text.\n\n.. math::\n\n    a = 1\n\n    b = 2\n    + 3\n\nMore with :math:`x` and :func:`f`."
+    expected = "Text.\n\n$$\na = 1\n$$\n\n$$\nb = 2\n+ 3\n$$\n\nMore with $x$ and `f`."
+    assert re.sub(r"\n{3,}", "\n\n", convert(doc)) == expected
 
 
 def make_seeded_results():

@@ -1,6 +1,6 @@
 """Hostile input over every registered loss: a clear error, or a finite result that float64 confirms.
 
-Each registered loss is called through its contract spec (``tests/specs.py``) with random
+Each registered loss is called through its contract spec (``losskit/examples/``) with random
 mutations drawn by Hypothesis (derandomized ``ci`` profile in conftest):
 
 * ``clean``: batch size 0 to 3, any floating dtype, inputs as made and scaled by 300 (float16
@@ -32,9 +32,9 @@ import torch
 from hypothesis import Phase, assume, given, settings
 
 import losskit
+from losskit import examples as specs
 from losskit._core.registry import entry
-from tests import specs
-from tests.specs import Case
+from losskit.examples.base import Case
 
 # No shrinking: a failure is reported with the example that found it, and the known failures of the
 # strict xfail set below cost one example each instead of a search for the smallest one.

@@ -2,7 +2,7 @@
 
 Value checks are skipped while tracing (they would need a host sync), so no data-dependent
 branch remains in the graph. Every registered loss is compiled on its contract case
-(``tests/specs.py``) with ``backend="aot_eager"``: dynamo's capture and AOT autograd's
+(``losskit/examples/``) with ``backend="aot_eager"``: dynamo's capture and AOT autograd's
 functionalization, which find every graph break and every autograd difference, without the
 seconds of code generation Inductor takes. Inductor itself compiles a few representative paths,
 among them the two that branch under compile: the fused segmentation kernels (eager) against the
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import losskit
+from losskit import examples as specs
 from losskit._core.registry import entry
-from tests import specs
 
 SPECS = specs.registry()
 

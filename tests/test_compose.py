@@ -637,7 +637,7 @@ def test_deep_toml_is_refused_before_parsing():
 
 
 @pytest.mark.parametrize("form", ["list", "composite", "toml", "get"])
-@pytest.mark.parametrize("path", ["losskit.arena.plots.plot_losses", "losskit.__main__.main", "os.system",
+@pytest.mark.parametrize("path", ["losskit.cli.plots.plot_losses", "losskit.__main__.main", "os.system",
                                   "losskit.compose.build", "losskit.detection.yolo.one_to_many_weight"])
 def test_config_class_names_only_registered_classes(form, path, tmp_path):
     """A config's "class" is looked up in the registry's allowlist: nothing is imported or called

@@ -1,4 +1,4 @@
-"""The contract every registered loss keeps, checked without per-loss code (see tests/specs.py).
+"""The contract every registered loss keeps, checked without per-loss code (see losskit/examples/).
 
 For each loss: reductions agree with each other and with the weighted mean, ``"none"`` has the
 declared natural-unit shape, empty input gives 0 with a gradient, every floating dtype returns
@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import losskit
+from losskit import examples as specs
 from losskit._core.registry import entry
-from tests import spec_classification, specs
+from losskit.examples import classification as spec_classification
 
 SPECS = specs.registry()
 CASES = {**{name: (name, spec) for name, spec in SPECS.items()},

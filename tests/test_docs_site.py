@@ -7,6 +7,7 @@ and draws the loss-and-gradient figures of the probed families from the code.
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import losskit
-from losskit.arena.plots import PROBE_FAMILIES
+from losskit.cli.plots import PROBE_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,6 +45,7 @@ def test_docs_site_builds_strictly(tmp_path):
     _check_every_registered_loss_is_documented(site)
     _check_plots(site)
     _check_reference_topic_and_guide_pages(site)
+    _check_formulas_render_offline(site)
 
 
 def _build(out: Path) -> Path:
@@ -95,3 +97,14 @@ def _check_reference_topic_and_guide_pages(site: Path) -> None:
         assert (site / page / "index.html").is_file(), page
     for guide in (ROOT / "docs" / "guides").glob("*.md"):
         assert (site / "guides" / guide.stem / "index.html").is_file(), guide.name
+
+
+def _check_formulas_render_offline(site: Path) -> None:
+    """Formulas are MathML written at build time: no page loads a script from the network, and no
+    TeX is left for a script to typeset."""
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"<script[^>]+src=\"https?://", text), page
+        assert 'class="arithmatex"' not in text, page
+    classification = (site / "families" / "classification" / "index.html").read_text(encoding="utf-8")
+    assert classification.count('<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">') >= 5

@@ -1,7 +1,7 @@
 """Metric-learning losses with class proxies: live parity with pytorch-metric-learning 2.9, float64
 references written from the papers, and the module forms' learned proxies.
 
-The contract suite (tests/test_contract.py via tests/spec_metric.py), the accuracy contract and the
+The contract suite (tests/test_contract.py via losskit/examples/metric.py), the accuracy contract and the
 hostile-input properties cover these losses too; this file checks what is particular to them.
 """
 
@@ -261,7 +261,7 @@ def test_bad_inputs_raise_naming_the_argument(name):
 
 
 def test_probe_draws_the_margin_losses_against_the_cosine_to_the_proxy():
-    from losskit.arena.plots import probe_loss
+    from losskit.cli.plots import probe_loss
 
     # CosFace at cosine s to its proxy, 0 to the other: log(1 + e^{-64 (s - 0.35)}).
     cosface = probe_loss("cosface", points=5)  # s = -0.99, -0.495, 0, 0.495, 0.99

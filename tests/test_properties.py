@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 
 import losskit
+from losskit import examples as specs
 from losskit._core.registry import entry
-from tests import specs
 
 SPECS = specs.registry()
 # Gaussian and Poisson NLL are densities' negative logs, and the policy-gradient surrogates are

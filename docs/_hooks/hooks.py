@@ -1,17 +1,20 @@
 """Build-time generation for the docs site (registered under ``hooks:`` in mkdocs.yml).
 
 * ``on_files`` draws each family's losses and gradients (every family in
-  ``losskit.arena.plots.PROBE_FAMILIES``) with :func:`losskit.arena.plots.plot_losses` and adds
+  ``losskit.cli.plots.PROBE_FAMILIES``) with :func:`losskit.cli.plots.plot_losses` and adds
   the PNGs to the site as
   ``families/plots/<family>.png``; nothing generated is stored in the repository.
 * ``on_page_markdown`` expands two markers in the family pages from the registry, so a page
   lists every registered loss of its family without being edited:
   ``<!-- losskit:losses FAMILY -->`` (one section per loss: names, module, API entry) and
   ``<!-- losskit:plot FAMILY -->`` (the generated figure).
+* ``on_page_content`` renders every formula to MathML at build time (``latex2mathml``), so the
+  site needs no script and no network to show them.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import tempfile
 import warnings
@@ -19,35 +22,21 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-# Options the 1-D probe cannot invent; LDAM is drawn at scale 1 so that its default scale of 30
-# does not flatten every other curve of the figure.
-PLOT_OPTIONS = {
-    "gaussian_nll": {"var": 1.0},
-    "balanced_softmax": {"class_counts": [90, 10]},
-    "ldam": {"class_counts": [90, 10], "scale": 1.0},
-    "logit_adjusted_cross_entropy": {"class_prior": [0.9, 0.1]},
-}
+# pymdownx.arithmatex (generic) wraps inline TeX as \\( \\) in a span and display TeX as \\[ \\] in a div.
+_FORMULA = re.compile(r'<(span|div) class="arithmatex">\\[(\[](.*?)\\[)\]]</\1>', re.DOTALL)
 _MARKER = re.compile(r"^<!-- losskit:(losses|plot) (\w+) -->$", re.MULTILINE)
-
-
-def _plot_options() -> dict:
-    import torch
-
-    options = {k: dict(v) for k, v in PLOT_OPTIONS.items()}
-    options["gaussian_nll"]["var"] = torch.ones(())
-    return options
 
 
 def on_files(files, config, **kwargs):
     import losskit
-    from losskit.arena.plots import PROBE_FAMILIES, plot_losses
+    from losskit.cli.plots import PROBE_FAMILIES, plot_losses
 
     with tempfile.TemporaryDirectory() as tmp:
         for family in PROBE_FAMILIES:
             path = Path(tmp) / f"{family}.png"
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a loss missing from the figure fails the build
-                plot_losses(losskit.available(family), path, options=_plot_options())
+                plot_losses(losskit.available(family), path)
             files.append(File.generated(config, f"families/plots/{family}.png", content=path.read_bytes()))
     return files
 
@@ -80,11 +69,22 @@ def _losses(family: str) -> str:
 
 def _plot(family: str) -> str:
     return (f"![{family} losses and their gradients along the 1-D probe](plots/{family}.png)\n\n"
-            f"*Drawn at build time by `losskit.arena.plots.plot_losses(losskit.available(\"{family}\"), ...)`.*")
+            f"*Drawn at build time by `losskit.cli.plots.plot_losses(losskit.available(\"{family}\"), ...)`.*")
 
 
 def on_page_markdown(markdown, page, config, files, **kwargs):
     return _MARKER.sub(lambda m: _losses(m.group(2)) if m.group(1) == "losses" else _plot(m.group(2)), markdown)
+
+
+def _mathml(match: re.Match) -> str:
+    from latex2mathml.converter import convert
+
+    display = "block" if match.group(1) == "div" else "inline"
+    return convert(html.unescape(match.group(2)).strip(), display=display)
+
+
+def on_page_content(content, page, config, files, **kwargs):
+    return _FORMULA.sub(_mathml, content)
 
 
 def on_config(config, **kwargs):

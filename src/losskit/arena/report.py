@@ -45,10 +45,13 @@ import json
 import math
 import os
 import re
+import statistics
+import string
 import tempfile
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -246,16 +249,14 @@ def _folders(results: Mapping[str, Any]) -> list[str]:
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
-    n = len(xs)
-    if n < 3:
+    """Pearson's r, or ``None`` below 3 points or when either series is constant."""
+    if len(xs) < 3:
         return None
-    mx, my = math.fsum(xs) / n, math.fsum(ys) / n
-    sxx = math.fsum((x - mx) ** 2 for x in xs)
-    syy = math.fsum((y - my) ** 2 for y in ys)
-    if sxx <= 0.0 or syy <= 0.0:
+    try:
+        r = statistics.correlation(xs, ys)
+    except statistics.StatisticsError:  # a constant series
         return None
-    sxy = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    return max(-1.0, min(1.0, r))  # a rounding step outside [-1, 1] is clipped
 
 
 def _loss_metric_pairs(run: Mapping[str, Any], metric: str | None) -> tuple[list[float], list[float], list[int]]:
@@ -794,26 +795,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     atomic_write(path, buffer.getvalue().encode("utf-8"))
 
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
-       max-width: 1200px; padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
-h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
-.verdict { background: #eef6ff; border-left: 4px solid #2b6cb0; padding: 0.7rem 1rem; margin: 1rem 0; }
-.verdict.none { background: #f5f5f5; border-color: #999; color: #555; }
-table { border-collapse: collapse; margin: 0.5rem 0; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-td.best { font-weight: bold; background: #e3f6e3; color: #145214; }
-td.status-finished { color: #1c7c1c; } td.status-diverged, td.status-failed { color: #b00020; font-weight: bold; }
-td.status-interrupted, td.status-partial { color: #b35c00; }
-td.better { font-weight: bold; background: #e3f6e3; color: #145214; }
-td.worse { font-weight: bold; background: #fbe4e4; color: #8a1020; }
-table.config td, table.config th { text-align: left; }
-code { background: #f3f3f3; padding: 0 0.25rem; border-radius: 3px; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 0.95rem; margin-top: 0.3rem; }
-.notes li { color: #7a4b00; } .muted { color: #666; font-size: 0.9rem; }
-"""
+# The page's skeleton and style: a string.Template shipped as package data.
+_PAGE = string.Template(resources.files("losskit.arena").joinpath("report.html").read_text(encoding="utf-8"))
 
 
 def _e(value: Any) -> str:
@@ -923,31 +906,10 @@ def _render_html(results: Mapping[str, Any], folders: list[tuple[str, str]]) -> 
     files = ('<h2>Files</h2><p class="muted">Raw results: <a href="results.json">results.json</a>. '
              f"Per-run histories:</p><ul>{links}</ul>") if links else ""
     title = f"losskit compare: {task}"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{_e(title)}</h1>
-{_html_paragraphs(str(results.get("description") or ""))}
-{verdict_html}
-<h2>Configuration</h2>
-<table class="config">{config_rows}</table>
-<h2>Results</h2>
-{_html_table(model)}
-<p class="muted">{_e(legend)}</p>
-{paired_html}
-{notes_html}
-{figures}
-{seed_html}
-{files}
-</body>
-</html>
-"""
+    return _PAGE.substitute(
+        title=_e(title), description=_html_paragraphs(str(results.get("description") or "")), verdict=verdict_html,
+        config=config_rows, results=_html_table(model), legend=_e(legend), paired=paired_html, notes=notes_html,
+        figures=figures, seeds=seed_html, files=files)
 
 
 def write_results(results: Mapping[str, Any], out_dir: str | Path) -> list[str]:

@@ -70,7 +70,8 @@ MAX_SEEDS = 1000
 EXECUTORS = ("local", "ray")
 # Modules the arena imports on demand, and the extra that installs them.
 ARENA_EXTRA = {"rich": "arena", "matplotlib": "arena", "torchmetrics": "arena", "faster_coco_eval": "arena",
-               "sklearn": "arena", "pandas": "arena", "pyarrow": "arena", "PIL": "arena", "ray": "ray"}
+               "sklearn": "arena", "pandas": "arena", "pyarrow": "arena", "PIL": "arena", "ray": "ray",
+               "griffe": "arena", "pylatexenc": "arena"}
 
 
 class CheckpointWarning(UserWarning):

@@ -45,6 +45,42 @@ def _spec_excerpt(spec: str, pos: int, width: int = 60) -> str:
     return f"{part!r} (part of a {len(spec)}-character spec)"
 
 
+def tokenize(spec: str) -> list[tuple[str, str, int]]:
+    """The tokens of a spec as ``(kind, text, position)``, whitespace left out, ending with
+    ``("end", "", len(spec))``; ``ValueError`` at the first character no token starts with."""
+    tokens = []
+    pos = 0
+    while pos < len(spec):
+        match = _TOKEN.match(spec, pos)
+        if match is None:
+            raise ValueError(f"in {_spec_excerpt(spec, pos)} at position {pos}: unexpected character {spec[pos]!r}")
+        if match.lastgroup != "ws":
+            tokens.append((match.lastgroup, match.group(), pos))
+        pos = match.end()
+    tokens.append(("end", "", len(spec)))
+    return tokens
+
+
+def split_specs(text: str) -> list[str]:
+    """Comma-separated specs, as ``losskit compare --losses`` takes them: a comma inside
+    parentheses, brackets or a string belongs to a spec's options.
+
+    Examples:
+        >>> split_specs("ce, focal(gamma=2.0, alpha=[0.25, 0.75]) ,0.5*dice+ce")
+        ['ce', 'focal(gamma=2.0, alpha=[0.25, 0.75])', '0.5*dice+ce']
+    """
+    specs, depth, start = [], 0, 0
+    for kind, token, pos in tokenize(text):
+        if kind == "op" and token in ("(", "["):
+            depth += 1
+        elif kind == "op" and token in (")", "]"):
+            depth -= 1
+        elif kind == "end" or (kind == "op" and token == "," and depth == 0):
+            specs.append(text[start:pos].strip())
+            start = pos + 1
+    return [spec for spec in specs if spec]
+
+
 class _Parser:
     """Recursive descent over the grammar in ``docs/compose.md``; values are either a scalar
     (number or schedule) or a list of ``(weight, loss, name)`` terms. The length is checked first,
@@ -52,20 +88,11 @@ class _Parser:
 
     def __init__(self, spec: str, model: nn.Module | None) -> None:
         self.spec, self.model = spec, model
-        self.tokens: list[tuple[str, str, int]] = []
         self.depth = 0
         if len(spec) > MAX_SPEC_LENGTH:
             raise ValueError(f"the spec {_spec_excerpt(spec, 0)} is longer than {MAX_SPEC_LENGTH} characters; build "
                              "a long composite from a config (a list of terms or TOML)")
-        pos = 0
-        while pos < len(spec):
-            match = _TOKEN.match(spec, pos)
-            if match is None:
-                self.fail(f"unexpected character {spec[pos]!r}", pos)
-            if match.lastgroup != "ws":
-                self.tokens.append((match.lastgroup, match.group(), pos))
-            pos = match.end()
-        self.tokens.append(("end", "", len(spec)))
+        self.tokens = tokenize(spec)
         self.i = 0
 
     def fail(self, message: str, pos: int | None = None, error: type[Exception] = ValueError):

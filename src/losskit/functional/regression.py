@@ -10,9 +10,8 @@ natural unit is the element, so ``reduction="none"`` returns ``input``'s shape, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
@@ -24,13 +23,20 @@ from losskit._core.checks import (
     check_floating,
     check_number,
     check_positive_values,
-    check_same_shape,
     checks_enabled,
 )
-from losskit._core.docs import shared_docs
-from losskit._core.numerics import as_option_tensor, exp_tail, upcast
-from losskit._core.numerics import eps as machine_eps
-from losskit._core.reduction import Reduction, check_reduction, reduce_for
+from losskit._core.numerics import as_option_tensor, exp_tail
+from losskit._core.reduction import Reduction
+from losskit.functional._elementwise import (
+    _docs,
+    _elementwise,
+)
+from losskit.functional._robust_numerics import (
+    _PARTITION_LOG_W,
+    _PARTITION_X,
+    _one_plus_log1p_minus,
+    _rho,
+)
 
 __all__ = [
     "balanced_l1_loss",
@@ -50,55 +56,6 @@ __all__ = [
 
 _LOG2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-_COMMON_ARGS = """weight: Optional weights broadcastable to ``input`` (they may not grow its shape).
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; ``"mean"`` is the weighted mean
-            ``sum(w * l) / sum(w)`` (see :func:`losskit.reduce_loss`).
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead of ``sum(w)``."""
-
-_ELEMENTWISE_SHAPE = """- input: :math:`(*)`.
-        - target: :math:`(*)`, same shape as ``input``.
-        - output: scalar, or :math:`(*)` with ``reduction="none"``."""
-
-_ELEMENTWISE_RETURNS = """The loss, in ``input``'s dtype; 0 (with a gradient) for empty input."""
-
-_COMMON_RAISES = """TypeError: If ``input`` or ``target`` is not floating point.
-        ValueError: If ``target``'s shape differs from ``input``'s, an option is out of range,
-            ``reduction`` is unknown, or (value check) the inputs are not finite."""
-
-
-# The argument, shape, return and error text every loss here shares.
-_docs = shared_docs(
-    common_args=_COMMON_ARGS,
-    elementwise_shape=_ELEMENTWISE_SHAPE,
-    elementwise_returns=_ELEMENTWISE_RETURNS,
-    common_raises=_COMMON_RAISES,
-)
-
-
-def _elementwise(
-    input: Tensor,
-    target: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    weight: Tensor | None,
-    reduction: Reduction,
-    normalizer: float | Tensor | None,
-    *,
-    target_shape: torch.Size | None = None,
-    others: Mapping[str, object] | None = None,
-) -> Tensor:
-    """The shared preamble and ending: validate, upcast, ``loss_fn(input, target)``, reduce
-    (``others``: tensor options named in the finiteness check)."""
-    check_reduction(reduction, normalizer)
-    check_floating("input", input)
-    check_floating("target", target)
-    if target_shape is None:
-        check_same_shape("input", input, "target", target)
-    elif target.shape != target_shape:
-        raise ValueError(f"target must have shape {tuple(target_shape)}, got shape {tuple(target.shape)}")
-    x = upcast(input)
-    loss = loss_fn(x, target.to(x.dtype))
-    return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer, others=others)
 
 
 def _huber(e: Tensor, delta: float) -> Tensor:
@@ -643,43 +600,7 @@ def balanced_l1_loss(
     return _elementwise(input, target, loss_fn, weight, reduction, normalizer)
 
 
-# Series coefficients of (1 + z) log1p(z) - z = sum_{k >= 2} (-1)^k z^k / (k (k - 1)), highest first.
-_G_SERIES = tuple((-1) ** k / (k * (k - 1)) for k in range(16, 1, -1))
-
-
-def _one_plus_log1p_minus(z: Tensor) -> Tensor:
-    r""":math:`(1 + z) \operatorname{log1p}(z) - z \ge 0` for :math:`z \ge 0`, to full relative
-    precision: its Taylor series below 1/4 (where the two terms cancel to :math:`z^2 / 2`), the
-    formula above."""
-    near = z < 0.25
-    u = torch.where(near, z, torch.zeros_like(z))
-    series = torch.full_like(u, _G_SERIES[0])
-    for coefficient in _G_SERIES[1:]:
-        series = series * u + coefficient
-    return torch.where(near, series * u * u, (1 + z) * torch.log1p(z) - z)
-
-
 # --- Barron's general robust loss -------------------------------------------------------------
-
-
-def _rho(sq: Tensor, alpha: Tensor) -> Tensor:
-    """Barron's rho as a function of the squared scaled residual ``sq = (x / c)^2``, any alpha."""
-    tiny = machine_eps(sq.dtype)
-    half = 0.5 * sq
-    # Infinite alphas get their own branch; alpha = 1 keeps the general branch finite there,
-    # because a NaN in an unselected torch.where branch still turns its gradient into NaN.
-    # (isinf, not isfinite: a NaN alpha must stay NaN.)
-    a = torch.where(torch.isinf(alpha), torch.ones_like(alpha), alpha)
-    # |a - 2| and |a| are kept away from 0 (with a's sign) so the divisions stay finite near
-    # a = 0 and a = 2; exactly there the closed forms below take over.
-    b = (a - 2).abs().clamp_min(tiny)
-    a_safe = torch.where(a >= 0, a.clamp_min(tiny), a.clamp_max(-tiny))
-    # (1 + sq/b)^(a/2) - 1 through expm1/log1p stays accurate when the power is near 1.
-    general = b / a_safe * torch.expm1(0.5 * a_safe * torch.log1p(sq / b))
-    loss = torch.where(a == 2, half, torch.where(a == 0, torch.log1p(half), general))
-    loss = torch.where(alpha == -math.inf, -torch.expm1(-half), loss)
-    pos_inf = alpha == math.inf
-    return torch.where(pos_inf, torch.expm1(torch.where(pos_inf, half, 0.0)), loss)
 
 
 def _option_tensor(name: str, value: float | Tensor, like: Tensor) -> Tensor:
@@ -689,23 +610,6 @@ def _option_tensor(name: str, value: float | Tensor, like: Tensor) -> Tensor:
         check_broadcastable(name, value, like.shape, "input, shape")
         return value.to(device=like.device, dtype=like.dtype)
     return torch.tensor(value, device=like.device, dtype=like.dtype)
-
-
-def _partition_nodes(n: int) -> tuple[Tensor, Tensor]:
-    """Quadrature nodes ``x`` on [0, inf) and their log-weights for integrals of exp(-rho), float64."""
-    t, w = np.polynomial.legendre.leggauss(n)
-    s = 0.5 * (t + 1.0)
-    # x = tan(theta) maps [0, inf) to [0, pi/2) and turns the heavy 1/x^2 tail at alpha = 0 into
-    # a bounded integrand; theta = pi/2 (1 - (1 - s)^3) then crowds nodes towards pi/2, where
-    # small alphas leave a log-type endpoint singularity that plain Gauss-Legendre resolves slowly.
-    theta = 0.5 * np.pi * (1.0 - (1.0 - s) ** 3)
-    dtheta_ds = 1.5 * np.pi * (1.0 - s) ** 2
-    log_w = np.log(0.5 * w * dtheta_ds) - 2.0 * np.log(np.cos(theta))
-    return torch.from_numpy(np.tan(theta)), torch.from_numpy(log_w)
-
-
-# Built once at import: torch.compile cannot trace numpy's leggauss.
-_PARTITION_X, _PARTITION_LOG_W = _partition_nodes(64)
 
 
 def robust_log_partition(alpha: float | Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tests.specs import Budget, Case, Regime, Spec, large, typical, uniform, without_class_dim
+from losskit.examples.base import Budget, Case, Regime, Spec, large, typical, uniform, without_class_dim
 
 NUM_CLASSES = 5
 

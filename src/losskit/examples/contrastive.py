@@ -1,4 +1,4 @@
-"""Contract-suite specs for the contrastive losses (see tests/specs.py).
+"""Contract-suite specs for the contrastive losses (see losskit/examples/base.py).
 
 Each case is a small batch of random float64 embeddings. For the label-driven losses every
 anchor has a positive (and, for the triplet loss, a negative), so the plain mean of
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, large, typical
+from losskit.examples import probes
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large, typical
 
 DIM = 5
 
@@ -123,6 +124,7 @@ def _large_paired(n: int, gen: torch.Generator) -> Case:
 
 SPECS: dict[str, Spec] = {
     "info_nce": Spec(make=_paired, unit_shape=_leading, weight=_unit_weight, not_applicable=NO_IMBALANCE,
+                     probe=probes.PAIRS,
                      regimes=_regimes(_paired, _paired_at(1 / 30), _paired_near_basis(1 / 20))
                      | {"large": large(lambda gen: _large_paired(1000, gen))}),
     "supervised_contrastive": Spec(make=_views, unit_shape=_leading, weight=_unit_weight,

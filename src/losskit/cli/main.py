@@ -131,23 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def split_specs(text: str) -> list[str]:
-    """Comma-separated specs; commas inside parentheses belong to a spec's options."""
-    specs, depth, current = [], 0, []
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            specs.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    specs.append("".join(current).strip())
-    return [s for s in specs if s]
-
-
 def _compare(args: argparse.Namespace) -> int:
     from losskit.arena.report import print_results
     from losskit.arena.runner import compare
+    from losskit.compose.spec import split_specs
 
     task = args.task
     if args.obb:
@@ -191,11 +178,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list()
     if args.command == "info":
-        from losskit.arena.info import loss_info
+        from losskit.cli.info import loss_info
 
         print(loss_info(args.name))
         return 0
-    from losskit.arena.plots import plot_losses
+    from losskit.cli.plots import plot_losses
 
     print(plot_losses(args.names, args.out))
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from tests.spec_classification import NOT_BOXES, binary_regimes
-from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
+from losskit.examples import probes
+from losskit.examples.base import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
+from losskit.examples.classification import NOT_BOXES, binary_regimes
 
 A, C = 3, 4  # anchors and classes per sample in the classification cases
 SIDES, BINS = 4, 8  # box sides and bins per side in the DFL case
@@ -75,6 +76,7 @@ SPECS: dict[str, Spec] = {
                           regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)),
                           not_applicable=NOT_BOXES),
     "distribution_focal": Spec(make=_distance_case, unit_shape=_per_distance, weight=_distance_weight,
+                               probe=probes.TARGET_BIN,
                                regimes=_dfl_regimes(),
                                not_applicable={**NOT_BOXES, "imbalance": "the loss is taken at positive anchors "
                                                "only: there are no negatives to outnumber them"}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.specs import NOT_BOXES, Case, Spec, dense_index_case, dense_regimes
+from losskit.examples.base import NOT_BOXES, Case, Spec, dense_index_case, dense_regimes
 
 C = 3  # classes; include_background=False keeps C - 1 = 2 of them
 SPATIAL = (6, 7)

@@ -1,4 +1,4 @@
-"""Contract-suite specs for the rl and preference losses (see tests/specs.py).
+"""Contract-suite specs for the rl and preference losses (see losskit/examples/base.py).
 
 Policy losses get log-probabilities of shape (n, 3) (three tokens per sequence), kept away from 0;
 preference losses one log-probability per sequence. The options exercise the non-default paths
@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, elementwise_weight, large, typical, uniform
+from losskit.examples import probes
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, elementwise_weight, large, typical, uniform
 
 F64 = torch.float64
 T = 3
@@ -168,21 +169,28 @@ def _preference_converged(loss: str):
 
 SPECS: dict[str, Spec] = {
     "reinforce": Spec(make=_reinforce, unit_shape=same_shape, weight=elementwise_weight, regimes=_regimes(_reinforce),
+                      probe=probes.RETURNS,
                       not_applicable={**NOT_HERE, "near_converged": SIGNED}),
     "ppo_clip": Spec(make=_ppo, unit_shape=same_shape, weight=elementwise_weight, regimes=_regimes(_ppo),
+                     probe=probes.ADVANTAGES,
                      not_applicable={**NOT_HERE, "near_converged": SIGNED}),
     "value": Spec(make=_value, unit_shape=same_shape, weight=elementwise_weight,
+                  probe=probes.VALUE,
                   regimes=_regimes(_value, _value_converged, values=True), not_applicable=NOT_HERE),
     "kl_penalty": Spec(make=_kl, unit_shape=per_sequence, weight=per_sequence_weight,
+                       probe=probes.REFERENCE,
                        regimes=_regimes(_kl, _kl_converged), not_applicable=NOT_HERE),
     "grpo": Spec(make=_grpo, unit_shape=per_sequence, weight=per_sequence_weight, regimes=_regimes(_grpo),
+                 probe=probes.GROUP_REWARDS,
                  not_applicable={**NOT_HERE, "near_converged": SIGNED}),
     "dpo": Spec(make=_dpo, unit_shape=same_shape, weight=elementwise_weight,
+                probe=probes.AGAINST_REFERENCE,
                 regimes=_regimes(_dpo, _preference_converged("dpo"), n_large=10**6), not_applicable=NOT_HERE),
     "simpo": Spec(make=_simpo, unit_shape=same_shape, weight=elementwise_weight,
                   regimes=_regimes(_simpo, _preference_converged("simpo"), n_large=10**6), not_applicable=NOT_HERE),
     "orpo": Spec(make=_orpo, unit_shape=same_shape, weight=elementwise_weight,
                  regimes=_regimes(_orpo, _preference_converged("orpo"), n_large=10**6), not_applicable=NOT_HERE),
     "kto": Spec(make=_kto, unit_shape=same_shape, weight=elementwise_weight,
+                probe=probes.DESIRABLE,
                 regimes=_regimes(_kto, _preference_converged("kto"), n_large=10**6), not_applicable=NOT_HERE),
 }

@@ -1,4 +1,4 @@
-"""Contract-suite specs for the large vocab losses (see tests/specs.py), and the accuracy
+"""Contract-suite specs for the large vocab losses (see losskit/examples/base.py), and the accuracy
 regimes of the fused large-vocabulary losses, which are not in the registry.
 
 The fused losses take hidden states and a head instead of logits. Most regimes use the identity
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from losskit.examples.base import NOT_BOXES, Budget, Case, Regime, Spec, typical, uniform
+from losskit.examples.divergence import CONVERGED, SURE_TEACHER
 from losskit.functional import large_vocab
-from tests.spec_divergence import CONVERGED, SURE_TEACHER
-from tests.specs import NOT_BOXES, Budget, Case, Regime, Spec, typical, uniform
 
 SPECS: dict[str, Spec] = {}
 
@@ -133,7 +133,7 @@ def _fused(function, make, regimes, **budgets) -> Spec:
                 not_applicable=NOT_BOXES, budget=HEAD_IN_HALF, budgets=budgets)
 
 
-# Near convergence the divergences keep what their float32 logs allow (tests/spec_divergence.py).
+# Near convergence the divergences keep what their float32 logs allow (losskit/examples/divergence.py).
 _CONVERGED = Budget(value=CONVERGED.value, half=HEAD_IN_HALF.half, why=CONVERGED.why)
 _SURE_TEACHER = Budget(grad=SURE_TEACHER.grad, half=(1e-3, 2e-1), why=(
     SURE_TEACHER.why + "; in float16 the gradient of each of the 1e5 - 1 classes the teacher leaves out "

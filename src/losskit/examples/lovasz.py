@@ -14,7 +14,8 @@ import math
 
 import torch
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, large, typical, uniform
+from losskit.examples import probes
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large, typical, uniform
 
 C = 3
 SPATIAL = (3, 4)
@@ -101,9 +102,11 @@ def _regimes(make, confident, large_side: int) -> dict[str, Regime]:
 
 SPECS: dict[str, Spec] = {
     "lovasz_softmax": Spec(make=_softmax_case, unit_shape=lambda case: (case.input.shape[0], C),
+                           probe=probes.TWO_CLASS_MASK_PER_IMAGE,  # it pools the batch's pixels
                            weight=_softmax_weight, gradgrad=False, regimes=_regimes(_softmax_case, _confident, 580),
                            not_applicable=NOT_BOXES),
     "lovasz_hinge": Spec(make=_hinge_case, unit_shape=lambda case: tuple(case.input.shape[:2]),
+                         probe=probes.ONE_LOGIT_MASK,
                          weight=_hinge_weight, gradgrad=False, regimes=_regimes(_hinge_case, _inside_margin, 710),
                          not_applicable=NOT_BOXES),
 }

@@ -1,10 +1,10 @@
 """Accuracy regimes of the fused log-probabilities and the objectives built on them (not in the
-registry: they take hidden states, a head and token targets; see tests/spec_large_vocab.py).
+registry: they take hidden states, a head and token targets; see losskit/examples/large_vocab.py).
 
 ``fused_linear_log_probs`` is checked in every regime through the negative log-likelihood it
 gives (its sum or mean over the counted tokens). The objectives apply the unfused losses, whose
-own regimes live in tests/spec_rl.py, to those log-probabilities; here they are checked on
-typical and saturated heads. As in tests/spec_large_vocab.py, most regimes use the identity
+own regimes live in losskit/examples/rl.py, to those log-probabilities; here they are checked on
+typical and saturated heads. As in losskit/examples/large_vocab.py, most regimes use the identity
 head (``D = V``): the hidden states are the logits.
 """
 
@@ -14,9 +14,9 @@ import functools
 
 import torch
 
+from losskit.examples.base import NOT_BOXES, Budget, Case, Regime, Spec, typical, uniform
+from losskit.examples.large_vocab import HEAD_IN_HALF, V, _eye, _logits, _random_head
 from losskit.functional import fused_policy, fused_preference
-from tests.spec_large_vocab import HEAD_IN_HALF, V, _eye, _logits, _random_head
-from tests.specs import NOT_BOXES, Budget, Case, Regime, Spec, typical, uniform
 
 L = 8  # tokens per sequence of the objectives' cases
 PROMPT = 2  # the first tokens of each sequence are the prompt (ignore_index)
@@ -119,7 +119,7 @@ def _objective_regimes(make) -> dict[str, Regime]:
 
 _HEAD_REGIMES = ("the head's regimes (near-converged tokens, 1e6 logits, one correct token in 1e5) are "
                  "fused_linear_log_probs's; the objective on the log-probabilities is the unfused loss's, "
-                 "with its own regimes in tests/spec_rl.py")
+                 "with its own regimes in losskit/examples/rl.py")
 _NOT_OBJECTIVE = {**NOT_BOXES, "near_converged": _HEAD_REGIMES, "large": _HEAD_REGIMES, "imbalance": _HEAD_REGIMES}
 
 _PAIRED = {"dpo": fused_preference.fused_linear_dpo_loss, "simpo": fused_preference.fused_linear_simpo_loss,
@@ -132,7 +132,7 @@ _KTO_SATURATED = Budget(grad=5e-3, half=HEAD_IN_HALF.half, why=(
     "saturated heads give sequence log-probabilities of -100 to -300, so KTO's beta * (reward - z0) reaches "
     "+-10 and beyond; on the flat side of its sigmoid torch.sigmoid's backward forms s (1 - s) from the "
     "rounded s (s = 0.99995 at 10: 1 - s = 4.5e-5 known to 6e-8, 1.3e-3 relative). losskit.kto_loss on the "
-    "same float32 log-probabilities has the same error; tests/spec_rl.py's saturated regime keeps "
+    "same float32 log-probabilities has the same error; losskit/examples/rl.py's saturated regime keeps "
     "beta * reward within 3, where it does not show"))
 
 

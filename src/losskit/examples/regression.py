@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical
+from losskit.examples import probes
+from losskit.examples.base import Case, Regime, Spec, elementwise_weight, large, same_shape, typical
 
 FEATURES = 3
 
@@ -127,7 +128,7 @@ SPECS: dict[str, Spec] = {
                            grad_kwargs=("alpha", "scale"), regimes=_regimes(_robust_case, (0.05, 2.0)),
                            not_applicable=NO_CLASSES),
     "gaussian_nll": Spec(make=_gaussian_case((0.0, 2.0)), unit_shape=same_shape, weight=elementwise_weight,
-                         grad_kwargs=("var",),
+                         grad_kwargs=("var",), probe=probes.RESIDUAL_SWEEP.using(var=torch.ones(())),
                          regimes={k: v for k, v in _regimes(_gaussian_case, (0.0, 2.0)).items()
                                   if k != "near_converged"},
                          not_applicable={**NO_CLASSES, "near_converged": "the Gaussian NLL has no zero: its "

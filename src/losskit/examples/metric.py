@@ -1,4 +1,4 @@
-"""Contract-suite specs for the metric-learning losses with class proxies (see tests/specs.py).
+"""Contract-suite specs for the metric-learning losses with class proxies (see losskit/examples/base.py).
 
 Each case is a batch of random float64 embeddings ``(n, 5)`` with labels among 4 classes and random
 proxies ``(4, 5)`` (``(4, 2, 5)`` with sub-centres), passed as ``proxies=``. The margin losses run at
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from tests.specs import NOT_BOXES, Case, Regime, Spec, typical
+from losskit.examples import probes
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, typical
 
 DIM, CLASSES, SUB_CENTERS = 5, 4, 2
 
@@ -185,6 +186,7 @@ def _pair_near_converged(name: str):
 def _pair_spec(name: str) -> Spec:
     make = _pair_case(name)
     return Spec(make=make, unit_shape=_per_sample, weight=_sample_weight, not_applicable=NOT_APPLICABLE_PAIRS,
+                probe=probes.LABELLED_PAIRS,
                 regimes={"typical": typical(make, n=16),
                          "saturated": Regime(_pair_saturated, logits=_pair_logits(name)),
                          "near_converged": Regime(_pair_near_converged(name)),

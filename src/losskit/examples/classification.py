@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from tests.specs import (
+from losskit.examples import probes
+from losskit.examples.base import (
     Budget,
     Case,
     Regime,
@@ -149,7 +150,7 @@ def _softmax_spec(make, near_converged=None, regime_options=None, lead=(12.0, 16
 
 def _binary_spec(make, **options) -> Spec:
     return Spec(make=make, unit_shape=same_shape, weight=elementwise_weight,
-                regimes=binary_regimes(make, **options), not_applicable=NOT_BOXES)
+                regimes=binary_regimes(make, **options), not_applicable=NOT_BOXES, probe=probes.BINARY_MARGIN)
 
 
 COUNTS = [50.0, 20.0, 10.0, 5.0, 1.0]
@@ -158,10 +159,14 @@ SPECS: dict[str, Spec] = {
     "cross_entropy": _softmax_spec(_index_case(label_smoothing=0.1, z_loss=1e-3), regime_options={}),
     "poly1_cross_entropy": _softmax_spec(_index_case(epsilon=1.0)),
     "softmax_focal": _softmax_spec(_index_case(gamma=2.0, alpha=[0.5, 1.0, 1.0, 2.0, 1.0])),
-    "logit_adjusted_cross_entropy": _softmax_spec(_index_case(class_prior=COUNTS, tau=1.0)),
-    "balanced_softmax": _softmax_spec(_index_case(class_counts=COUNTS)),
+    "logit_adjusted_cross_entropy": _softmax_spec(_index_case(class_prior=COUNTS, tau=1.0),
+                                                  probe=probes.SOFTMAX_MARGIN.using(class_prior=[0.9, 0.1])),
+    "balanced_softmax": _softmax_spec(_index_case(class_counts=COUNTS),
+                                      probe=probes.SOFTMAX_MARGIN.using(class_counts=[90.0, 10.0])),
     # scale 5: a lead of 4 to 5 over margins of at most 0.5 (and noise of 0.5) gives logit gaps near 15.
-    "ldam": _softmax_spec(_index_case(class_counts=COUNTS, scale=5.0), lead=(4.0, 5.0)),
+    # On the probe, scale 1: the default of 30 would flatten every other curve of the figure.
+    "ldam": _softmax_spec(_index_case(class_counts=COUNTS, scale=5.0), lead=(4.0, 5.0),
+                          probe=probes.SOFTMAX_MARGIN.using(class_counts=[90.0, 10.0], scale=1.0)),
     # The squared hinge is differentiable once; its second derivative jumps where the hinge opens.
     "multi_margin": _softmax_spec(_index_case(p=2, margin=0.5), gradgrad=False,
                                   near_converged=lambda gen: _hinge_barely_open(gen, 0.5, p=2)),
@@ -169,6 +174,7 @@ SPECS: dict[str, Spec] = {
     "sigmoid_focal": _binary_spec(_binary_case),
     # ASL's clip makes the negative term piecewise; at random logits no point sits on the clip.
     "asymmetric": Spec(make=_hard_binary_case, unit_shape=same_shape, weight=elementwise_weight, gradgrad=False,
+                       probe=probes.BINARY_MARGIN,
                        regimes=binary_regimes(_hard_binary_case), not_applicable=NOT_BOXES,
                        budget=Budget(value=1e-4, why=(
                            "a negative's term is (p - clip)^4 log(1 - p + clip): the shift conditions it by "

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tests.specs import FLOAT32, Budget, Case, Spec, large, typical
+from losskit.examples import probes
+from losskit.examples.base import FLOAT32, Budget, Case, Spec, large, typical
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,6 @@ SPECS: dict[str, Spec] = {
     "siou": _spec(_with()),
     "wiou": _spec(_nested_case),
     "nwd": _spec(_with(constant=4.0), takes_eps=False),
-    "probiou": _spec(_rotated_case),
-    "giou_3d": _spec(_boxes_3d_case),
+    "probiou": _spec(_rotated_case, probe=probes.ROTATED_BOXES),
+    "giou_3d": _spec(_boxes_3d_case, probe=probes.BOXES_3D),
 }

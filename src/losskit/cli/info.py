@@ -2,9 +2,10 @@
 
 The text is generated from the code: the registry entry (name, family, aliases, module class),
 the function's signature (the keyword-only options and their defaults, which the module's
-constructor shares) and the function's docstring (summary, description, the ``.. math::`` block,
-the "To reproduce" lists, References), plus the lines of the family's module docstring that show
-how to reproduce a peer with this loss.
+constructor shares), the loss's example inputs and plot probe (:mod:`losskit.examples`), the
+function's docstring (summary, description, the ``.. math::`` block, the "To reproduce" lists,
+References), and the lines of the family's module docstring that show how to reproduce a peer
+with this loss.
 """
 
 from __future__ import annotations
@@ -14,79 +15,69 @@ import re
 import textwrap
 from typing import Any
 
+import griffe
+from pylatexenc import latex2text, latexwalker
+from pylatexenc.macrospec import MacroSpec
+
+from losskit.cli.docstrings import convert
+
 __all__ = ["loss_info"]
 
-_HEADER = re.compile(r"^[A-Z][A-Za-z0-9 ,'/()<>-]*:$")
 _PEER = re.compile(r"reproduce|peer", re.IGNORECASE)
 _NOTES = re.compile(r"^(notes?|warnings?|caution)$", re.IGNORECASE)
-_SKIPPED_SECTIONS = {"args", "arguments", "shape", "returns", "raises", "examples", "example", "yields"}
+# convert() writes each equation as its own $$ block; a directive's equations follow one another.
+_EQUATION = re.compile(r"^\$\$\n(.*?)\n\$\$$", re.MULTILINE | re.DOTALL)
+_FORMULA = re.compile(r"^\$\$\n.*?\n\$\$$(?:\n+\$\$\n.*?\n\$\$$)*", re.MULTILINE | re.DOTALL)
+_INLINE_FORMULA = re.compile(r"\$([^$\n]+)\$")
 
 
-def _split_sections(doc: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """The lines before the first section header, and each ``Header:`` with its (dedented) lines."""
-    lines = inspect.cleandoc(doc).splitlines()
-    intro: list[str] = []
-    sections: list[tuple[str, list[str]]] = []
-    for index, line in enumerate(lines):
-        following = next((n for n in lines[index + 1:] if n.strip()), "")
-        is_header = (
-            _HEADER.match(line) is not None and len(line) <= 60
-            and following.startswith((" ", "\t"))
-        )
-        if is_header:
-            sections.append((line[:-1], []))
-        elif sections:
-            sections[-1][1].append(line)
-        else:
-            intro.append(line)
-    return intro, [(title, textwrap.dedent("\n".join(body)).strip("\n").splitlines()) for title, body in sections]
+def _tex_contexts():
+    """pylatexenc's contexts, with the macros losskit's docstrings use that it does not know."""
+    walker = latexwalker.get_default_latex_context_db()
+    walker.add_context_category("losskit", prepend=True, macros=[MacroSpec("tfrac", "{{"), MacroSpec("dfrac", "{{")])
+    text = latex2text.get_default_latex_context_db()
+    text.add_context_category("losskit", prepend=True, macros=[
+        *(latex2text.MacroTextSpec(frac, simplify_repl="%(1)s/%(2)s") for frac in ("tfrac", "dfrac")),
+        latex2text.MacroTextSpec("|", simplify_repl="\u2016"),  # a norm's double bar
+        *(latex2text.MacroTextSpec(name, simplify_repl=f"{name} ") for name in ("log", "exp"))])
+    return walker, text
 
 
-def _split_math(lines: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Prose lines and the ``.. math::`` blocks (their indented bodies, dedented)."""
-    prose: list[str] = []
-    blocks: list[list[str]] = []
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        if line.strip().startswith(".. math::"):
-            indent = len(line) - len(line.lstrip())
-            inline = line.strip()[len(".. math::"):].strip()
-            body = [inline] if inline else []
-            index += 1
-            while index < len(lines) and (not lines[index].strip()
-                                          or len(lines[index]) - len(lines[index].lstrip()) > indent):
-                body.append(lines[index])
-                index += 1
-            blocks.append(textwrap.dedent("\n".join(body)).strip("\n").splitlines())
-            continue
-        prose.append(line)
-        index += 1
-    return prose, blocks
+_WALKER, _TEXT = _tex_contexts()
 
 
-def _render_description(lines: list[str], count: int) -> list[str]:
-    """The intro after its summary, in order, each ``.. math::`` block replaced by a pointer to
-    the formula section (``[formula below]``, or ``[formula 2 below]`` when there are several)."""
-    out: list[str] = []
-    index, number = 0, 0
-    while index < len(lines):
-        line = lines[index]
-        if line.strip().startswith(".. math::"):
-            indent = len(line) - len(line.lstrip())
-            index += 1
-            while index < len(lines) and (not lines[index].strip()
-                                          or len(lines[index]) - len(lines[index].lstrip()) > indent):
-                index += 1
-            number += 1
-            out += ["[formula below]" if count == 1 else f"[formula {number} below]", ""]
-            continue
-        if line.strip() or (out and out[-1].strip()):
-            out.append(line)
-        index += 1
-    while out and not out[-1].strip():
-        out.pop()
-    return out
+def _tex_text(tex: str) -> str:
+    """A TeX formula as Unicode text: ``\\sigma(x)`` reads ``σ(x)``, ``\\tfrac12`` reads ``1/2``."""
+    nodes, _, _ = latexwalker.LatexWalker(tex, latex_context=_WALKER).get_latex_nodes()
+    return " ".join(latex2text.LatexNodes2Text(latex_context=_TEXT, math_mode="text").nodelist_to_text(nodes).split())
+
+
+def _readable(markdown: str) -> str:
+    """Docstring Markdown (:func:`losskit.cli.docstrings.convert`) as plain text: inline formulas
+    in Unicode, literals in single backticks."""
+    return _INLINE_FORMULA.sub(lambda m: _tex_text(m.group(1)), markdown).replace("``", "`")
+
+
+def _parse(doc: str) -> list[Any]:
+    """The docstring's griffe sections, as the docs site reads them (Google style, reST converted)."""
+    return griffe.Docstring(convert(inspect.cleandoc(doc))).parse(
+        "google", warnings=False, warn_missing_types=False, warn_unknown_params=False)
+
+
+def _description(text: str) -> tuple[str, list[str], list[list[str]]]:
+    """The summary, the description with each formula replaced by a pointer (``[formula below]``,
+    or ``[formula 2 below]`` when there are several), and the formulas: their TeX, the equations
+    of one formula separated by a blank line."""
+    summary, _, body = text.partition("\n\n")
+    formulas = []
+    for formula in _FORMULA.finditer(body):
+        equations = [m.group(1).splitlines() for m in _EQUATION.finditer(formula.group())]
+        formulas.append([line for i, lines in enumerate(equations) for line in ([""] if i else []) + lines])
+    numbers = iter(range(1, len(formulas) + 1))
+    body = _FORMULA.sub(lambda m: "[formula below]" if len(formulas) == 1 else f"[formula {next(numbers)} below]",
+                        body)
+    lines = _readable(body).strip("\n").splitlines()
+    return " ".join(_readable(summary).split()), lines, formulas
 
 
 def _paragraphs(lines: list[str]) -> list[list[str]]:
@@ -139,7 +130,7 @@ def _family_peer_lines(fn: Any, cls: type) -> list[str]:
         for item in _items(paragraph):
             if names.search("\n".join(item)):
                 found.extend(textwrap.dedent("\n".join(item)).splitlines())
-    return found
+    return _readable(convert("\n".join(found))).splitlines() if found else []
 
 
 def _options(cls: type, fn: Any) -> list[tuple[str, str]]:
@@ -157,6 +148,32 @@ def _options(cls: type, fn: Any) -> list[tuple[str, str]]:
         add(inspect.signature(init).parameters.values())
     add(inspect.signature(fn).parameters.values())
     return rows
+
+
+def _describe(value: Any) -> str:
+    """A tensor as its dtype and shape, anything else as its (clipped) repr."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"tensor {str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _example(name: str, fn: Any) -> list[str]:
+    """The example call of the table of example inputs (:mod:`losskit.examples`), and the probe
+    ``losskit plot`` draws."""
+    import torch
+
+    from losskit import examples
+
+    case = examples.spec(name).make(2, torch.Generator().manual_seed(0))
+    sweep = examples.sweep(name)
+    first, second = list(inspect.signature(fn).parameters)[:2]
+    rows = [(first, case.input), (second, case.target), *case.kwargs.items()]
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key.ljust(width)} = {_describe(value)}" for key, value in rows]
+    return [*lines, f"plot probe: {sweep.kind}; x axis: {sweep.axis.label}"]
 
 
 def _indent(lines: list[str], prefix: str = "  ") -> list[str]:
@@ -186,11 +203,11 @@ def loss_info(name: str) -> str:
     cls = found.cls
     fn = cls.function
     fn = getattr(fn, "__func__", fn)
-    intro, sections = _split_sections(fn.__doc__ or "")
-    paragraphs = _paragraphs(intro)
-    summary = " ".join(line.strip() for line in paragraphs[0]) if paragraphs else ""
-    body = [line for paragraph in paragraphs[1:] for line in [*paragraph, ""]]
-    _, math_blocks = _split_math(body)
+    sections = _parse(fn.__doc__ or "")
+    texts = [section.value for section in sections if section.kind.value == "text"]
+    summary, description, formulas = _description(texts[0] if texts else "")
+    notes = [(section.title, _readable(section.value.description).splitlines()) for section in sections
+             if section.kind.value == "admonition"]
 
     out = [f"{found.name} ({found.family}): {summary}".rstrip(": ")]
     out.append("")
@@ -199,7 +216,7 @@ def loss_info(name: str) -> str:
     out.append(f"module:    losskit.nn.{cls.__name__}  (losskit.get({found.name!r}, **options))")
     own_doc = cls.__dict__.get("__doc__") or ""
     if own_doc and not own_doc.rstrip().endswith((fn.__doc__ or "").rstrip()):
-        own = _paragraphs(inspect.cleandoc(own_doc).splitlines())
+        own = _paragraphs(_readable(convert(inspect.cleandoc(own_doc))).splitlines())
         out += _indent([line.strip() for line in own[0]], "           ") if own else []
 
     options = _options(cls, fn)
@@ -208,21 +225,21 @@ def loss_info(name: str) -> str:
         width = max(len(option) for option, _ in options)
         out += [f"  {option.ljust(width)} = {default}" for option, default in options]
 
-    description = _render_description(body, len(math_blocks))
+    out += ["", "example inputs (losskit.examples, 2 samples):", *_indent(_example(found.name, fn))]
+
     if description:
         out += ["", "description:", *_indent(description)]
-    for number, block in enumerate(math_blocks, start=1):
-        out += ["", "formula:" if len(math_blocks) == 1 else f"formula {number}:", *_indent(block)]
+    for number, formula in enumerate(formulas, start=1):
+        out += ["", "formula:" if len(formulas) == 1 else f"formula {number}:", *_indent(formula)]
 
-    for title, body in sections:
-        if title.lower() in _SKIPPED_SECTIONS or not (_PEER.search(title) or _NOTES.match(title)):
-            continue
-        out += ["", f"{title.lower()}:", *_indent(body)]
+    for title, body in notes:
+        if _PEER.search(title) or _NOTES.match(title):
+            out += ["", f"{title.lower()}:", *_indent(body)]
     family_lines = _family_peer_lines(fn, cls)
     if family_lines:
         out += ["", f"to reproduce a peer (from losskit.functional.{fn.__module__.rsplit('.', 1)[-1]}):",
                 *_indent(family_lines)]
-    for title, body in sections:
+    for title, body in notes:
         if title.lower() == "references":
             out += ["", "references:", *_indent(body)]
     return "\n".join(out).rstrip() + "\n"

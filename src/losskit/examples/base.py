@@ -1,10 +1,11 @@
-"""How the contract suite calls each registered loss.
+"""How to call each registered loss: the :class:`Spec` of the table of example inputs.
 
-Every registered loss needs one :class:`Spec` here (``tests/test_contract.py`` fails for a
-loss without one). A spec says how to make a small valid input, which shape ``reduction="none"``
+Every registered loss needs one :class:`Spec` (``tests/test_contract.py`` fails for a loss
+without one). A spec says how to make a small valid input, which shape ``reduction="none"``
 returns (the loss's natural unit), and how weights enter the weighted mean.
 
-The family files ``spec_<family>.py`` define the specs; this module gathers them.
+The family modules ``losskit.examples.<family>`` define the specs; :mod:`losskit.examples`
+gathers them.
 
 A spec also states the loss's accuracy contract (``tests/test_accuracy.py``): the input regimes
 where float32 and half precision are compared with float64 (:class:`Regime`, one maker per
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from losskit.examples.probes import Sweep
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Case:
 #: Every regime a loss is checked in, and what it means. A spec gives each one a maker or a
 #: reason why it does not apply (``Spec.not_applicable``); a new loss without them fails.
 REGIMES: dict[str, str] = {
-    "typical": "the contract's own inputs (tests/spec_<family>.py)",
+    "typical": "the contract's own inputs (losskit/examples/<family>.py)",
     "saturated": "logits up to |x| = 30 (residuals, log-ratios and scores of the same size elsewhere)",
     "near_converged": "a loss below 1e-3: the values where terms cancel",
     "large": "a reduction over at least 1e6 elements (region losses: at least 65k voxels per class)",
@@ -113,6 +116,8 @@ class Spec:
         budget: The accuracy budget (:class:`Budget`) in every regime ...
         budgets: ... except those named here.
         function: The function to call, for a loss outside the registry.
+        probe: The 1-D sweep ``losskit plot`` draws (:mod:`losskit.examples.probes`); ``None``: the
+            family's (``probes.FAMILY``).
     """
 
     make: Callable[[int, torch.Generator], Case]
@@ -126,6 +131,7 @@ class Spec:
     budget: Budget = Budget()
     budgets: Mapping[str, Budget] = field(default_factory=dict)
     function: Callable[..., Tensor] | None = None
+    probe: Sweep | None = None
 
     def budget_for(self, regime: str) -> Budget:
         return self.budgets.get(regime, self.budget)
@@ -216,39 +222,3 @@ def same_shape(case: Case) -> tuple[int, ...]:
 
 def without_class_dim(case: Case) -> tuple[int, ...]:
     return (case.input.shape[0], *case.input.shape[2:])
-
-
-def accuracy_specs() -> dict[str, Spec]:
-    """Every loss under the accuracy contract: the registry, the fused large-vocabulary losses and the
-    fused policy and preference objectives."""
-    from tests import spec_fused_policy, spec_large_vocab
-
-    return {**registry(), **spec_large_vocab.FUSED, **spec_fused_policy.FUSED}
-
-
-def registry() -> dict[str, Spec]:
-    """Every spec, by registered name."""
-    from tests import (
-        spec_boundary,
-        spec_boxes,
-        spec_classification,
-        spec_contrastive,
-        spec_detection,
-        spec_divergence,
-        spec_large_vocab,
-        spec_lovasz,
-        spec_metric,
-        spec_regression,
-        spec_rl,
-        spec_segmentation,
-    )
-
-    specs: dict[str, Spec] = {}
-    modules = (spec_regression, spec_classification, spec_divergence, spec_boxes, spec_detection,
-               spec_segmentation, spec_lovasz, spec_boundary, spec_large_vocab, spec_rl, spec_contrastive,
-               spec_metric)
-    for module in modules:
-        overlap = specs.keys() & module.SPECS.keys()
-        assert not overlap, f"specs defined twice: {overlap}"
-        specs.update(module.SPECS)
-    return specs
