@@ -212,7 +212,8 @@ def _postprocess(distance: Tensor, fun: str, tau: float) -> Tensor:
         distance = torch.log1p(distance)
     elif fun == "sqrt":
         distance = safe_sqrt(distance)
-    return 1 - 1 / (tau + distance) if tau >= 1 else distance
+    # 1 - 1 / (tau + f) as one fraction: the difference keeps no digits of a small loss at tau = 1
+    return (tau - 1 + distance) / (tau + distance) if tau >= 1 else distance
 
 
 def _check_gaussian_options(fun: str, tau: float, alpha: float) -> tuple[float, float]:
