@@ -202,9 +202,11 @@ def _pair_frame(x: Tensor, t: Tensor) -> tuple[Tensor, ...]:
     ap, bp = (x[..., 2:4].clamp_min(_MIN_SIDE) / 2).unbind(-1)
     at, bt = (t[..., 2:4].clamp_min(_MIN_SIDE) / 2).unbind(-1)
     dx, dy = (t[..., 0] - x[..., 0]), (t[..., 1] - x[..., 1])
-    turn = t[..., 4] - x[..., 4]
-    sin2 = torch.sin(turn).square()
-    return ap, bp, at, bt, dx, dy, 1 - sin2, sin2
+    # The turn in float64, where the difference of two float32 angles is exact: a pair a quarter
+    # turn apart (a wide box against the same box described as tall) needs cos^2 of it, about the
+    # square of the small remainder, which float32's rounding of ~pi/2 would swamp.
+    turn = t[..., 4].double() - x[..., 4].double()
+    return ap, bp, at, bt, dx, dy, torch.cos(turn).square().to(x.dtype), torch.sin(turn).square().to(x.dtype)
 
 
 def _postprocess(distance: Tensor, fun: str, tau: float) -> Tensor:
