@@ -10,7 +10,7 @@ loss, the value and the derivative (by autograd) along the natural 1-D probe of 
   class. Both read the same way: right is confident and correct, left is confident and wrong.
 * **boxes**: a unit box against the same box shifted by :math:`s \\in [-1.5, 1.5]` along ``x``; the
   x axis is the shift ``s`` (the IoU is :math:`(1-|s|)/(1+|s|)` for :math:`|s| < 1` and 0 beyond).
-  Rotated boxes ``(cx, cy, w, h, angle)`` and 3-D boxes ``xyzxyz`` get the same shift.
+  Rotated boxes ``(cx, cy, w, h, angle)``, 3-D boxes ``xyzxyz`` and 3-D boxes with yaw get the same shift.
 
 * **detection**: the logit :math:`x \\in [-6, 6]` of a positive with target quality 1
   (varifocal, quality focal, Gaussian focal); distribution focal loss sees 8 bins with logit ``x``
@@ -137,6 +137,8 @@ def _box_encodings(s):
            torch.tensor([0.5, 0.5, 1.0, 1.0, 0.0]))
     yield ("3-D boxes xyzxyz", torch.stack([s, zeros, zeros, ones + s, ones, ones], -1),
            torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
+    yield ("3-D boxes with yaw (x, y, z, w, l, h, yaw)", torch.stack([s, zeros, zeros, ones, ones, ones, zeros], -1),
+           torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]))
 
 
 @dataclass
@@ -269,7 +271,7 @@ def _candidates(module, family: str, params: list[str], points: int):
         yield _Candidate("binary: logit x, target 1", axis, x,
                          lambda: [("", module(x, torch.ones_like(x), reduction="none"))])
     elif family == "boxes":
-        for index in range(3):
+        for index in range(4):
             s = _grid(axis, points)
             kind, pred, unit = list(_box_encodings(s))[index]
             yield _Candidate(f"{kind}: shifted box vs unit box", axis, s, lambda pred=pred, unit=unit: [
