@@ -38,7 +38,7 @@ from torch import Tensor
 from losskit._core.checks import check_bool, check_number, check_one_of
 from losskit._core.reduction import Reduction, reduce_for
 from losskit._core.rowwise import rowwise_loss
-from losskit.boxes import ROTATED_IOU_KINDS, _check_rotated, rotated_iou_terms, safe_sqrt
+from losskit.boxes import ROTATED_IOU_KINDS, rotated_iou_terms, safe_sqrt
 from losskit.functional.boxes import _docs, _prepare
 
 __all__ = ["gwd_loss", "kfiou_loss", "kld_loss", "rotated_iou_3d_loss", "rotated_iou_loss"]
@@ -49,10 +49,9 @@ _MIN_SIDE = 1e-7  # mmrotate clamps w and h to [1e-7, 1e7] before forming the co
 
 def _prepare_rotated(input: Tensor, target: Tensor, fmt: str, eps: float | None, reduction: str,
                      normalizer: object) -> tuple[Tensor, Tensor, float]:
-    x, t, eps = _prepare(input, target, fmt, eps, reduction, normalizer, formats=(fmt,))
-    _check_rotated("input", input, fmt)
-    _check_rotated("target", target, fmt)
-    return x, t, eps
+    """Checked boxes in the compute dtype: negative sizes and NaN or infinite coordinates, the angle
+    included, raise naming the first bad row (one device sync per tensor, in ``_prepare``)."""
+    return _prepare(input, target, fmt, eps, reduction, normalizer, formats=(fmt,))
 
 
 def _iou_loss(x: Tensor, t: Tensor, fmt: str, kind: str, mode: str, eps: float) -> Tensor:
