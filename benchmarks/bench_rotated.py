@@ -16,6 +16,7 @@ Ultralytics needs its own torch build, so run this in the peer environment, with
 on the path::
 
     PYTHONPATH=src /work/peer-venv/bin/python -m benchmarks.bench_rotated [--sizes 100000] [--device cuda]
+        [--tables iou gaussian overlap]
 
 Without Ultralytics the third table leaves it out. Every table names the CPU model, the thread
 count and the load average when it started.
@@ -34,6 +35,7 @@ from benchmarks.harness import benchmark, compare, cpu_model, report
 from losskit import _polygon
 
 PLAIN = "plain formula (autograd)"
+TABLES = ("iou", "gaussian", "overlap")
 
 
 def make_pairs(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,15 +109,32 @@ def _ultralytics_probiou():
     return probiou
 
 
-def _tables(n: int, device: torch.device, rounds: int, checks: bool, ultralytics_probiou) -> list[str]:
+def _tables(n: int, device: torch.device, rounds: int, checks: bool, ultralytics_probiou,
+            which: tuple[str, ...] = TABLES) -> list[str]:
     pred, target = make_pairs(n, device)
     where = f"{n:,} aligned xywhr pairs, {device}, float32, mean, {_load()}"
+    tables = []
+    if "iou" in which:
+        tables += _iou_table(pred, target, where, rounds, checks)
+    if "gaussian" in which:
+        tables += _gaussian_tables(pred, target, where, rounds, checks)
+    if "overlap" in which:
+        tables += _overlap_table(pred, target, where, rounds, checks, ultralytics_probiou)
+    return tables
+
+
+def _iou_table(pred, target, where: str, rounds: int, checks: bool) -> list[str]:
     tables = [benchmark(
         f"Rotated IoU loss fwd+bwd (exact polygon clipping), {where}",
         {"losskit": lambda: losskit.rotated_iou_loss(pred, target),
          "same clipping, float32 autograd": lambda: plain_rotated_iou_loss(pred, target).mean()},
         (pred,), rounds=rounds, checks=checks, rtol=1e-4)]
     print()
+    return tables
+
+
+def _gaussian_tables(pred, target, where: str, rounds: int, checks: bool) -> list[str]:
+    tables = []
     for kind in ("gwd", "kld", "kfiou"):
         fn = getattr(losskit, f"{kind}_loss")
         tables.append(benchmark(
@@ -124,6 +143,10 @@ def _tables(n: int, device: torch.device, rounds: int, checks: bool, ultralytics
              PLAIN: lambda kind=kind: plain_gaussian_loss(kind, pred, target).mean()},
             (pred,), rounds=rounds, checks=checks, rtol=1e-4))
         print()
+    return tables
+
+
+def _overlap_table(pred, target, where: str, rounds: int, checks: bool, ultralytics_probiou) -> list[str]:
     forwards = {"losskit": lambda: losskit.rotated_iou_loss(pred, target),
                 "losskit probiou_loss": lambda: losskit.probiou_loss(pred, target)}
     if ultralytics_probiou is not None:
@@ -135,8 +158,7 @@ def _tables(n: int, device: torch.device, rounds: int, checks: bool, ultralytics
     text = report(f"Rotated overlap losses fwd+bwd, different losses on the same pairs (time and memory "
                   f"only; ratios to the exact IoU), {where}, threads={torch.get_num_threads()}", results)
     print(text)
-    tables.append(text)
-    return tables
+    return [text]
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -145,6 +167,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--checks", action="store_true", help="keep losskit's value checks on (default: off)")
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -156,7 +179,7 @@ def main(argv: list[str] | None = None) -> str:
     print(header)
     tables = [header]
     for n in args.sizes:
-        tables.extend(_tables(n, device, args.rounds, args.checks, ultralytics_probiou))
+        tables.extend(_tables(n, device, args.rounds, args.checks, ultralytics_probiou, tuple(args.tables)))
     return "\n\n".join(tables)
 
 
