@@ -85,3 +85,13 @@ def test_rss_profile_puts_the_code_pages_apart():
 def test_compare_benchmark_runs_and_checks_the_numbers():
     text = bench_compare.main(["--task", "classification", "--losses", "ce", "--epochs", "1", "--seeds", "2"])
     assert "2 runs" in text and "--jobs 2" in text and "identical numbers: yes" in text
+
+
+@pytest.mark.slow
+def test_rotated_benchmark_runs_and_checks_the_plain_formulas():
+    from benchmarks import bench_rotated
+
+    text = bench_rotated.main(["--sizes", "100", "--rounds", "1"])
+    for title in ("Rotated IoU loss", "GWD loss", "KLD loss", "KFIOU loss", "different losses on the same pairs"):
+        assert title in text
+    assert "plain formula (autograd)" in text and "losskit probiou_loss" in text

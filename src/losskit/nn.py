@@ -363,6 +363,31 @@ class GIoU3DLoss(LossModule):
     function = staticmethod(F.giou_3d_loss)
 
 
+@register("rotated_iou", family="boxes")
+class RotatedIoULoss(LossModule):
+    function = staticmethod(F.rotated_iou_loss)
+
+
+@register("rotated_iou_3d", family="boxes")
+class RotatedIoU3DLoss(LossModule):
+    function = staticmethod(F.rotated_iou_3d_loss)
+
+
+@register("gwd", family="boxes")
+class GWDLoss(LossModule):
+    function = staticmethod(F.gwd_loss)
+
+
+@register("kld", family="boxes")
+class KLDLoss(LossModule):
+    function = staticmethod(F.kld_loss)
+
+
+@register("kfiou", family="boxes")
+class KFIoULoss(LossModule):
+    function = staticmethod(F.kfiou_loss)
+
+
 # --- dense detection --------------------------------------------------------------------------
 
 

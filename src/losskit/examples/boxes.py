@@ -13,7 +13,7 @@ image, boxes of 5e4 to 1e5 pixels, and 250k typical pairs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -95,6 +95,33 @@ def _rotated_case(scale: Scale = TYPICAL):
     return make
 
 
+def _rotated_3d_case(scale: Scale = TYPICAL, **kwargs):
+    """``xyzwlhr`` pairs: the prediction is the target moved, resized and turned a little."""
+
+    def make(n: int, gen: torch.Generator) -> Case:
+        target = torch.cat([_uniform((n, 3), 0.0, scale.extent, gen), _uniform((n, 3), *scale.sides, gen),
+                            _uniform((n, 1), -math.pi, math.pi, gen)], -1)
+        pred = target + torch.cat([_uniform((n, 6), -scale.move, scale.move, gen),
+                                   _uniform((n, 1), -scale.turn, scale.turn, gen)], -1)
+        return Case(pred, target, dict(kwargs))
+
+    return make
+
+
+def _rotated_with(**options):
+    def case_at(scale: Scale):
+        make = _rotated_case(scale)
+
+        def with_options(n: int, gen: torch.Generator) -> Case:
+            case = make(n, gen)
+            case.kwargs.update(options)
+            return case
+
+        return with_options
+
+    return case_at
+
+
 def per_box(case: Case) -> tuple[int, ...]:
     return tuple(case.input.shape[:-1])
 
@@ -134,6 +161,11 @@ def _spec(case_at, takes_eps: bool = True, **kwargs) -> Spec:
                 not_applicable=NOT_LOGITS, **kwargs)
 
 
+def _without_near_converged(spec: Spec, why: str) -> Spec:
+    regimes = {name: regime for name, regime in spec.regimes.items() if name != "near_converged"}
+    return replace(spec, regimes=regimes, not_applicable={**spec.not_applicable, "near_converged": why})
+
+
 def _with(**options):
     return lambda scale: boxes_case(scale, **options)
 
@@ -162,4 +194,13 @@ SPECS: dict[str, Spec] = {
     "nwd": _spec(_with(constant=4.0), takes_eps=False),
     "probiou": _spec(_rotated_case, probe=probes.ROTATED_BOXES),
     "giou_3d": _spec(_boxes_3d_case, probe=probes.BOXES_3D),
+    # The exact polygon IoU; GIoU exercises the convex hull too. The cases keep every pair's vertex
+    # set away from changes (no corner on an edge), where the area's derivative has a kink.
+    "rotated_iou": _spec(_rotated_with(kind="giou"), probe=probes.ROTATED_BOXES),
+    "rotated_iou_3d": _spec(lambda scale: _rotated_3d_case(scale, kind="diou"), probe=probes.BOXES_3D_YAW),
+    "gwd": _spec(_rotated_with(tau=1.0), takes_eps=False, probe=probes.ROTATED_BOXES),
+    "kld": _spec(_rotated_case, takes_eps=False, probe=probes.ROTATED_BOXES),
+    "kfiou": _without_near_converged(_spec(_rotated_with(fun="ln"), probe=probes.ROTATED_BOXES), (
+        "KFIoU is at most 1/3 (identical boxes), so the loss of a perfect prediction is g(1/3): 2/3, ln 3 "
+        "or e^(2/3) - 1, never below 1e-3; the tiny and huge regimes hold close pairs")),
 }

@@ -233,6 +233,9 @@ ROTATED_BOXES = _box_sweep("rotated boxes (cx, cy, w, h, angle)",
                            [0.5, 0.5, 1.0, 1.0, 0.0])
 BOXES_3D = _box_sweep("3-D boxes xyzxyz", lambda s: torch.stack([s, 0 * s, 0 * s, 1 + s, 1 + 0 * s, 1 + 0 * s], -1),
                       [0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+BOXES_3D_YAW = _box_sweep("3-D boxes with yaw (x, y, z, w, l, h, yaw)",
+                          lambda s: torch.stack([s, 0 * s, 0 * s, 1 + 0 * s, 1 + 0 * s, 1 + 0 * s, 0 * s], -1),
+                          [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
 QUALITY = Sweep("logit x, target 1", QUALITY_LOGIT,
                 lambda loss, x: _one(loss(x, torch.ones_like(x), reduction="none")))
 TARGET_BIN = Sweep("8 bins, logit x at bin 3, target 3", QUALITY_LOGIT, lambda loss, x: _one(loss(

@@ -4,12 +4,14 @@ Every function takes the prediction and the target as its only positional argume
 option is keyword-only. The reduction rules are those of :func:`losskit.reduce_loss`.
 """
 
+from losskit.functional import _rotated
 from losskit.functional import contrastive as _contrastive
 from losskit.functional import fused_policy as _fused_policy
 from losskit.functional import fused_preference as _fused_preference
 from losskit.functional import large_vocab as _large_vocab
 from losskit.functional import metric as _metric
 from losskit.functional import rl as _rl
+from losskit.functional._rotated import *  # noqa: F403
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
 from losskit.functional.boxes import (
     ciou_loss,
@@ -132,4 +134,5 @@ __all__ = [
     *_large_vocab.__all__,
     *_metric.__all__,
     *_rl.__all__,
+    *_rotated.__all__,
 ]
