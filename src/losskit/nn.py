@@ -424,6 +424,16 @@ class DiceCELoss(LossModule):
     function = staticmethod(F.dice_ce_loss)
 
 
+@register("dice_focal", family="segmentation")
+class DiceFocalLoss(LossModule):
+    function = staticmethod(F.dice_focal_loss)
+
+
+@register("generalized_dice_focal", family="segmentation")
+class GeneralizedDiceFocalLoss(LossModule):
+    function = staticmethod(F.generalized_dice_focal_loss)
+
+
 @register("lovasz_softmax", family="segmentation")
 class LovaszSoftmaxLoss(LossModule):
     function = staticmethod(F.lovasz_softmax_loss)

@@ -64,8 +64,10 @@ from losskit.functional.regression import (
 from losskit.functional.rl import *  # noqa: F403
 from losskit.functional.segmentation import (
     dice_ce_loss,
+    dice_focal_loss,
     dice_loss,
     focal_tversky_loss,
+    generalized_dice_focal_loss,
     generalized_dice_loss,
     jaccard_loss,
     mcc_loss,
@@ -83,6 +85,7 @@ __all__ = [
     "cldice_loss",
     "cross_entropy",
     "dice_ce_loss",
+    "dice_focal_loss",
     "dice_loss",
     "diou_loss",
     "distribution_focal_loss",
@@ -91,6 +94,7 @@ __all__ = [
     "gaussian_focal_loss",
     "gaussian_nll_loss",
     "general_robust_loss",
+    "generalized_dice_focal_loss",
     "generalized_dice_loss",
     "giou_3d_loss",
     "giou_loss",

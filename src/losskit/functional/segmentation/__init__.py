@@ -85,7 +85,7 @@ To reproduce a peer (each row is proved by a test: MONAI and kornia live in
 """
 from losskit.functional._region_stats import RegionStats, region_stats
 from losskit.functional.segmentation._front import ABSENT, AGGREGATES, _OneMinusRatio
-from losskit.functional.segmentation.compound import dice_ce_loss
+from losskit.functional.segmentation.compound import dice_ce_loss, dice_focal_loss, generalized_dice_focal_loss
 from losskit.functional.segmentation.overlap import (
     dice_loss,
     focal_tversky_loss,
@@ -101,8 +101,10 @@ __all__ = [
     "RegionStats",
     "_OneMinusRatio",
     "dice_ce_loss",
+    "dice_focal_loss",
     "dice_loss",
     "focal_tversky_loss",
+    "generalized_dice_focal_loss",
     "generalized_dice_loss",
     "jaccard_loss",
     "mcc_loss",
