@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from tests.spec_classification import NOT_BOXES, binary_regimes
+from tests.spec_regression import NO_CLASSES, _residual_case
+from tests.spec_regression import _regimes as _residual_regimes
 from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
 
 A, C = 3, 4  # anchors and classes per sample in the classification cases
@@ -80,4 +82,8 @@ SPECS: dict[str, Spec] = {
                                                "only: there are no negatives to outnumber them"}),
     "gaussian_focal": Spec(make=_heatmap_case, unit_shape=same_shape, weight=elementwise_weight,
                            regimes=binary_regimes(_heatmap_case, shape_of=_heatmap_shape), not_applicable=NOT_BOXES),
+    "ghmc": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
+                 regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
+    "ghmr": Spec(make=_residual_case((0.0, 0.05), (0.1, 2.0)), unit_shape=same_shape, weight=elementwise_weight,
+                 regimes=_residual_regimes(_residual_case, (0.0, 0.05), (0.1, 2.0)), not_applicable=NO_CLASSES),
 }

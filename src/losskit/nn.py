@@ -386,6 +386,16 @@ class GaussianFocalLoss(LossModule):
     function = staticmethod(F.gaussian_focal_loss)
 
 
+@register("ghmc", "ghm_c", family="detection")
+class GHMCLoss(LossModule):
+    function = staticmethod(F.ghmc_loss)
+
+
+@register("ghmr", "ghm_r", family="detection")
+class GHMRLoss(LossModule):
+    function = staticmethod(F.ghmr_loss)
+
+
 # --- segmentation -----------------------------------------------------------------------------
 
 

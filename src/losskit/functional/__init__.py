@@ -38,6 +38,8 @@ from losskit.functional.contrastive import *  # noqa: F403
 from losskit.functional.detection import (
     distribution_focal_loss,
     gaussian_focal_loss,
+    ghmc_loss,
+    ghmr_loss,
     quality_focal_loss,
     varifocal_loss,
 )
@@ -95,6 +97,8 @@ __all__ = [
     "gaussian_nll_loss",
     "general_robust_loss",
     "generalized_dice_focal_loss",
+    "ghmc_loss",
+    "ghmr_loss",
     "generalized_dice_loss",
     "giou_3d_loss",
     "giou_loss",

@@ -28,8 +28,10 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_broadcastable,
     check_floating,
     check_in_unit_interval,
+    check_int,
     check_number,
     check_one_of,
     check_same_shape,
@@ -459,9 +461,181 @@ def gaussian_focal_loss(
     return _finish(loss, input, reduction, weight, normalizer, target=target)
 
 
+
+
+# --- gradient harmonizing (GHM) ----------------------------------------------------------------
+
+
+def _ghm_density_weights(g: Tensor, valid: Tensor, bins: int) -> Tensor:
+    r"""GHM's weight :math:`\beta_i = V / (n \cdot |B(g_i)|)` of each valid element (0 elsewhere).
+
+    :math:`g \in [0, 1]` is each element's gradient norm, :math:`B(g)` the elements of the same of
+    ``bins`` equal bins, :math:`V` the valid elements (at least 1) and :math:`n` the bins that hold
+    any: the weights of the valid elements average 1. The histogram is one ``scatter_add``, so no
+    count crosses to the host (mmdetection loops over the bins with ``.item()``)."""
+    edges = torch.arange(1, bins, dtype=g.dtype, device=g.device) / bins
+    index = torch.bucketize(g, edges, right=True)  # bin i holds edges[i-1] <= g < edges[i]
+    counts = torch.zeros(bins, dtype=g.dtype, device=g.device).scatter_add_(0, index.flatten(), valid.flatten())
+    filled = (counts > 0).sum()
+    total = valid.sum().clamp_min(1)
+    share = counts[index] * filled
+    return torch.where(valid > 0, total / share.clamp_min(1), 0.0)
+
+
+def _ghm_valid(weight: Tensor | None, input: Tensor) -> Tensor:
+    """1.0 where an element counts (``weight > 0``), as float64 (see :func:`_ghm_density_weights`)."""
+    if weight is None:
+        return torch.ones(input.shape, dtype=torch.float64, device=input.device)
+    return (weight > 0).to(torch.float64).expand(input.shape)
+
+
+def ghmc_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    bins: int = 10,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Gradient harmonizing classification loss (GHM-C, Li et al. 2019), elementwise, on logits.
+
+    Binary cross-entropy reweighted by the inverse density of the gradient norm
+    :math:`g = |\sigma(x) - t|`: the many easy negatives (small :math:`g`) and the few outliers
+    (:math:`g` near 1) each get less weight, the rare in-between examples more.
+
+    .. math::
+        \ell_i = \beta_i \operatorname{BCE}(x_i, t_i), \qquad
+        \beta_i = \frac{V}{n \, |\{j \text{ valid}: g_j \in B(g_i)\}|}
+
+    with ``bins`` equal bins :math:`B` of :math:`[0, 1]`, :math:`V` the valid elements (all, or
+    those with ``weight > 0``) and :math:`n` the non-empty bins. :math:`\beta` is computed from the
+    whole input without a gradient, in float64 (so the bin of an element never depends on the
+    input's dtype), and with no host sync. ``reduction="mean"`` with ``weight`` of 0 and 1 (or no
+    weight) is mmdetection's ``GHMC`` value :math:`\sum_i \beta_i \operatorname{BCE}_i / V`.
+    mmdetection's ``momentum`` (a running average of the bin counts) is state carried between
+    calls, so it is not offered: losskit losses keep no state. BCE is computed in log space
+    (:func:`losskit.binary_cross_entropy`'s form).
+
+    Args:
+        input: Logits, any shape (mmdetection: :math:`(N, C)`).
+        target: Binary or soft labels in :math:`[0, 1]` with the input's shape.
+        bins: Number of equal bins of the gradient norm, :math:`\ge 1`.
+        weight: Elementwise weights broadcastable to the input; elements of weight 0 are not
+            valid (they count in no bin), the others weigh the mean.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Shapes that differ, targets outside :math:`[0, 1]`, ``bins < 1``, a bad reduction.
+        TypeError: A non-floating input.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits, target = torch.tensor([0.0, 3.0, -3.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+        >>> # g = 0.5, 0.047, 0.047, 0.5: two bins of 2 elements, beta = 4 / (2 * 2) = 1 each
+        >>> losskit.ghmc_loss(logits, target, reduction="none")
+        tensor([0.6931, 0.0486, 0.0486, 0.6931])
+
+    References:
+        Li, Liu and Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019. Defaults
+        (``bins=10``) follow mmdetection ``GHMC`` (``momentum=0``).
+    """
+    check_reduction(reduction, normalizer)
+    check_int("bins", bins, low=1)
+    logits, t = _prepare_binary(input, target, weight)
+    log_p, log_not_p = _log_sigmoids(logits)
+    with torch.no_grad():
+        g = (torch.sigmoid(logits.double()) - t.double()).abs()
+        beta = _ghm_density_weights(g, _ghm_valid(weight, input), bins).to(logits.dtype)
+    loss = beta * _bce(log_p, log_not_p, t)
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
+def ghmr_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mu: float = 0.02,
+    bins: int = 10,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Gradient harmonizing regression loss (GHM-R, Li et al. 2019), elementwise.
+
+    The authentic smooth L1 loss (ASL1) reweighted by the inverse density of its gradient norm
+    :math:`g = |d| / \sqrt{d^2 + \mu^2}` (:math:`d = x - t`), with the bins and :math:`\beta` of
+    :func:`ghmc_loss`:
+
+    .. math::
+        \ell_i = \beta_i \left(\sqrt{d_i^2 + \mu^2} - \mu\right)
+
+    ASL1 is computed as :math:`d^2 / (\sqrt{d^2 + \mu^2} + \mu)`, which keeps its digits for small
+    :math:`d` (the written form subtracts two numbers near :math:`\mu`). ``reduction="mean"`` with
+    ``weight`` of 0 and 1 is mmdetection's ``GHMR`` value :math:`\sum_i \beta_i ASL1_i / V`
+    (``momentum=0``; see :func:`ghmc_loss`).
+
+    Args:
+        input: Predicted regression values, any shape (mmdetection: box deltas :math:`(N, 4)`).
+        target: Target values with the input's shape.
+        mu: :math:`\mu > 0`, the ASL1 transition scale.
+        bins: Number of equal bins of the gradient norm, :math:`\ge 1`.
+        weight: Elementwise weights broadcastable to the input; elements of weight 0 are not valid.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Shapes that differ, ``mu <= 0``, ``bins < 1``, a bad reduction.
+        TypeError: A non-floating input or target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> pred, target = torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0])
+        >>> # g = 0 and 0.9998: two bins of one element, beta = 1; ASL1 = 0 and sqrt(1.0004) - 0.02
+        >>> losskit.ghmr_loss(pred, target, reduction="none")
+        tensor([0.0000, 0.9802])
+
+    References:
+        Li, Liu and Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019. Defaults
+        (``mu=0.02``, ``bins=10``) follow mmdetection ``GHMR``.
+    """
+    check_reduction(reduction, normalizer)
+    check_number("mu", mu, low=0.0, low_open=True)
+    check_int("bins", bins, low=1)
+    check_floating("input", input)
+    check_floating("target", target)
+    check_same_shape("input", input, "target", target)
+    if weight is not None:
+        check_broadcastable("weight", weight, input.shape, "input, shape")
+    x, t = upcast(input), upcast(target).to(upcast(input).dtype)
+    d = x - t
+    root = torch.sqrt(d * d + mu * mu)
+    with torch.no_grad():
+        d64 = x.double() - t.double()
+        g = d64.abs() / torch.sqrt(d64 * d64 + mu * mu)
+        beta = _ghm_density_weights(g, _ghm_valid(weight, input), bins).to(x.dtype)
+    loss = beta * (d * d / (root + mu))
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
 __all__ = [
     "distribution_focal_loss",
     "gaussian_focal_loss",
+    "ghmc_loss",
+    "ghmr_loss",
     "quality_focal_loss",
     "varifocal_loss",
 ]
