@@ -353,6 +353,11 @@ class NWDLoss(LossModule):
     function = staticmethod(F.nwd_loss)
 
 
+@register("bounded_iou", family="boxes")
+class BoundedIoULoss(LossModule):
+    function = staticmethod(F.bounded_iou_loss)
+
+
 @register("probiou", family="boxes")
 class ProbIoULoss(LossModule):
     function = staticmethod(F.probiou_loss)

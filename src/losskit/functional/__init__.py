@@ -11,6 +11,7 @@ from losskit.functional import metric as _metric
 from losskit.functional import rl as _rl
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
 from losskit.functional.boxes import (
+    bounded_iou_loss,
     ciou_loss,
     diou_loss,
     eiou_loss,
@@ -82,6 +83,7 @@ __all__ = [
     "balanced_softmax_loss",
     "binary_cross_entropy",
     "boundary_loss",
+    "bounded_iou_loss",
     "charbonnier_loss",
     "ciou_loss",
     "cldice_loss",
