@@ -17,6 +17,7 @@ from losskit._core.checks import (
     check_number,
     check_one_of,
     check_tensor,
+    checks_enabled,
 )
 from losskit._core.dense import DenseTarget, check_activation, dense_target, drop_background, index_labels
 from losskit._core.docs import shared_docs
@@ -48,15 +49,22 @@ def _check_sync(sync_stats: object, aggregate: str) -> None:
 
 def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_background: bool, aggregate: str,
            ignore_index: int | None, squared: bool = False, soft_label: bool = False,
-           fused_ce: bool = False, ce_weight: Tensor | None = None,
-           sync_stats: bool = False) -> tuple[RegionStats, DenseTarget | None]:
+           fused_ce: bool = False, ce_weight: Tensor | None = None, sync_stats: bool = False,
+           mask: Tensor | None = None) -> tuple[RegionStats, DenseTarget | None]:
     """The statistics (pooled with ``aggregate="batch"``) and the prepared target (``None`` when a
-    fused kernel read index labels directly: callers that need it call :func:`dense_target`)."""
+    fused kernel read index labels directly: callers that need it call :func:`dense_target`).
+    ``mask`` (see :func:`_voxel_mask`) removes voxels from every sum."""
     check_one_of("aggregate", aggregate, AGGREGATES)
     check_bool("include_background", include_background)
     _check_sync(sync_stats, aggregate)
     check_activation(input, activation)
-    kernel = _fused_kernel(input, target, activation, soft_label, ce_weight)
+    voxels = None if mask is None else _voxel_mask(mask, input)
+    if voxels is not None and not target.is_floating_point():  # masked voxels become ignored ones
+        ignore = -1 if ignore_index is None else ignore_index
+        labels = index_labels(input, target, ignore_index=ignore_index)
+        target, ignore_index = torch.where(voxels, labels.long(), ignore), ignore
+        voxels = None
+    kernel = None if voxels is not None else _fused_kernel(input, target, activation, soft_label, ce_weight)
     if kernel is not None and not target.is_floating_point():  # read chunk by chunk: no int64 copy
         index, dt = _flat(index_labels(input, target, ignore_index=ignore_index), 1), None
     else:
@@ -66,9 +74,14 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
         raise ValueError("include_background=False needs at least two channels (channel 0 is the background)")
     if kernel is None:
         x = _zero_ignored(input, dt)
+        if voxels is not None:  # one-hot / soft targets: masked voxels count in no sum (as MONAI)
+            x = torch.where(voxels.unsqueeze(1), x, 0.0)
         if activation is None:
             _check_probabilities(x)
         p, q = probabilities_with_complement(x, activation)
+        if voxels is not None:
+            keep = voxels.unsqueeze(1).to(p.dtype)
+            p, dt = p * keep, DenseTarget(None, dt.dense * keep, None)
         stats = region_stats(p, dt, squared=squared, soft_label=soft_label, complement=q)
     else:
         labels = None if dt is None else _flat(dt.dense, 2)
@@ -76,6 +89,25 @@ def _stats(input: Tensor, target: Tensor, *, activation: str | None, include_bac
                              with_ce=fused_ce, ce_weight=ce_weight)
     stats = stats.select(include_background)
     return (stats.pooled(sync_stats) if aggregate == "batch" else stats), dt
+
+
+def _voxel_mask(mask: object, input: Tensor) -> Tensor:
+    """``mask`` as a bool ``(N, *spatial)``: shape ``(N or 1, 1, *spatial)`` or ``(N or 1, *spatial)``,
+    bool or 0/1 values (a value check)."""
+    check_tensor("mask", mask)
+    spatial = tuple(input.shape[2:])
+    shape = tuple(mask.shape)
+    if mask.dim() == input.dim() and shape[1] == 1:
+        shape = shape[:1] + shape[2:]
+    if len(shape) != len(spatial) + 1 or shape[1:] != spatial or shape[0] not in (1, input.shape[0]):
+        raise ValueError(f"mask must have shape {(input.shape[0], 1, *spatial)} or {(input.shape[0], *spatial)} "
+                         f"(a batch of 1 broadcasts), got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex():
+            raise TypeError(f"mask must be bool or hold 0 and 1, got dtype {mask.dtype}")
+        if checks_enabled() and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("mask must hold only 0 and 1 (voxels kept or left out), got other values")
+    return (mask.reshape(shape) != 0).expand(input.shape[0], *spatial)
 
 
 def _zero_ignored(input: Tensor, target: DenseTarget) -> Tensor:
@@ -230,13 +262,14 @@ def _sample_means(loss: Tensor, present: Tensor, class_weight: Tensor | None) ->
 
 
 def _front(input, target, *, activation, include_background, aggregate, absent, ignore_index, smooth_nr,
-           smooth_dr, eps, reduction, normalizer, class_weight, squared=False, soft_label=False, sync_stats=False):
+           smooth_dr, eps, reduction, normalizer, class_weight, squared=False, soft_label=False, sync_stats=False,
+           mask=None):
     check_reduction(reduction, normalizer)
     check_one_of("absent", absent, ABSENT)
     _check_smoothing(smooth_nr, smooth_dr, eps)
     stats, _ = _stats(input, target, activation=activation, include_background=include_background,
                       aggregate=aggregate, ignore_index=ignore_index, squared=squared, soft_label=soft_label,
-                      sync_stats=sync_stats)
+                      sync_stats=sync_stats, mask=mask)
     cw = _class_weight(class_weight, input, include_background)
     return stats, cw
 

@@ -42,6 +42,7 @@ def dice_loss(
     eps: float = 1e-7,
     absent: str = "keep",
     ignore_index: int | None = None,
+    mask: Tensor | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
@@ -59,6 +60,12 @@ def dice_loss(
 {ARGS}
         squared: V-Net denominator :math:`\sum p^2 + \sum t^2`.
         soft_label: Soft-label-correct :math:`TP = (P + T - \lVert p - t\rVert_1)/2` (floating targets).
+        mask: Voxels to score, ``(N, 1, *spatial)`` or ``(N, *spatial)`` (a batch of 1 broadcasts),
+            bool or 0/1: a voxel outside the mask counts in no sum, after the activation (MONAI
+            ``MaskedDiceLoss``), and may hold anything. With index targets it acts as
+            ``ignore_index``; MONAI's ``MaskedDiceLoss(to_onehot_y=True)`` instead labels the
+            masked voxels background before the one-hot (they count as missed background), so its
+            parity holds with one-hot targets.
 
     Shape:
 {SHAPE}
@@ -79,7 +86,7 @@ def dice_loss(
                        aggregate=aggregate, sync_stats=sync_stats, absent=absent, ignore_index=ignore_index,
                        smooth_nr=smooth_nr,
                        smooth_dr=smooth_dr, eps=eps, reduction=reduction, normalizer=normalizer,
-                       class_weight=class_weight, squared=squared, soft_label=soft_label)
+                       class_weight=class_weight, squared=squared, soft_label=soft_label, mask=mask)
     loss = _dice_from_stats(stats, squared, smooth_nr, smooth_dr, eps)
     return _finish(loss, stats, input=input, target=target, absent=absent, class_weight=cw, weight=weight,
                    reduction=reduction, normalizer=normalizer)
