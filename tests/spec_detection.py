@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.spec_classification import NOT_BOXES, binary_regimes
+from tests.spec_classification import NOT_BOXES, binary_regimes, softmax_regimes
 from tests.spec_regression import NO_CLASSES, _residual_case
 from tests.spec_regression import _regimes as _residual_regimes
 from tests.specs import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
@@ -70,6 +70,20 @@ def _heatmap_shape(n: int) -> tuple[int, ...]:
     return (n, 2, 4, 4)
 
 
+SEESAW_COUNTS = (400.0, 120.0, 30.0, 8.0, 1.0)  # cumulative samples of the C = 5 softmax classes
+
+
+def _seesaw_case(n: int, gen: torch.Generator) -> Case:
+    """(N, 5) logits, class indices (N,), long-tailed cumulative counts."""
+    counts = torch.tensor(SEESAW_COUNTS, dtype=torch.float64)
+    return Case(_logits((n, 5), gen), torch.randint(5, (n,), generator=gen), {"class_counts": counts})
+
+
+def _per_sample_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.rand(case.input.shape[:1], generator=gen, dtype=torch.float64) + 0.5
+    return w, w
+
+
 SPECS: dict[str, Spec] = {
     "varifocal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
                       regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
@@ -86,4 +100,8 @@ SPECS: dict[str, Spec] = {
                  regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
     "ghmr": Spec(make=_residual_case((0.0, 0.05), (0.1, 2.0)), unit_shape=same_shape, weight=elementwise_weight,
                  regimes=_residual_regimes(_residual_case, (0.0, 0.05), (0.1, 2.0)), not_applicable=NO_CLASSES),
+    "seesaw": Spec(make=_seesaw_case, unit_shape=lambda case: tuple(case.input.shape[:1]),
+                   weight=_per_sample_weight,
+                   regimes=softmax_regimes(_seesaw_case, class_counts=torch.tensor(SEESAW_COUNTS, dtype=torch.float64)),
+                   not_applicable=NOT_BOXES),
 }

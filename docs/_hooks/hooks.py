@@ -35,6 +35,7 @@ def _plot_options() -> dict:
 
     options = {k: dict(v) for k, v in PLOT_OPTIONS.items()}
     options["gaussian_nll"]["var"] = torch.ones(())
+    options["seesaw"] = {"class_counts": torch.tensor([90.0, 10.0])}
     return options
 
 

@@ -401,6 +401,11 @@ class GHMRLoss(LossModule):
     function = staticmethod(F.ghmr_loss)
 
 
+@register("seesaw", family="detection")
+class SeesawLoss(LossModule):
+    function = staticmethod(F.seesaw_loss)
+
+
 # --- segmentation -----------------------------------------------------------------------------
 
 

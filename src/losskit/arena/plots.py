@@ -284,6 +284,9 @@ def _candidates(module, family: str, params: list[str], points: int):
                                 torch.zeros(points, 4, dtype=x.dtype)], 1)
             return [("", module(logits, torch.full_like(x, 3.0), reduction="none"))]
         yield _Candidate("8 bins, logit x at bin 3, target 3", axis, x, bins)
+        yield _Candidate("softmax: logits (x, 0), target 0", axis, x, lambda: [  # long-tail classifiers
+            ("", module(torch.stack([x, torch.zeros_like(x)], 1), torch.zeros(points, dtype=torch.long),
+                        reduction="none"))])
     elif family == "segmentation":
         for channels, kind in ((2, "2-class softmax logits (0, +-x)"), (1, "one logit +-x")):
             x = _grid(axis, points)

@@ -42,6 +42,7 @@ from losskit.functional.detection import (
     ghmc_loss,
     ghmr_loss,
     quality_focal_loss,
+    seesaw_loss,
     varifocal_loss,
 )
 from losskit.functional.divergence import js_div, kl_div
@@ -126,6 +127,7 @@ __all__ = [
     "quality_focal_loss",
     "quantile_loss",
     "robust_log_partition",
+    "seesaw_loss",
     "sigmoid_focal_loss",
     "siou_loss",
     "smooth_l1_loss",

@@ -23,17 +23,24 @@ docstring has a "to reproduce <peer>, pass ..." list, each row proved by a test 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
     check_broadcastable,
+    check_class_indices,
+    check_class_vector,
+    check_finite,
     check_floating,
     check_in_unit_interval,
     check_int,
     check_number,
     check_one_of,
+    check_positive_values,
     check_same_shape,
     check_tensor,
     checks_enabled,
@@ -631,11 +638,124 @@ def ghmr_loss(
     return _finish(loss, input, reduction, weight, normalizer, target=target)
 
 
+
+# --- long-tailed classification -----------------------------------------------------------------
+
+
+def seesaw_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    class_counts: Tensor,
+    p: float = 0.8,
+    q: float = 2.0,
+    eps: float = 1e-2,
+    detach_compensation: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Seesaw loss (Wang et al. 2021): softmax cross-entropy whose negative logits are rebalanced per pair of classes.
+
+    A sample of class :math:`y` pushes down every other class :math:`j`; on long-tailed data the
+    head classes push the tail ones down far more often than the reverse. Seesaw scales each
+    negative class's exponential by :math:`S_{yj} = M_{yj} C_{yj}`:
+
+    .. math::
+        M_{yj} = \min\Big(1, \big(\tfrac{N_j}{N_y}\big)^p\Big), \quad
+        C_{yj} = \max\Big(1, \big(\tfrac{\sigma_j}{\max(\sigma_y, \epsilon)}\big)^q\Big), \quad
+        \ell = -\log \frac{e^{x_y}}{e^{x_y} + \sum_{j \ne y} S_{yj} e^{x_j}}
+
+    :math:`N` are the cumulative sample counts per class (each at least 1) and :math:`\sigma` the
+    softmax of the logits. The mitigation factor :math:`M` spares a rarer
+    class :math:`j`; the compensation factor :math:`C` restores the penalty where class :math:`j`
+    already scores above the true class. Everything is added in log space
+    (:math:`x_j + p \min(0, \log N_j - \log N_y) + q \max(0, \log\sigma_j - \log\max(\sigma_y,
+    \epsilon))`), so saturated logits stay finite.
+
+    mmdetection's ``SeesawLoss`` accumulates :math:`N` in a buffer during ``forward`` (and adds
+    an objectness head); losskit losses keep no state, so pass the counts, **including the
+    current batch** as mmdetection counts them before the loss, as ``class_counts``.
+
+    Args:
+        input: Logits ``(N, C)``.
+        target: Class indices ``(N,)`` in :math:`[0, C)`.
+        class_counts: Cumulative samples per class, shape ``(C,)``, :math:`\ge 0`.
+        p: Mitigation exponent :math:`p \ge 0` (0: off).
+        q: Compensation exponent :math:`q \ge 0` (0: off).
+        eps: :math:`\epsilon > 0`, the floor of the true class's score in :math:`C`.
+        detach_compensation: Treat :math:`C` as a constant in backward, as mmdetection does (its
+            softmax reads detached logits). The default differentiates it: the gradient of the
+            value the formula states, which mmdetection's is not.
+        weight: Per-sample weights broadcastable to ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count (mmdetection's
+            ``avg_factor``) instead.
+
+    Shape:
+        - input: :math:`(N, C)`. - target: :math:`(N,)`. - output: scalar, or :math:`(N,)` with ``"none"``.
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Bad shapes, a class index out of range, negative counts or exponents, a bad
+            reduction.
+        TypeError: A non-floating input or a non-integer target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits, labels = torch.tensor([[0.0, 0.0]]), torch.tensor([0])
+        >>> # class 1 has a quarter of class 0's samples: M = 0.25 ** 0.8 = 0.3299; C = 1
+        >>> losskit.seesaw_loss(logits, labels, class_counts=torch.tensor([400.0, 100.0]))  # log(1.3299)
+        tensor(0.2851)
+
+    References:
+        Wang et al., "Seesaw Loss for Long-Tailed Instance Segmentation", CVPR 2021. Defaults
+        (``p=0.8``, ``q=2``, ``eps=1e-2``) follow mmdetection ``SeesawLoss``.
+    """
+    check_reduction(reduction, normalizer)
+    check_number("p", p, low=0.0)
+    check_number("q", q, low=0.0)
+    check_number("eps", eps, low=0.0, low_open=True)
+    check_bool("detach_compensation", detach_compensation)
+    check_floating("input", input)
+    check_tensor("target", target)
+    if input.dim() != 2 or target.shape != input.shape[:1]:
+        raise ValueError(f"input must be logits (N, C) and target class indices (N,), got shapes "
+                         f"{tuple(input.shape)} and {tuple(target.shape)}")
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    check_class_indices("target", target, input.shape[1], None)
+    check_class_vector("class_counts", class_counts, input.shape[1])
+    check_finite("class_counts", class_counts)
+    check_positive_values("class_counts", class_counts, strict=False)
+    if weight is not None:
+        check_broadcastable("weight", weight, target.shape, "the per-sample loss, shape")
+    x = upcast(input)
+    labels = target.long().unsqueeze(1)
+    log_scale = torch.zeros_like(x)
+    if p > 0:
+        log_counts = class_counts.to(x.device, x.dtype).clamp_min(1).log()
+        log_scale = log_scale + p * (log_counts.unsqueeze(0) - log_counts[labels]).clamp_max(0)
+    if q > 0:
+        log_scores = log_softmax(x.detach() if detach_compensation else x, 1)
+        own = log_scores.gather(1, labels).clamp_min(math.log(eps))
+        log_scale = log_scale + q * (log_scores - own).clamp_min(0)
+    # l = log(1 + sum_{j != y} S_yj e^(x_j - x_y)): softplus of a logsumexp over the other classes,
+    # exact near 0 (logsumexp(all) - x_y would subtract two nearly equal numbers)
+    others = x + log_scale - x.gather(1, labels)
+    others = others.scatter(1, labels, -math.inf)
+    loss = TF.softplus(torch.logsumexp(others, 1))
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
 __all__ = [
     "distribution_focal_loss",
     "gaussian_focal_loss",
     "ghmc_loss",
     "ghmr_loss",
     "quality_focal_loss",
+    "seesaw_loss",
     "varifocal_loss",
 ]
