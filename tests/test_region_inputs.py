@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import losskit
-from losskit.functional import segmentation as seg_module
+from losskit.functional.segmentation import _front as seg_module
 
 LOSSES = ["dice_loss", "jaccard_loss", "tversky_loss", "focal_tversky_loss", "generalized_dice_loss", "mcc_loss",
           "dice_ce_loss"]

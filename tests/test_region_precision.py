@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import losskit
-from losskit.functional import segmentation as seg_module
+from losskit.functional.segmentation import _front as seg_module
 
 LOSSES = {
     "dice": (losskit.dice_loss, {}),

@@ -353,6 +353,11 @@ class NWDLoss(LossModule):
     function = staticmethod(F.nwd_loss)
 
 
+@register("bounded_iou", family="boxes")
+class BoundedIoULoss(LossModule):
+    function = staticmethod(F.bounded_iou_loss)
+
+
 @register("probiou", family="boxes")
 class ProbIoULoss(LossModule):
     function = staticmethod(F.probiou_loss)
@@ -411,6 +416,21 @@ class GaussianFocalLoss(LossModule):
     function = staticmethod(F.gaussian_focal_loss)
 
 
+@register("ghmc", "ghm_c", family="detection")
+class GHMCLoss(LossModule):
+    function = staticmethod(F.ghmc_loss)
+
+
+@register("ghmr", "ghm_r", family="detection")
+class GHMRLoss(LossModule):
+    function = staticmethod(F.ghmr_loss)
+
+
+@register("seesaw", family="detection")
+class SeesawLoss(LossModule):
+    function = staticmethod(F.seesaw_loss)
+
+
 # --- segmentation -----------------------------------------------------------------------------
 
 
@@ -447,6 +467,16 @@ class MCCLoss(LossModule):
 @register("dice_ce", family="segmentation")
 class DiceCELoss(LossModule):
     function = staticmethod(F.dice_ce_loss)
+
+
+@register("dice_focal", family="segmentation")
+class DiceFocalLoss(LossModule):
+    function = staticmethod(F.dice_focal_loss)
+
+
+@register("generalized_dice_focal", family="segmentation")
+class GeneralizedDiceFocalLoss(LossModule):
+    function = staticmethod(F.generalized_dice_focal_loss)
 
 
 @register("lovasz_softmax", family="segmentation")

@@ -32,6 +32,7 @@ through :mod:`losskit._core.registry`.
 
 from losskit.compose.builder import build, from_toml
 from losskit.compose.composite import CompositeLoss, CompositeResult, LossAlgebra, Term
+from losskit.compose.deep_supervision import DeepSupervisionLoss
 from losskit.compose.schedules import (
     SCHEDULES,
     Constant,
@@ -53,6 +54,7 @@ from losskit.compose.toml import MAX_TOML_LENGTH, to_toml
 from losskit.compose.weighting import UNCERTAINTY_FORMS, WEIGHTINGS
 
 __all__ = [
+    "DeepSupervisionLoss",
     "MAX_SPEC_LENGTH",
     "MAX_SPEC_NESTING",
     "MAX_TOML_LENGTH",

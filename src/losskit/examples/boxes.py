@@ -192,6 +192,7 @@ SPECS: dict[str, Spec] = {
     "siou": _spec(_with()),
     "wiou": _spec(_nested_case),
     "nwd": _spec(_with(constant=4.0), takes_eps=False),
+    "bounded_iou": _spec(_with(beta=0.2), takes_eps=False),
     "probiou": _spec(_rotated_case, probe=probes.ROTATED_BOXES),
     "giou_3d": _spec(_boxes_3d_case, probe=probes.BOXES_3D),
     # The exact polygon IoU; GIoU exercises the convex hull too. The cases keep every pair's vertex

@@ -6,7 +6,9 @@ import torch
 
 from losskit.examples import probes
 from losskit.examples.base import Case, Regime, Spec, elementwise_weight, large, same_shape, typical, uniform
-from losskit.examples.classification import NOT_BOXES, binary_regimes
+from losskit.examples.classification import NOT_BOXES, binary_regimes, softmax_regimes
+from losskit.examples.regression import NO_CLASSES, _residual_case
+from losskit.examples.regression import _regimes as _residual_regimes
 
 A, C = 3, 4  # anchors and classes per sample in the classification cases
 SIDES, BINS = 4, 8  # box sides and bins per side in the DFL case
@@ -69,6 +71,20 @@ def _heatmap_shape(n: int) -> tuple[int, ...]:
     return (n, 2, 4, 4)
 
 
+SEESAW_COUNTS = (400.0, 120.0, 30.0, 8.0, 1.0)  # cumulative samples of the C = 5 softmax classes
+
+
+def _seesaw_case(n: int, gen: torch.Generator) -> Case:
+    """(N, 5) logits, class indices (N,), long-tailed cumulative counts."""
+    counts = torch.tensor(SEESAW_COUNTS, dtype=torch.float64)
+    return Case(_logits((n, 5), gen), torch.randint(5, (n,), generator=gen), {"class_counts": counts})
+
+
+def _per_sample_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.rand(case.input.shape[:1], generator=gen, dtype=torch.float64) + 0.5
+    return w, w
+
+
 SPECS: dict[str, Spec] = {
     "varifocal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
                       regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
@@ -82,4 +98,13 @@ SPECS: dict[str, Spec] = {
                                                "only: there are no negatives to outnumber them"}),
     "gaussian_focal": Spec(make=_heatmap_case, unit_shape=same_shape, weight=elementwise_weight,
                            regimes=binary_regimes(_heatmap_case, shape_of=_heatmap_shape), not_applicable=NOT_BOXES),
+    "ghmc": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
+                 regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
+    "ghmr": Spec(make=_residual_case((0.0, 0.05), (0.1, 2.0)), unit_shape=same_shape, weight=elementwise_weight,
+                 regimes=_residual_regimes(_residual_case, (0.0, 0.05), (0.1, 2.0)), not_applicable=NO_CLASSES,
+                 probe=probes.RESIDUAL_SWEEP),
+    "seesaw": Spec(make=_seesaw_case, unit_shape=lambda case: tuple(case.input.shape[:1]),
+                   weight=_per_sample_weight,
+                   regimes=softmax_regimes(_seesaw_case, class_counts=torch.tensor(SEESAW_COUNTS, dtype=torch.float64)),
+                   not_applicable=NOT_BOXES, probe=probes.SOFTMAX_MARGIN.using(class_counts=[90.0, 10.0])),
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from losskit.examples.base import NOT_BOXES, Case, Spec, dense_index_case, dense_regimes
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, dense_index_case, dense_regimes, uniform
 
 C = 3
 SPATIAL = (4, 5)
@@ -46,6 +46,25 @@ def _per_sample(**kwargs) -> Spec:
                 regimes=dense_regimes(C, SPATIAL, 1.5, **kwargs), not_applicable=NOT_BOXES)
 
 
+def _focal_regimes(**kwargs) -> dict[str, Regime]:
+    """:func:`dense_regimes` with a near-converged case for a sigmoid focal half: every logit 12 to 16
+    from 0 on the right side (the labelled channel's positive, the others negative), so each
+    channel's sigmoid is confident too, not only the softmax."""
+
+    def near_converged(gen: torch.Generator) -> Case:
+        target = torch.randint(C, (2, *SPATIAL), generator=gen)
+        size = uniform((2, C, *SPATIAL), 12.0, 16.0, gen)
+        labelled = torch.nn.functional.one_hot(target, C).movedim(-1, 1).bool()
+        return Case(torch.where(labelled, size, -size), target, dict(kwargs))
+
+    return {**dense_regimes(C, SPATIAL, 1.5, **kwargs), "near_converged": Regime(near_converged)}
+
+
+def _compound_focal(**kwargs) -> Spec:
+    return Spec(make=_case(**kwargs), unit_shape=_per_sample_shape, weight=_unit_weight(_per_sample_shape),
+                regimes=_focal_regimes(**kwargs), not_applicable=NOT_BOXES)
+
+
 SPECS: dict[str, Spec] = {
     "dice": _per_class(),
     "jaccard": _per_class(include_background=False),
@@ -54,4 +73,6 @@ SPECS: dict[str, Spec] = {
     "generalized_dice": _per_sample(weight_type="square"),
     "mcc": _per_class(),
     "dice_ce": _per_sample(lambda_dice=1.0, lambda_ce=0.5),
+    "dice_focal": _compound_focal(lambda_dice=1.0, lambda_focal=0.5, gamma=2.0),
+    "generalized_dice_focal": _compound_focal(weight_type="square", alpha=0.25),
 }

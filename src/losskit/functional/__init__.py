@@ -14,6 +14,7 @@ from losskit.functional import rl as _rl
 from losskit.functional._rotated import *  # noqa: F403
 from losskit.functional.boundary import boundary_loss, cldice_loss, hausdorff_dt_loss
 from losskit.functional.boxes import (
+    bounded_iou_loss,
     ciou_loss,
     diou_loss,
     eiou_loss,
@@ -41,7 +42,10 @@ from losskit.functional.contrastive import *  # noqa: F403
 from losskit.functional.detection import (
     distribution_focal_loss,
     gaussian_focal_loss,
+    ghmc_loss,
+    ghmr_loss,
     quality_focal_loss,
+    seesaw_loss,
     varifocal_loss,
 )
 from losskit.functional.divergence import js_div, kl_div
@@ -68,8 +72,10 @@ from losskit.functional.regression import (
 from losskit.functional.rl import *  # noqa: F403
 from losskit.functional.segmentation import (
     dice_ce_loss,
+    dice_focal_loss,
     dice_loss,
     focal_tversky_loss,
+    generalized_dice_focal_loss,
     generalized_dice_loss,
     jaccard_loss,
     mcc_loss,
@@ -82,11 +88,13 @@ __all__ = [
     "balanced_softmax_loss",
     "binary_cross_entropy",
     "boundary_loss",
+    "bounded_iou_loss",
     "charbonnier_loss",
     "ciou_loss",
     "cldice_loss",
     "cross_entropy",
     "dice_ce_loss",
+    "dice_focal_loss",
     "dice_loss",
     "diou_loss",
     "distribution_focal_loss",
@@ -95,6 +103,9 @@ __all__ = [
     "gaussian_focal_loss",
     "gaussian_nll_loss",
     "general_robust_loss",
+    "generalized_dice_focal_loss",
+    "ghmc_loss",
+    "ghmr_loss",
     "generalized_dice_loss",
     "giou_3d_loss",
     "giou_loss",
@@ -120,6 +131,7 @@ __all__ = [
     "quality_focal_loss",
     "quantile_loss",
     "robust_log_partition",
+    "seesaw_loss",
     "sigmoid_focal_loss",
     "siou_loss",
     "smooth_l1_loss",

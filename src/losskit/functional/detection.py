@@ -23,15 +23,24 @@ docstring has a "to reproduce <peer>, pass ..." list, each row proved by a test 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
 from losskit._core.checks import (
+    check_bool,
+    check_broadcastable,
+    check_class_indices,
+    check_class_vector,
+    check_finite,
     check_floating,
     check_in_unit_interval,
+    check_int,
     check_number,
     check_one_of,
+    check_positive_values,
     check_same_shape,
     check_tensor,
     checks_enabled,
@@ -459,9 +468,294 @@ def gaussian_focal_loss(
     return _finish(loss, input, reduction, weight, normalizer, target=target)
 
 
+
+
+# --- gradient harmonizing (GHM) ----------------------------------------------------------------
+
+
+def _ghm_density_weights(g: Tensor, valid: Tensor, bins: int) -> Tensor:
+    r"""GHM's weight :math:`\beta_i = V / (n \cdot |B(g_i)|)` of each valid element (0 elsewhere).
+
+    :math:`g \in [0, 1]` is each element's gradient norm, :math:`B(g)` the elements of the same of
+    ``bins`` equal bins, :math:`V` the valid elements (at least 1) and :math:`n` the bins that hold
+    any: the weights of the valid elements average 1. The histogram is one ``scatter_add``, so no
+    count crosses to the host (mmdetection loops over the bins with ``.item()``)."""
+    edges = torch.arange(1, bins, dtype=g.dtype, device=g.device) / bins
+    index = torch.bucketize(g, edges, right=True)  # bin i holds edges[i-1] <= g < edges[i]
+    counts = torch.zeros(bins, dtype=g.dtype, device=g.device).scatter_add_(0, index.flatten(), valid.flatten())
+    filled = (counts > 0).sum()
+    total = valid.sum().clamp_min(1)
+    share = counts[index] * filled
+    return torch.where(valid > 0, total / share.clamp_min(1), 0.0)
+
+
+def _ghm_valid(weight: Tensor | None, input: Tensor) -> Tensor:
+    """1.0 where an element counts (``weight > 0``), as float64 (see :func:`_ghm_density_weights`)."""
+    if weight is None:
+        return torch.ones(input.shape, dtype=torch.float64, device=input.device)
+    return (weight > 0).to(torch.float64).expand(input.shape)
+
+
+def ghmc_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    bins: int = 10,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Gradient harmonizing classification loss (GHM-C, Li et al. 2019), elementwise, on logits.
+
+    Binary cross-entropy reweighted by the inverse density of the gradient norm
+    :math:`g = |\sigma(x) - t|`: the many easy negatives (small :math:`g`) and the few outliers
+    (:math:`g` near 1) each get less weight, the rare in-between examples more.
+
+    .. math::
+        \ell_i = \beta_i \operatorname{BCE}(x_i, t_i), \qquad
+        \beta_i = \frac{V}{n \, |\{j \text{ valid}: g_j \in B(g_i)\}|}
+
+    with ``bins`` equal bins :math:`B` of :math:`[0, 1]`, :math:`V` the valid elements (all, or
+    those with ``weight > 0``) and :math:`n` the non-empty bins. :math:`\beta` is computed from the
+    whole input without a gradient, in float64 (so the bin of an element never depends on the
+    input's dtype), and with no host sync. ``reduction="mean"`` with ``weight`` of 0 and 1 (or no
+    weight) is mmdetection's ``GHMC`` value :math:`\sum_i \beta_i \operatorname{BCE}_i / V`.
+    mmdetection's ``momentum`` (a running average of the bin counts) is state carried between
+    calls, so it is not offered: losskit losses keep no state. BCE is computed in log space
+    (:func:`losskit.binary_cross_entropy`'s form).
+
+    Args:
+        input: Logits, any shape (mmdetection: :math:`(N, C)`).
+        target: Binary or soft labels in :math:`[0, 1]` with the input's shape.
+        bins: Number of equal bins of the gradient norm, :math:`\ge 1`.
+        weight: Elementwise weights broadcastable to the input; elements of weight 0 are not
+            valid (they count in no bin), the others weigh the mean.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Shapes that differ, targets outside :math:`[0, 1]`, ``bins < 1``, a bad reduction.
+        TypeError: A non-floating input.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits, target = torch.tensor([0.0, 3.0, -3.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+        >>> # g = 0.5, 0.047, 0.047, 0.5: two bins of 2 elements, beta = 4 / (2 * 2) = 1 each
+        >>> losskit.ghmc_loss(logits, target, reduction="none")
+        tensor([0.6931, 0.0486, 0.0486, 0.6931])
+
+    References:
+        Li, Liu and Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019. Defaults
+        (``bins=10``) follow mmdetection ``GHMC`` (``momentum=0``).
+    """
+    check_reduction(reduction, normalizer)
+    check_int("bins", bins, low=1)
+    logits, t = _prepare_binary(input, target, weight)
+    log_p, log_not_p = _log_sigmoids(logits)
+    with torch.no_grad():
+        g = (torch.sigmoid(logits.double()) - t.double()).abs()
+        beta = _ghm_density_weights(g, _ghm_valid(weight, input), bins).to(logits.dtype)
+    loss = beta * _bce(log_p, log_not_p, t)
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
+def ghmr_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mu: float = 0.02,
+    bins: int = 10,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Gradient harmonizing regression loss (GHM-R, Li et al. 2019), elementwise.
+
+    The authentic smooth L1 loss (ASL1) reweighted by the inverse density of its gradient norm
+    :math:`g = |d| / \sqrt{d^2 + \mu^2}` (:math:`d = x - t`), with the bins and :math:`\beta` of
+    :func:`ghmc_loss`:
+
+    .. math::
+        \ell_i = \beta_i \left(\sqrt{d_i^2 + \mu^2} - \mu\right)
+
+    ASL1 is computed as :math:`d^2 / (\sqrt{d^2 + \mu^2} + \mu)`, which keeps its digits for small
+    :math:`d` (the written form subtracts two numbers near :math:`\mu`). ``reduction="mean"`` with
+    ``weight`` of 0 and 1 is mmdetection's ``GHMR`` value :math:`\sum_i \beta_i ASL1_i / V`
+    (``momentum=0``; see :func:`ghmc_loss`).
+
+    Args:
+        input: Predicted regression values, any shape (mmdetection: box deltas :math:`(N, 4)`).
+        target: Target values with the input's shape.
+        mu: :math:`\mu > 0`, the ASL1 transition scale.
+        bins: Number of equal bins of the gradient norm, :math:`\ge 1`.
+        weight: Elementwise weights broadcastable to the input; elements of weight 0 are not valid.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Shapes that differ, ``mu <= 0``, ``bins < 1``, a bad reduction.
+        TypeError: A non-floating input or target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> pred, target = torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0])
+        >>> # g = 0 and 0.9998: two bins of one element, beta = 1; ASL1 = 0 and sqrt(1.0004) - 0.02
+        >>> losskit.ghmr_loss(pred, target, reduction="none")
+        tensor([0.0000, 0.9802])
+
+    References:
+        Li, Liu and Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019. Defaults
+        (``mu=0.02``, ``bins=10``) follow mmdetection ``GHMR``.
+    """
+    check_reduction(reduction, normalizer)
+    check_number("mu", mu, low=0.0, low_open=True)
+    check_int("bins", bins, low=1)
+    check_floating("input", input)
+    check_floating("target", target)
+    check_same_shape("input", input, "target", target)
+    if weight is not None:
+        check_broadcastable("weight", weight, input.shape, "input, shape")
+    x, t = upcast(input), upcast(target).to(upcast(input).dtype)
+    d = x - t
+    root = torch.sqrt(d * d + mu * mu)
+    with torch.no_grad():
+        d64 = x.double() - t.double()
+        g = d64.abs() / torch.sqrt(d64 * d64 + mu * mu)
+        beta = _ghm_density_weights(g, _ghm_valid(weight, input), bins).to(x.dtype)
+    loss = beta * (d * d / (root + mu))
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
+
+# --- long-tailed classification -----------------------------------------------------------------
+
+
+def seesaw_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    class_counts: Tensor,
+    p: float = 0.8,
+    q: float = 2.0,
+    eps: float = 1e-2,
+    detach_compensation: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Seesaw loss (Wang et al. 2021): softmax cross-entropy whose negative logits are rebalanced per pair of classes.
+
+    A sample of class :math:`y` pushes down every other class :math:`j`; on long-tailed data the
+    head classes push the tail ones down far more often than the reverse. Seesaw scales each
+    negative class's exponential by :math:`S_{yj} = M_{yj} C_{yj}`:
+
+    .. math::
+        M_{yj} = \min\Big(1, \big(\tfrac{N_j}{N_y}\big)^p\Big), \quad
+        C_{yj} = \max\Big(1, \big(\tfrac{\sigma_j}{\max(\sigma_y, \epsilon)}\big)^q\Big), \quad
+        \ell = -\log \frac{e^{x_y}}{e^{x_y} + \sum_{j \ne y} S_{yj} e^{x_j}}
+
+    :math:`N` are the cumulative sample counts per class (each at least 1) and :math:`\sigma` the
+    softmax of the logits. The mitigation factor :math:`M` spares a rarer
+    class :math:`j`; the compensation factor :math:`C` restores the penalty where class :math:`j`
+    already scores above the true class. Everything is added in log space
+    (:math:`x_j + p \min(0, \log N_j - \log N_y) + q \max(0, \log\sigma_j - \log\max(\sigma_y,
+    \epsilon))`), so saturated logits stay finite.
+
+    mmdetection's ``SeesawLoss`` accumulates :math:`N` in a buffer during ``forward`` (and adds
+    an objectness head); losskit losses keep no state, so pass the counts, **including the
+    current batch** as mmdetection counts them before the loss, as ``class_counts``.
+
+    Args:
+        input: Logits ``(N, C)``.
+        target: Class indices ``(N,)`` in :math:`[0, C)`.
+        class_counts: Cumulative samples per class, shape ``(C,)``, :math:`\ge 0`.
+        p: Mitigation exponent :math:`p \ge 0` (0: off).
+        q: Compensation exponent :math:`q \ge 0` (0: off).
+        eps: :math:`\epsilon > 0`, the floor of the true class's score in :math:`C`.
+        detach_compensation: Treat :math:`C` as a constant in backward, as mmdetection does (its
+            softmax reads detached logits). The default differentiates it: the gradient of the
+            value the formula states, which mmdetection's is not.
+        weight: Per-sample weights broadcastable to ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count (mmdetection's
+            ``avg_factor``) instead.
+
+    Shape:
+        - input: :math:`(N, C)`. - target: :math:`(N,)`. - output: scalar, or :math:`(N,)` with ``"none"``.
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Bad shapes, a class index out of range, negative counts or exponents, a bad
+            reduction.
+        TypeError: A non-floating input or a non-integer target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits, labels = torch.tensor([[0.0, 0.0]]), torch.tensor([0])
+        >>> # class 1 has a quarter of class 0's samples: M = 0.25 ** 0.8 = 0.3299; C = 1
+        >>> losskit.seesaw_loss(logits, labels, class_counts=torch.tensor([400.0, 100.0]))  # log(1.3299)
+        tensor(0.2851)
+
+    References:
+        Wang et al., "Seesaw Loss for Long-Tailed Instance Segmentation", CVPR 2021. Defaults
+        (``p=0.8``, ``q=2``, ``eps=1e-2``) follow mmdetection ``SeesawLoss``.
+    """
+    check_reduction(reduction, normalizer)
+    check_number("p", p, low=0.0)
+    check_number("q", q, low=0.0)
+    check_number("eps", eps, low=0.0, low_open=True)
+    check_bool("detach_compensation", detach_compensation)
+    check_floating("input", input)
+    check_tensor("target", target)
+    if input.dim() != 2 or target.shape != input.shape[:1]:
+        raise ValueError(f"input must be logits (N, C) and target class indices (N,), got shapes "
+                         f"{tuple(input.shape)} and {tuple(target.shape)}")
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    check_class_indices("target", target, input.shape[1], None)
+    check_class_vector("class_counts", class_counts, input.shape[1])
+    check_finite("class_counts", class_counts)
+    check_positive_values("class_counts", class_counts, strict=False)
+    if weight is not None:
+        check_broadcastable("weight", weight, target.shape, "the per-sample loss, shape")
+    x = upcast(input)
+    labels = target.long().unsqueeze(1)
+    log_scale = torch.zeros_like(x)
+    if p > 0:
+        log_counts = class_counts.to(x.device, x.dtype).clamp_min(1).log()
+        log_scale = log_scale + p * (log_counts.unsqueeze(0) - log_counts[labels]).clamp_max(0)
+    if q > 0:
+        log_scores = log_softmax(x.detach() if detach_compensation else x, 1)
+        own = log_scores.gather(1, labels).clamp_min(math.log(eps))
+        log_scale = log_scale + q * (log_scores - own).clamp_min(0)
+    # l = log(1 + sum_{j != y} S_yj e^(x_j - x_y)): softplus of a logsumexp over the other classes,
+    # exact near 0 (logsumexp(all) - x_y would subtract two nearly equal numbers)
+    others = x + log_scale - x.gather(1, labels)
+    others = others.scatter(1, labels, -math.inf)
+    loss = TF.softplus(torch.logsumexp(others, 1))
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
 __all__ = [
     "distribution_focal_loss",
     "gaussian_focal_loss",
+    "ghmc_loss",
+    "ghmr_loss",
     "quality_focal_loss",
+    "seesaw_loss",
     "varifocal_loss",
 ]
