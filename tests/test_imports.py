@@ -135,3 +135,25 @@ def test_losskit_imports_are_at_module_level():
                     if any(n == ROOT or n.startswith((ROOT + ".", ".")) for n in names):
                         local.append(f"{module}.{function.name} line {node.lineno}")
     assert not local, "function-local losskit imports: " + ", ".join(local)
+
+
+def _control_characters_in_docstrings(tree: ast.AST) -> list[int]:
+    """Line numbers of docstrings holding a control character: a TeX command such as ``\\frac`` or
+    ``\\alpha`` in a docstring without the ``r`` prefix becomes a form feed or a bell."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc and any(ord(c) < 32 and c not in "\n\t" for c in doc):
+                lines.append(node.body[0].lineno)
+    return lines
+
+
+def test_no_docstring_holds_a_control_character():
+    found = {name: lines for name, path in _module_names().items()
+             if (lines := _control_characters_in_docstrings(ast.parse(path.read_text())))}
+    assert not found, f"docstrings with control characters (add the r prefix): {found}"
+
+
+def test_the_docstring_scan_finds_a_form_feed():
+    assert _control_characters_in_docstrings(ast.parse('def f():\n    """a \\frac12 b"""\n')) == [2]

@@ -533,7 +533,7 @@ def _aspect_angle(size: Tensor, eps: float) -> Tensor:
 
 def ciou_alpha(g: PairGeometry, v: Tensor, eps: float, *, alpha_gate: float | None, alpha_no_grad: bool,
                miss: Tensor | None = None) -> Tensor:
-    """CIoU's trade-off :math:`\alpha = v / (1 - IoU + v)`, optionally gated on IoU and detached
+    r"""CIoU's trade-off :math:`\alpha = v / (1 - IoU + v)`, optionally gated on IoU and detached
     (``miss``: an exact ``1 - IoU`` to use)."""
     alpha = ratio(v, (1 - g.iou if miss is None else miss) + v, eps)
     if alpha_gate is not None:
@@ -782,12 +782,12 @@ def bhattacharyya(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     A pair with a box of area at most ``eps`` (a degenerate Gaussian) gets the bound, 100, with a
     zero gradient: its true distance is infinite.
 
-    The covariance term :math:`rac12 \ln(\det\Sigma / \sqrt{\det\Sigma_1 \det\Sigma_2})` vanishes to
+    The covariance term :math:`\frac12 \ln(\det\Sigma / \sqrt{\det\Sigma_1 \det\Sigma_2})` vanishes to
     second order for similar boxes, where a difference of logarithms of areas keeps none of its
     digits (a distance of 1e-8 with rounding errors of 1e-6 in float32). It is taken from
     :math:`M = \Sigma_1^{-1}(\Sigma_2 - \Sigma_1)` instead: with :math:`a = \operatorname{tr} M`
-    and :math:`b = \det M`, it is :math:`rac14 \operatorname{log1p}ig((a^2/4 - b/2 + ab/4 + b^2/16)
-    / (1 + a + b)ig)`, whose numerator is :math:`(\lambda_1^2 + \lambda_2^2)/4 + \dots` in the
+    and :math:`b = \det M`, it is :math:`\frac14 \operatorname{log1p}\big((a^2/4 - b/2 + ab/4 + b^2/16)
+    / (1 + a + b)\big)`, whose numerator is :math:`(\lambda_1^2 + \lambda_2^2)/4 + \dots` in the
     eigenvalues of :math:`M`: no cancellation.
     """
     x1, y1, xx1, yy1, xy1, area1 = _gaussian(boxes1)

@@ -321,8 +321,8 @@ def vocab_parallel_cross_entropy(
 
     .. math::
         \mathrm{lse}_n = \log \sum_{r} \sum_{k \in 	ext{block } r} e^{	ilde x_{n,k}}, \qquad
-        \ell_n = (1-arepsilon)\, w_{y_n} (\mathrm{lse}_n - 	ilde x_{n,y_n})
-                 + rac{arepsilon}{C} \sum_k w_k (\mathrm{lse}_n - 	ilde x_{n,k})
+        \ell_n = (1-\varepsilon)\, w_{y_n} (\mathrm{lse}_n - \tilde x_{n,y_n})
+                 + \frac{\varepsilon}{C} \sum_k w_k (\mathrm{lse}_n - \tilde x_{n,k})
                  + z\, w_{y_n} \mathrm{lse}_n^2
 
     Args:
