@@ -747,33 +747,27 @@ def box_iou_3d(boxes1: Tensor, boxes2: Tensor, *, kind: Literal["iou", "giou"] =
     return iou_family(g, kind, eps).to(out_dtype)
 
 
-def _gaussian(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Centre, covariance entries (xx, yy, xy) and area of the uniform density on an ``xywhr`` box."""
-    cx, cy, w, h, angle = boxes.unbind(-1)
-    var_w, var_h = w * w / 12, h * h / 12  # variance of a uniform distribution on a side
+def _adjugate_form(dx: Tensor, dy: Tensor, boxes: Tensor) -> Tensor:
+    r""":math:`d^\top \operatorname{adj}(\Sigma) d` for a box's covariance, in the box's frame:
+    :math:`(h^2 (d \cdot u)^2 + w^2 (d \cdot v)^2) / 12` with :math:`u` along ``w``, :math:`v` across
+    it (the adjugate of a 2x2 matrix is linear, so that of a sum is the sum of these)."""
+    _, _, w, h, angle = boxes.unbind(-1)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    xx = var_w * cos * cos + var_h * sin * sin
-    yy = var_w * sin * sin + var_h * cos * cos
-    xy = (var_w - var_h) * cos * sin
-    return cx, cy, xx, yy, xy, w * h
+    along, across = dx * cos + dy * sin, dy * cos - dx * sin
+    return (h * h * along * along + w * w * across * across) / 12
 
 
-def _covariance_difference(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Entries (xx, yy, xy) of :math:`\Sigma_2 - \Sigma_1`, from the differences of the boxes' sides
-    and angles: subtracting the two covariances would keep a few digits of it for similar boxes."""
+def _det_of_sum(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    r""":math:`\det(\Sigma_1 + \Sigma_2) = \det\Sigma_1 + \det\Sigma_2 + \operatorname{tr}(\operatorname{adj}
+    \Sigma_1 \, \Sigma_2)`, every term non-negative (the last one in box 1's frame, with the
+    angle :math:`\delta` between the boxes)."""
     _, _, w1, h1, angle1 = boxes1.unbind(-1)
     _, _, w2, h2, angle2 = boxes2.unbind(-1)
-    var_w1, var_h1 = w1 * w1 / 12, h1 * h1 / 12
-    d_var_w, d_var_h = (w2 - w1) * (w2 + w1) / 12, (h2 - h1) * (h2 + h1) / 12
-    half_turn, half_sum = angle2 - angle1, angle2 + angle1
-    cos2, sin2 = torch.cos(angle2), torch.sin(angle2)
-    d_sin_sq = torch.sin(half_turn) * torch.sin(half_sum)  # sin^2 a2 - sin^2 a1 = cos^2 a1 - cos^2 a2
-    d_xx = d_var_w * cos2 * cos2 + d_var_h * sin2 * sin2 + (var_h1 - var_w1) * d_sin_sq
-    d_yy = d_var_w * sin2 * sin2 + d_var_h * cos2 * cos2 + (var_w1 - var_h1) * d_sin_sq
-    # xy = (var_w - var_h) sin(2a) / 2, and sin 2a2 - sin 2a1 = 2 cos(a2 + a1) sin(a2 - a1)
-    d_xy = ((d_var_w - d_var_h) * cos2 * sin2
-            + (var_w1 - var_h1) * torch.cos(half_sum) * torch.sin(half_turn))
-    return d_xx, d_yy, d_xy
+    turn = angle2 - angle1
+    cos_sq, sin_sq = torch.cos(turn) ** 2, torch.sin(turn) ** 2
+    var_w1, var_h1, var_w2, var_h2 = w1 * w1, h1 * h1, w2 * w2, h2 * h2  # 12 times the variances
+    cross = var_h1 * (var_w2 * cos_sq + var_h2 * sin_sq) + var_w1 * (var_w2 * sin_sq + var_h2 * cos_sq)
+    return (var_w1 * var_h1 + var_w2 * var_h2 + cross) / 144
 
 
 def bhattacharyya(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
@@ -782,30 +776,37 @@ def bhattacharyya(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     A pair with a box of area at most ``eps`` (a degenerate Gaussian) gets the bound, 100, with a
     zero gradient: its true distance is infinite.
 
-    The covariance term :math:`\frac12 \ln(\det\Sigma / \sqrt{\det\Sigma_1 \det\Sigma_2})` vanishes to
-    second order for similar boxes, where a difference of logarithms of areas keeps none of its
-    digits (a distance of 1e-8 with rounding errors of 1e-6 in float32). It is taken from
-    :math:`M = \Sigma_1^{-1}(\Sigma_2 - \Sigma_1)` instead: with :math:`a = \operatorname{tr} M`
-    and :math:`b = \det M`, it is :math:`\frac14 \operatorname{log1p}\big((a^2/4 - b/2 + ab/4 + b^2/16)
-    / (1 + a + b)\big)`, whose numerator is :math:`(\lambda_1^2 + \lambda_2^2)/4 + \dots` in the
-    eigenvalues of :math:`M`: no cancellation.
+    Both terms are written as sums of non-negative terms, so float32 keeps their digits for similar
+    boxes (where the covariance term vanishes to second order) and for very different ones (a thin
+    box against a small one, where the entries of :math:`\Sigma_1 + \Sigma_2` and the determinant
+    ratio cancel). With :math:`\delta` the angle between the boxes, the covariance term is
+
+    .. math::
+
+        \tfrac12 \ln\frac{\det\Sigma}{\sqrt{\det\Sigma_1\det\Sigma_2}}
+        = \tfrac12 \operatorname{log1p}\frac{(w_1h_1 - w_2h_2)^2 + \cos^2\delta\,(h_1w_2 - w_1h_2)^2
+          + \sin^2\delta\,(h_1h_2 - w_1w_2)^2}{4\,w_1h_1w_2h_2},
+
+    each difference taken from differences of the sides, and the centre term uses
+    :math:`\det(\Sigma_1 + \Sigma_2)` and :math:`\operatorname{adj}(\Sigma_1 + \Sigma_2)` in each
+    box's frame.
     """
-    x1, y1, xx1, yy1, xy1, area1 = _gaussian(boxes1)
-    x2, y2, xx2, yy2, xy2, area2 = _gaussian(boxes2)
-    a, b, c = xx1 + xx2, yy1 + yy2, xy1 + xy2  # entries of 2 S
-    dx, dy = x2 - x1, y2 - y1
+    _, _, w1, h1, angle1 = boxes1.unbind(-1)
+    _, _, w2, h2, angle2 = boxes2.unbind(-1)
+    area1, area2 = w1 * h1, w2 * h2
     # A pair with a NaN coordinate is not degenerate: the NaN goes on to the result instead of
     # becoming the bound.
     degenerate = ((area1 <= eps) | (area2 <= eps)) & ~torch.isnan(boxes1.sum(-1) + boxes2.sum(-1))
-    det_sum = torch.where(degenerate, 1.0, a * b - c * c)  # det(2 S) = 4 det S
-    quad = (b * dx * dx + a * dy * dy - 2 * c * dx * dy) / det_sum  # (mu1 - mu2)^T (2 S)^-1 (mu1 - mu2)
-    # det S1 = (w1 h1)^2 / 144 exactly; M = S1^-1 D with D = S2 - S1.
-    d_xx, d_yy, d_xy = _covariance_difference(boxes1, boxes2)
-    det1 = torch.where(degenerate, 1.0, area1 * area1 / 144)
-    trace = (yy1 * d_xx + xx1 * d_yy - 2 * xy1 * d_xy) / det1
-    det = (d_xx * d_yy - d_xy * d_xy) / det1
-    growth = (trace * trace / 4 - det / 2 + trace * det / 4 + det * det / 16) / (1 + trace + det)
-    distance = (quad / 4 + torch.log1p(growth) / 4).clamp(0.0, PROBIOU_BOUND)
+    dx, dy = boxes2[..., 0] - boxes1[..., 0], boxes2[..., 1] - boxes1[..., 1]
+    det_sum = torch.where(degenerate, 1.0, _det_of_sum(boxes1, boxes2))
+    quad = (_adjugate_form(dx, dy, boxes1) + _adjugate_form(dx, dy, boxes2)) / det_sum  # d^T (2 S)^-1 d
+    turn = angle2 - angle1
+    size = w1 * (h1 - h2) + h2 * (w1 - w2)  # w1 h1 - w2 h2
+    skew = h1 * (w2 - w1) + w1 * (h1 - h2)  # h1 w2 - w1 h2
+    turned = h1 * (h2 - w1) + w1 * (h1 - w2)  # h1 h2 - w1 w2: small for the same box turned a quarter
+    excess = ((size * size + torch.cos(turn) ** 2 * skew * skew + torch.sin(turn) ** 2 * turned * turned)
+              / (4 * torch.where(degenerate, 1.0, area1 * area2)))
+    distance = (quad / 4 + torch.log1p(excess) / 2).clamp(0.0, PROBIOU_BOUND)
     return torch.where(degenerate, PROBIOU_BOUND, distance)
 
 
@@ -863,7 +864,9 @@ def probiou(boxes1: Tensor, boxes2: Tensor, *, aligned: bool = False, eps: float
         Object Detection", arXiv:2106.06072 (2021). Ultralytics ``probiou`` (the clamp to 100).
     """
     b1, b2, eps, out_dtype = _prepare_pair(boxes1, boxes2, "xywhr", aligned, eps)
-    return (1 - hellinger(bhattacharyya(b1, b2, eps))).to(out_dtype)
+    distance = bhattacharyya(b1, b2, eps)
+    # 1 - sqrt(1 - e^-B) written without the subtraction: it keeps the digits of a small ProbIoU.
+    return (torch.exp(-distance) / (1 + hellinger(distance))).to(out_dtype)
 
 
 # --- rotated and 3-D boxes with yaw: exact polygon geometry -----------------------------------
