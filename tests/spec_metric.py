@@ -195,3 +195,73 @@ def _pair_spec(name: str) -> Spec:
 NOT_APPLICABLE_PAIRS = {**NOT_BOXES, "imbalance": "every anchor has its positive among the batch's negatives; "
                         "the large regime puts 1 positive among 999 negatives"}
 SPECS.update({name: _pair_spec(name) for name in PAIR_OPTIONS})
+
+
+# --- pair margin losses: contrastive pairs, lifted structure, tuplet margin -------------------------
+# The same labelled batches (2n embeddings in classes of two). The contrastive loss's unit is the
+# ordered pair ``(N, N - 1)``, its weight per anchor; the others give one value per anchor. The
+# typical negative margin 2.5 keeps every negative pair active and away from its hinge (where the
+# value m - d cancels in any implementation); the tuplet margin runs at scale 8 there and at its
+# default 64 in the saturated regime. Near convergence each class sits at its basis vector with
+# noise 0.005 (contrastive: positive pairs at distance about 0.007, negatives about 1.41, past the
+# margin) or 0.01 (tuplet).
+
+MARGIN_PAIR_OPTIONS = {"contrastive_pair": {"neg_margin": 2.5}, "lifted_structure": {},
+                       "tuplet_margin": {"scale": 8.0}}
+PAIR_OPTIONS.update(MARGIN_PAIR_OPTIONS)
+PAIR_CONVERGED.update({"contrastive_pair": {}, "tuplet_margin": {}})
+
+
+def _pairs_of_anchor(case: Case) -> tuple[int, ...]:
+    n = case.input.shape[0]
+    return (n, max(n - 1, 0))
+
+
+def _anchor_weight_on_pairs(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w, _ = _sample_weight(case, gen)
+    return w, w[:, None].expand(_pairs_of_anchor(case))
+
+
+def _tuplet_logits(case: Case) -> torch.Tensor:
+    z = TF.normalize(case.input, dim=-1)
+    return case.kwargs.get("scale", 64.0) * (z @ z.T)
+
+
+def _pair_near_converged_noise(name: str, noise: float):
+    def make(gen: torch.Generator) -> Case:
+        x = torch.eye(32, dtype=torch.float64).repeat_interleave(2, 0)
+        x = x + noise * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        return Case(x, torch.arange(64) // 2, dict(PAIR_CONVERGED[name]))
+
+    return make
+
+
+NEAR_NOISE = {"contrastive_pair": 0.005, "tuplet_margin": 0.01}
+NO_SCALE = ("the distances of unit embeddings lie in [0, 2] and the loss has no scale: its terms "
+            "cannot saturate")
+LIFTED_NEAR_ZERO = ("the loss is the squared hinge of the log-sum over every negative less the margin; "
+                    "it falls below 1e-3 only at a margin tuned so that this difference cancels, not "
+                    "a state training reaches")
+
+
+def _margin_pair_spec(name: str) -> Spec:
+    make = _pair_case(name)
+    contrastive = name == "contrastive_pair"
+    regimes = {"typical": typical(make, n=16),
+               "large": Regime(_pair_case(name, n_dim=1000), reductions=("mean",))}
+    not_applicable = dict(NOT_APPLICABLE_PAIRS)
+    if name == "tuplet_margin":
+        regimes["saturated"] = Regime(_pair_saturated, logits=_tuplet_logits)
+    else:
+        not_applicable["saturated"] = NO_SCALE
+    if name == "lifted_structure":
+        not_applicable["near_converged"] = LIFTED_NEAR_ZERO
+    else:
+        regimes["near_converged"] = Regime(_pair_near_converged_noise(name, NEAR_NOISE[name]))
+    return Spec(make=make, unit_shape=_pairs_of_anchor if contrastive else _per_sample,
+                weight=_anchor_weight_on_pairs if contrastive else _sample_weight,
+                gradgrad=False,  # torch.cdist has no second derivative
+                not_applicable=not_applicable, regimes=regimes)
+
+
+SPECS.update({name: _margin_pair_spec(name) for name in MARGIN_PAIR_OPTIONS})

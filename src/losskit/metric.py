@@ -22,12 +22,15 @@ from losskit.functional import metric as F
 __all__ = [
     "ArcFaceLoss",
     "CircleLoss",
+    "ContrastivePairLoss",
     "CosFaceLoss",
     "LargeMarginSoftmaxLoss",
+    "LiftedStructureLoss",
     "MultiSimilarityLoss",
     "NormalizedSoftmaxLoss",
     "SphereFaceLoss",
     "SubCenterArcFaceLoss",
+    "TupletMarginLoss",
 ]
 
 
@@ -171,3 +174,18 @@ class MultiSimilarityLoss(LossModule):
 @register("circle", family="metric")
 class CircleLoss(LossModule):
     function = staticmethod(F.circle_loss)
+
+
+@register("contrastive_pair", "pair_margin", family="metric")
+class ContrastivePairLoss(LossModule):
+    function = staticmethod(F.contrastive_pair_loss)
+
+
+@register("lifted_structure", family="metric")
+class LiftedStructureLoss(LossModule):
+    function = staticmethod(F.lifted_structure_loss)
+
+
+@register("tuplet_margin", family="metric")
+class TupletMarginLoss(LossModule):
+    function = staticmethod(F.tuplet_margin_loss)

@@ -315,9 +315,9 @@ def _candidates(module, family: str, params: list[str], points: int):
     elif family == "metric":  # pair losses: the contrastive probe's labelled batch
         s = _grid(axis, points)
 
-        def batch(si):
+        def batch(si):  # the anchor's value (the sum of its pairs' where the unit is a pair)
             e1, v, e3 = _pair_embeddings(si)
-            return module(torch.stack([e1, v, e3]), torch.tensor([0, 0, 1]), reduction="none")[0]
+            return module(torch.stack([e1, v, e3]), torch.tensor([0, 0, 1]), reduction="none")[0].sum()
         yield _Candidate("anchor e1, positive v, negative e3", axis, s, lambda: [("", _stacked(batch, s))])
     elif family == "divergence":
         x = _grid(axis, points)

@@ -50,24 +50,27 @@ from torch import Tensor
 from losskit._core.checks import check_bool, check_class_indices, check_floating, check_number, check_tensor
 from losskit._core.numerics import log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
-from losskit.functional.contrastive import (
-    _check_embeddings,
-    _check_labels,
-    _gather,
-    _masked_fill_min,
-    _reduce,
-    _unless_nothing_to_score,
+from losskit.functional._metric_pairs import (
+    contrastive_pair_loss,
+    lifted_structure_loss,
+    log1p_sum_exp,
+    pairs,
+    tuplet_margin_loss,
 )
+from losskit.functional.contrastive import _check_embeddings, _check_labels, _masked_fill_min, _reduce
 
 __all__ = [
     "arcface_loss",
     "circle_loss",
+    "contrastive_pair_loss",
     "cosface_loss",
     "large_margin_softmax_loss",
+    "lifted_structure_loss",
     "multi_similarity_loss",
     "normalized_softmax_loss",
     "sphereface_loss",
     "sub_center_arcface_loss",
+    "tuplet_margin_loss",
 ]
 
 
@@ -590,27 +593,9 @@ def sphereface_loss(
 def _pair_setup(input: Tensor, target: Tensor, reduction: str, normalizer: object,
                 distributed: object, *, needs_both: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Cosine similarities ``(n, M)`` of this rank's anchors with every candidate, and the positive
-    and negative masks. ``needs_both``: an anchor scores only with a positive and a negative, so a
-    batch where none has both is all ignored (no gradient, NaN embeddings included)."""
-    check_reduction(reduction, normalizer)
-    check_bool("distributed", distributed)
-    _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
-    x = upcast(input)
-    if needs_both:
-        x = _unless_nothing_to_score(x, target, distributed)
-    z = TF.normalize(x, dim=-1)
-    z_all, labels_all, offset = _gather(z, target, distributed)
-    n, total = z.shape[0], z_all.shape[0]
-    not_self = torch.arange(total, device=z.device)[None, :] != (torch.arange(n, device=z.device) + offset)[:, None]
-    same = target[:, None] == labels_all[None, :]
-    return z @ z_all.T, same & not_self, ~same
-
-
-def _log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
-    r""":math:`\log(1 + \sum_{j \in keep} e^{x_j})` per row, exact when the sum is small (a converged
-    loss: ``softplus`` of the log-sum); 0 with a zero gradient for an empty row."""
-    return TF.softplus(torch.logsumexp(_masked_fill_min(logits, keep), 1))
+    and negative masks (see :func:`losskit.functional._metric_pairs.pairs`)."""
+    p = pairs(input, target, reduction, normalizer, distributed, needs_both=needs_both)
+    return p.sim, p.positive, p.negative
 
 
 def multi_similarity_loss(
@@ -680,8 +665,8 @@ def multi_similarity_loss(
     beta = check_number("beta", beta, low=0.0, low_open=True)
     base = check_number("base", base)
     sim, positive, negative = _pair_setup(input, target, reduction, normalizer, distributed)
-    loss = (_log1p_sum_exp(-alpha * (sim - base), positive) / alpha
-            + _log1p_sum_exp(beta * (sim - base), negative) / beta)
+    loss = (log1p_sum_exp(-alpha * (sim - base), positive) / alpha
+            + log1p_sum_exp(beta * (sim - base), negative) / beta)
     return _reduce(loss, input=input, target=target, weight=weight, mask=None, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
 
