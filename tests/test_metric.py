@@ -455,3 +455,53 @@ def test_positive_pair_losses_leave_anchors_without_a_positive_out(fn):
     none = fn(x, y, reduction="none")
     assert (none[:3] == 0).all() and (none[3:] > 0).all()
     torch.testing.assert_close(fn(x, y), none[3:].mean())
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"num_bins": 4}, {"num_bins": 4})])
+def test_fast_ap_matches_pytorch_metric_learning(peer_kwargs, options):
+    x, _ = _batch(18)
+    y = torch.arange(N) % 7
+    y[0] = 99  # an anchor without a positive: left out by both
+    x.requires_grad_(True)
+    expected = pml.FastAPLoss(**peer_kwargs)(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = LF.fast_ap_loss(x, y, **options)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_fast_ap_matches_the_papers_formula():
+    # Eq. 9 of Cakir et al. one anchor and one bin at a time: triangular kernel on d^2 in [0, 4].
+    x, _ = _batch(19)
+    y = torch.arange(N) % 5
+    z = torch.nn.functional.normalize(x, dim=1)
+    bins = 6
+    centres = [4.0 * b / bins for b in range(bins + 1)]
+    expected = []
+    for i in range(N):
+        pos = [j for j in range(N) if j != i and y[j] == y[i]]
+        neg = [j for j in range(N) if y[j] != y[i]]
+
+        def hist(js, c, i=i):
+            return sum(torch.clamp(1 - ((z[i] - z[j]).square().sum() - c).abs() * bins / 4, min=0) for j in js)
+
+        h_pos = [hist(pos, c) for c in centres]
+        h_all = [h_pos[b] + hist(neg, c) for b, c in enumerate(centres)]
+        ap = sum(h_pos[b] * sum(h_pos[:b + 1]) / sum(h_all[:b + 1]) for b in range(bins + 1)
+                 if h_pos[b] * sum(h_pos[:b + 1]) > 0)
+        expected.append(1 - ap / len(pos))
+    torch.testing.assert_close(LF.fast_ap_loss(x, y, num_bins=bins, reduction="none"), torch.stack(expected),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_fast_ap_is_exact_near_a_perfect_ranking_in_float32():
+    # AP = 1 - 1e-4: 1 - AP in float32 would keep one digit; the histogram form keeps them all.
+    x = torch.eye(4, 8)
+    x[1] = 0.7 * x[0] + 0.51 ** 0.5 * x[1]  # classes 0 and 1 at d^2 = 0.6
+    x = x.repeat_interleave(2, 0)
+    x[1::2, 4] = 0.01
+    y = torch.arange(8) // 2
+    exact = LF.fast_ap_loss(x.double(), y, reduction="none")
+    assert (exact[:4] > 0).all() and (exact < 1e-3).all()
+    torch.testing.assert_close(LF.fast_ap_loss(x, y, reduction="none").double(), exact, rtol=1e-5, atol=0)

@@ -24,6 +24,7 @@ __all__ = [
     "CircleLoss",
     "ContrastivePairLoss",
     "CosFaceLoss",
+    "FastAPLoss",
     "LargeMarginSoftmaxLoss",
     "LiftedStructureLoss",
     "MultiSimilarityLoss",
@@ -189,3 +190,8 @@ class LiftedStructureLoss(LossModule):
 @register("tuplet_margin", family="metric")
 class TupletMarginLoss(LossModule):
     function = staticmethod(F.tuplet_margin_loss)
+
+
+@register("fast_ap", "fastap", family="metric")
+class FastAPLoss(LossModule):
+    function = staticmethod(F.fast_ap_loss)

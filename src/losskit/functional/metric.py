@@ -52,6 +52,7 @@ from losskit._core.numerics import log_softmax, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_loss
 from losskit.functional._metric_pairs import (
     contrastive_pair_loss,
+    fast_ap_loss,
     lifted_structure_loss,
     log1p_sum_exp,
     pairs,
@@ -64,6 +65,7 @@ __all__ = [
     "circle_loss",
     "contrastive_pair_loss",
     "cosface_loss",
+    "fast_ap_loss",
     "large_margin_softmax_loss",
     "lifted_structure_loss",
     "multi_similarity_loss",
