@@ -23,11 +23,14 @@ OPTIONS = {
     "sub_center_arcface": {"scale": 8.0},
     "sphereface": {"margin": 2},
     "large_margin_softmax": {"margin": 3},
+    "proxy_nca": {"scale": 2.0},
+    "soft_triple": {"scale": 8.0},
 }
+SUB_CENTRE_LOSSES = ("sub_center_arcface", "soft_triple")  # proxies (C, K, D)
 
 
 def _proxies(name: str, classes: int, dim: int, gen: torch.Generator) -> torch.Tensor:
-    shape = (classes, SUB_CENTERS, dim) if name == "sub_center_arcface" else (classes, dim)
+    shape = (classes, SUB_CENTERS, dim) if name in SUB_CENTRE_LOSSES else (classes, dim)
     return torch.randn(shape, generator=gen, dtype=torch.float64)
 
 
@@ -63,6 +66,12 @@ def _logits(name: str):
             return case.input @ flat.T * case.kwargs.get("scale", 1.0)
         if name == "sphereface":
             return cos * case.input.norm(dim=-1, keepdim=True) * case.kwargs.get("scale", 1.0)
+        if name == "proxy_nca":  # -s |x - w|^2 up to a constant
+            return 2 * cos * case.kwargs.get("scale", 1.0)
+        if name == "soft_triple":  # lambda times each class's soft maximum over its centres
+            cos = cos.view(cos.shape[0], *w.shape[:2])
+            gamma = case.kwargs.get("gamma", 0.1)
+            return ((cos / gamma).softmax(-1) * cos).sum(-1) * case.kwargs.get("scale", 20.0)
         return cos * case.kwargs.get("scale", 64.0)
 
     return logits
@@ -70,16 +79,20 @@ def _logits(name: str):
 
 # --- accuracy regimes ---------------------------------------------------------------------------
 # saturated: the defaults (scale 64, logits up to 64), a temperature of 1/30, embeddings of norm
-# about 20 for the multiplicative margins (their logits are |x| cos or |x| |w| cos).
+# about 20 for the multiplicative margins (their logits are |x| cos or |x| |w| cos), ProxyNCA at
+# scale 15 (logits 2 s cos, up to 30) and SoftTriple at scale 30.
 # near_converged: 8 orthonormal proxies, each embedding near its class's proxy (unit length; 12
-# times that for the multiplicative margins): the labelled logit leads by 10 or more.
+# times that for the multiplicative margins): the labelled logit leads by 10 or more (ProxyNCA at
+# scale 8: by 16).
 # large: 1000 embeddings against 1000 classes (1e6 logits).
 
 SATURATED = {"normalized_softmax": {"temperature": 1 / 30}, "cosface": {}, "arcface": {},
-             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 3}}
+             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 3},
+             "proxy_nca": {"scale": 15.0}, "soft_triple": {"scale": 30.0}}
 INPUT_SCALE = {"sphereface": 10.0, "large_margin_softmax": 10.0}
 CONVERGED = {"normalized_softmax": {"temperature": 0.05}, "cosface": {}, "arcface": {},
-             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 2}}
+             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 2},
+             "proxy_nca": {"scale": 8.0}, "soft_triple": {}}
 
 
 def _saturated(name: str):
@@ -98,7 +111,7 @@ def _near_converged(name: str):
         target = torch.arange(64) % classes
         x = basis[target] + 0.01 * torch.randn((64, dim), generator=gen, dtype=torch.float64)
         proxies = basis
-        if name == "sub_center_arcface":  # the second sub-centre of each class points elsewhere
+        if name in SUB_CENTRE_LOSSES:  # the second sub-centre of each class points elsewhere
             proxies = torch.stack([basis, -basis.roll(1, 0)], 1)
         x = x * (12.0 if name in INPUT_SCALE else 1.0)
         return Case(x, target, {"proxies": proxies, **CONVERGED[name]})

@@ -20,6 +20,7 @@ from losskit.metric import ProxyLoss
 
 N, C, D = 24, 7, 6
 PML_ARC_MARGIN = math.radians(28.6)  # pytorch-metric-learning's ArcFace margin is in degrees
+CENTRES_PER_CLASS = {"sub_center_arcface": 3, "soft_triple": 10}  # the modules' defaults, as the peer's
 PROXY_LOSSES = [name for name in losskit.available("metric") if issubclass(entry(name).cls, ProxyLoss)]
 
 
@@ -207,7 +208,7 @@ def test_arcface_is_exact_near_convergence_in_float32():
 @pytest.mark.parametrize("name", PROXY_LOSSES)
 def test_module_holds_learned_proxies_of_the_right_shape(name):
     module = losskit.get(name, num_classes=C, embedding_size=D)
-    expected = (C, 3, D) if name == "sub_center_arcface" else (C, D)
+    expected = (C, CENTRES_PER_CLASS[name], D) if name in CENTRES_PER_CLASS else (C, D)
     assert [(k, tuple(p.shape)) for k, p in module.named_parameters()] == [("proxies", expected)]
     x, y = _batch(10, torch.float32)
     module(x, y).backward()
@@ -243,7 +244,7 @@ def test_module_errors_name_the_argument():
 def test_bad_inputs_raise_naming_the_argument(name):
     fn = losskit.get(name, num_classes=C, embedding_size=D).function
     x, y = _batch(11)
-    w = torch.randn((C, 3, D) if name == "sub_center_arcface" else (C, D), dtype=torch.float64)
+    w = torch.randn((C, 3, D) if name in CENTRES_PER_CLASS else (C, D), dtype=torch.float64)
     with pytest.raises(ValueError, match="target has class indices outside"):
         fn(x, torch.full((N,), C), proxies=w)
     with pytest.raises(TypeError, match="target must hold integer class labels"):
@@ -505,3 +506,74 @@ def test_fast_ap_is_exact_near_a_perfect_ranking_in_float32():
     exact = LF.fast_ap_loss(x.double(), y, reduction="none")
     assert (exact[:4] > 0).all() and (exact < 1e-3).all()
     torch.testing.assert_close(LF.fast_ap_loss(x, y, reduction="none").double(), exact, rtol=1e-5, atol=0)
+
+
+
+# --- proxy losses: ProxyNCA, SoftTriple -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"softmax_scale": 3.0}, {"scale": 3.0})])
+def test_proxy_nca_matches_pytorch_metric_learning(peer_kwargs, options):
+    torch.manual_seed(20)
+    peer = pml.ProxyNCALoss(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    x, y = _batch(21)
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.proxies))
+    proxies = peer.proxies.detach().clone().requires_grad_(True)  # the peer's proxies are (C, D) already
+    actual = LF.proxy_nca_loss(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [
+    ({}, {}),
+    ({"centers_per_class": 4, "la": 8.0, "gamma": 0.5, "margin": 0.2}, {"scale": 8.0, "gamma": 0.5, "margin": 0.2}),
+])
+def test_soft_triple_matches_pytorch_metric_learning(peer_kwargs, options):
+    torch.manual_seed(22)
+    peer = pml.SoftTripleLoss(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    k = peer.centers_per_class
+    x, y = _batch(23)
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.fc))
+    # the peer's fc is (D, C K), column c * K + k centre k of class c
+    proxies = peer.fc.detach().T.reshape(C, k, D).clone().requires_grad_(True)
+    actual = LF.soft_triple_loss(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w.T.reshape(C, k, D), rtol=1e-8, atol=1e-10)
+
+
+def test_proxy_losses_match_the_papers_formulas():
+    x, y = _batch(24)
+    gen = torch.Generator().manual_seed(25)
+    w = torch.randn(C, D, dtype=torch.float64, generator=gen)
+    centres = torch.randn(C, 3, D, dtype=torch.float64, generator=gen)
+    unit = torch.nn.functional.normalize
+    s = 2.5
+    # ProxyNCA: a softmax over -s |x - w|^2 of the unit vectors, the labelled proxy included
+    nca = _reference(x, y, w, lambda a, b: -s * (unit(a, dim=0) - unit(b, dim=0)).square().sum(),
+                     lambda a, b: -s * (unit(a, dim=0) - unit(b, dim=0)).square().sum())
+    torch.testing.assert_close(LF.proxy_nca_loss(x, y, proxies=w, scale=s, reduction="none"), nca,
+                               rtol=1e-10, atol=1e-12)
+    lam, gamma, delta = 5.0, 0.2, 0.1
+
+    def relaxed(a, cs):  # eq. 8 of Qian et al.: the soft maximum of the centres' similarities
+        sims = torch.stack([_cos(a, c) for c in cs])
+        return (torch.exp(sims / gamma) / torch.exp(sims / gamma).sum() * sims).sum()
+
+    soft_triple = _reference(x, y, centres, lambda a, cs: lam * (relaxed(a, cs) - delta),
+                             lambda a, cs: lam * relaxed(a, cs))
+    torch.testing.assert_close(LF.soft_triple_loss(x, y, proxies=centres, scale=lam, gamma=gamma, margin=delta,
+                                                   reduction="none"), soft_triple, rtol=1e-10, atol=1e-12)
+
+
+def test_soft_triple_module_takes_the_number_of_centres():
+    module = losskit.SoftTripleLoss(num_classes=C, embedding_size=D, centers_per_class=4)
+    assert tuple(module.proxies.shape) == (C, 4, D)
+    assert losskit.get(module.get_config()).centers_per_class == 4

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from losskit._core.checks import check_bool, check_class_indices, check_floating, check_number, check_tensor
-from losskit._core.numerics import log_softmax, upcast
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit._core.checks import check_bool, check_number
+from losskit._core.numerics import log_softmax
+from losskit._core.reduction import Reduction
 from losskit.functional._metric_pairs import (
     contrastive_pair_loss,
     fast_ap_loss,
@@ -58,7 +58,9 @@ from losskit.functional._metric_pairs import (
     pairs,
     tuplet_margin_loss,
 )
-from losskit.functional.contrastive import _check_embeddings, _check_labels, _masked_fill_min, _reduce
+from losskit.functional._metric_proxies import proxy_nca_loss, soft_triple_loss
+from losskit.functional._proxy_common import _check_inputs, _cosines, _finish, _prepare
+from losskit.functional.contrastive import _masked_fill_min, _reduce
 
 __all__ = [
     "arcface_loss",
@@ -70,6 +72,8 @@ __all__ = [
     "lifted_structure_loss",
     "multi_similarity_loss",
     "normalized_softmax_loss",
+    "proxy_nca_loss",
+    "soft_triple_loss",
     "sphereface_loss",
     "sub_center_arcface_loss",
     "tuplet_margin_loss",
@@ -77,34 +81,6 @@ __all__ = [
 
 
 # --- shared pieces ------------------------------------------------------------------------------
-
-
-def _check_inputs(input: Tensor, target: Tensor, proxies: Tensor, reduction: str, normalizer: object,
-                  sub_centers: bool = False) -> None:
-    check_reduction(reduction, normalizer)
-    _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
-    check_tensor("proxies", proxies)
-    check_floating("proxies", proxies)
-    layout = "(C, K, D)" if sub_centers else "(C, D)"
-    if proxies.dim() != len(layout.split(",")) or proxies.shape[-1] != input.shape[-1] or proxies.shape[0] == 0:
-        raise ValueError(f"proxies must have shape {layout}, C >= 1 classes of the embedding size D = "
-                         f"input.shape[1] = {input.shape[-1]}, got shape {tuple(proxies.shape)}")
-    check_class_indices("target", target, proxies.shape[0], None)
-
-
-def _cosines(x: Tensor, proxies: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The cosines ``(N, C)`` (the best of each class's sub-centres) and the proxies' norms ``(C,)``
-    (for ``(C, K, D)`` proxies: ``(C, K)``).
-
-    :math:`\hat x W^\top` scaled column by column by :math:`1/\lVert w_j\rVert` (see the module
-    docstring: no normalized copy of the proxies)."""
-    flat = proxies.reshape(-1, proxies.shape[-1])
-    norms = flat.norm(dim=-1)
-    cos = (TF.normalize(x, dim=-1) @ flat.T) / norms.clamp_min(torch.finfo(norms.dtype).tiny)
-    if proxies.dim() == 3:
-        cos = cos.view(x.shape[0], *proxies.shape[:2]).amax(-1)
-    return cos, norms.view(proxies.shape[:-1])
 
 
 def _target_sin(x: Tensor, proxies: Tensor, target: Tensor) -> Tensor:
@@ -130,20 +106,6 @@ def _margin_cross_entropy(logits: Tensor, target: Tensor, target_logit: Tensor) 
     index = target.unsqueeze(1)
     logits = logits.scatter(1, index, target_logit.unsqueeze(1).to(logits.dtype))
     return -log_softmax(logits, 1).gather(1, index).squeeze(1)
-
-
-def _finish(loss: Tensor, *, input: Tensor, target: Tensor, proxies: Tensor, weight: Tensor | None,
-            reduction: str, normalizer: float | Tensor | None) -> Tensor:
-    if weight is not None:
-        check_tensor("weight", weight)
-        weight = upcast(weight).to(loss.device)
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target, "proxies": proxies})
-
-
-def _prepare(input: Tensor, proxies: Tensor) -> tuple[Tensor, Tensor]:
-    x = upcast(input)
-    return x, upcast(proxies).to(x.dtype)
 
 
 def _psi(cos: Tensor, margin: int) -> Tensor:
