@@ -17,6 +17,12 @@ loss                           logit of the labelled class :math:`y` (others: no
 :func:`large_margin_softmax_loss`  :math:`s\lVert x\rVert\lVert w_y\rVert\,\psi_m(\theta_y)`
 =============================  ===========================================================
 
+Two more proxy losses, :func:`proxy_nca_loss` and :func:`soft_triple_loss` (:math:`K` centres per
+class), are defined in ``_metric_proxies.py``; the losses on the pairs of a labelled batch
+(:func:`multi_similarity_loss` and :func:`circle_loss` below, :func:`contrastive_pair_loss`,
+:func:`lifted_structure_loss`, :func:`tuplet_margin_loss` and :func:`fast_ap_loss` in
+``_metric_pairs.py``) take no proxies. All are public from here.
+
 The natural unit of ``reduction="none"`` is one value per sample, so ``"mean"`` is
 pytorch-metric-learning's ``MeanReducer``. The module forms (:mod:`losskit.metric`) hold the
 proxies as a learned ``nn.Parameter``.
