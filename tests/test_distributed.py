@@ -113,6 +113,11 @@ def _checks() -> dict[str, dict[str, float]]:
         "multi_similarity": (lambda t, a, y, **kw: LF.multi_similarity_loss(a @ t, y, beta=10.0, **kw), {}),
         "circle_weighted": (lambda t, a, y, w=None, **kw: LF.circle_loss(a @ t, y, gamma=8.0, weight=w, **kw),
                             {"weighted": True}),
+        "contrastive_pair_weighted": (lambda t, a, y, w=None, **kw: LF.contrastive_pair_loss(
+            a @ t, y, neg_margin=2.5, weight=w, **kw), {"weighted": True}),
+        "lifted_structure": (lambda t, a, y, **kw: LF.lifted_structure_loss(a @ t, y, **kw), {}),
+        "tuplet_margin": (lambda t, a, y, **kw: LF.tuplet_margin_loss(a @ t, y, scale=8.0, **kw), {}),
+        "fast_ap": (lambda t, a, y, **kw: LF.fast_ap_loss(a @ t, y, num_bins=4, **kw), {}),
     }
     for name, (fn, flags) in cases.items():
         second = v if name.startswith("info_nce") else labels

@@ -15,10 +15,13 @@ from pytorch_metric_learning import losses as pml
 
 import losskit
 import losskit.functional as LF
+from losskit._core.registry import entry
+from losskit.metric import ProxyLoss
 
 N, C, D = 24, 7, 6
 PML_ARC_MARGIN = math.radians(28.6)  # pytorch-metric-learning's ArcFace margin is in degrees
-PROXY_LOSSES = [name for name in losskit.available("metric") if name not in ("multi_similarity", "circle")]
+CENTRES_PER_CLASS = {"sub_center_arcface": 3, "soft_triple": 10}  # the modules' defaults, as the peer's
+PROXY_LOSSES = [name for name in losskit.available("metric") if issubclass(entry(name).cls, ProxyLoss)]
 
 
 def _batch(seed: int = 0, dtype=torch.float64):
@@ -205,7 +208,7 @@ def test_arcface_is_exact_near_convergence_in_float32():
 @pytest.mark.parametrize("name", PROXY_LOSSES)
 def test_module_holds_learned_proxies_of_the_right_shape(name):
     module = losskit.get(name, num_classes=C, embedding_size=D)
-    expected = (C, 3, D) if name == "sub_center_arcface" else (C, D)
+    expected = (C, CENTRES_PER_CLASS[name], D) if name in CENTRES_PER_CLASS else (C, D)
     assert [(k, tuple(p.shape)) for k, p in module.named_parameters()] == [("proxies", expected)]
     x, y = _batch(10, torch.float32)
     module(x, y).backward()
@@ -241,7 +244,7 @@ def test_module_errors_name_the_argument():
 def test_bad_inputs_raise_naming_the_argument(name):
     fn = losskit.get(name, num_classes=C, embedding_size=D).function
     x, y = _batch(11)
-    w = torch.randn((C, 3, D) if name == "sub_center_arcface" else (C, D), dtype=torch.float64)
+    w = torch.randn((C, 3, D) if name in CENTRES_PER_CLASS else (C, D), dtype=torch.float64)
     with pytest.raises(ValueError, match="target has class indices outside"):
         fn(x, torch.full((N,), C), proxies=w)
     with pytest.raises(TypeError, match="target must hold integer class labels"):
@@ -340,3 +343,237 @@ def test_a_circle_batch_with_nothing_to_score_ignores_every_embedding(labels, va
     # With an anchor that has a positive and a negative, the NaN counts and is named.
     with pytest.raises(ValueError, match="input contains non-finite values"):
         losskit.circle_loss(x.detach(), torch.tensor([5, 5, 6]))
+
+
+# --- pair losses: contrastive, lifted structure, tuplet margin -------------------------------------
+
+
+def _positives_per_anchor(y):
+    return ((y[:, None] == y[None, :]).sum(1) - 1).double()
+
+
+PAIR_PARITY_WEIGHTED = [
+    # (peer, losskit function, options): the peer's mean over positive pairs is the per-anchor mean
+    # weighted by each anchor's number of positives
+    (pml.LiftedStructureLoss(), LF.lifted_structure_loss, {}),
+    (pml.LiftedStructureLoss(neg_margin=0.5, pos_margin=0.1), LF.lifted_structure_loss,
+     {"neg_margin": 0.5, "pos_margin": 0.1}),
+    (pml.TupletMarginLoss(), LF.tuplet_margin_loss, {"margin": math.radians(5.73)}),
+    (pml.TupletMarginLoss(margin=20.0, scale=16.0), LF.tuplet_margin_loss,
+     {"margin": math.radians(20.0), "scale": 16.0}),
+]
+
+
+@pytest.mark.parametrize(("peer", "fn", "options"), PAIR_PARITY_WEIGHTED,
+                         ids=[f"{p[0].__class__.__name__}-{i}" for i, p in enumerate(PAIR_PARITY_WEIGHTED)])
+def test_positive_pair_losses_match_pytorch_metric_learning(peer, fn, options):
+    x, _ = _batch(14)
+    y = torch.arange(N) % 7  # 3 or 4 samples per class: anchors with 2 and 3 positives
+    y[0] = 99  # an anchor without a positive: left out by both
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = fn(x, y, weight=_positives_per_anchor(y), **options)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+    # With as many positives per anchor, no weight is needed.
+    balanced = torch.arange(N) % 6
+    torch.testing.assert_close(fn(x, balanced, **options), peer(x, balanced), rtol=1e-10, atol=1e-12)
+
+
+def _pair_masks(y):
+    off_diagonal = ~torch.eye(len(y), dtype=torch.bool)
+    same = (y[:, None] == y[None, :])[off_diagonal].view(len(y), len(y) - 1)
+    return same, ~same
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"pos_margin": 0.2, "neg_margin": 0.8},
+                                                                {"pos_margin": 0.2, "neg_margin": 0.8})])
+def test_contrastive_pair_loss_matches_pytorch_metric_learning(peer_kwargs, options):
+    x, _ = _batch(15)
+    y = torch.arange(N) % 5
+    x.requires_grad_(True)
+    expected = pml.ContrastiveLoss(**peer_kwargs)(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    # The peer's AvgNonZeroReducer: the mean of the non-zero positive pairs plus that of the negatives.
+    pairs = LF.contrastive_pair_loss(x, y, reduction="none", **options)
+    positive, negative = _pair_masks(y)
+    pos, neg = pairs[positive], pairs[negative]
+    actual = pos[pos > 0].mean() + neg[neg > 0].mean()
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_pair_margin_losses_match_the_papers_formulas():
+    x, _ = _batch(16)
+    y = torch.arange(N) % 5
+    z = torch.nn.functional.normalize(x, dim=1)
+    d = lambda a, b: (z[a] - z[b]).norm()  # noqa: E731
+    pos = [[j for j in range(N) if j != i and y[j] == y[i]] for i in range(N)]
+    neg = [[j for j in range(N) if y[j] != y[i]] for i in range(N)]
+    contrastive = torch.stack([torch.stack([torch.clamp(d(i, j) - 0.1, min=0) if y[j] == y[i]
+                                            else torch.clamp(0.9 - d(i, j), min=0) for j in range(N) if j != i])
+                               for i in range(N)])
+    lifted, tuplet = [], []
+    beta, s = 0.3, 10.0
+    for i in range(N):
+        js = []
+        for j in pos[i]:  # eq. 4 of Oh Song et al. with alpha = 1
+            big_j = torch.log(sum(torch.exp(1 - d(i, k)) for k in neg[i]) + sum(torch.exp(1 - d(j, k)) for k in neg[j]))
+            js.append(torch.clamp(big_j + d(i, j), min=0) ** 2 / 2)
+        lifted.append(torch.stack(js).mean())
+        ts = []
+        for j in pos[i]:  # eq. 5 of Yu and Tao: the positive's angle less beta, through the arccosine
+            theta = torch.acos(z[i] @ z[j])
+            ts.append(torch.log1p(sum(torch.exp(s * (z[i] @ z[k] - torch.cos(theta - beta))) for k in neg[i])))
+        tuplet.append(torch.stack(ts).mean())
+    torch.testing.assert_close(LF.contrastive_pair_loss(x, y, pos_margin=0.1, neg_margin=0.9, reduction="none"),
+                               contrastive, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(LF.lifted_structure_loss(x, y, reduction="none"), torch.stack(lifted),
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(LF.tuplet_margin_loss(x, y, margin=beta, scale=s, reduction="none"),
+                               torch.stack(tuplet), rtol=1e-10, atol=1e-12)
+
+
+def test_pair_margin_losses_are_exact_for_close_positives_in_float32():
+    # Positives at distance 1e-3 (cosine 1 - 5e-7): sqrt(2 - 2 cos) from a float32 cosine would be
+    # up to 13% off; the distance from the difference is not.
+    x = torch.eye(4, 8).repeat_interleave(2, 0)
+    x[1::2, 4] = 1e-3
+    y = torch.arange(8) // 2
+    for fn, options in ((LF.contrastive_pair_loss, {}), (LF.tuplet_margin_loss, {"scale": 8.0, "margin": 0.0})):
+        exact = fn(x.double(), y, reduction="none", **options)
+        torch.testing.assert_close(fn(x, y, reduction="none", **options).double(), exact, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("fn", [LF.lifted_structure_loss, LF.tuplet_margin_loss])
+def test_positive_pair_losses_leave_anchors_without_a_positive_out(fn):
+    x, _ = _batch(17)
+    y = torch.arange(N) % 8
+    y[:3] = torch.tensor([100, 101, 102])
+    none = fn(x, y, reduction="none")
+    assert (none[:3] == 0).all() and (none[3:] > 0).all()
+    torch.testing.assert_close(fn(x, y), none[3:].mean())
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"num_bins": 4}, {"num_bins": 4})])
+def test_fast_ap_matches_pytorch_metric_learning(peer_kwargs, options):
+    x, _ = _batch(18)
+    y = torch.arange(N) % 7
+    y[0] = 99  # an anchor without a positive: left out by both
+    x.requires_grad_(True)
+    expected = pml.FastAPLoss(**peer_kwargs)(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = LF.fast_ap_loss(x, y, **options)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_fast_ap_matches_the_papers_formula():
+    # Eq. 9 of Cakir et al. one anchor and one bin at a time: triangular kernel on d^2 in [0, 4].
+    x, _ = _batch(19)
+    y = torch.arange(N) % 5
+    z = torch.nn.functional.normalize(x, dim=1)
+    bins = 6
+    centres = [4.0 * b / bins for b in range(bins + 1)]
+    expected = []
+    for i in range(N):
+        pos = [j for j in range(N) if j != i and y[j] == y[i]]
+        neg = [j for j in range(N) if y[j] != y[i]]
+
+        def hist(js, c, i=i):
+            return sum(torch.clamp(1 - ((z[i] - z[j]).square().sum() - c).abs() * bins / 4, min=0) for j in js)
+
+        h_pos = [hist(pos, c) for c in centres]
+        h_all = [h_pos[b] + hist(neg, c) for b, c in enumerate(centres)]
+        ap = sum(h_pos[b] * sum(h_pos[:b + 1]) / sum(h_all[:b + 1]) for b in range(bins + 1)
+                 if h_pos[b] * sum(h_pos[:b + 1]) > 0)
+        expected.append(1 - ap / len(pos))
+    torch.testing.assert_close(LF.fast_ap_loss(x, y, num_bins=bins, reduction="none"), torch.stack(expected),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_fast_ap_is_exact_near_a_perfect_ranking_in_float32():
+    # AP = 1 - 1e-4: 1 - AP in float32 would keep one digit; the histogram form keeps them all.
+    x = torch.eye(4, 8)
+    x[1] = 0.7 * x[0] + 0.51 ** 0.5 * x[1]  # classes 0 and 1 at d^2 = 0.6
+    x = x.repeat_interleave(2, 0)
+    x[1::2, 4] = 0.01
+    y = torch.arange(8) // 2
+    exact = LF.fast_ap_loss(x.double(), y, reduction="none")
+    assert (exact[:4] > 0).all() and (exact < 1e-3).all()
+    torch.testing.assert_close(LF.fast_ap_loss(x, y, reduction="none").double(), exact, rtol=1e-5, atol=0)
+
+
+
+# --- proxy losses: ProxyNCA, SoftTriple -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"softmax_scale": 3.0}, {"scale": 3.0})])
+def test_proxy_nca_matches_pytorch_metric_learning(peer_kwargs, options):
+    torch.manual_seed(20)
+    peer = pml.ProxyNCALoss(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    x, y = _batch(21)
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.proxies))
+    proxies = peer.proxies.detach().clone().requires_grad_(True)  # the peer's proxies are (C, D) already
+    actual = LF.proxy_nca_loss(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [
+    ({}, {}),
+    ({"centers_per_class": 4, "la": 8.0, "gamma": 0.5, "margin": 0.2}, {"scale": 8.0, "gamma": 0.5, "margin": 0.2}),
+])
+def test_soft_triple_matches_pytorch_metric_learning(peer_kwargs, options):
+    torch.manual_seed(22)
+    peer = pml.SoftTripleLoss(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    k = peer.centers_per_class
+    x, y = _batch(23)
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.fc))
+    # the peer's fc is (D, C K), column c * K + k centre k of class c
+    proxies = peer.fc.detach().T.reshape(C, k, D).clone().requires_grad_(True)
+    actual = LF.soft_triple_loss(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w.T.reshape(C, k, D), rtol=1e-8, atol=1e-10)
+
+
+def test_proxy_losses_match_the_papers_formulas():
+    x, y = _batch(24)
+    gen = torch.Generator().manual_seed(25)
+    w = torch.randn(C, D, dtype=torch.float64, generator=gen)
+    centres = torch.randn(C, 3, D, dtype=torch.float64, generator=gen)
+    unit = torch.nn.functional.normalize
+    s = 2.5
+    # ProxyNCA: a softmax over -s |x - w|^2 of the unit vectors, the labelled proxy included
+    nca = _reference(x, y, w, lambda a, b: -s * (unit(a, dim=0) - unit(b, dim=0)).square().sum(),
+                     lambda a, b: -s * (unit(a, dim=0) - unit(b, dim=0)).square().sum())
+    torch.testing.assert_close(LF.proxy_nca_loss(x, y, proxies=w, scale=s, reduction="none"), nca,
+                               rtol=1e-10, atol=1e-12)
+    lam, gamma, delta = 5.0, 0.2, 0.1
+
+    def relaxed(a, cs):  # eq. 8 of Qian et al.: the soft maximum of the centres' similarities
+        sims = torch.stack([_cos(a, c) for c in cs])
+        return (torch.exp(sims / gamma) / torch.exp(sims / gamma).sum() * sims).sum()
+
+    soft_triple = _reference(x, y, centres, lambda a, cs: lam * (relaxed(a, cs) - delta),
+                             lambda a, cs: lam * relaxed(a, cs))
+    torch.testing.assert_close(LF.soft_triple_loss(x, y, proxies=centres, scale=lam, gamma=gamma, margin=delta,
+                                                   reduction="none"), soft_triple, rtol=1e-10, atol=1e-12)
+
+
+def test_soft_triple_module_takes_the_number_of_centres():
+    module = losskit.SoftTripleLoss(num_classes=C, embedding_size=D, centers_per_class=4)
+    assert tuple(module.proxies.shape) == (C, 4, D)
+    assert losskit.get(module.get_config()).centers_per_class == 4

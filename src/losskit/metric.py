@@ -22,12 +22,18 @@ from losskit.functional import metric as F
 __all__ = [
     "ArcFaceLoss",
     "CircleLoss",
+    "ContrastivePairLoss",
     "CosFaceLoss",
+    "FastAPLoss",
     "LargeMarginSoftmaxLoss",
+    "LiftedStructureLoss",
     "MultiSimilarityLoss",
     "NormalizedSoftmaxLoss",
+    "ProxyNCALoss",
+    "SoftTripleLoss",
     "SphereFaceLoss",
     "SubCenterArcFaceLoss",
+    "TupletMarginLoss",
 ]
 
 
@@ -160,6 +166,38 @@ class LargeMarginSoftmaxLoss(ProxyLoss):
     function = staticmethod(F.large_margin_softmax_loss)
 
 
+@register("proxy_nca", family="metric")
+class ProxyNCALoss(ProxyLoss):
+    function = staticmethod(F.proxy_nca_loss)
+
+
+@register("soft_triple", "softtriple", family="metric")
+class SoftTripleLoss(ProxyLoss):
+    """Module form of :func:`losskit.soft_triple_loss`, holding ``centers_per_class`` centres per class
+    (10 by default, as pytorch-metric-learning) as a parameter ``(C, K, D)``.
+
+    """
+
+    function = staticmethod(F.soft_triple_loss)
+
+    def __init__(self, num_classes: int | None = None, embedding_size: int | None = None, *,
+                 centers_per_class: int | None = None, proxies: Tensor | list | None = None,
+                 **options: Any) -> None:
+        given = None if proxies is None or not isinstance(proxies, Tensor) else proxies.shape[1]
+        self.centers_per_class = _count("centers_per_class", centers_per_class if centers_per_class is not None
+                                        else given or 10)
+        super().__init__(num_classes, embedding_size, proxies=proxies, **options)
+
+    def proxy_shape(self, num_classes: int, embedding_size: int) -> tuple[int, ...]:
+        return (num_classes, self.centers_per_class, embedding_size)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "centers_per_class": self.centers_per_class}
+
+
+SoftTripleLoss.__doc__ += F.soft_triple_loss.__doc__ or ""
+
+
 # --- pair losses on a labelled batch (no learned state) ---------------------------------------------
 
 
@@ -171,3 +209,23 @@ class MultiSimilarityLoss(LossModule):
 @register("circle", family="metric")
 class CircleLoss(LossModule):
     function = staticmethod(F.circle_loss)
+
+
+@register("contrastive_pair", "pair_margin", family="metric")
+class ContrastivePairLoss(LossModule):
+    function = staticmethod(F.contrastive_pair_loss)
+
+
+@register("lifted_structure", family="metric")
+class LiftedStructureLoss(LossModule):
+    function = staticmethod(F.lifted_structure_loss)
+
+
+@register("tuplet_margin", family="metric")
+class TupletMarginLoss(LossModule):
+    function = staticmethod(F.tuplet_margin_loss)
+
+
+@register("fast_ap", "fastap", family="metric")
+class FastAPLoss(LossModule):
+    function = staticmethod(F.fast_ap_loss)

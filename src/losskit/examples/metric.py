@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as TF
 
 from losskit.examples import probes
-from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, typical
+from losskit.examples.base import NOT_BOXES, Budget, Case, Regime, Spec, typical
 
 DIM, CLASSES, SUB_CENTERS = 5, 4, 2
 
@@ -24,11 +24,14 @@ OPTIONS = {
     "sub_center_arcface": {"scale": 8.0},
     "sphereface": {"margin": 2},
     "large_margin_softmax": {"margin": 3},
+    "proxy_nca": {"scale": 2.0},
+    "soft_triple": {"scale": 8.0},
 }
+SUB_CENTRE_LOSSES = ("sub_center_arcface", "soft_triple")  # proxies (C, K, D)
 
 
 def _proxies(name: str, classes: int, dim: int, gen: torch.Generator) -> torch.Tensor:
-    shape = (classes, SUB_CENTERS, dim) if name == "sub_center_arcface" else (classes, dim)
+    shape = (classes, SUB_CENTERS, dim) if name in SUB_CENTRE_LOSSES else (classes, dim)
     return torch.randn(shape, generator=gen, dtype=torch.float64)
 
 
@@ -64,6 +67,12 @@ def _logits(name: str):
             return case.input @ flat.T * case.kwargs.get("scale", 1.0)
         if name == "sphereface":
             return cos * case.input.norm(dim=-1, keepdim=True) * case.kwargs.get("scale", 1.0)
+        if name == "proxy_nca":  # -s |x - w|^2 up to a constant
+            return 2 * cos * case.kwargs.get("scale", 1.0)
+        if name == "soft_triple":  # lambda times each class's soft maximum over its centres
+            cos = cos.view(cos.shape[0], *w.shape[:2])
+            gamma = case.kwargs.get("gamma", 0.1)
+            return ((cos / gamma).softmax(-1) * cos).sum(-1) * case.kwargs.get("scale", 20.0)
         return cos * case.kwargs.get("scale", 64.0)
 
     return logits
@@ -71,16 +80,20 @@ def _logits(name: str):
 
 # --- accuracy regimes ---------------------------------------------------------------------------
 # saturated: the defaults (scale 64, logits up to 64), a temperature of 1/30, embeddings of norm
-# about 20 for the multiplicative margins (their logits are |x| cos or |x| |w| cos).
+# about 20 for the multiplicative margins (their logits are |x| cos or |x| |w| cos), ProxyNCA at
+# scale 15 (logits 2 s cos, up to 30) and SoftTriple at scale 30.
 # near_converged: 8 orthonormal proxies, each embedding near its class's proxy (unit length; 12
-# times that for the multiplicative margins): the labelled logit leads by 10 or more.
+# times that for the multiplicative margins): the labelled logit leads by 10 or more (ProxyNCA at
+# scale 8: by 16).
 # large: 1000 embeddings against 1000 classes (1e6 logits).
 
 SATURATED = {"normalized_softmax": {"temperature": 1 / 30}, "cosface": {}, "arcface": {},
-             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 3}}
+             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 3},
+             "proxy_nca": {"scale": 15.0}, "soft_triple": {"scale": 30.0}}
 INPUT_SCALE = {"sphereface": 10.0, "large_margin_softmax": 10.0}
 CONVERGED = {"normalized_softmax": {"temperature": 0.05}, "cosface": {}, "arcface": {},
-             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 2}}
+             "sub_center_arcface": {}, "sphereface": {"margin": 2}, "large_margin_softmax": {"margin": 2},
+             "proxy_nca": {"scale": 8.0}, "soft_triple": {}}
 
 
 def _saturated(name: str):
@@ -99,7 +112,7 @@ def _near_converged(name: str):
         target = torch.arange(64) % classes
         x = basis[target] + 0.01 * torch.randn((64, dim), generator=gen, dtype=torch.float64)
         proxies = basis
-        if name == "sub_center_arcface":  # the second sub-centre of each class points elsewhere
+        if name in SUB_CENTRE_LOSSES:  # the second sub-centre of each class points elsewhere
             proxies = torch.stack([basis, -basis.roll(1, 0)], 1)
         x = x * (12.0 if name in INPUT_SCALE else 1.0)
         return Case(x, target, {"proxies": proxies, **CONVERGED[name]})
@@ -197,3 +210,99 @@ def _pair_spec(name: str) -> Spec:
 NOT_APPLICABLE_PAIRS = {**NOT_BOXES, "imbalance": "every anchor has its positive among the batch's negatives; "
                         "the large regime puts 1 positive among 999 negatives"}
 SPECS.update({name: _pair_spec(name) for name in PAIR_OPTIONS})
+
+
+# --- pair margin losses: contrastive pairs, lifted structure, tuplet margin -------------------------
+# The same labelled batches (2n embeddings in classes of two). The contrastive loss's unit is the
+# ordered pair ``(N, N - 1)``, its weight per anchor; the others give one value per anchor. The
+# typical negative margin 2.5 keeps every negative pair active and away from its hinge (where the
+# value m - d cancels in any implementation); the tuplet margin runs at scale 8 there and at its
+# default 64 in the saturated regime. Near convergence each class sits at its basis vector with
+# noise 0.005 (contrastive: positive pairs at distance about 0.007, negatives about 1.41, past the
+# margin) or 0.01 (tuplet).
+
+MARGIN_PAIR_OPTIONS = {"contrastive_pair": {"neg_margin": 2.5}, "lifted_structure": {},
+                       "tuplet_margin": {"scale": 8.0}}
+PAIR_OPTIONS.update(MARGIN_PAIR_OPTIONS)
+PAIR_CONVERGED.update({"contrastive_pair": {}, "tuplet_margin": {}})
+
+
+def _pairs_of_anchor(case: Case) -> tuple[int, ...]:
+    n = case.input.shape[0]
+    return (n, max(n - 1, 0))
+
+
+def _anchor_weight_on_pairs(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w, _ = _sample_weight(case, gen)
+    return w, w[:, None].expand(_pairs_of_anchor(case))
+
+
+def _tuplet_logits(case: Case) -> torch.Tensor:
+    z = TF.normalize(case.input, dim=-1)
+    return case.kwargs.get("scale", 64.0) * (z @ z.T)
+
+
+def _pair_near_converged_noise(name: str, noise: float):
+    def make(gen: torch.Generator) -> Case:
+        x = torch.eye(32, dtype=torch.float64).repeat_interleave(2, 0)
+        x = x + noise * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        return Case(x, torch.arange(64) // 2, dict(PAIR_CONVERGED[name]))
+
+    return make
+
+
+NEAR_NOISE = {"contrastive_pair": 0.005, "tuplet_margin": 0.01}
+NO_SCALE = ("the distances of unit embeddings lie in [0, 2] and the loss has no scale: its terms "
+            "cannot saturate")
+LIFTED_NEAR_ZERO = ("the loss is the squared hinge of the log-sum over every negative less the margin; "
+                    "it falls below 1e-3 only at a margin tuned so that this difference cancels, not "
+                    "a state training reaches")
+
+
+def _margin_pair_spec(name: str) -> Spec:
+    make = _pair_case(name)
+    contrastive = name == "contrastive_pair"
+    regimes = {"typical": typical(make, n=16),
+               "large": Regime(_pair_case(name, n_dim=1000), reductions=("mean",))}
+    not_applicable = dict(NOT_APPLICABLE_PAIRS)
+    if name == "tuplet_margin":
+        regimes["saturated"] = Regime(_pair_saturated, logits=_tuplet_logits)
+    else:
+        not_applicable["saturated"] = NO_SCALE
+    if name == "lifted_structure":
+        not_applicable["near_converged"] = LIFTED_NEAR_ZERO
+    else:
+        regimes["near_converged"] = Regime(_pair_near_converged_noise(name, NEAR_NOISE[name]))
+    return Spec(make=make, unit_shape=_pairs_of_anchor if contrastive else _per_sample,
+                weight=_anchor_weight_on_pairs if contrastive else _sample_weight,
+                gradgrad=False,  # torch.cdist has no second derivative
+                probe=probes.LABELLED_PAIRS, not_applicable=not_applicable, regimes=regimes)
+
+
+SPECS.update({name: _margin_pair_spec(name) for name in MARGIN_PAIR_OPTIONS})
+
+
+# --- FastAP: one value per anchor; its histograms have no scale to saturate. Near convergence the
+# classes sit at their basis vectors (noise 0.01, positives in the first two bins) except classes 0
+# and 1 at cosine 0.7 (d^2 = 0.6: a negative in the positives' second bin): AP just below 1.
+
+
+def _fast_ap_near_converged(gen: torch.Generator) -> Case:
+    x = torch.eye(32, dtype=torch.float64)
+    x[1] = 0.7 * x[0] + 0.51 ** 0.5 * x[1]
+    x = x.repeat_interleave(2, 0) + 0.01 * torch.randn((64, 32), generator=gen, dtype=torch.float64)
+    return Case(x, torch.arange(64) // 2, {})
+
+
+PAIR_OPTIONS["fast_ap"] = {}
+SPECS["fast_ap"] = Spec(make=_pair_case("fast_ap"), unit_shape=_per_sample, weight=_sample_weight,
+                        gradgrad=False,  # torch.cdist has no second derivative
+                        probe=probes.LABELLED_PAIRS,
+                        not_applicable={**NOT_APPLICABLE_PAIRS, "saturated": NO_SCALE},
+                        regimes={"typical": typical(_pair_case("fast_ap"), n=16),
+                                 "near_converged": Regime(_fast_ap_near_converged),
+                                 "large": Regime(_pair_case("fast_ap", n_dim=1000), reductions=("mean",))},
+                        budgets={"large": Budget(grad=3e-4, why=(
+                            "the triangular kernel's slope flips at each bin centre: among the 1e6 pairs, 4 "
+                            "squared distances lie within their float32 rounding (5e-6) of a centre and take "
+                            "the other side's slope, in any implementation"))})

@@ -173,9 +173,9 @@ def _paired(loss, s):  # row 0 of input (e1) and of target (cosine s); row 1: e3
 
 
 def _labelled(loss, s):  # anchor e1, its positive v (label 0) and the negative e3 (label 1)
-    def at(si):
+    def at(si):  # the anchor's value: the sum of its pairs' where the unit is a pair
         e1, v, e3 = _pair_embeddings(si)
-        return loss(torch.stack([e1, v, e3]), torch.tensor([0, 0, 1]), reduction="none")[0]
+        return loss(torch.stack([e1, v, e3]), torch.tensor([0, 0, 1]), reduction="none")[0].sum()
 
     return _one(_stacked(at, s))
 

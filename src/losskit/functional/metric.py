@@ -17,6 +17,12 @@ loss                           logit of the labelled class :math:`y` (others: no
 :func:`large_margin_softmax_loss`  :math:`s\lVert x\rVert\lVert w_y\rVert\,\psi_m(\theta_y)`
 =============================  ===========================================================
 
+Two more proxy losses, :func:`proxy_nca_loss` and :func:`soft_triple_loss` (:math:`K` centres per
+class), are defined in ``_metric_proxies.py``; the losses on the pairs of a labelled batch
+(:func:`multi_similarity_loss` and :func:`circle_loss` below, :func:`contrastive_pair_loss`,
+:func:`lifted_structure_loss`, :func:`tuplet_margin_loss` and :func:`fast_ap_loss` in
+``_metric_pairs.py``) take no proxies. All are public from here.
+
 The natural unit of ``reduction="none"`` is one value per sample, so ``"mean"`` is
 pytorch-metric-learning's ``MeanReducer``. The module forms (:mod:`losskit.metric`) hold the
 proxies as a learned ``nn.Parameter``.
@@ -47,59 +53,40 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from losskit._core.checks import check_bool, check_class_indices, check_floating, check_number, check_tensor
-from losskit._core.numerics import log_softmax, upcast
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
-from losskit.functional.contrastive import (
-    _check_embeddings,
-    _check_labels,
-    _gather,
-    _masked_fill_min,
-    _reduce,
-    _unless_nothing_to_score,
+from losskit._core.checks import check_bool, check_number
+from losskit._core.numerics import log_softmax
+from losskit._core.reduction import Reduction
+from losskit.functional._metric_pairs import (
+    contrastive_pair_loss,
+    fast_ap_loss,
+    lifted_structure_loss,
+    log1p_sum_exp,
+    pairs,
+    tuplet_margin_loss,
 )
+from losskit.functional._metric_proxies import proxy_nca_loss, soft_triple_loss
+from losskit.functional._proxy_common import _check_inputs, _cosines, _finish, _prepare
+from losskit.functional.contrastive import _masked_fill_min, _reduce
 
 __all__ = [
     "arcface_loss",
     "circle_loss",
+    "contrastive_pair_loss",
     "cosface_loss",
+    "fast_ap_loss",
     "large_margin_softmax_loss",
+    "lifted_structure_loss",
     "multi_similarity_loss",
     "normalized_softmax_loss",
+    "proxy_nca_loss",
+    "soft_triple_loss",
     "sphereface_loss",
     "sub_center_arcface_loss",
+    "tuplet_margin_loss",
 ]
 
 
 # --- shared pieces ------------------------------------------------------------------------------
-
-
-def _check_inputs(input: Tensor, target: Tensor, proxies: Tensor, reduction: str, normalizer: object,
-                  sub_centers: bool = False) -> None:
-    check_reduction(reduction, normalizer)
-    _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
-    check_tensor("proxies", proxies)
-    check_floating("proxies", proxies)
-    layout = "(C, K, D)" if sub_centers else "(C, D)"
-    if proxies.dim() != len(layout.split(",")) or proxies.shape[-1] != input.shape[-1] or proxies.shape[0] == 0:
-        raise ValueError(f"proxies must have shape {layout}, C >= 1 classes of the embedding size D = "
-                         f"input.shape[1] = {input.shape[-1]}, got shape {tuple(proxies.shape)}")
-    check_class_indices("target", target, proxies.shape[0], None)
-
-
-def _cosines(x: Tensor, proxies: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The cosines ``(N, C)`` (the best of each class's sub-centres) and the proxies' norms ``(C,)``
-    (for ``(C, K, D)`` proxies: ``(C, K)``).
-
-    :math:`\hat x W^\top` scaled column by column by :math:`1/\lVert w_j\rVert` (see the module
-    docstring: no normalized copy of the proxies)."""
-    flat = proxies.reshape(-1, proxies.shape[-1])
-    norms = flat.norm(dim=-1)
-    cos = (TF.normalize(x, dim=-1) @ flat.T) / norms.clamp_min(torch.finfo(norms.dtype).tiny)
-    if proxies.dim() == 3:
-        cos = cos.view(x.shape[0], *proxies.shape[:2]).amax(-1)
-    return cos, norms.view(proxies.shape[:-1])
 
 
 def _target_sin(x: Tensor, proxies: Tensor, target: Tensor) -> Tensor:
@@ -125,20 +112,6 @@ def _margin_cross_entropy(logits: Tensor, target: Tensor, target_logit: Tensor) 
     index = target.unsqueeze(1)
     logits = logits.scatter(1, index, target_logit.unsqueeze(1).to(logits.dtype))
     return -log_softmax(logits, 1).gather(1, index).squeeze(1)
-
-
-def _finish(loss: Tensor, *, input: Tensor, target: Tensor, proxies: Tensor, weight: Tensor | None,
-            reduction: str, normalizer: float | Tensor | None) -> Tensor:
-    if weight is not None:
-        check_tensor("weight", weight)
-        weight = upcast(weight).to(loss.device)
-    return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
-                       inputs={"input": input, "target": target, "proxies": proxies})
-
-
-def _prepare(input: Tensor, proxies: Tensor) -> tuple[Tensor, Tensor]:
-    x = upcast(input)
-    return x, upcast(proxies).to(x.dtype)
 
 
 def _psi(cos: Tensor, margin: int) -> Tensor:
@@ -590,27 +563,9 @@ def sphereface_loss(
 def _pair_setup(input: Tensor, target: Tensor, reduction: str, normalizer: object,
                 distributed: object, *, needs_both: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Cosine similarities ``(n, M)`` of this rank's anchors with every candidate, and the positive
-    and negative masks. ``needs_both``: an anchor scores only with a positive and a negative, so a
-    batch where none has both is all ignored (no gradient, NaN embeddings included)."""
-    check_reduction(reduction, normalizer)
-    check_bool("distributed", distributed)
-    _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
-    x = upcast(input)
-    if needs_both:
-        x = _unless_nothing_to_score(x, target, distributed)
-    z = TF.normalize(x, dim=-1)
-    z_all, labels_all, offset = _gather(z, target, distributed)
-    n, total = z.shape[0], z_all.shape[0]
-    not_self = torch.arange(total, device=z.device)[None, :] != (torch.arange(n, device=z.device) + offset)[:, None]
-    same = target[:, None] == labels_all[None, :]
-    return z @ z_all.T, same & not_self, ~same
-
-
-def _log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
-    r""":math:`\log(1 + \sum_{j \in keep} e^{x_j})` per row, exact when the sum is small (a converged
-    loss: ``softplus`` of the log-sum); 0 with a zero gradient for an empty row."""
-    return TF.softplus(torch.logsumexp(_masked_fill_min(logits, keep), 1))
+    and negative masks (see :func:`losskit.functional._metric_pairs.pairs`)."""
+    p = pairs(input, target, reduction, normalizer, distributed, needs_both=needs_both)
+    return p.sim, p.positive, p.negative
 
 
 def multi_similarity_loss(
@@ -680,8 +635,8 @@ def multi_similarity_loss(
     beta = check_number("beta", beta, low=0.0, low_open=True)
     base = check_number("base", base)
     sim, positive, negative = _pair_setup(input, target, reduction, normalizer, distributed)
-    loss = (_log1p_sum_exp(-alpha * (sim - base), positive) / alpha
-            + _log1p_sum_exp(beta * (sim - base), negative) / beta)
+    loss = (log1p_sum_exp(-alpha * (sim - base), positive) / alpha
+            + log1p_sum_exp(beta * (sim - base), negative) / beta)
     return _reduce(loss, input=input, target=target, weight=weight, mask=None, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
 
