@@ -48,6 +48,7 @@ from losskit._core.numerics import (
     weighted_log,
 )
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
+from losskit._kernels import Backend, triton_cross_entropy, triton_sigmoid_focal, use_triton
 from losskit.functional._softmax import cross_entropy_rows
 
 # --- shared machinery for softmax losses ------------------------------------------------------
@@ -299,6 +300,7 @@ def cross_entropy(
     softcap: float | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     r"""Softmax cross-entropy on logits, with class weights, ignored labels, smoothing, z-loss and softcap.
 
@@ -330,6 +332,8 @@ def cross_entropy(
         softcap: Cap :math:`c > 0` for the logits, or ``None``.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: the Triton kernel for index targets on CUDA
+            (see :mod:`losskit._kernels`); probability targets always take the torch path.
 
     Shape:
         - input: :math:`(N, C)`, :math:`(N, C, d_1, \dots, d_k)` or :math:`(C,)`.
@@ -362,8 +366,10 @@ def cross_entropy(
     if softcap is not None:
         check_number("softcap", softcap, low=0.0, low_open=True)
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
+    triton = use_triton(backend, input)
     if targets.index is not None:
-        loss = _index_cross_entropy(logits, targets, weight, label_smoothing, z_loss, softcap)
+        loss = (triton_cross_entropy(logits, targets.index, targets.mask, weight, label_smoothing, z_loss, softcap)
+                if triton else _index_cross_entropy(logits, targets, weight, label_smoothing, z_loss, softcap))
         return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
@@ -878,6 +884,7 @@ def binary_cross_entropy(
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     r"""Binary cross-entropy on logits, for binary and multi-label targets.
 
@@ -901,6 +908,8 @@ def binary_cross_entropy(
         weight: Elementwise weights broadcastable to the input.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: the one-pass Triton kernel on CUDA (see
+            :mod:`losskit._kernels`).
 
     Shape:
         - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
@@ -929,7 +938,8 @@ def binary_cross_entropy(
     if pos_weight is not None:
         check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
         pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
-    loss = _binary_cross_entropy(logits, labels, pos_weight)
+    loss = (triton_sigmoid_focal(logits, labels, 0.0, None, None if pos_weight is None else labels * pos_weight)
+            if use_triton(backend, input) else _binary_cross_entropy(logits, labels, pos_weight))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -1053,6 +1063,7 @@ def sigmoid_focal_loss(
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     r"""Sigmoid focal loss for dense binary or multi-label classification (Lin et al.).
 
@@ -1086,6 +1097,8 @@ def sigmoid_focal_loss(
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`). Dense
             detectors normalise by the number of positives: ``normalizer=num_pos``.
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: the one-pass Triton kernel on CUDA (see
+            :mod:`losskit._kernels`).
 
     Shape:
         - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
@@ -1119,7 +1132,8 @@ def sigmoid_focal_loss(
     if pos_weight is not None:
         check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
         weighted_labels = labels * pos_weight.to(device=logits.device, dtype=logits.dtype)
-    loss = _SigmoidFocal.apply(logits, labels, float(gamma), alpha, weighted_labels)
+    focal = triton_sigmoid_focal if use_triton(backend, input) else _SigmoidFocal.apply
+    loss = focal(logits, labels, float(gamma), alpha, weighted_labels)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
