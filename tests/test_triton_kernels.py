@@ -156,12 +156,15 @@ def test_cross_entropy_in_float64_and_half_precision():
     gen = torch.Generator().manual_seed(2)
     x, target = _on_device(*_ce_case("typical", 5, 11, gen))
     x64 = x.double().requires_grad_(True)
-    a = losskit.cross_entropy(x64, target, reduction="none", backend="triton", z_loss=1e-3)
-    b = losskit.cross_entropy(x64, target, reduction="none", backend="torch", z_loss=1e-3)
+    options = {"z_loss": 1e-3, "label_smoothing": 0.1, "softcap": 7.0}  # none exact in float32
+    a = losskit.cross_entropy(x64, target, reduction="none", backend="triton", **options)
+    b = losskit.cross_entropy(x64, target, reduction="none", backend="torch", **options)
     assert a.dtype == torch.float64
-    # Options reach the kernel as float32 scalars (z_loss 1e-3 rounds by 2e-11 relative).
-    torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
-    torch.testing.assert_close(*(torch.autograd.grad(v.sum(), x64)[0] for v in (a, b)), rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    torch.testing.assert_close(*(torch.autograd.grad(v.sum(), x64)[0] for v in (a, b)), rtol=1e-12, atol=1e-15)
+    focal = [losskit.sigmoid_focal_loss(x64, (target % 2).double().expand(11, 5).T, alpha=0.3, gamma=0.7,
+                                        reduction="none", backend=backend) for backend in ("triton", "torch")]
+    torch.testing.assert_close(*focal, rtol=1e-12, atol=0)
     half = x.to(torch.bfloat16).requires_grad_(True)
     out = losskit.cross_entropy(half, target, backend="triton")
     ref = losskit.cross_entropy(half.detach().double(), target, backend="torch")

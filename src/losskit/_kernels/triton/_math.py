@@ -7,8 +7,10 @@ written with Kahan's rounding-compensated forms, which keep full relative precis
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 
 @triton.jit
@@ -32,3 +34,9 @@ def tanh(u):
     e = expm1(-2 * tl.abs(u))
     magnitude = -e / (2 + e)
     return tl.where(u < 0, -magnitude, magnitude)
+
+
+def scalar_options(dtype: torch.dtype, device: torch.device, *values: float) -> Tensor:
+    """A kernel's scalar options as a tensor in its compute dtype on ``device``: exact in float64
+    (a Python float reaches a compiled kernel as float32); copied without waiting for the device."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

@@ -23,15 +23,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from losskit._kernels.triton._math import log1p
+from losskit._kernels.triton._math import log1p, scalar_options
 
 
 @triton.jit
 def _sigmoid_focal_kernel(
-    x_ptr, t_ptr, tw_ptr, loss_ptr, grad_ptr, numel, gamma, alpha,
+    x_ptr, t_ptr, tw_ptr, loss_ptr, grad_ptr, numel, options_ptr,
     HAS_TW: tl.constexpr, HAS_ALPHA: tl.constexpr, GAMMA: tl.constexpr, WITH_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    gamma = tl.load(options_ptr)  # in the compute dtype, exact in float64
+    alpha = tl.load(options_ptr + 1)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
     x = tl.load(x_ptr + offs, mask=inside, other=0.0)
@@ -89,8 +91,9 @@ def sigmoid_focal_pass(x: Tensor, t: Tensor, gamma: float, alpha: float | None, 
     grad = torch.empty_like(flat_x) if with_grad else loss
     grid = (triton.cdiv(flat_x.numel(), _BLOCK),)
     _sigmoid_focal_kernel[grid](
-        flat_x, flat_t, flat_tw if flat_tw is not None else flat_x, loss, grad, flat_x.numel(), float(gamma),
-        float(alpha if alpha is not None else 0.0), HAS_TW=tw is not None, HAS_ALPHA=alpha is not None,
+        flat_x, flat_t, flat_tw if flat_tw is not None else flat_x, loss, grad, flat_x.numel(),
+        scalar_options(flat_x.dtype, flat_x.device, gamma, alpha if alpha is not None else 0.0),
+        HAS_TW=tw is not None, HAS_ALPHA=alpha is not None,
         GAMMA=_EXACT_GAMMA.get(float(gamma), -1), WITH_GRAD=with_grad, BLOCK=_BLOCK,
     )
     return loss.view(x.shape), grad.view(x.shape) if with_grad else None

@@ -21,18 +21,22 @@ import triton.language as tl
 from torch import Tensor
 
 from losskit._core.numerics import compute_dtype
-from losskit._kernels.triton._math import log1p, tanh
+from losskit._kernels.triton._math import log1p, scalar_options, tanh
 
 
 @triton.jit
 def _cross_entropy_kernel(
     x_ptr, stride_n, stride_c, stride_s, spatial,  # logits (N, C, S) with their strides
-    index_ptr, valid_ptr, weight_ptr, loss_ptr, grad_ptr, classes,
-    eps, z_loss, softcap, scale_eps,
+    index_ptr, valid_ptr, weight_ptr, loss_ptr, grad_ptr, classes, options_ptr,
     HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, SMOOTH: tl.constexpr, ZLOSS: tl.constexpr,
     WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
+    # The options in the compute dtype (a float argument would reach a compiled kernel as float32).
+    eps = tl.load(options_ptr)
+    z_loss = tl.load(options_ptr + 1)
+    softcap = tl.load(options_ptr + 2)
+    scale_eps = tl.load(options_ptr + 3)  # eps / C
     base = x_ptr + (row // spatial) * stride_n + (row % spatial) * stride_s
     y = tl.load(index_ptr + row).to(tl.int64)
     valid = tl.load(valid_ptr + row) != 0
@@ -136,7 +140,7 @@ def cross_entropy_rows(input: Tensor, index: Tensor, valid: Tensor, weight: Tens
         logits, logits.stride(0), logits.stride(1), logits.stride(2), spatial,
         index.reshape(-1).contiguous(), valid.reshape(-1).contiguous().view(torch.uint8),
         weight if weight is not None else loss, loss, grad, classes,
-        float(label_smoothing), float(z_loss), float(softcap or 1.0), float(label_smoothing) / classes,
+        scalar_options(dtype, input.device, label_smoothing, z_loss, softcap or 1.0, label_smoothing / max(classes, 1)),
         HAS_WEIGHT=weight is not None, HAS_SOFTCAP=softcap is not None, SMOOTH=bool(label_smoothing),
         ZLOSS=bool(z_loss), WITH_GRAD=with_grad, COMPUTE=_COMPUTE[dtype], BLOCK=block,
     )
