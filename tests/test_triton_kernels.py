@@ -287,3 +287,22 @@ def test_no_host_synchronization_with_checks_off():
                 (ce + focal + bce).backward()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_kernels_capture_in_a_cuda_graph():
+    x = torch.randn(32, 80, device="cuda")
+    labels = (torch.rand(32, 80, device="cuda") < 0.1).float()
+    target = torch.randint(0, 80, (32,), device="cuda")
+
+    def step():
+        return (losskit.sigmoid_focal_loss(x, labels, backend="triton")
+                + losskit.cross_entropy(x, target, backend="triton", label_smoothing=0.1))
+
+    with losskit.set_checks(False):
+        expected = step()  # the first launch compiles the kernels, outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        graph.replay()
+    torch.testing.assert_close(captured, expected)

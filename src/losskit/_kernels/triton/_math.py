@@ -38,5 +38,9 @@ def tanh(u):
 
 def scalar_options(dtype: torch.dtype, device: torch.device, *values: float) -> Tensor:
     """A kernel's scalar options as a tensor in its compute dtype on ``device``: exact in float64
-    (a Python float reaches a compiled kernel as float32); copied without waiting for the device."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    (a Python float reaches a compiled kernel as float32). Filled on the device, one value at a
+    time: no copy from the host, so no synchronization and nothing a CUDA graph cannot capture."""
+    options = torch.empty(len(values), dtype=dtype, device=device)
+    for i, value in enumerate(values):
+        options[i].fill_(value)
+    return options
