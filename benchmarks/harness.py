@@ -249,3 +249,32 @@ def cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+# Peak HBM bandwidth (GB/s, vendor figures) of common GPUs, by a substring of the device name.
+HBM_PEAK_GBS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0,
+                "A100 80GB PCIe": 1935.0, "A100": 1555.0, "L40S": 864.0, "A10G": 600.0, "RTX 4090": 1008.0}
+
+
+def hbm_peak_gbs(device: torch.device, override: float | None = None) -> float | None:
+    """The device's peak memory bandwidth in GB/s: ``override``, else the table above, else None."""
+    if override is not None:
+        return override
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in HBM_PEAK_GBS.items() if key in name), None)
+
+
+def bandwidth(results: list[Result], bytes_moved: int, device: torch.device, peak_gbs: float | None = None) -> str:
+    """Effective bandwidth of each candidate on CUDA: ``bytes_moved`` (the least traffic a fused
+    forward+backward needs) over its median time, and its share of the GPU's HBM peak."""
+    peak = hbm_peak_gbs(device, peak_gbs)
+    name = torch.cuda.get_device_name(device)
+    lines = [f"effective bandwidth, {bytes_moved / 1e6:.1f} MB moved at least, {name}, HBM peak "
+             + (f"{peak:.0f} GB/s" if peak else "unknown (pass --hbm-peak-gbs)")]
+    for r in results:
+        gbs = bytes_moved / r.seconds / 1e9
+        share = f"{gbs / peak:>8.1%}" if peak else ""
+        lines.append(f"{r.label:<34}{gbs:>10.0f} GB/s{share}")
+    text = "\n".join(lines)
+    print(text)
+    return text

@@ -26,6 +26,11 @@ _THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 torch.set_num_threads(_THREADS)
 
+# Without CUDA, the Triton kernels (backend="triton") run on CPU tensors in Triton's interpreter,
+# which must be on before the first kernel module is imported (tests/test_triton_kernels.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def gen() -> torch.Generator:

@@ -33,19 +33,32 @@ def call(name, case, **options):
     return fn(case.input, case.target, **{**case.kwargs, **options})
 
 
-def make(key, n=4, seed=0):
+def make(key, n=4, seed=0, device="cpu"):
     name, spec = CASES[key]
     gen = torch.Generator().manual_seed(seed)
-    return name, spec, spec.make(n, gen), gen
+    return name, spec, on_device(spec.make(n, gen), device), gen
+
+
+# Every device the suite runs the device-parametrized checks on: the CPU, and CUDA where there is one.
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def on_device(case, device):
+    """The case with its input, target and tensor options on ``device`` (made on the CPU)."""
+    def move(x):
+        return x.to(device) if isinstance(x, torch.Tensor) else x
+    return specs.Case(move(case.input), move(case.target), {k: move(v) for k, v in case.kwargs.items()})
 
 
 def test_every_registered_loss_has_a_spec():
     assert sorted(SPECS) == losskit.available()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("key", IDS)
-def test_reductions_agree_and_none_has_the_natural_unit(key):
-    name, spec, case, _ = make(key)
+def test_reductions_agree_and_none_has_the_natural_unit(key, device):
+    name, spec, case, _ = make(key, device=device)
     none = call(name, case, reduction="none")
     assert tuple(none.shape) == spec.unit_shape(case)
     close(call(name, case, reduction="sum"), none.sum())
@@ -65,9 +78,10 @@ def test_mean_is_the_weighted_mean(key):
     close(call(name, case, weight=weight * 3.0), call(name, case, weight=weight))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("key", IDS)
-def test_empty_input_gives_zero_with_a_gradient(key):
-    name, spec, case, _ = make(key, n=0)
+def test_empty_input_gives_zero_with_a_gradient(key, device):
+    name, spec, case, _ = make(key, n=0, device=device)
     case.input.requires_grad_(True)
     for reduction in ("mean", "sum"):
         out = call(name, case, reduction=reduction)
@@ -186,3 +200,33 @@ def test_bad_reduction_and_wrong_target_shape_raise_naming_the_argument(key):
 def test_module_rejects_unknown_options_with_a_suggestion(name):
     with pytest.raises(TypeError, match="did you mean 'reduction'"):
         losskit.get(name, reductoin="sum")
+
+
+def _value_and_grad(name, case):
+    x = case.input.detach().clone().requires_grad_(True)
+    out = entry(name).cls.function(x, case.target, **{**case.kwargs, "reduction": "none"})
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    return out.detach().cpu(), grad.cpu()
+
+
+@CUDA
+@pytest.mark.parametrize("key", IDS)
+def test_cuda_gives_the_cpu_values_and_gradients_in_float64(key):
+    name, _, case, _ = make(key)
+    cpu_value, cpu_grad = _value_and_grad(name, case)
+    cuda_value, cuda_grad = _value_and_grad(name, on_device(case, "cuda"))
+    close(cuda_value, cpu_value, rtol=1e-10, atol=1e-12)
+    close(cuda_grad, cpu_grad, rtol=1e-10, atol=1e-12)
+
+
+@CUDA
+@pytest.mark.parametrize("key", IDS)
+def test_no_host_synchronization_on_cuda_with_value_checks_off(key):
+    name, _, case, _ = make(key, device="cuda")
+    case.input.requires_grad_(True)
+    with losskit.set_checks(False):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            call(name, case).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

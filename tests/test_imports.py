@@ -117,8 +117,9 @@ def test_the_cycle_finder_finds_a_circle():
 
 
 # The command line and the arena import their optional, heavy dependencies (matplotlib, rich,
-# torchmetrics) only when a command runs them; everywhere else a losskit import is at the top.
-DEFERRED = ("losskit.arena", "losskit.cli")
+# torchmetrics) only when a command runs them, and the Triton kernels (triton) only when a loss's
+# backend selects them; everywhere else a losskit import is at the top.
+DEFERRED = ("losskit.arena", "losskit.cli", "losskit._kernels")
 
 
 def test_losskit_imports_are_at_module_level():

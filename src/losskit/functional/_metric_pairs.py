@@ -125,7 +125,7 @@ def contrastive_pair_loss(
     ordered pair :math:`(i, j)`, :math:`j \ne i`, scores
 
     .. math::
-        \ell_{ij} = \begin{cases} [d_{ij} - m_+]_+ & y_j = y_i \\ [m_- - d_{ij}]_+ & y_j \ne y_i, \end{cases}
+        \ell_{ij} = \begin{cases} {[d_{ij} - m_+]}_+ & y_j = y_i \\ {[m_- - d_{ij}]}_+ & y_j \ne y_i, \end{cases}
 
     and ``"mean"`` averages every pair (Hadsell et al.'s loss with the distance itself, as
     pytorch-metric-learning, rather than its square). pytorch-metric-learning's default reducer

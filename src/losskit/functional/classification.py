@@ -41,6 +41,7 @@ from losskit._core.numerics import (
     weighted_log,
 )
 from losskit._core.reduction import Reduction, check_reduction, reduce_for, reduce_loss
+from losskit._kernels import Backend, triton_cross_entropy, triton_sigmoid_focal, use_triton
 from losskit.functional._class_targets import (
     _along_class_dim,
     _check_smoothing,
@@ -73,6 +74,7 @@ def cross_entropy(
     softcap: float | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     r"""Softmax cross-entropy on logits, with class weights, ignored labels, smoothing, z-loss and softcap.
 
@@ -104,6 +106,8 @@ def cross_entropy(
         softcap: Cap :math:`c > 0` for the logits, or ``None``.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: the Triton kernel for index targets on CUDA
+            (see :mod:`losskit._kernels`); probability targets always take the torch path.
 
     Shape:
         - input: :math:`(N, C)`, :math:`(N, C, d_1, \dots, d_k)` or :math:`(C,)`.
@@ -136,8 +140,10 @@ def cross_entropy(
     if softcap is not None:
         check_number("softcap", softcap, low=0.0, low_open=True)
     logits, targets, weight, unbatched = _prepare_softmax(input, target, ignore_index=ignore_index, weight=weight)
+    triton = use_triton(backend, input)
     if targets.index is not None:
-        loss = _index_cross_entropy(logits, targets, weight, label_smoothing, z_loss, softcap)
+        loss = (triton_cross_entropy(logits, targets.index, targets.mask, weight, label_smoothing, z_loss, softcap)
+                if triton else _index_cross_entropy(logits, targets, weight, label_smoothing, z_loss, softcap))
         return _finish(loss, targets, weight, input, target, unbatched, reduction, normalizer)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
@@ -639,6 +645,7 @@ def binary_cross_entropy(
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     r"""Binary cross-entropy on logits, for binary and multi-label targets.
 
@@ -662,6 +669,8 @@ def binary_cross_entropy(
         weight: Elementwise weights broadcastable to the input.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: the one-pass Triton kernel on CUDA (see
+            :mod:`losskit._kernels`).
 
     Shape:
         - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
@@ -690,7 +699,8 @@ def binary_cross_entropy(
     if pos_weight is not None:
         check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
         pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
-    loss = _binary_cross_entropy(logits, labels, pos_weight)
+    loss = (triton_sigmoid_focal(logits, labels, 0.0, None, None if pos_weight is None else labels * pos_weight)
+            if use_triton(backend, input) else _binary_cross_entropy(logits, labels, pos_weight))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
@@ -704,6 +714,7 @@ def sigmoid_focal_loss(
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Tensor:
     r"""Sigmoid focal loss for dense binary or multi-label classification (Lin et al.).
 
@@ -737,6 +748,8 @@ def sigmoid_focal_loss(
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`). Dense
             detectors normalise by the number of positives: ``normalizer=num_pos``.
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: the one-pass Triton kernel on CUDA (see
+            :mod:`losskit._kernels`).
 
     Shape:
         - input: :math:`(*)`. - target: :math:`(*)`. - output: scalar, or :math:`(*)` with ``"none"``.
@@ -770,7 +783,8 @@ def sigmoid_focal_loss(
     if pos_weight is not None:
         check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
         weighted_labels = labels * pos_weight.to(device=logits.device, dtype=logits.dtype)
-    loss = _SigmoidFocal.apply(logits, labels, float(gamma), alpha, weighted_labels)
+    focal = triton_sigmoid_focal if use_triton(backend, input) else _SigmoidFocal.apply
+    loss = focal(logits, labels, float(gamma), alpha, weighted_labels)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
 
 
