@@ -351,7 +351,7 @@ def _ciou_terms(lay: _Layout, iou: Tensor, miss: Tensor, spec: IoUSpec, loss: Te
     den_row, angle_rows, norm_rows = lay.sc[0], lay.block[6:8], lay.spare1
     w, h = lay.axis_pairs  # (2, rows) each: both boxes
     r_norm = _guarded_reciprocal(_squares(lay.axis_pairs, norm_rows), eps, norm_rows)  # 0 for a point box
-    # atan(w / h) as atan2(w, h); pi/4 for a point box (w^2 + h^2 <= eps), as boxes._aspect_angle.
+    # atan(w / h) as atan2(w, h); pi/4 for a point box (w^2 + h^2 <= eps), as boxes.axis_aligned._aspect_angle.
     point = _above(r_norm, 0.0, torch.empty_like(r_norm)).neg_().add_(1.0)
     angle = torch.atan2(w, h, out=angle_rows).lerp_(lay.quarter_pi, point)
     delta = torch.sub(angle[1], angle[0], out=angle[0])
