@@ -20,22 +20,28 @@ __all__ = ["kitti_to_xyzwlhr", "normalize_angle", "nuscenes_to_xyzwlhr", "rotate
 ROTATED_IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou")
 
 
-def normalize_angle(angle: Tensor, period: float = math.pi) -> Tensor:
-    r"""Angles wrapped into ``[-period / 2, period / 2)``.
+def normalize_angle(angle: Tensor, period: float = math.pi, *, low: float | None = None) -> Tensor:
+    r"""Angles brought into ``[low, low + period)`` by whole periods (``low`` defaults to ``-period / 2``).
 
     A rectangle turned by :math:`\pi` is the same rectangle, so every rotated measure here
     (:func:`rotated_box_iou`, :func:`probiou`, the Gaussian losses) is :math:`\pi`-periodic in each
     angle and needs no normalized input; this makes the representation unique (for labels, or to
-    compare angles). The yaw of a 3-D box is a heading, so wrap it with ``period=2 * math.pi``.
-    The geometry does not wrap angles itself: ``cos`` and ``sin`` of the given angle are more
-    exact than those of a wrapped copy that has lost the low bits of :math:`\pi`.
+    compare angles). The yaw of a 3-D box is a heading, so wrap it with ``period=2 * math.pi``;
+    Ultralytics' oriented-box data uses :math:`[-\pi/4, 3\pi/4)`: ``low=-math.pi / 4``. Angles
+    already in range come back unchanged, bit for bit. The geometry does not wrap angles itself:
+    ``cos`` and ``sin`` of the given angle are more exact than those of a wrapped copy that has lost
+    the low bits of :math:`\pi`.
 
     Examples:
         >>> normalize_angle(torch.tensor([math.pi / 2, math.pi, -3 * math.pi / 4]))
         tensor([-1.5708,  0.0000,  0.7854])
+        >>> normalize_angle(torch.tensor([0.5, -1.0, 3.0], dtype=torch.float64), low=-math.pi / 4).tolist() == [
+        ...     0.5, -1.0 + math.pi, 3.0 - math.pi]
+        True
     """
-    half = period / 2
-    return torch.remainder(angle + half, period) - half
+    low = -period / 2 if low is None else low
+    turns = torch.floor((angle - low) / period)
+    return torch.where(turns == 0, angle, angle - turns * period)
 
 
 def _check_rotated(name: str, boxes: Tensor, fmt: str) -> None:

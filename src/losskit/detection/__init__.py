@@ -8,7 +8,7 @@ distribution focal) are in :mod:`losskit.functional`.
 
 from losskit.detection.anchors import AnchorGrid, bbox2dist, dfl_decode, dist2bbox, make_anchors
 from losskit.detection.assigner import Assignment, CandidatePairs, TaskAlignedAssigner
-from losskit.detection.obb import YOLOOBBLoss, normalize_angle, rotated_box_to_distance, rotated_distance_to_box
+from losskit.detection.obb import YOLOOBBLoss, rotated_box_to_distance, rotated_distance_to_box
 from losskit.detection.pose import YOLOPoseLoss
 from losskit.detection.rotated_assigner import RotatedTaskAlignedAssigner, rotated_corners
 from losskit.detection.segment import YOLOSegmentLoss
@@ -29,7 +29,6 @@ __all__ = [
     "dfl_decode",
     "dist2bbox",
     "make_anchors",
-    "normalize_angle",
     "one_to_many_weight",
     "rotated_box_to_distance",
     "rotated_corners",

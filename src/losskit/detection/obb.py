@@ -17,7 +17,7 @@ from torch import Tensor
 
 from losskit._core.checks import check_number, checks_enabled
 from losskit._core.registry import register_class
-from losskit.boxes import probiou
+from losskit.boxes import normalize_angle, probiou
 from losskit.detection.assigner import Assignment, CandidatePairs
 from losskit.detection.rotated_assigner import RotatedTaskAlignedAssigner
 from losskit.detection.yolo import (
@@ -33,26 +33,9 @@ from losskit.detection.yolo import (
 from losskit.distributed import global_normalizer
 from losskit.functional.detection import distribution_focal_loss
 
-__all__ = ["YOLOOBBLoss", "normalize_angle", "rotated_box_to_distance", "rotated_distance_to_box"]
+__all__ = ["YOLOOBBLoss", "rotated_box_to_distance", "rotated_distance_to_box"]
 
 ANGLE_LOW = -math.pi / 4  # angles are brought into [-pi/4, 3pi/4), the range of Ultralytics' OBB data
-
-
-def normalize_angle(angle: Tensor) -> Tensor:
-    r"""Angles brought into :math:`[-\pi/4, 3\pi/4)` by whole turns of :math:`\pi` (the same rectangle).
-
-    A rectangle turned by :math:`\pi` is itself, so this changes no box; it fixes which of the two
-    equal descriptions the side distances are measured in. Angles already in range come back
-    unchanged, bit for bit.
-
-    Examples:
-        >>> import torch
-        >>> normalize_angle(torch.tensor([0.5, -1.0, 3.0], dtype=torch.float64)).tolist() == [
-        ...     0.5, -1.0 + torch.pi, 3.0 - torch.pi]
-        True
-    """
-    turns = torch.floor((angle - ANGLE_LOW) / math.pi)
-    return torch.where(turns == 0, angle, angle - turns * math.pi)
 
 
 def rotated_distance_to_box(points: Tensor, distance: Tensor, angle: Tensor) -> Tensor:
@@ -135,7 +118,7 @@ def _prepare_rotated_targets(batch: Mapping[str, Tensor], num_images: int, num_c
     keep = ((bboxes[:, 2] * float(size[0]) >= min_size) & (bboxes[:, 3] * float(size[1]) >= min_size)).nonzero()
     rows = keep.squeeze(1)
     kept = bboxes[rows]
-    boxes = torch.cat((kept[:, :4] * size.repeat(2), normalize_angle(kept[:, 4:])), -1)
+    boxes = torch.cat((kept[:, :4] * size.repeat(2), normalize_angle(kept[:, 4:], low=ANGLE_LOW)), -1)
     return _RotatedTargets(boxes, cls[rows].long(), image[rows].long(), rows)
 
 
