@@ -321,8 +321,8 @@ class YOLOOBBLoss(YOLOLoss):
             ``{"one2many": [...], "one2one": [...]}``.
         targets: ``{"batch_idx": (M,), "cls": (M,) or (M, 1), "bboxes": (M, 5)}``, boxes as
             normalized ``cx, cy, w, h`` and the angle in radians. Angles are brought into
-            :math:`[-\pi/4, 3\pi/4)` (:func:`losskit.boxes.normalize_angle` with ``low=-pi/4``: the same rectangle; Ultralytics' data
-            are in that range already); sides are used as given.
+            :math:`[-\pi/4, 3\pi/4)` (:func:`losskit.boxes.normalize_angle` with ``low=-pi/4``: the
+            same rectangle; Ultralytics' data are in that range already); sides are used as given.
 
     Returns:
         A :class:`DetectionLossResult` with components ``box``, ``cls``, ``dfl`` (or ``l1``) and
