@@ -53,7 +53,7 @@ def small_tasks(monkeypatch):
 # its k-th checkpoint is complete (its index written), which is a kill at a known point of the run.
 SCRIPT = """
 import os, signal, sys
-from losskit.arena import runner, tasks
+from losskit.arena import checkpoint, tasks
 from tests.test_arena import SUBSET, subset_task
 
 if __name__ == "__main__":  # worker processes (spawn) import this file too, and must not run the command
@@ -61,19 +61,24 @@ if __name__ == "__main__":  # worker processes (spawn) import this file too, and
         tasks.TASKS[name] = subset_task(name)
     limit = int(os.environ.get("KILL_AFTER_CHECKPOINTS", "0"))
     if limit:
-        write, written = runner.atomic_write, []
+        write, written = checkpoint.atomic_write, []
         def atomic_write(path, data):
             write(path, data)
             written.append(path)
             if path.name == "checkpoint.json" and len([p for p in written if p.name == "checkpoint.json"]) == limit:
                 os.kill(os.getpid(), signal.SIGKILL)
-        runner.atomic_write = atomic_write
+        checkpoint.atomic_write = atomic_write  # the checkpoint module writes the checkpoints
     if os.environ.get("KILL_WHEN_FILE"):
         from tests.test_arena_parallel import kill_when_file
         kill_when_file(os.environ["KILL_WHEN_FILE"], os.environ["CHILDREN_FILE"], os.environ["KILL_SIGNAL"])
     from losskit.cli import main
     raise SystemExit(main(sys.argv[1:]))
 """
+
+
+# The subprocesses import this checkout's tests and losskit (src/), never an installed copy.
+_ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT_PATH = os.pathsep.join([str(_ROOT), str(_ROOT / "src")])
 
 
 def script(tmp_path: Path) -> str:
@@ -83,7 +88,7 @@ def script(tmp_path: Path) -> str:
 
 
 def run_cli(tmp_path: Path, *args: str, timeout: float = 600, **env_vars: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": CHECKOUT_PATH,
            **env_vars}
     return subprocess.run([sys.executable, script(tmp_path), *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -156,7 +161,7 @@ def test_two_processes_equal_one(tmp_path):
     single = run_cli(tmp_path, "compare", *args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": CHECKOUT_PATH}
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              script(tmp_path), "compare", *args, "--out", str(tmp_path / "two")],
                             capture_output=True, text=True, timeout=600, env=env)
@@ -545,18 +550,18 @@ def test_a_missing_dependency_before_training_names_the_extra(line, tmp_path, ca
 def test_composite_terms_are_recorded_and_plotted(line, tmp_path, monkeypatch):
     """Each term of "0.5*mse + l1" is a component in results.json (the weighted parts sum to the total),
     a line of the loss figure and a column of history.csv."""
-    from losskit.arena import report
+    from losskit.arena import figures, report
 
     for name in FIGURES:
         monkeypatch.setattr(report, name, DRAW[name])
     legends = []
-    png = report._png
+    png = figures._png
 
     def capture(fig):
         legends.append({text.get_text() for ax in fig.axes if ax.get_legend() for text in ax.get_legend().get_texts()})
         return png(fig)
 
-    monkeypatch.setattr(report, "_png", capture)
+    monkeypatch.setattr(figures, "_png", capture)  # the figures module draws; the report calls it
     results = compare(line, ["0.5*mse + l1", "mse"], out=tmp_path, progress=False)
     composite = results_of(tmp_path)["runs"][0]
     for epoch in composite["epochs"]:

@@ -431,11 +431,11 @@ def make_seeded_results():
 def test_several_seeds_give_means_intervals_and_paired_differences(tmp_path, monkeypatch):
     from matplotlib.collections import PathCollection, PolyCollection
 
-    from losskit.arena import report as report_module
+    from losskit.arena import figures as figures_module
 
     figures = []
-    png = report_module._png
-    monkeypatch.setattr(report_module, "_png", lambda fig: figures.append(fig) or png(fig))
+    png = figures_module._png
+    monkeypatch.setattr(figures_module, "_png", lambda fig: figures.append(fig) or png(fig))
     page = write_report(make_seeded_results(), tmp_path).read_text(encoding="utf-8")
     # The results table: mean ± half-width of the 95% t interval (dice: ce 0.610 ± 0.025, dice 0.680 ± 0.050).
     assert "<td class=\"best\">0.680 ± 0.050</td>" in page and "<td>0.610 ± 0.025</td>" in page

@@ -30,16 +30,10 @@ same rules hold in every worker process and Ray task: they run the same code.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import io
-import json
 import math
 import os
 import pickle
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -51,32 +45,55 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import losskit
-from losskit.arena.report import atomic_write, run_folder, write_report, write_results
+from losskit.arena.arguments import (  # noqa: F401  (importable from here, as before)
+    EXECUTORS,
+    MAX_SEEDS,
+    RESUME_KEYS,
+    _available_devices,
+    _check_count,
+    _check_lr,
+    _check_parallel,
+    _check_same_settings,
+    _differences,
+    _load_saved,
+    _previous_comparison,
+    _saved_seeds,
+    _saved_settings,
+    _short_value,
+    available_cores,
+    check_device,
+    check_out,
+    parse_seeds,
+)
+from losskit.arena.checkpoint import (  # noqa: F401  (importable from here, as before)
+    CHECKPOINT_FORMAT,
+    KEPT_CHECKPOINTS,
+    RUN_KEYS,
+    CheckpointWarning,
+    _checkpoint_index,
+    _OtherSettings,
+    _read_state,
+    _restore,
+    _save_checkpoint,
+    _sha256,
+    _Unusable,
+)
+from losskit.arena.report import (
+    atomic_write,  # noqa: F401  (importable from here, as before)
+    run_folder,
+    write_report,
+    write_results,
+)
 from losskit.arena.stats import compare_to_baseline, paired_verdict, summarize
 from losskit.arena.tasks import Task, get_task
 
 __all__ = ["CheckpointWarning", "Job", "compare", "loss_total_and_components", "parse_seeds", "run_one"]
 
 DIVERGED_SHARE = 0.2  # a run whose non-finite steps exceed this share of its steps so far is stopped
-CHECKPOINT_FORMAT = 1
-KEPT_CHECKPOINTS = 2  # the newest and the one before it, to fall back to
-# What a resumed comparison must share with the saved one; only "epochs" may grow.
-RESUME_KEYS = ("task", "task_options", "losses", "seeds", "lr", "optimizer", "batch_size", "world_size",
-               "losskit_version")
-# What a run's checkpoint must share with the run that reads it.
-RUN_KEYS = ("task", "task_options", "losses", "seed", "lr", "optimizer", "batch_size", "world_size",
-            "losskit_version")
-MAX_SEEDS = 1000
-EXECUTORS = ("local", "ray")
 # Modules the arena imports on demand, and the extra that installs them.
 ARENA_EXTRA = {"rich": "arena", "matplotlib": "arena", "torchmetrics": "arena", "faster_coco_eval": "arena",
                "sklearn": "arena", "pandas": "arena", "pyarrow": "arena", "PIL": "arena", "ray": "ray",
                "griffe": "arena", "pylatexenc": "arena"}
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint could not be used (truncated, altered, or not plain tensors); the run fell
-    back to the checkpoint before it, or restarted."""
 
 
 @dataclass
@@ -228,121 +245,6 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-# --- checkpoints -----------------------------------------------------------------------------
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class _Unusable(Exception):
-    """Why a checkpoint file cannot be used."""
-
-
-class _OtherSettings(ValueError):
-    """A checkpoint written by a comparison with other settings: resuming stops, nothing trains on."""
-
-
-def _read_state(path: Path, expected_sha: str) -> dict[str, Any]:
-    """A checkpoint's state dicts: the file must hash to what ``checkpoint.json`` recorded, and
-    hold tensors and plain containers only (``torch.load(weights_only=True)``)."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise _Unusable(f"it cannot be read ({error.strerror or error})") from None
-    if _sha256(data) != expected_sha:
-        raise _Unusable("its SHA-256 differs from the one checkpoint.json recorded (truncated or altered)")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle.UnpicklingError for objects other than tensors, RuntimeError if corrupt
-        first = (str(error).strip().splitlines() or [""])[0]
-        raise _Unusable("torch.load(weights_only=True) refused it: it holds more than tensors and plain containers "
-                        f"({type(error).__name__}: {first[:160]})") from None
-    if not isinstance(state, dict) or set(state) != {"model", "optimizer", "loss"}:
-        raise _Unusable("it does not hold the model, optimizer and loss state dicts")
-    return state
-
-
-def _checkpoint_index(run_dir: Path, quiet: bool = False) -> dict[str, Any] | None:
-    """``checkpoint.json`` of a run, or ``None`` when there is none or it is unreadable (with a warning)."""
-    path = run_dir / "checkpoint.json"
-    if not path.exists():
-        return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        problem = None if isinstance(index, dict) and index.get("format") == CHECKPOINT_FORMAT else (
-            "it is not a checkpoint index this losskit writes")
-    except (OSError, ValueError) as error:
-        problem = f"it cannot be read ({error})"
-    if problem is None:
-        return index
-    if not quiet:
-        warnings.warn(f"{path} is not used: {problem}; the run restarts", CheckpointWarning, stacklevel=3)
-    return None
-
-
-def _restore(job: Job, model: nn.Module, optimizer: torch.optim.Optimizer,
-             loss_fn: nn.Module) -> dict[str, Any] | None:
-    """Load the newest usable checkpoint of this run into the model, optimizer and loss; return
-    the run's history saved with it, or ``None`` (nothing usable: the run starts from epoch 0)."""
-    run_dir = job.run_dir
-    index = _checkpoint_index(run_dir)
-    if index is None:
-        return None
-    saved = index.get("settings") if isinstance(index.get("settings"), dict) else {}
-    expected = job.setup.run_settings(job.seed)
-    differ = [k for k in RUN_KEYS if saved.get(k) != expected[k]] + (
-        ["spec"] if index.get("spec") != job.spec else [])
-    if differ:
-        raise _OtherSettings(f"--resume: the checkpoint index {run_dir / 'checkpoint.json'} was written with other "
-                             f"settings ({', '.join(differ)}); start a new comparison with another --out")
-    initial = copy.deepcopy((model.state_dict(), optimizer.state_dict(), loss_fn.state_dict()))
-    entries = index.get("checkpoints") if isinstance(index.get("checkpoints"), list) else []
-    paths = [run_dir / Path(str(e.get("file", "") if isinstance(e, dict) else "")).name for e in entries]
-    for position, (entry, path) in enumerate(zip(entries, paths, strict=True)):
-        try:
-            if not isinstance(entry, dict) or not isinstance(entry.get("run"), dict) or not isinstance(
-                    entry["run"].get("epochs"), list):
-                raise _Unusable("its entry in checkpoint.json is malformed")
-            state = _read_state(path, str(entry.get("sha256")))
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            loss_fn.load_state_dict(state["loss"])
-            return entry["run"]
-        except Exception as error:  # whatever is wrong with a file, it is not used
-            model.load_state_dict(initial[0])
-            optimizer.load_state_dict(initial[1])
-            loss_fn.load_state_dict(initial[2])
-            then = (f"falling back to {paths[position + 1].name}" if position + 1 < len(paths) else
-                    "the run restarts from epoch 0")
-            warnings.warn(f"checkpoint {path} is not used: {error}; {then}", CheckpointWarning, stacklevel=3)
-    return None
-
-
-def _save_checkpoint(job: Job, run: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                     loss_fn: nn.Module) -> None:
-    """Write this epoch's state dicts, then the index that points to them and to the previous
-    ones (each file atomically, the index last), then drop files the index no longer names."""
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict()},
-               buffer)
-    data = buffer.getvalue()
-    run_dir = job.run_dir
-    name = f"epoch-{len(run['epochs']):04d}.pt"
-    atomic_write(run_dir / name, data)
-    previous = (_checkpoint_index(run_dir, quiet=True) or {}).get("checkpoints", [])
-    earlier = [e for e in previous if isinstance(e, dict) and isinstance(e.get("run"), dict)
-               and len(e["run"].get("epochs", [])) < len(run["epochs"])]  # never a later one of an abandoned run
-    entries = [{"file": name, "sha256": _sha256(data), "run": copy.deepcopy(run)}, *earlier[:KEPT_CHECKPOINTS - 1]]
-    index = {"format": CHECKPOINT_FORMAT, "spec": job.spec, "settings": job.setup.run_settings(job.seed),
-             "checkpoints": entries}
-    atomic_write(run_dir / "checkpoint.json", json.dumps(index, indent=1, allow_nan=True).encode("utf-8"))
-    kept = {e["file"] for e in entries}
-    for path in run_dir.glob("epoch-*.pt"):
-        if path.name not in kept:
-            path.unlink(missing_ok=True)
-
-
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -457,188 +359,6 @@ def _init_distributed(device: str) -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-# --- arguments ---------------------------------------------------------------------------------
-
-
-def _available_devices() -> list[str]:
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
-
-
-def check_device(device: object) -> str:
-    """``device`` if it exists here (``cpu``, ``cuda`` or ``cuda:<i>`` with a CUDA device, ``mps``),
-    else a ValueError listing the devices that do."""
-    here = _available_devices()
-    if not isinstance(device, str) or device.strip() not in here:
-        raise ValueError(f"device {device!r} is not available here; devices here: {', '.join(here)}")
-    return device.strip()
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return value
-
-
-def _check_lr(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"lr must be a finite number greater than 0, got {value!r}")
-    return float(value)
-
-
-def check_out(out: str | Path) -> Path:
-    """The output folder: created if missing, and refused (ValueError) when it is a file or cannot
-    be written to, before anything trains."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"out {str(path)!r} is a file; --out names a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise ValueError(f"out {str(path)!r} is not writable: {error.strerror or error}") from None
-    return path
-
-
-def parse_seeds(value: object) -> list[int]:
-    """The seeds of a comparison: a count ``N`` (seeds 0 to N-1), a range ``"A-B"`` (both included), a
-    comma-separated list, or a sequence of whole numbers; each 0 or more, none twice.
-
-    Examples:
-        >>> parse_seeds(3), parse_seeds("2-4"), parse_seeds("7,1"), parse_seeds([5])
-        ([0, 1, 2], [2, 3, 4], [7, 1], [5])
-    """
-    def whole(item: object) -> int:
-        if isinstance(item, str) and item.strip().isdigit():
-            return int(item)
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            raise ValueError(f"seeds must be whole numbers of 0 or more, got {item!r}")
-        return item
-
-    if isinstance(value, str):
-        text = value.strip()
-        if "-" in text[1:]:
-            low, _, high = text.partition("-")
-            seeds = list(range(whole(low), whole(high) + 1))
-            if not seeds:
-                raise ValueError(f"seeds {text!r}: the range A-B needs A <= B")
-        elif "," in text:
-            seeds = [whole(part) for part in text.split(",")]
-        else:
-            seeds = list(range(_check_count("seeds", whole(text))))
-    elif isinstance(value, int) and not isinstance(value, bool):
-        seeds = list(range(_check_count("seeds", value)))
-    elif isinstance(value, Sequence) and value:
-        seeds = [whole(item) for item in value]
-    else:
-        raise ValueError(f"seeds must be a count, a range 'A-B', or a list of whole numbers, got {value!r}")
-    if len(seeds) > MAX_SEEDS:
-        raise ValueError(f"seeds: {len(seeds)} seeds is more than {MAX_SEEDS}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds are listed twice: {sorted({s for s in seeds if seeds.count(s) > 1})}")
-    return seeds
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _check_parallel(jobs: object, threads: object, executor: object, address: object) -> None:
-    if jobs is not None:
-        _check_count("jobs", jobs)
-    if threads is not None:
-        _check_count("threads", threads)
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-    if address is not None and executor != "ray":
-        raise ValueError("address is the Ray cluster's, for executor 'ray' only")
-
-
-def _previous_comparison(out: Path) -> str | None:
-    """What in ``out`` shows a comparison was run there (results or checkpoints), or ``None``."""
-    if (out / "results.json").exists():
-        return "results.json"
-    runs = out / "runs"
-    if runs.is_dir() and (any(runs.rglob("checkpoint.json")) or any(runs.rglob("*.pt"))):
-        return "checkpoints under runs/"
-    return None
-
-
-def _load_saved(out: Path, resume: bool) -> dict[str, Any] | None:
-    """The comparison saved in ``out`` (when resuming); refuses to mix a new comparison into an old one."""
-    found = _previous_comparison(out)
-    if not resume:
-        if found is not None:
-            raise ValueError(f"{out} holds a previous comparison ({found}): continue it with --resume, or choose "
-                             "another --out (nothing there is read without --resume)")
-        return None
-    path = out / "results.json"
-    if not path.exists():
-        raise ValueError(f"--resume: {out} holds no comparison to resume (no results.json)")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--resume: {path} cannot be read ({error}); start a new comparison with another "
-                         "--out") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise ValueError(f"--resume: {path} is not the results of a losskit comparison")
-    return saved
-
-
-def _saved_seeds(config: dict[str, Any]) -> Any:
-    return config.get("seeds") if "seeds" in config else [config["seed"]] if "seed" in config else None
-
-
-def _saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
-    config = saved["config"]
-    return {"task": saved.get("task"), "task_options": config.get("task_options", {}),
-            "losses": config.get("losses"), "seeds": _saved_seeds(config), "lr": config.get("lr"),
-            "optimizer": config.get("optimizer"), "batch_size": config.get("batch_size"),
-            "world_size": config.get("world_size"), "losskit_version": saved.get("losskit_version")}
-
-
-def _short_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:40] + "..." + text[-12:]
-
-
-def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key old -> new`` for each setting that differs (the order of losses and seeds may change)."""
-    differ = []
-    for key in RESUME_KEYS:
-        a, b = before.get(key), now[key]
-        if key == "task_options" and isinstance(a, dict):
-            differ += [f"{k} {_short_value(a.get(k))} -> {_short_value(b.get(k))}" for k in sorted({*a, *b})
-                       if a.get(k) != b.get(k)]
-        elif key in ("losses", "seeds") and isinstance(a, list) and sorted(map(str, a)) == sorted(map(str, b)):
-            continue
-        elif a != b:
-            differ.append(f"{key} {_short_value(a)} -> {_short_value(b)}")
-    return differ
-
-
-def _check_same_settings(saved: dict[str, Any], setup: _Setup) -> None:
-    """``--resume`` continues the saved comparison only: the same settings, and at least as many epochs."""
-    differ = _differences(_saved_settings(saved), setup.settings())
-    if differ:
-        raise ValueError(f"--resume: these settings differ from the comparison in {setup.out}: {'; '.join(differ)} "
-                         "(only --epochs may be raised; start a new comparison with another --out)")
-    saved_epochs = saved["config"].get("epochs")
-    if isinstance(saved_epochs, int) and setup.epochs < saved_epochs:
-        raise ValueError(f"--resume: --epochs {setup.epochs} is fewer than the {saved_epochs} epochs of the comparison "
-                         f"in {setup.out}; --epochs may only be raised")
 
 
 # --- the comparison ---------------------------------------------------------------------------

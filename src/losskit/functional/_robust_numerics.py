@@ -1,6 +1,6 @@
-r"""The numerics of the robust regression losses: :math:`(1 + z) \operatorname{log1p}(z) - z` to full
-precision (balanced L1), Barron's :math:`\rho` for every :math:`\alpha`, and the quadrature nodes of his
-partition function."""
+r"""The numerics of the robust regression losses: Huber's function without squaring a large residual,
+:math:`(1 + z) \operatorname{log1p}(z) - z` to full precision (balanced L1), Barron's :math:`\rho` for
+every :math:`\alpha`, and the quadrature nodes of his partition function."""
 
 from __future__ import annotations
 
@@ -63,3 +63,12 @@ def _partition_nodes(n: int) -> tuple[Tensor, Tensor]:
 
 # Built once at import: torch.compile cannot trace numpy's leggauss.
 _PARTITION_X, _PARTITION_LOG_W = _partition_nodes(64)
+
+
+def _huber(e: Tensor, delta: float) -> Tensor:
+    # The min/linear split is exact on both sides and never squares a large residual. The linear
+    # part is relu(|e| - delta), not |e| - min(|e|, delta): the latter's gradient, 1 - 1 + e/delta
+    # inside the bowl, cancels to a few digits for a small residual.
+    a = e.abs()
+    quadratic = a.clamp_max(delta)
+    return 0.5 * quadratic**2 + delta * (a - delta).relu()

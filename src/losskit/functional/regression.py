@@ -18,7 +18,6 @@ from torch import Tensor
 
 from losskit._core.checks import (
     check_bool,
-    check_broadcastable,
     check_finite,
     check_floating,
     check_number,
@@ -31,9 +30,11 @@ from losskit.functional._elementwise import (
     _docs,
     _elementwise,
 )
+from losskit.functional._regression_options import _gaussian_var, _option_tensor, _quantile_tensor
 from losskit.functional._robust_numerics import (
     _PARTITION_LOG_W,
     _PARTITION_X,
+    _huber,
     _one_plus_log1p_minus,
     _rho,
 )
@@ -56,15 +57,6 @@ __all__ = [
 
 _LOG2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _huber(e: Tensor, delta: float) -> Tensor:
-    # The min/linear split is exact on both sides and never squares a large residual. The linear
-    # part is relu(|e| - delta), not |e| - min(|e|, delta): the latter's gradient, 1 - 1 + e/delta
-    # inside the bowl, cancels to a few digits for a small residual.
-    a = e.abs()
-    quadratic = a.clamp_max(delta)
-    return 0.5 * quadratic**2 + delta * (a - delta).relu()
 
 
 # --- squared and absolute error ---------------------------------------------------------------
@@ -319,26 +311,6 @@ def log_cosh_loss(
 
 
 # --- quantiles --------------------------------------------------------------------------------
-
-
-def _quantile_tensor(quantiles: float | Sequence[float] | Tensor) -> float | Tensor:
-    """A float for a single quantile, a 1-D tensor for several; the range is checked here."""
-    if isinstance(quantiles, Tensor):
-        if not quantiles.is_floating_point() or quantiles.dim() > 1:
-            raise ValueError(f"quantiles must be a number or a 1-D floating tensor, got dtype "
-                             f"{quantiles.dtype} and shape {tuple(quantiles.shape)}")
-        if quantiles.dim() == 0:
-            quantiles = quantiles.reshape(1)
-        if checks_enabled() and quantiles.numel() and not bool(((quantiles > 0) & (quantiles < 1)).all()):
-            raise ValueError(f"quantiles must lie in (0, 1), got {quantiles.tolist()}")
-        return quantiles
-    if isinstance(quantiles, (list, tuple)):
-        if not quantiles:
-            raise ValueError("quantiles must not be empty")
-        values = [check_number("quantiles", q, low=0.0, high=1.0, low_open=True, high_open=True)
-                  for q in quantiles]
-        return torch.tensor(values, dtype=torch.float64)
-    return check_number("quantiles", quantiles, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 @_docs
@@ -603,15 +575,6 @@ def balanced_l1_loss(
 # --- Barron's general robust loss -------------------------------------------------------------
 
 
-def _option_tensor(name: str, value: float | Tensor, like: Tensor) -> Tensor:
-    """A float or tensor option as a tensor on ``like``'s device and dtype, broadcastable to ``like``."""
-    if isinstance(value, Tensor):
-        check_floating(name, value)
-        check_broadcastable(name, value, like.shape, "input, shape")
-        return value.to(device=like.device, dtype=like.dtype)
-    return torch.tensor(value, device=like.device, dtype=like.dtype)
-
-
 def robust_log_partition(alpha: float | Tensor) -> Tensor:
     r"""Log of the normaliser of Barron's distribution, :math:`\log Z(\alpha)`, for :math:`\alpha \in [0, 2]`.
 
@@ -755,20 +718,6 @@ def general_robust_loss(
 
 
 # --- likelihoods ------------------------------------------------------------------------------
-
-
-def _gaussian_var(var: float | Tensor, x: Tensor) -> Tensor:
-    """``var`` broadcastable to ``x`` by PyTorch's rules, as a tensor in ``x``'s dtype."""
-    if not isinstance(var, Tensor):
-        return torch.tensor(check_number("var", var, low=0.0), device=x.device, dtype=x.dtype)
-    check_floating("var", var)
-    # PyTorch: a var one dimension short of input (same leading sizes) is one variance per row.
-    if x.dim() and var.shape != x.shape and var.shape == x.shape[:-1]:
-        var = var.unsqueeze(-1)
-    check_broadcastable("var", var, x.shape, "input, shape")
-    check_finite("var", var)
-    check_positive_values("var", var, strict=False)
-    return var.to(x.dtype)
 
 
 @_docs
