@@ -29,6 +29,7 @@ from losskit.detection.yolo import (
     _Foreground,
     _Levels,
     _per_image_sum,
+    target_table,
 )
 from losskit.distributed import global_normalizer
 from losskit.functional.detection import distribution_focal_loss
@@ -93,23 +94,9 @@ def _prepare_rotated_targets(batch: Mapping[str, Tensor], num_images: int, num_c
                              min_size: float) -> _RotatedTargets:
     """The target table (normalized ``xywhr``) as pixel ``xywhr`` boxes, checked; boxes with a side under
     ``min_size`` pixels are left out (as Ultralytics' OBB criterion does)."""
-    if not isinstance(batch, Mapping) or not {"batch_idx", "cls", "bboxes"} <= set(batch):
-        raise ValueError("targets must be a dict with 'batch_idx' (M,), 'cls' (M,) or (M, 1) and 'bboxes' (M, 5), "
-                         f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping)
-                                                           else ""))
-    device = image_size.device
-    bboxes = torch.as_tensor(batch["bboxes"], device=device)
-    cls = torch.as_tensor(batch["cls"], device=device)
-    image = torch.as_tensor(batch["batch_idx"], device=device)
-    m = bboxes.shape[0] if bboxes.dim() == 2 else -1
-    if bboxes.dim() != 2 or bboxes.shape[1] != 5:
-        raise ValueError("targets['bboxes'] must have shape (M, 5) (normalized cx, cy, w, h and the angle in "
-                         f"radians), got {tuple(bboxes.shape)}")
-    if cls.reshape(-1).shape[0] != m or cls.dim() > 2 or (cls.dim() == 2 and cls.shape[1] != 1):
-        raise ValueError(f"targets['cls'] must have shape ({m},) or ({m}, 1), got {tuple(cls.shape)}")
-    if image.dim() != 1 or image.shape[0] != m:
-        raise ValueError(f"targets['batch_idx'] must have shape ({m},), got {tuple(image.shape)}")
-    cls, image = cls.reshape(-1), image.reshape(-1)
+    bboxes, cls, image = target_table(batch, image_size.device, 5,
+                                      "normalized cx, cy, w, h and the angle in radians")
+    m = bboxes.shape[0]
     if checks_enabled() and m:
         _check_rotated_values(bboxes, cls, image, num_images, num_classes)
     bboxes = bboxes.to(image_size.dtype)

@@ -96,26 +96,34 @@ class _Targets:
     image: Tensor  # (M,) long
 
 
-def _prepare_targets(batch: Mapping[str, Tensor], num_images: int, num_classes: int, image_size: Tensor,
-                     clip: bool = True) -> _Targets:
-    """The target table (normalized ``cxcywh``) as pixel ``xyxy`` boxes (clipped to the image), checked."""
+def target_table(batch: Mapping[str, Tensor], device: torch.device, box_width: int,
+                 box_layout: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Ultralytics' target table ``{"batch_idx", "cls", "bboxes"}`` as flat tensors on ``device``,
+    its shapes checked: ``bboxes (M, box_width)`` (``box_layout`` names the columns), ``cls (M,)``
+    or ``(M, 1)``, ``batch_idx (M,)``."""
     if not isinstance(batch, Mapping) or not {"batch_idx", "cls", "bboxes"} <= set(batch):
-        raise ValueError("targets must be a dict with 'batch_idx' (M,), 'cls' (M,) or (M, 1) and 'bboxes' (M, 4), "
-                         f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping)
-                                                           else ""))
-    device = image_size.device
+        raise ValueError("targets must be a dict with 'batch_idx' (M,), 'cls' (M,) or (M, 1) and 'bboxes' "
+                         f"(M, {box_width}), got {type(batch).__name__}"
+                         + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
     bboxes = torch.as_tensor(batch["bboxes"], device=device)
     cls = torch.as_tensor(batch["cls"], device=device)
     image = torch.as_tensor(batch["batch_idx"], device=device)
     m = bboxes.shape[0] if bboxes.dim() == 2 else -1
-    if bboxes.dim() != 2 or bboxes.shape[1] != 4:
-        raise ValueError("targets['bboxes'] must have shape (M, 4) (normalized cx, cy, w, h), got "
+    if bboxes.dim() != 2 or bboxes.shape[1] != box_width:
+        raise ValueError(f"targets['bboxes'] must have shape (M, {box_width}) ({box_layout}), got "
                          f"{tuple(bboxes.shape)}")
     if cls.reshape(-1).shape[0] != m or cls.dim() > 2 or (cls.dim() == 2 and cls.shape[1] != 1):
         raise ValueError(f"targets['cls'] must have shape ({m},) or ({m}, 1), got {tuple(cls.shape)}")
     if image.dim() != 1 or image.shape[0] != m:
         raise ValueError(f"targets['batch_idx'] must have shape ({m},), got {tuple(image.shape)}")
-    cls, image = cls.reshape(-1), image.reshape(-1)
+    return bboxes, cls.reshape(-1), image.reshape(-1)
+
+
+def _prepare_targets(batch: Mapping[str, Tensor], num_images: int, num_classes: int, image_size: Tensor,
+                     clip: bool = True) -> _Targets:
+    """The target table (normalized ``cxcywh``) as pixel ``xyxy`` boxes (clipped to the image), checked."""
+    bboxes, cls, image = target_table(batch, image_size.device, 4, "normalized cx, cy, w, h")
+    m = bboxes.shape[0]
     if checks_enabled() and m:
         _check_target_values(bboxes, cls, image, num_images, num_classes)
     # Scaled, then centre -/+ half size (Ultralytics' order of operations: boxes agree bit for bit).

@@ -69,16 +69,23 @@ def decode_detections(maps: list[Tensor], *, conf: float = 0.05, iou: float = 0.
     flat = torch.cat([m.flatten(2) for m in maps], -1).transpose(1, 2)
     boxes = dist2bbox(points, dfl_decode(flat[..., :4 * SHAPES_REG_MAX], SHAPES_REG_MAX)) * strides
     scores, labels = flat[..., 4 * SHAPES_REG_MAX:].sigmoid().max(-1)
+    return class_wise_nms(boxes, scores, labels, box_iou, conf=conf, overlap=iou, max_det=max_det)
+
+
+def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, similarity, *, conf: float, overlap: float,
+                   max_det: int) -> list[dict[str, Tensor]]:
+    """Greedy NMS per image and class, highest score first: a box is kept when its ``similarity`` to
+    every kept box of its class is at most ``overlap``. ``boxes (B, A, k)``, ``scores``/``labels (B, A)``."""
     out = []
     for b, s, c in zip(boxes, scores, labels, strict=True):
         keep = (s > conf).nonzero().flatten()
         keep = keep[s[keep].argsort(descending=True)]
         chosen: list[int] = []
-        for i in keep.tolist():  # greedy NMS per class, highest score first
+        for i in keep.tolist():
             if len(chosen) == max_det:
                 break
             same = [j for j in chosen if c[j] == c[i]]
-            if not same or box_iou(b[i:i + 1], b[same]).max() <= iou:
+            if not same or similarity(b[i:i + 1], b[same]).max() <= overlap:
                 chosen.append(i)
         index = torch.tensor(chosen, dtype=torch.long)
         out.append({"boxes": b[index], "scores": s[index], "labels": c[index]})

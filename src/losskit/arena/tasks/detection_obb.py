@@ -12,7 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from losskit.arena.tasks.base import Task, register_task
-from losskit.arena.tasks.detection import SHAPE_COLOURS, SHAPES_CLASSES, SHAPES_REG_MAX, SHAPES_SIZE, SHAPES_STRIDES
+from losskit.arena.tasks.detection import (
+    SHAPE_COLOURS,
+    SHAPES_CLASSES,
+    SHAPES_REG_MAX,
+    SHAPES_SIZE,
+    SHAPES_STRIDES,
+    class_wise_nms,
+)
 from losskit.arena.tasks.detection import TinyDetector as _AxisAlignedDetector
 
 __all__ = ["OBB_SPECS", "TinyRotatedDetector", "average_precision", "decode_rotated_detections",
@@ -79,20 +86,7 @@ def decode_rotated_detections(maps: list[Tensor], *, conf: float = 0.05, overlap
     boxes = rotated_distance_to_box(points, dfl_decode(flat[..., :box], SHAPES_REG_MAX), flat[..., box:box + 1])
     boxes = torch.cat((boxes[..., :4] * strides, boxes[..., 4:]), -1)
     scores, labels = flat[..., box + 1:].sigmoid().max(-1)
-    out = []
-    for b, s, c in zip(boxes, scores, labels, strict=True):
-        keep = (s > conf).nonzero().flatten()
-        keep = keep[s[keep].argsort(descending=True)]
-        chosen: list[int] = []
-        for i in keep.tolist():  # greedy NMS per class, highest score first
-            if len(chosen) == max_det:
-                break
-            same = [j for j in chosen if c[j] == c[i]]
-            if not same or probiou(b[i:i + 1], b[same]).max() <= overlap:
-                chosen.append(i)
-        index = torch.tensor(chosen, dtype=torch.long)
-        out.append({"boxes": b[index], "scores": s[index], "labels": c[index]})
-    return out
+    return class_wise_nms(boxes, scores, labels, probiou, conf=conf, overlap=overlap, max_det=max_det)
 
 
 def average_precision(detections: Sequence[dict[str, Tensor]], truths: Sequence[dict[str, Tensor]], *,
