@@ -710,3 +710,53 @@ def test_closed_form_gradient_equals_autograd_of_the_expression(name, options):
     (plain * weights).sum().backward()
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(x_fast.grad, x_plain.grad, rtol=1e-10, atol=1e-12)
+
+
+def _dissimilar_rotated_pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """xywhr pairs whose sides span e^-3..e^3 (aspect ratios up to 400, one box up to 400x the other's
+    side), any angle; rounded to float32 so both precisions see the same boxes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def boxes():
+        xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 10
+        wh = torch.exp(torch.empty(n, 2, dtype=torch.float64).uniform_(-3, 3, generator=g))
+        angle = torch.empty(n, 1, dtype=torch.float64).uniform_(-3.2, 3.2, generator=g)
+        return torch.cat([xy, wh, angle], 1).float()
+
+    return boxes(), boxes()
+
+
+def test_probiou_float32_keeps_its_digits_for_very_different_boxes():
+    # Before the distance was written as sums of non-negative terms, 145 of these 20,000 float32
+    # pairs gave NaN (1 + tr M + det M cancelled below zero) and the rest were off by up to 2.5x.
+    a, b = _dissimilar_rotated_pairs(20_000)
+    exact = probiou(a.double(), b.double(), aligned=True)
+    fast = probiou(a, b, aligned=True).double()
+    assert not torch.isnan(fast).any()
+    assert (fast - exact).abs().max() < 1e-6
+    kept = exact > 1e-6  # relative error where ProbIoU is not vanishingly small
+    assert ((fast - exact).abs() / exact)[kept].max() < 1e-4
+    # one pair from a rotated-box criterion (a large prediction against a 0.27 px object)
+    big = torch.tensor([[0.355, 7.244, 10.162, 13.658, 0.294]])
+    small = torch.tensor([[4.100, 1.386, 0.272, 0.272, -0.072]])
+    torch.testing.assert_close(probiou(big, small, aligned=True).double(),
+                               probiou(big.double(), small.double(), aligned=True), rtol=1e-5, atol=0)
+
+
+def test_probiou_distance_matches_the_matrix_formula():
+    # the Bhattacharyya distance from explicit 2x2 covariances (float64), on the same pairs
+    a, b = (x.double() for x in _dissimilar_rotated_pairs(200, seed=1))
+
+    def covariance(boxes):
+        c, s = torch.cos(boxes[:, 4]), torch.sin(boxes[:, 4])
+        rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+        return rot @ torch.diag_embed(boxes[:, 2:4] ** 2 / 12) @ rot.transpose(-1, -2)
+
+    s1, s2 = covariance(a), covariance(b)
+    mean = (s1 + s2) / 2
+    d = (a[:, :2] - b[:, :2]).unsqueeze(-1)
+    centre = (d.transpose(-1, -2) @ torch.linalg.inv(mean) @ d).flatten() / 8
+    spread = 0.5 * torch.log(torch.linalg.det(mean) / torch.sqrt(torch.linalg.det(s1) * torch.linalg.det(s2)))
+    expected = (centre + spread).clamp(0, 100)
+    torch.testing.assert_close(-torch.log(probiou(a, b, aligned=True) * (2 - probiou(a, b, aligned=True))),
+                               expected, rtol=1e-9, atol=1e-9)
