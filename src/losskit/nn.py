@@ -479,6 +479,16 @@ class GeneralizedDiceFocalLoss(LossModule):
     function = staticmethod(F.generalized_dice_focal_loss)
 
 
+@register("generalized_wasserstein_dice", "gwdl", family="segmentation")
+class GeneralizedWassersteinDiceLoss(LossModule):
+    function = staticmethod(F.generalized_wasserstein_dice_loss)
+
+
+@register("asymmetric_unified_focal", family="segmentation")
+class AsymmetricUnifiedFocalLoss(LossModule):
+    function = staticmethod(F.asymmetric_unified_focal_loss)
+
+
 @register("lovasz_softmax", family="segmentation")
 class LovaszSoftmaxLoss(LossModule):
     function = staticmethod(F.lovasz_softmax_loss)

@@ -71,12 +71,14 @@ from losskit.functional.regression import (
 )
 from losskit.functional.rl import *  # noqa: F403
 from losskit.functional.segmentation import (
+    asymmetric_unified_focal_loss,
     dice_ce_loss,
     dice_focal_loss,
     dice_loss,
     focal_tversky_loss,
     generalized_dice_focal_loss,
     generalized_dice_loss,
+    generalized_wasserstein_dice_loss,
     jaccard_loss,
     mcc_loss,
     tversky_loss,
@@ -84,6 +86,7 @@ from losskit.functional.segmentation import (
 
 __all__ = [
     "asymmetric_loss",
+    "asymmetric_unified_focal_loss",
     "balanced_l1_loss",
     "balanced_softmax_loss",
     "binary_cross_entropy",
@@ -107,6 +110,7 @@ __all__ = [
     "ghmc_loss",
     "ghmr_loss",
     "generalized_dice_loss",
+    "generalized_wasserstein_dice_loss",
     "giou_3d_loss",
     "giou_loss",
     "hausdorff_dt_loss",

@@ -94,18 +94,22 @@ from losskit.functional.segmentation.overlap import (
     mcc_loss,
     tversky_loss,
 )
+from losskit.functional.segmentation.unified_focal import asymmetric_unified_focal_loss
+from losskit.functional.segmentation.wasserstein import generalized_wasserstein_dice_loss
 
 __all__ = [
     "ABSENT",
     "AGGREGATES",
     "RegionStats",
     "_OneMinusRatio",
+    "asymmetric_unified_focal_loss",
     "dice_ce_loss",
     "dice_focal_loss",
     "dice_loss",
     "focal_tversky_loss",
     "generalized_dice_focal_loss",
     "generalized_dice_loss",
+    "generalized_wasserstein_dice_loss",
     "jaccard_loss",
     "mcc_loss",
     "region_stats",
