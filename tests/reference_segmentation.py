@@ -112,3 +112,64 @@ def cross_entropy_per_sample(logits, labels, mask, class_weight=None):
                 count += w
         out[i] = total / count if count > 0 else total * 0.0
     return out
+
+
+def wasserstein_dice(probs, labels, dist, weighting_mode="default", valid=None, snr=1e-5, sdr=1e-5):
+    """Fidon et al. 2017, per sample, by loops over voxels: the voxel's Wasserstein distance to its
+    one-hot label moves all the mass off the label, ``W = sum_c p_c M[c, y]`` (Eq. 6, ``M`` scaled
+    to a largest entry of 1); ``TP = sum_x alpha_y (1 - W)``; ``default``: alpha 0 for the
+    background and 1 elsewhere, denominator ``2 TP + sum_x W``; ``GDL`` (Tilborghs et al. 2020,
+    appendix): ``alpha_c = 1 / (V_c + 1)``, denominator ``sum_x alpha_y (2 - W)``."""
+    n, c = probs.shape[:2]
+    m = dist.double() / dist.double().max()
+    p = probs.double().reshape(n, c, -1)
+    y = labels.reshape(n, -1)
+    keep = torch.ones(y.shape, dtype=torch.bool) if valid is None else valid.reshape(n, -1)
+    out = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        voxels = [j for j in range(y.shape[1]) if keep[i, j]]
+        if weighting_mode == "GDL":
+            counts = [sum(1 for j in voxels if int(y[i, j]) == k) for k in range(c)]
+            alpha = [1.0 / (v + 1.0) for v in counts]
+        else:
+            alpha = [0.0] + [1.0] * (c - 1)
+        tp = denominator = 0.0
+        for j in voxels:
+            label = int(y[i, j])
+            w = sum(p[i, k, j] * m[k, label] for k in range(c))
+            tp = tp + alpha[label] * (1 - w)
+            denominator = denominator + (alpha[label] * (2 - w) if weighting_mode == "GDL" else w)
+        if weighting_mode != "GDL":
+            denominator = denominator + 2 * tp
+        out[i] = 1 - (2 * tp + snr) / (denominator + sdr)
+    return out
+
+
+def asymmetric_unified_focal(logits, t, mask, lam=0.5, delta=0.6, gamma=0.5, focal_class_mean=False, snr=1e-7,
+                             sdr=1e-7):
+    """Yeung et al. 2022, per sample, on softmax probabilities with an explicit one-hot ``t``:
+    ``lam * mean_x [(1-delta)(1-p0)^gamma (-log p0) t0 + delta sum_{c>=1} t_c (-log p_c)]
+    + (1 - lam) * mean_c [1 - TI_0, (1 - TI_c)^(1 - gamma) for c >= 1]`` with
+    ``TI = (TP + e) / (TP + delta FN + (1 - delta) FP + e)``; ``focal_class_mean`` also divides the
+    focal half by the number of classes (MONAI)."""
+    p = torch.softmax(logits.double(), 1)
+    n, c = p.shape[:2]
+    stats = sums(p, t, mask)
+    tp, fp, fn, _ = stats
+    out = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        focal, voxels = 0.0, mask[i].sum()
+        pi, ti, mi = p[i].reshape(c, -1), t[i].reshape(c, -1), mask[i].reshape(-1)
+        for j in range(pi.shape[1]):
+            if mi[j] == 0:
+                continue
+            focal = focal + (1 - delta) * (1 - pi[0, j]) ** gamma * -math.log(pi[0, j]) * ti[0, j]
+            for k in range(1, c):
+                focal = focal + delta * -math.log(pi[k, j]) * ti[k, j]
+        focal = focal / (voxels * (c if focal_class_mean else 1))
+        terms = []
+        for k in range(c):
+            index = (tp[i, k] + snr) / (tp[i, k] + delta * fn[i, k] + (1 - delta) * fp[i, k] + sdr)
+            terms.append(1 - index if k == 0 else (1 - index) ** (1 - gamma))
+        out[i] = lam * focal + (1 - lam) * sum(terms) / c
+    return out

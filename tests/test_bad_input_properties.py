@@ -82,7 +82,8 @@ class Ignored:
 
 SOFTMAX_INDEX = ("cross_entropy", "poly1_cross_entropy", "softmax_focal", "logit_adjusted_cross_entropy",
                  "balanced_softmax", "ldam", "multi_margin")
-DENSE_INDEX = ("boundary", "hausdorff_dt", "cldice", *REGION_LOSSES)
+DENSE_INDEX = ("boundary", "hausdorff_dt", "cldice", "generalized_wasserstein_dice", "asymmetric_unified_focal",
+               *REGION_LOSSES)
 TOKEN_MASKED = ("reinforce", "ppo_clip", "value", "kl_penalty", "grpo")
 
 

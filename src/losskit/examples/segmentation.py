@@ -1,8 +1,8 @@
 """Contract-suite specs for the region (overlap) segmentation losses.
 
 Small 2-D cases: logits ``(n, 3, 4, 5)`` with index targets, ``n`` may be 0. The natural unit is
-one value per (sample, class), ``(n, 3)`` (``(n, 2)`` without the background); generalized Dice
-and Dice+CE are per sample, ``(n,)``. Weights are random per unit.
+one value per (sample, class), ``(n, 3)`` (``(n, 2)`` without the background); generalized Dice,
+generalized Wasserstein Dice and the compound losses are per sample, ``(n,)``. Weights are random per unit.
 """
 
 from __future__ import annotations
@@ -65,6 +65,24 @@ def _compound_focal(**kwargs) -> Spec:
                 regimes=_focal_regimes(**kwargs), not_applicable=NOT_BOXES)
 
 
+# class 0 (background) at distance 1 from both others, classes 1 and 2 at 0.5 (Fidon et al.'s example)
+DISTANCES = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.5], [1.0, 0.5, 0.0]], dtype=torch.float64)
+
+
+def _unified_focal_regimes(**kwargs) -> dict[str, Regime]:
+    """:func:`dense_regimes` with a near-converged case whose labelled logit leads by 20 to 24: the
+    foreground Tversky terms are square roots (``gamma=0.5``) of errors of about ``exp(-lead)``, so a
+    lead of 12 leaves a loss above 1e-3."""
+
+    def near_converged(gen: torch.Generator) -> Case:
+        target = torch.randint(C, (2, *SPATIAL), generator=gen)
+        logits = 0.5 * torch.randn((2, C, *SPATIAL), generator=gen, dtype=torch.float64)
+        lead = uniform((2, 1, *SPATIAL), 20.0, 24.0, gen)
+        return Case(logits.scatter_add(1, target.unsqueeze(1), lead), target, dict(kwargs))
+
+    return {**dense_regimes(C, SPATIAL, 1.5, **kwargs), "near_converged": Regime(near_converged)}
+
+
 SPECS: dict[str, Spec] = {
     "dice": _per_class(),
     "jaccard": _per_class(include_background=False),
@@ -75,4 +93,8 @@ SPECS: dict[str, Spec] = {
     "dice_ce": _per_sample(lambda_dice=1.0, lambda_ce=0.5),
     "dice_focal": _compound_focal(lambda_dice=1.0, lambda_focal=0.5, gamma=2.0),
     "generalized_dice_focal": _compound_focal(weight_type="square", alpha=0.25),
+    "generalized_wasserstein_dice": _per_sample(dist_matrix=DISTANCES),
+    "asymmetric_unified_focal": Spec(make=_case(), unit_shape=_per_sample_shape,
+                                     weight=_unit_weight(_per_sample_shape), regimes=_unified_focal_regimes(),
+                                     not_applicable=NOT_BOXES),
 }

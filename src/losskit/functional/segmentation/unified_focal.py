@@ -77,16 +77,26 @@ def _focal_half(logits: Tensor, target: Tensor, dt: DenseTarget | None, ignore_i
         if valid is not None:  # ignored voxels may hold anything: they count nowhere, gradient 0
             index, x = torch.where(valid, index, 0), torch.where(valid.unsqueeze(1), x, 0.0)
     nll = -log_softmax(x, 1)
-    miss = -torch.expm1(-nll[:, 0])  # 1 - p_0 to full relative precision
-    # floored: (1 - p0)^gamma has an infinite slope at 0 for gamma < 1, where the term's true slope is 0
-    background = (1 - delta) * miss.clamp_min(torch.finfo(miss.dtype).tiny).pow(gamma) * nll[:, 0]
-    if valid is None and target.is_floating_point():
-        per_voxel = labels[:, 0] * background + delta * (labels[:, 1:] * nll[:, 1:]).sum(1)
+    # Terms of unlabelled channels are masked before any product: a -inf logit (probability 0) there
+    # makes an infinite -log p that must give neither an infinite value nor a NaN gradient.
+    if target.is_floating_point():
+        fore = torch.where(labels[:, 1:] > 0, labels[:, 1:] * nll[:, 1:], 0.0).sum(1)
+        per_voxel = _background(nll[:, 0], labels[:, 0] > 0, delta, gamma) * labels[:, 0] + delta * fore
         return per_voxel.sum(-1), per_voxel.new_full((x.shape[0],), float(x.shape[-1]))
-    per_voxel = torch.where(index == 0, background, delta * nll.gather(1, index.unsqueeze(1)).squeeze(1))
+    background = index == 0
+    per_voxel = torch.where(background, _background(nll[:, 0], background, delta, gamma),
+                            delta * nll.gather(1, index.unsqueeze(1)).squeeze(1))
     if valid is None:
         return per_voxel.sum(-1), per_voxel.new_full((x.shape[0],), float(x.shape[-1]))
     return torch.where(valid, per_voxel, 0.0).sum(-1), valid.sum(-1).to(per_voxel.dtype)
+
+
+def _background(nll: Tensor, labelled: Tensor, delta: float, gamma: float) -> Tensor:
+    r""":math:`(1 - \delta)(1 - p_0)^\gamma (-\log p_0)` where ``labelled``, 0 elsewhere, from :math:`-\log p_0`."""
+    nll = torch.where(labelled, nll, 0.0)
+    miss = -torch.expm1(-nll)  # 1 - p_0 to full relative precision
+    # floored: (1 - p0)^gamma has an infinite slope at 0 for gamma < 1, where the term's true slope is 0
+    return (1 - delta) * miss.clamp_min(torch.finfo(miss.dtype).tiny).pow(gamma) * nll
 
 
 def asymmetric_unified_focal_loss(
