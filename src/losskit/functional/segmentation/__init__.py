@@ -69,6 +69,12 @@ To reproduce a peer (each row is proved by a test: MONAI and kornia live in
 * MONAI floors no denominator: with ``smooth_dr`` below ``1e-7`` add ``eps=0`` (losskit's floor
   ``eps=1e-7`` changes nothing while ``smooth_dr >= 1e-7``; with ``smooth_nr = smooth_dr = 1e-8``
   a generalized Dice whose class weights are all 0 scores 0.9 instead of MONAI's exact 0).
+* MONAI ``GeneralizedWassersteinDiceLoss(dist_matrix=M, weighting_mode=w)``:
+  :func:`generalized_wasserstein_dice_loss` with the same options.
+* MONAI ``AsymmetricUnifiedFocalLoss(to_onehot_y=True)`` on probabilities ``softmax(x)``:
+  :func:`asymmetric_unified_focal_loss` on ``x`` with ``delta=0.7, focal_class_mean=True`` (its
+  parts: ``lambda_focal=1`` and ``0``); see that function for MONAI's departures from the paper.
+  Both rows are proved live in ``tests/test_segmentation_wasserstein_unified.py``.
 * SMP ``DiceLoss`` / ``JaccardLoss`` / ``TverskyLoss`` (``from_logits=True``):
   ``aggregate="batch", smooth_nr=0, smooth_dr=0, eps=1e-7, absent="zero"``, with
   ``activation="softmax"`` (multiclass) or ``"sigmoid"`` (binary, multilabel). SMP's focal
