@@ -260,3 +260,14 @@ def test_asymmetric_unified_focal_rejects_bad_input():
         losskit.asymmetric_unified_focal_loss(logits, labels, lambda_focal=-0.1)
     with pytest.raises(ValueError, match="target"):
         losskit.asymmetric_unified_focal_loss(logits, labels + 3)
+
+
+@pytest.mark.parametrize("name", ["generalized_wasserstein_dice_loss", "asymmetric_unified_focal_loss"])
+def test_every_voxel_ignored_gives_zero_with_a_zero_gradient(name):
+    # equal smoothing: an empty prediction of an empty target is perfect (0 / 0 -> s / s = 1)
+    logits, labels = _case(17, classes=3, spatial=(3, 4))
+    x = torch.where(torch.rand(logits.shape, generator=torch.Generator().manual_seed(5)) < 0.5, torch.nan,
+                    logits).requires_grad_()
+    loss = getattr(losskit, name)(x, torch.full_like(labels, 255), ignore_index=255, reduction="none")
+    loss.sum().backward()
+    assert (loss == 0).all() and (x.grad == 0).all()

@@ -88,9 +88,9 @@ def generalized_wasserstein_dice_loss(
         TP_n = \sum_x \alpha_{n y_x} (1 - W_x), \qquad
         \ell_n = 1 - \frac{2\,TP_n + s_{nr}}{\max(2\,TP_n + E_n + s_{dr}, \epsilon)}
 
-    * ``weighting_mode="default"`` (the paper): :math:`\alpha_c = 1` for the foreground classes
-      and 0 for the background (class 0), and :math:`E_n = \sum_x W_x` is the error of every
-      voxel, background included.
+    * ``weighting_mode="default"`` (Fidon et al.; MONAI's code, adapted from the authors'):
+      :math:`\alpha_c = 1` for the foreground classes and 0 for the background (class 0), and
+      :math:`E_n = \sum_x W_x` is the error of every voxel, background included.
     * ``weighting_mode="GDL"`` (Tilborghs et al. 2020, appendix): :math:`\alpha_{nc} = 1 / (V_{nc} + 1)`
       with :math:`V_{nc}` the sample's voxels of class :math:`c` (the generalized Dice weights),
       also in the error: :math:`E_n = \sum_x \alpha_{n y_x} W_x`.
