@@ -37,6 +37,7 @@ from losskit._core.checks import (
     check_ignore_index,
     check_loss_finite,
     check_number,
+    check_same_device,
     checks_enabled,
 )
 from losskit._core.numerics import compute_dtype
@@ -289,7 +290,8 @@ def _reference(policy: _Sequences, target: Tensor, *, ref_log_probs: Tensor | No
                              if not per_token else
                              f"ref_log_probs must have shape {tuple(shape)} (per token), got shape "
                              f"{tuple(ref_log_probs.shape)}")
-        ref = ref_log_probs.detach().to(device=policy.log_probs.device, dtype=policy.log_probs.dtype)
+        check_same_device("hidden", policy.log_probs, "ref_log_probs", ref_log_probs)
+        ref = ref_log_probs.detach().to(policy.log_probs.dtype)
         _check_non_positive("ref_log_probs", ref, policy.mask)
         if ref.shape == shape and not per_token:
             ref = torch.where(policy.mask, ref, 0.0).sum(-1)
@@ -363,7 +365,8 @@ def _old(policy: _Sequences, old_log_probs: Tensor | None) -> Tensor:
     if old_log_probs.shape != policy.mask.shape:
         raise ValueError(f"old_log_probs must have target's shape {tuple(policy.mask.shape)} (per token), got shape "
                          f"{tuple(old_log_probs.shape)}")
-    old = old_log_probs.detach().to(device=policy.log_probs.device, dtype=policy.log_probs.dtype)
+    check_same_device("hidden", policy.log_probs, "old_log_probs", old_log_probs)
+    old = old_log_probs.detach().to(policy.log_probs.dtype)
     _check_non_positive("old_log_probs", old, policy.mask)
     return old
 

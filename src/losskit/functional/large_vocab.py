@@ -49,6 +49,7 @@ from losskit._core.checks import (
     check_loss_finite,
     check_normalizer_value,
     check_number,
+    check_same_device,
     check_tensor,
 )
 from losskit._core.numerics import compute_dtype, finite_log, log_softmax
@@ -290,6 +291,7 @@ def _check_head(hidden_name: str, hidden: Tensor, weight_name: str, weight: Tens
 
 def _check_labels(name: str, target: Tensor, hidden_name: str, hidden: Tensor) -> None:
     check_tensor(name, target)
+    check_same_device(hidden_name, hidden, name, target)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
     if target.shape != hidden.shape[:-1]:
