@@ -693,7 +693,8 @@ def _fused_divergence(
             _check_labels("target", target, "student_hidden", student_hidden)
         if weight is not None:
             check_tensor("weight", weight)
-            check_broadcastable("weight", weight, tokens, "the per-token loss, shape", input=student_hidden)
+            check_same_device("student_hidden", student_hidden, "weight", weight)
+            check_broadcastable("weight", weight, tokens, "the per-token loss, shape")
         needs = [t is not None and t.requires_grad and torch.is_grad_enabled()
                  for t in (student_weight, student_bias, teacher_weight, teacher_bias)]
         options = options_fingerprint(student_hidden, teacher_hidden, student_weight.shape[1],
