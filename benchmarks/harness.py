@@ -264,6 +264,19 @@ def hbm_peak_gbs(device: torch.device, override: float | None = None) -> float |
     return next((peak for key, peak in HBM_PEAK_GBS.items() if key in name), None)
 
 
+# Dense bf16 peak (TFLOPS, vendor figures without sparsity), by a substring of the device name.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "A10G": 70.0, "RTX 4090": 165.0}
+
+
+def bf16_peak_tflops(device: torch.device, override: float | None = None) -> float | None:
+    """The device's dense bf16 peak in TFLOPS: ``override``, else the table above, else None."""
+    if override is not None:
+        return override
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
 def bandwidth(results: list[Result], bytes_moved: int, device: torch.device, peak_gbs: float | None = None) -> str:
     """Effective bandwidth of each candidate on CUDA: ``bytes_moved`` (the least traffic a fused
     forward+backward needs) over its median time, and its share of the GPU's HBM peak."""

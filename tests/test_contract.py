@@ -9,6 +9,8 @@ and a bad reduction or a target of the wrong shape raises a ``ValueError`` namin
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -194,6 +196,39 @@ def test_bad_reduction_and_wrong_target_shape_raise_naming_the_argument(key):
     short = case.target.narrow(-1, 0, case.target.shape[-1] - 1)
     with pytest.raises(ValueError, match="target"):
         call(name, specs.Case(case.input, short, case.kwargs))
+
+
+# A tensor argument on another device than the input is caught by the cheap checks, before any
+# value check or kernel, with both names and both devices. The "meta" device stands in for a second
+# device on a machine without CUDA: torch's own error there would name no argument.
+OTHER_DEVICES = ["meta", pytest.param("cuda", marks=CUDA)]
+
+
+def _tensor_arguments(name, spec, case):
+    """The call's tensor arguments besides the input, by name, as ``(name, case with it moved)``."""
+    target_name = list(inspect.signature(entry(name).cls.function).parameters)[1]  # "target", or its RL name
+    moved = [(target_name, lambda d: specs.Case(case.input, case.target.to(d), case.kwargs))]
+    for key, value in case.kwargs.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            moved.append((key, lambda d, key=key: specs.Case(case.input, case.target,
+                                                              {**case.kwargs, key: case.kwargs[key].to(d)})))
+    if spec.weight is not None:
+        weight, _ = spec.weight(case, torch.Generator().manual_seed(1))
+        moved.append(("weight", lambda d: specs.Case(case.input, case.target, {**case.kwargs, "weight": weight.to(d)})))
+    return moved
+
+
+@pytest.mark.parametrize("other", OTHER_DEVICES)
+@pytest.mark.parametrize("checks", [True, False], ids=["checks-on", "checks-off"])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_an_argument_on_another_device_raises_naming_both_devices(name, checks, other):
+    spec = SPECS[name]
+    case = spec.make(3, torch.Generator().manual_seed(0))
+    for argument, on_other in _tensor_arguments(name, spec, case):
+        with losskit.set_checks(checks), pytest.raises(ValueError) as raised:
+            call(name, on_other(other))
+        message = str(raised.value)
+        assert argument in message and other in message and "cpu" in message, (argument, message)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

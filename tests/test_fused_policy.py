@@ -366,3 +366,19 @@ def test_empty_and_fully_ignored_batches_give_zero_with_a_gradient():
     loss = losskit.fused_linear_ppo_loss(h, w, ignored, advantages=torch.ones(B, dtype=h.dtype))
     loss.backward()
     assert loss.item() == 0 and (w.grad == 0).all()
+
+
+@pytest.mark.parametrize("argument", ["target", "weight", "ref_log_probs", "old_log_probs", "rewards"])
+def test_an_argument_on_another_device_raises_naming_both_devices(argument):
+    # "meta" stands in for a second device on a machine without CUDA.
+    (h, w, b), target = _head()
+    old, ref = _old_and_ref()
+    args = {"target": target, "weight": w, "ref_log_probs": ref, "old_log_probs": old,
+            "rewards": torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64)}
+    args[argument] = args[argument].detach().to("meta")
+    with pytest.raises((ValueError, TypeError)) as raised:
+        losskit.fused_linear_grpo_loss(h, args["weight"], args["target"], bias=b, rewards=args["rewards"],
+                                       group_size=2, old_log_probs=args["old_log_probs"],
+                                       ref_log_probs=args["ref_log_probs"], beta=0.04, chunk_size=CHUNK)
+    message = str(raised.value)
+    assert argument in message and "meta" in message and "cpu" in message, message

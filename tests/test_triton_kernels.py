@@ -306,3 +306,144 @@ def test_kernels_capture_in_a_cuda_graph():
             captured = step()
         graph.replay()
     torch.testing.assert_close(captured, expected)
+
+
+# --- the fused linear cross-entropy and log-probabilities ------------------------------------------
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the chunks the Triton kernel computes, so a silent fall back to torch would fail."""
+    from losskit._kernels.triton import cross_entropy as kernel
+
+    calls = []
+    real = kernel.cross_entropy_chunk
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "cross_entropy_chunk", counted)
+    return calls
+
+
+ROWS = 9  # tokens: chunks of 4, the last one partial
+
+
+def _head(dtype, gen, dim=8, vocab=37, scale=1.0, converged=False):
+    """A head of 37 classes (tiles of 16 with ``small_tiles``); token 3 ignored. ``converged``:
+    orthonormal hidden rows and each token's own target row 20 times its hidden row, every
+    other logit below 0.5: losses near 37 e^-20, about 1e-7."""
+    if converged:
+        dim = 16
+        hidden = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))[0][:ROWS]
+        target = torch.randperm(vocab, generator=gen)[:ROWS]
+        weight = torch.randn(vocab, dim, generator=gen, dtype=torch.float64) * 0.05
+        weight[target] = 20 * hidden
+        bias = torch.zeros(vocab, dtype=torch.float64)
+    else:
+        hidden = torch.randn(ROWS, dim, generator=gen, dtype=torch.float64) * scale
+        weight = torch.randn(vocab, dim, generator=gen, dtype=torch.float64)
+        bias = torch.randn(vocab, generator=gen, dtype=torch.float64)
+        target = torch.randint(vocab, (ROWS,), generator=gen)
+    target[3] = -100
+    return [t.to(dtype) for t in (hidden, weight, bias)], target
+
+
+def _fused_grads(fn, tensors, target, upstream, **kwargs):
+    tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(tensors[0], tensors[1], target, bias=tensors[2], **kwargs)
+    loss = out.loss if hasattr(out, "loss") else out[0] if isinstance(out, tuple) else out
+    grads = torch.autograd.grad(loss, tensors, upstream if loss.dim() else None)
+    return out, grads
+
+
+FLCE_OPTIONS = {
+    "plain": {},
+    "smoothing": {"label_smoothing": 0.1},
+    "z_loss": {"z_loss": 1e-3},
+    "softcap": {"softcap": 3.0},
+    "everything": {"class_weight": "w", "label_smoothing": 0.2, "z_loss": 1e-2, "softcap": 5.0},
+}
+
+
+@pytest.mark.parametrize("option", sorted(FLCE_OPTIONS))
+def test_fused_linear_cross_entropy_on_the_kernel_equals_the_torch_path(option, small_tiles, kernel_calls):
+    # float64 on both paths: the same formulas, so they agree to rounding, over chunks of 4 tokens
+    # (the last one partial) and 37 classes in tiles of 16; the components and accuracy too.
+    # "mean" computes the gradients in forward, "none" recomputes them in backward with an upstream.
+    gen = torch.Generator().manual_seed(1)
+    tensors, target = _head(torch.float64, gen)
+    kwargs = {k: (torch.rand(37, generator=gen, dtype=torch.float64) + 0.5 if v == "w" else v)
+              for k, v in FLCE_OPTIONS[option].items()}
+    kwargs = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    for reduction, upstream in (("mean", None), ("none", torch.linspace(-1, 2, ROWS, dtype=torch.float64))):
+        results = {}
+        for backend in ("torch", "triton"):
+            out, grads = _fused_grads(losskit.fused_linear_cross_entropy, _on_device(*tensors), _on_device(target)[0],
+                                      None if upstream is None else upstream.to(DEVICE), reduction=reduction,
+                                      chunk_size=4, return_components=True, backend=backend, **kwargs)
+            results[backend] = [out.loss, out.cross_entropy, out.z_loss, out.accuracy, *grads]
+        for got, expected in zip(results["triton"], results["torch"], strict=True):
+            torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-12, atol=1e-12)
+    assert kernel_calls, "the Triton path never ran"
+
+
+@pytest.mark.parametrize("regime", ["typical", "saturated", "near_converged"])
+def test_fused_linear_cross_entropy_on_the_kernel_keeps_the_float32_budget(regime, small_tiles):
+    # float32 on the kernel against float64 on the torch path, same rounded inputs. Saturated:
+    # logits up to about +-30; near-converged: losses near 1e-7, where lse - x_y would cancel.
+    gen = torch.Generator().manual_seed(2)
+    (hidden, weight, bias), target = _head(torch.float32, gen, scale=4.0 if regime == "saturated" else 1.0,
+                                           converged=regime == "near_converged")
+    options = {} if regime == "near_converged" else {"z_loss": 1e-4}  # lse^2 would dwarf a converged loss
+    upstream = torch.rand(ROWS, generator=gen) + 0.5
+    tensors = _on_device(hidden, weight, bias)
+    (target_d,) = _on_device(target)
+    got, got_grads = _fused_grads(losskit.fused_linear_cross_entropy, tensors, target_d, upstream.to(DEVICE),
+                                  reduction="none", chunk_size=4, backend="triton", **options)
+    ref, ref_grads = _fused_grads(losskit.fused_linear_cross_entropy, [t.double() for t in tensors], target_d,
+                                  upstream.double().to(DEVICE), reduction="none", chunk_size=4, backend="torch",
+                                  **options)
+    if regime == "near_converged":
+        assert ref[target != -100].max() < 1e-6
+    assert value_error(got.detach(), ref.detach(), torch.float32) <= VALUE_BUDGET
+    for g, r in zip(got_grads, ref_grads, strict=True):
+        assert grad_error(g, r, torch.float32) <= GRAD_BUDGET
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_log_probs_and_entropy_on_the_kernel_equal_the_torch_path(temperature, small_tiles, kernel_calls):
+    # The entropy's spread is merged online across the tiles of 16 classes: the torch path sums it
+    # over the whole row at once, so agreement to rounding checks the merge.
+    gen = torch.Generator().manual_seed(3)
+    tensors, target = _head(torch.float64, gen, scale=2.0)
+    upstream = torch.linspace(-1, 2, ROWS, dtype=torch.float64).to(DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        (log_probs, entropy), grads = _fused_grads(
+            losskit.fused_linear_log_probs, _on_device(*tensors), _on_device(target)[0], upstream,
+            temperature=temperature, return_entropy=True, chunk_size=4, backend=backend)
+        results[backend] = [log_probs, entropy, *grads]
+    assert kernel_calls, "the Triton path never ran"
+    for got, expected in zip(results["triton"], results["torch"], strict=True):
+        torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-12, atol=1e-12)
+    assert results["triton"][1][3] == 0  # the ignored token's entropy
+
+
+def test_fused_objectives_take_the_kernel_under_auto(monkeypatch, kernel_calls):
+    # "auto" picks Triton for CUDA tensors; here it is forced to, as on a GPU, and the fused GRPO
+    # loss must then equal its torch-path value.
+    gen = torch.Generator().manual_seed(4)
+    (hidden, weight, bias), target = _head(torch.float64, gen)
+    target, hidden = target[:4].view(2, 2), hidden[:4].view(2, 2, -1)
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
+
+    def grpo():
+        return losskit.fused_linear_grpo_loss(hidden, weight, target, bias=bias, rewards=rewards, group_size=2)
+
+    expected = grpo()
+    assert not kernel_calls
+    monkeypatch.setattr(_kernels, "resolve_backend", lambda backend, input: "triton")
+    torch.testing.assert_close(grpo(), expected, rtol=1e-12, atol=1e-12)
+    assert kernel_calls

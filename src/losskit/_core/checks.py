@@ -117,13 +117,27 @@ def check_has_class_dim(name: str, x: Tensor) -> None:
                          "got a scalar")
 
 
+def check_same_device(name_a: str, a: Tensor, name_b: str, b: object) -> None:
+    """``b`` must be on ``a``'s device: a clear error naming both arguments and both devices, before
+    any value check or kernel meets the mix. A CPU scalar (0-dim) tensor may join any device, as in
+    torch's own operators."""
+    if not isinstance(b, Tensor) or b.device == a.device or (b.dim() == 0 and b.device.type == "cpu"):
+        return
+    raise ValueError(f"{name_b} is on device {b.device}, but {name_a} is on {a.device}: every tensor argument "
+                     f"must be on one device (move it with .to({name_a}.device))")
+
+
 def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    check_same_device(name_a, a, name_b, b)
     if a.shape != b.shape:
         raise ValueError(f"{name_b} must have the same shape as {name_a} {tuple(a.shape)}, got {_shape(b)}")
 
 
-def check_broadcastable(name: str, x: Tensor, shape: torch.Size, what: str) -> None:
-    """``x`` must broadcast to ``shape`` without changing it (so it cannot silently grow the loss)."""
+def check_broadcastable(name: str, x: Tensor, shape: torch.Size, what: str, *, input: Tensor | None = None) -> None:
+    """``x`` must broadcast to ``shape`` without changing it (so it cannot silently grow the loss),
+    and be on ``input``'s device when given."""
+    if input is not None:
+        check_same_device("input", input, name, x)
     try:
         broadcast = torch.broadcast_shapes(x.shape, shape)
     except RuntimeError:
@@ -189,9 +203,12 @@ def check_one_of(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {excerpt(value)}")
 
 
-def check_class_vector(name: str, x: Tensor, num_classes: int) -> None:
-    """A per-class option (class weights, priors, counts) must have shape ``(C,)``."""
+def check_class_vector(name: str, x: Tensor, num_classes: int, *, input: Tensor | None = None) -> None:
+    """A per-class option (class weights, priors, counts) must have shape ``(C,)``, on ``input``'s
+    device when given."""
     check_tensor(name, x)
+    if input is not None:
+        check_same_device("input", input, name, x)
     if x.shape != (num_classes,):
         raise ValueError(f"{name} must have shape ({num_classes},), one entry per class, got {_shape(x)}")
 

@@ -24,6 +24,7 @@ from losskit._core.checks import (
     check_ignore_index,
     check_in_unit_interval,
     check_one_of,
+    check_same_device,
     check_tensor,
 )
 from losskit._core.numerics import log_softmax, upcast
@@ -105,6 +106,7 @@ def _is_index_target(input: Tensor, target: Tensor) -> bool:
     """Check both tensors; ``True`` for an integer (class-index) target, ``False`` for a floating one."""
     check_floating("input", input)
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
     if input.dim() < 3:
         raise ValueError(f"input must have shape (N, C, *spatial) with at least one spatial dimension, "
                          f"got {tuple(input.shape)}")

@@ -27,6 +27,7 @@ from losskit._core.checks import (
     check_normalizer_value,
     check_number,
     check_one_of,
+    check_same_device,
 )
 
 Reduction = Literal["none", "mean", "sum"]
@@ -92,6 +93,8 @@ def reduce_loss(
     check_reduction(reduction, normalizer)
     check_normalizer_value(normalizer)
     if weight is not None:
+        # The loss lives on the input's device, so the message can name the argument users passed.
+        check_same_device("input", loss, "weight", weight)
         check_broadcastable("weight", weight, loss.shape, "the loss's natural unit, shape")
     options = {"weight": weight, "normalizer": normalizer}
     if mask is not None:

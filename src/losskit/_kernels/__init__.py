@@ -77,6 +77,16 @@ def triton_cross_entropy(input: Tensor, index: Tensor, valid: Tensor, weight: Te
     return cross_entropy(input, index, valid, weight, label_smoothing, z_loss, softcap)
 
 
+def triton_cross_entropy_chunk(z: Tensor, index: Tensor, valid: Tensor, **options) -> tuple[
+        Tensor, dict[str, Tensor], Tensor | None]:
+    """One chunk of the fused linear cross-entropy (or log-probabilities) on the Triton kernel:
+    :func:`.triton.cross_entropy.cross_entropy_chunk`, the kernel form of
+    :func:`losskit.functional._softmax.cross_entropy_rows`."""
+    from losskit._kernels.triton.cross_entropy import cross_entropy_chunk
+
+    return cross_entropy_chunk(z, index, valid, **options)
+
+
 def triton_sigmoid_focal(x: Tensor, t: Tensor, gamma: float, alpha: float | None, tw: Tensor | None = None) -> Tensor:
     """Elementwise sigmoid focal loss or BCE (``gamma=0, alpha=None``) on the Triton kernel
     (:mod:`.triton.binary`); ``tw`` is the target times ``pos_weight``."""
@@ -85,5 +95,5 @@ def triton_sigmoid_focal(x: Tensor, t: Tensor, gamma: float, alpha: float | None
     return sigmoid_focal(x, t, gamma, alpha, tw)
 
 
-__all__ = ["BACKENDS", "Backend", "interpreting", "resolve_backend", "triton_cross_entropy", "triton_installed",
-           "triton_sigmoid_focal", "use_triton"]
+__all__ = ["BACKENDS", "Backend", "interpreting", "resolve_backend", "triton_cross_entropy",
+           "triton_cross_entropy_chunk", "triton_installed", "triton_sigmoid_focal", "use_triton"]

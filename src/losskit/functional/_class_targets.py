@@ -17,6 +17,7 @@ from losskit._core.checks import (
     check_ignore_index,
     check_in_unit_interval,
     check_number,
+    check_same_device,
     check_tensor,
 )
 from losskit._core.numerics import (
@@ -66,6 +67,7 @@ def _prepare_softmax(
     """
     check_floating("input", input)
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
     check_has_class_dim("input", input)
     check_ignore_index(ignore_index, optional=False)
     unbatched = input.dim() == 1
@@ -74,8 +76,8 @@ def _prepare_softmax(
     num_classes = input.shape[1]
     dtype = compute_dtype(input.dtype)
     if weight is not None:
-        check_class_vector("weight", weight, num_classes)
-        weight = weight.to(device=input.device, dtype=dtype)
+        check_class_vector("weight", weight, num_classes, input=input)
+        weight = weight.to(dtype)
 
     if target.is_floating_point():
         if not allow_soft:

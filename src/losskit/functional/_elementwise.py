@@ -10,6 +10,7 @@ from torch import Tensor
 
 from losskit._core.checks import (
     check_floating,
+    check_same_device,
     check_same_shape,
 )
 from losskit._core.docs import shared_docs
@@ -57,6 +58,7 @@ def _elementwise(
     check_reduction(reduction, normalizer)
     check_floating("input", input)
     check_floating("target", target)
+    check_same_device("input", input, "target", target)
     if target_shape is None:
         check_same_shape("input", input, "target", target)
     elif target.shape != target_shape:

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_bool, check_floating, check_number, check_one_of
+from losskit._core.checks import check_bool, check_floating, check_number, check_one_of, check_same_device
 from losskit._core.numerics import upcast
 from losskit._core.reduction import Reduction, check_reduction
 from losskit.functional._log_probs import (
@@ -259,6 +259,7 @@ def grpo_loss(
     _check_input("log_probs", log_probs)
     _check_same_shape("log_probs", log_probs, "old_log_probs", old_log_probs)
     check_floating("rewards", rewards)
+    check_same_device("log_probs", log_probs, "rewards", rewards)
     if rewards.shape != log_probs.shape[:1]:
         raise ValueError(f"rewards must have shape ({log_probs.shape[0]},), one per completion, got shape "
                          f"{tuple(rewards.shape)}")

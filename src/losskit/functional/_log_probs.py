@@ -17,6 +17,7 @@ from losskit._core.checks import (
     check_int,
     check_number,
     check_one_of,
+    check_same_device,
     check_tensor,
     checks_enabled,
     did_you_mean,
@@ -47,6 +48,7 @@ def _check_input(name: str, x: object) -> Tensor:
 
 def _check_same_shape(input_name: str, input: Tensor, name: str, x: object, role: str = "target") -> Tensor:
     check_floating(f"{name} ({role})" if role else name, x)
+    check_same_device(input_name, input, name, x)
     if x.shape != input.shape:
         where = f"{name} (the {role})" if role else name
         raise ValueError(f"{where} must have the shape of {input_name} {tuple(input.shape)}, "
@@ -59,6 +61,7 @@ def _per_token(name: str, x: object, input_name: str, input: Tensor, role: str =
     returned broadcastable to the input."""
     where = f"{name} (the {role})" if role else name
     check_floating(where, x)
+    check_same_device(input_name, input, name, x)
     if x.shape == input.shape:
         return x
     if input.dim() == 2 and x.shape == input.shape[:1]:
@@ -73,6 +76,7 @@ def _as_mask(mask: object, input_name: str, input: Tensor) -> Tensor | None:
     if mask is None:
         return None
     check_tensor("mask", mask)
+    check_same_device(input_name, input, "mask", mask)
     if mask.is_floating_point() or mask.is_complex():
         raise TypeError(f"mask must be a bool or integer tensor (True or 1 where the token counts, such as an "
                         f"attention mask), got dtype {mask.dtype}; for fractional weights use weight=")

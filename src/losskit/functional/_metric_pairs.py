@@ -60,7 +60,7 @@ def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, dis
     check_reduction(reduction, normalizer)
     check_bool("distributed", distributed)
     _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
+    _check_labels(target, input)
     x = upcast(input)
     if needs_both:
         x = _unless_nothing_to_score(x, target, distributed)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from losskit._core.checks import check_class_indices, check_floating, check_tensor
+from losskit._core.checks import check_class_indices, check_floating, check_same_device, check_tensor
 from losskit._core.numerics import upcast
 from losskit._core.reduction import check_reduction, reduce_loss
 from losskit.functional.contrastive import _check_embeddings, _check_labels
@@ -17,9 +17,9 @@ def _check_inputs(input: Tensor, target: Tensor, proxies: Tensor, reduction: str
                   sub_centers: bool = False) -> None:
     check_reduction(reduction, normalizer)
     _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
-    check_tensor("proxies", proxies)
+    _check_labels(target, input)
     check_floating("proxies", proxies)
+    check_same_device("input", input, "proxies", proxies)
     layout = "(C, K, D)" if sub_centers else "(C, D)"
     if proxies.dim() != len(layout.split(",")) or proxies.shape[-1] != input.shape[-1] or proxies.shape[0] == 0:
         raise ValueError(f"proxies must have shape {layout}, C >= 1 classes of the embedding size D = "
@@ -47,7 +47,8 @@ def _finish(loss: Tensor, *, input: Tensor, target: Tensor, proxies: Tensor, wei
             reduction: str, normalizer: float | Tensor | None) -> Tensor:
     if weight is not None:
         check_tensor("weight", weight)
-        weight = upcast(weight).to(loss.device)
+        check_same_device("input", input, "weight", weight)
+        weight = upcast(weight)
     return reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=input.dtype,
                        inputs={"input": input, "target": target, "proxies": proxies})
 

@@ -42,8 +42,8 @@ def _option_tensor(name: str, value: float | Tensor, like: Tensor) -> Tensor:
     """A float or tensor option as a tensor on ``like``'s device and dtype, broadcastable to ``like``."""
     if isinstance(value, Tensor):
         check_floating(name, value)
-        check_broadcastable(name, value, like.shape, "input, shape")
-        return value.to(device=like.device, dtype=like.dtype)
+        check_broadcastable(name, value, like.shape, "input, shape", input=like)
+        return value.to(like.dtype)
     return torch.tensor(value, device=like.device, dtype=like.dtype)
 
 
@@ -55,7 +55,7 @@ def _gaussian_var(var: float | Tensor, x: Tensor) -> Tensor:
     # PyTorch: a var one dimension short of input (same leading sizes) is one variance per row.
     if x.dim() and var.shape != x.shape and var.shape == x.shape[:-1]:
         var = var.unsqueeze(-1)
-    check_broadcastable("var", var, x.shape, "input, shape")
+    check_broadcastable("var", var, x.shape, "input, shape", input=x)
     check_finite("var", var)
     check_positive_values("var", var, strict=False)
     return var.to(x.dtype)

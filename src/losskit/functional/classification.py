@@ -31,6 +31,7 @@ from losskit._core.checks import (
     check_number,
     check_one_of,
     check_positive_values,
+    check_same_device,
     check_same_shape,
     check_tensor,
 )
@@ -177,6 +178,8 @@ def _shifted_cross_entropy(
 
 def _class_vector(name: str, value: Tensor | list | tuple, input: Tensor, *, positive: bool) -> Tensor:
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    if isinstance(value, Tensor):
+        check_same_device("input", input, name, value)
     vector = torch.as_tensor(value, device=input.device).to(upcast(input).dtype)
     check_class_vector(name, vector, num_classes)
     if positive:
@@ -632,7 +635,7 @@ def _prepare_binary(input: Tensor, target: Tensor, weight: Tensor | None) -> tup
     labels = target.to(logits.dtype) if not target.is_floating_point() else upcast(target).to(logits.dtype)
     check_in_unit_interval("target", labels)
     if weight is not None:
-        check_broadcastable("weight", weight, input.shape, "input, shape")
+        check_broadcastable("weight", weight, input.shape, "input, shape", input=input)
     return logits, labels
 
 
@@ -697,8 +700,8 @@ def binary_cross_entropy(
     if label_smoothing:
         labels = labels * (1 - label_smoothing) + label_smoothing / 2
     if pos_weight is not None:
-        check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
-        pos_weight = pos_weight.to(device=logits.device, dtype=logits.dtype)
+        check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape", input=input)
+        pos_weight = pos_weight.to(logits.dtype)
     loss = (triton_sigmoid_focal(logits, labels, 0.0, None, None if pos_weight is None else labels * pos_weight)
             if use_triton(backend, input) else _binary_cross_entropy(logits, labels, pos_weight))
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)
@@ -781,8 +784,8 @@ def sigmoid_focal_loss(
     logits, labels = _prepare_binary(input, target, weight)
     weighted_labels = None
     if pos_weight is not None:
-        check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape")
-        weighted_labels = labels * pos_weight.to(device=logits.device, dtype=logits.dtype)
+        check_broadcastable("pos_weight", pos_weight, input.shape, "input, shape", input=input)
+        weighted_labels = labels * pos_weight.to(logits.dtype)
     focal = triton_sigmoid_focal if use_triton(backend, input) else _SigmoidFocal.apply
     loss = focal(logits, labels, float(gamma), alpha, weighted_labels)
     return reduce_for(loss, input, target, reduction, weight=weight, normalizer=normalizer)

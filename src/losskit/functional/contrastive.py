@@ -37,6 +37,7 @@ from losskit._core.checks import (
     check_floating,
     check_number,
     check_one_of,
+    check_same_device,
     check_tensor,
 )
 from losskit._core.numerics import ignored_without_gradient, log_softmax, safe_divide, upcast
@@ -65,8 +66,11 @@ def _check_embeddings(name: str, x: Tensor, dims: tuple[int, ...] = (2,)) -> Non
         raise ValueError(f"{name} must have shape {shapes}, got shape {tuple(x.shape)}")
 
 
-def _check_labels(target: Tensor, n: int) -> None:
+def _check_labels(target: Tensor, input: Tensor) -> None:
+    """One integer label per sample of ``input``, on its device."""
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
+    n = input.shape[0]
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class labels, got dtype {target.dtype}")
     if target.shape != (n,):
@@ -104,7 +108,8 @@ def _reduce(loss: Tensor, *, input: Tensor, target: Tensor, weight: Tensor | Non
     """:func:`losskit.reduce_loss`; distributed ``"mean"`` divides by the global unit count / W."""
     if weight is not None:
         check_tensor("weight", weight)
-        weight = upcast(weight).to(loss.device)
+        check_same_device("input", input, "weight", weight)
+        weight = upcast(weight)
     if reduction == "mean" and normalizer is None and distributed and D.is_distributed():
         count = torch.ones_like(loss) if weight is None else weight.expand_as(loss).to(loss.dtype)
         if mask is not None:
@@ -195,6 +200,7 @@ def info_nce_loss(
     check_bool("same_view_negatives", same_view_negatives)
     _check_embeddings("input", input)
     check_floating("target", target)
+    check_same_device("input", input, "target", target)
     if target.shape != input.shape:
         raise ValueError(f"target must have the same shape as input {tuple(input.shape)} (row i of target is "
                          f"the positive of row i of input), got shape {tuple(target.shape)}")
@@ -301,7 +307,7 @@ def supervised_contrastive_loss(
     _check_common(reduction, normalizer, distributed, normalize)
     check_one_of("variant", variant, ("out", "in"))
     _check_embeddings("input", input, (2, 3))
-    _check_labels(target, input.shape[0])
+    _check_labels(target, input)
     if base_temperature is not None:
         check_number("base_temperature", base_temperature, low=0.0, low_open=True)
     z = upcast(input)
@@ -448,7 +454,7 @@ def triplet_margin_loss(
     check_one_of("distance", distance, DISTANCES)
     check_bool("soft", soft)
     _check_embeddings("input", input)
-    _check_labels(target, input.shape[0])
+    _check_labels(target, input)
     x = _unless_nothing_to_score(upcast(input), target, distributed)
     if normalize:
         x = TF.normalize(x, dim=-1)

@@ -41,6 +41,7 @@ from losskit._core.checks import (
     check_number,
     check_one_of,
     check_positive_values,
+    check_same_device,
     check_same_shape,
     check_tensor,
     checks_enabled,
@@ -284,6 +285,7 @@ def _prepare_distances(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Validate DFL's inputs; return (logits, target distances) in the compute dtype."""
     check_floating("input", input)
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
     if input.dim() == 0 or input.shape[-1] < 2:
         raise ValueError(f"input must hold logits over at least 2 bins in its last dimension, shape (..., n_bins), "
                          f"got shape {tuple(input.shape)}")
@@ -626,7 +628,7 @@ def ghmr_loss(
     check_floating("target", target)
     check_same_shape("input", input, "target", target)
     if weight is not None:
-        check_broadcastable("weight", weight, input.shape, "input, shape")
+        check_broadcastable("weight", weight, input.shape, "input, shape", input=input)
     x, t = upcast(input), upcast(target).to(upcast(input).dtype)
     d = x - t
     root = torch.sqrt(d * d + mu * mu)
@@ -721,13 +723,14 @@ def seesaw_loss(
     check_bool("detach_compensation", detach_compensation)
     check_floating("input", input)
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
     if input.dim() != 2 or target.shape != input.shape[:1]:
         raise ValueError(f"input must be logits (N, C) and target class indices (N,), got shapes "
                          f"{tuple(input.shape)} and {tuple(target.shape)}")
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     check_class_indices("target", target, input.shape[1], None)
-    check_class_vector("class_counts", class_counts, input.shape[1])
+    check_class_vector("class_counts", class_counts, input.shape[1], input=input)
     check_finite("class_counts", class_counts)
     check_positive_values("class_counts", class_counts, strict=False)
     if weight is not None:
@@ -736,7 +739,7 @@ def seesaw_loss(
     labels = target.long().unsqueeze(1)
     log_scale = torch.zeros_like(x)
     if p > 0:
-        log_counts = class_counts.to(x.device, x.dtype).clamp_min(1).log()
+        log_counts = class_counts.to(x.dtype).clamp_min(1).log()
         log_scale = log_scale + p * (log_counts.unsqueeze(0) - log_counts[labels]).clamp_max(0)
     if q > 0:
         log_scores = log_softmax(x.detach() if detach_compensation else x, 1)

@@ -37,10 +37,12 @@ from losskit._core.checks import (
     check_ignore_index,
     check_loss_finite,
     check_number,
+    check_same_device,
     checks_enabled,
 )
 from losskit._core.numerics import compute_dtype
 from losskit._core.reduction import Reduction
+from losskit._kernels import Backend, triton_cross_entropy_chunk, use_triton
 from losskit.functional.large_vocab import (
     _check_chunk_size,
     _check_head,
@@ -77,6 +79,7 @@ class _LogProbChunk:
     valid: Tensor  # (N,) bool
     temperature: float
     entropy: bool
+    triton: bool = False  # the cross-entropy kernel, whose loss is -log p_y, instead of the torch ops
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
@@ -84,6 +87,8 @@ class _LogProbChunk:
         if self.temperature != 1.0:
             z.div_(self.temperature)
         index, valid = self.index[part], self.valid[part]
+        if self.triton:
+            return self._on_kernel(z, index, valid, scale, want[0])
         column = index.unsqueeze(1)
         peak, top = z.max(1, keepdim=True)
         z.sub_(peak)  # z - m <= 0, exactly 0 at the peak
@@ -112,10 +117,23 @@ class _LogProbChunk:
         z.scatter_(1, column, (rows * below_one).unsqueeze(1))  # g (1 - p_y)
         return log_prob, extras, [z]
 
+    def _on_kernel(self, z: Tensor, index: Tensor, valid: Tensor, scale: Tensor | None,
+                   with_grad: bool) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
+        r"""The same on the cross-entropy kernel: its loss is :math:`-\log p_y` and its gradient,
+        :math:`p - [k = y]` times the row's upstream, becomes ours with the upstream :math:`-g / T`."""
+        upstream = None
+        if with_grad:
+            upstream = valid.to(z.dtype) if scale is None else scale
+            upstream = upstream / -self.temperature
+        loss, extras, grad = triton_cross_entropy_chunk(z, index, valid, scale=upstream, with_grad=with_grad,
+                                                        entropy=self.entropy and scale is None)
+        kept = {"entropy": extras["entropy"]} if "entropy" in extras else {}
+        return loss.neg_(), kept, None if grad is None else [grad]
+
 
 def _token_log_probs(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None, temperature: float,
-                     ignore_index: int, entropy: bool, chunk_size: int | None, names: tuple[str, str, str, str]
-                     ) -> tuple[Tensor, Tensor | None]:
+                     ignore_index: int, entropy: bool, chunk_size: int | None, names: tuple[str, str, str, str],
+                     backend: Backend = "auto") -> tuple[Tensor, Tensor | None]:
     """Per-token log-probabilities in the compute dtype, shaped like ``target`` (and entropies)."""
     hidden_name, weight_name, bias_name, target_name = names
     temperature = check_number("temperature", temperature, low=0.0, low_open=True)
@@ -134,7 +152,7 @@ def _token_log_probs(hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Te
     # inputs, and two temporaries for the entropy.
     buffers = 1 + (dtype != hidden.dtype) + 2 * entropy
     rows = _chunk_rows(flat.shape[0], vocab, dtype, hidden.device, buffers, chunk_size)
-    chunk = _LogProbChunk(index, valid, temperature, entropy)
+    chunk = _LogProbChunk(index, valid, temperature, entropy, use_triton(backend, hidden))
     plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras={"entropy": dtype} if entropy else {},
                  valid=valid)
     log_probs, *extra = _FusedLinear.apply(plan, False, None, _needs(flat, weight, bias), flat, weight, bias)
@@ -153,6 +171,7 @@ def fused_linear_log_probs(
     ignore_index: int = -100,
     return_entropy: bool = False,
     chunk_size: int | None = None,
+    backend: Backend = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Per-token log-probabilities of ``target`` under ``softmax((hidden @ weight.T + bias) / T)``, without the logits.
 
@@ -188,6 +207,9 @@ def fused_linear_log_probs(
         return_entropy: Also return the per-token entropy :math:`H_n` (detached, 0 at ignored positions).
         chunk_size: Tokens per chunk; ``None`` keeps a chunk's logits within 64 MiB on a CPU and
             1 GiB on other devices.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: each chunk's softmax, log-probability,
+            entropy and gradient in the Triton cross-entropy kernel on CUDA, or in torch operations
+            (see :mod:`losskit._kernels`). The ``fused_linear_*_loss`` objectives take ``"auto"``.
 
     Shape:
         - hidden: :math:`(N, D)` or :math:`(B, L, D)`; weight :math:`(V, D)`; bias :math:`(V,)`.
@@ -222,7 +244,7 @@ def fused_linear_log_probs(
     check_bool("return_entropy", return_entropy)
     log_probs, entropy = _token_log_probs(hidden, weight, target, bias=bias, temperature=temperature,
                                           ignore_index=ignore_index, entropy=return_entropy, chunk_size=chunk_size,
-                                          names=("hidden", "weight", "bias", "target"))
+                                          names=("hidden", "weight", "bias", "target"), backend=backend)
     log_probs = log_probs.to(hidden.dtype)
     if not return_entropy:
         return log_probs
@@ -289,7 +311,8 @@ def _reference(policy: _Sequences, target: Tensor, *, ref_log_probs: Tensor | No
                              if not per_token else
                              f"ref_log_probs must have shape {tuple(shape)} (per token), got shape "
                              f"{tuple(ref_log_probs.shape)}")
-        ref = ref_log_probs.detach().to(device=policy.log_probs.device, dtype=policy.log_probs.dtype)
+        check_same_device("hidden", policy.log_probs, "ref_log_probs", ref_log_probs)
+        ref = ref_log_probs.detach().to(policy.log_probs.dtype)
         _check_non_positive("ref_log_probs", ref, policy.mask)
         if ref.shape == shape and not per_token:
             ref = torch.where(policy.mask, ref, 0.0).sum(-1)
@@ -363,7 +386,8 @@ def _old(policy: _Sequences, old_log_probs: Tensor | None) -> Tensor:
     if old_log_probs.shape != policy.mask.shape:
         raise ValueError(f"old_log_probs must have target's shape {tuple(policy.mask.shape)} (per token), got shape "
                          f"{tuple(old_log_probs.shape)}")
-    old = old_log_probs.detach().to(device=policy.log_probs.device, dtype=policy.log_probs.dtype)
+    check_same_device("hidden", policy.log_probs, "old_log_probs", old_log_probs)
+    old = old_log_probs.detach().to(policy.log_probs.dtype)
     _check_non_positive("old_log_probs", old, policy.mask)
     return old
 

@@ -49,10 +49,12 @@ from losskit._core.checks import (
     check_loss_finite,
     check_normalizer_value,
     check_number,
+    check_same_device,
     check_tensor,
 )
 from losskit._core.numerics import compute_dtype, finite_log, log_softmax
 from losskit._core.reduction import Reduction, check_reduction
+from losskit._kernels import Backend, triton_cross_entropy_chunk, use_triton
 from losskit.functional._softmax import cross_entropy_rows
 from losskit.functional._vocab_parallel import (
     VocabShard,
@@ -290,6 +292,7 @@ def _check_head(hidden_name: str, hidden: Tensor, weight_name: str, weight: Tens
 
 def _check_labels(name: str, target: Tensor, hidden_name: str, hidden: Tensor) -> None:
     check_tensor(name, target)
+    check_same_device(hidden_name, hidden, name, target)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {target.dtype}")
     if target.shape != hidden.shape[:-1]:
@@ -336,14 +339,18 @@ class _CrossEntropyChunk:
     softcap: float | None
     accuracy: bool
     shard: VocabShard | None = None
+    triton: bool = False  # the Triton kernel (one vocabulary block only) instead of the torch ops
 
     def __call__(self, logits: list[Tensor], part: slice, scale: Tensor | None,
                  want: list[bool]) -> tuple[Tensor, dict[str, Tensor], list[Tensor | None] | None]:
-        loss, extras, grad = cross_entropy_rows(
-            logits[0], self.index[part], self.valid[part],
-            target_weight=None if self.target_weight is None else self.target_weight[part],
-            class_weight=self.class_weight, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-            softcap=self.softcap, scale=scale, with_grad=want[0], accuracy=self.accuracy, shard=self.shard)
+        options = {"class_weight": self.class_weight, "label_smoothing": self.label_smoothing, "z_loss": self.z_loss,
+                   "softcap": self.softcap, "scale": scale, "with_grad": want[0], "accuracy": self.accuracy}
+        if self.triton:
+            loss, extras, grad = triton_cross_entropy_chunk(logits[0], self.index[part], self.valid[part], **options)
+        else:
+            loss, extras, grad = cross_entropy_rows(
+                logits[0], self.index[part], self.valid[part], shard=self.shard,
+                target_weight=None if self.target_weight is None else self.target_weight[part], **options)
         return loss, extras, None if grad is None else [grad]
 
 
@@ -363,6 +370,7 @@ def fused_linear_cross_entropy(
     chunk_size: int | None = None,
     return_components: bool = False,
     process_group: object | None = None,
+    backend: Backend = "auto",
 ) -> Tensor | FusedCrossEntropyOutput:
     r"""Cross-entropy of ``hidden @ weight.T + bias`` without ever holding the full logits.
 
@@ -429,6 +437,11 @@ def fused_linear_cross_entropy(
             and backpropagate the same upstream gradient. A bad setup (ranks disagreeing on
             options or targets, an empty block, a class outside the global vocabulary) raises on
             every rank. ``None`` or a group of one rank: one process.
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``: each chunk's softmax, loss and gradient
+            in one Triton kernel on CUDA (two passes over the chunk's logits, the gradient written
+            over them; the matrix products stay cuBLAS's), or in torch operations (see
+            :mod:`losskit._kernels`). With ``process_group`` the torch path runs (``"triton"``
+            raises), since the kernel has no vocabulary blocks.
 
     Shape:
         - hidden: :math:`(N, D)` or :math:`(B, T, D)` (any leading dimensions).
@@ -489,6 +502,10 @@ def fused_linear_cross_entropy(
     shard = agree_on_shards(process_group, check) if is_vocab_parallel(process_group) else None
     if shard is None:
         check()
+    triton = use_triton(backend, hidden)
+    if triton and shard is not None:
+        raise ValueError("backend='triton' has no vocabulary-parallel form: with process_group, use backend='auto' "
+                         "or 'torch'")
     eps, zl = float(label_smoothing), float(z_loss)
     softcap = None if softcap is None else float(softcap)
     vocab = weight.shape[0] if shard is None else shard.classes
@@ -496,7 +513,8 @@ def fused_linear_cross_entropy(
     local_class_weight = None
     if class_weight is not None:
         check_class_vector("class_weight", class_weight, vocab)
-        class_weight = class_weight.detach().to(device=hidden.device, dtype=dtype)
+        check_same_device("hidden", hidden, "class_weight", class_weight)
+        class_weight = class_weight.detach().to(dtype)
         local_class_weight = class_weight if shard is None else class_weight[shard.start:shard.start + weight.shape[0]]
         if shard is not None:
             shard.weight_sum = class_weight.sum()
@@ -513,7 +531,7 @@ def fused_linear_cross_entropy(
     widest = weight.shape[0] if shard is None else max(shard.sizes)  # every rank walks the same chunks
     rows = _chunk_rows(flat.shape[0], widest, dtype, hidden.device, buffers, chunk_size, sharded=shard is not None)
     chunk = _CrossEntropyChunk(index, valid, target_weight, local_class_weight, eps, zl, softcap, return_components,
-                               shard)
+                               shard, triton)
     extras = {"z": dtype, **({"correct": torch.bool} if return_components else {})}
     plan = _Plan(heads=1, rows=rows, dtype=dtype, chunk=chunk, extras=extras, valid=valid, shard=shard)
     reduce = reduction != "none"
@@ -675,6 +693,7 @@ def _fused_divergence(
             _check_labels("target", target, "student_hidden", student_hidden)
         if weight is not None:
             check_tensor("weight", weight)
+            check_same_device("student_hidden", student_hidden, "weight", weight)
             check_broadcastable("weight", weight, tokens, "the per-token loss, shape")
         needs = [t is not None and t.requires_grad and torch.is_grad_enabled()
                  for t in (student_weight, student_bias, teacher_weight, teacher_bias)]

@@ -44,6 +44,7 @@ from losskit._core.checks import (
     check_ignore_index,
     check_in_unit_interval,
     check_one_of,
+    check_same_device,
     check_tensor,
 )
 from losskit._core.dense import dense_target, drop_background, miss, one_hot, probabilities_and_misses
@@ -78,10 +79,10 @@ def _rows(x: Tensor, per_image: bool) -> Tensor:
     return x if per_image else x.transpose(0, 1).reshape(x.shape[1], -1)
 
 
-def _check_weight(weight: Tensor | None, unit: tuple[int, ...]) -> None:
+def _check_weight(weight: Tensor | None, unit: tuple[int, ...], input: Tensor) -> None:
     if weight is not None:
         check_tensor("weight", weight)
-        check_broadcastable("weight", weight, torch.Size(unit), "the loss's natural unit, shape")
+        check_broadcastable("weight", weight, torch.Size(unit), "the loss's natural unit, shape", input=input)
 
 
 def _unit_weight(weight: Tensor | None, class_weight: Tensor | None) -> Tensor | None:
@@ -206,9 +207,9 @@ def lovasz_softmax_loss(
     probs, misses = probabilities_and_misses(ignored_without_gradient(input, keep), activation)
     num_classes = input.shape[1]
     kept = num_classes if include_background else num_classes - 1
-    _check_weight(weight, (input.shape[0], kept) if per_image else (kept,))
+    _check_weight(weight, (input.shape[0], kept) if per_image else (kept,), input)
     if class_weight is not None:
-        check_class_vector("class_weight", class_weight, num_classes)
+        check_class_vector("class_weight", class_weight, num_classes, input=probs)
         class_weight = drop_background(class_weight.to(device=probs.device, dtype=probs.dtype).unsqueeze(0),
                                        include_background).squeeze(0)
     if weight is not None:
@@ -243,6 +244,7 @@ def _binary_target(input: Tensor, target: Tensor, ignore_index: int | None,
     """Binary labels with the input's shape in ``dtype`` (0 where ignored), and the valid mask."""
     check_ignore_index(ignore_index)
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
     if target.shape != input.shape:
         if input.shape[1] == 1 and target.shape == (input.shape[0], *input.shape[2:]):
             target = target.unsqueeze(1)  # (N, *spatial) for one channel: the kornia layout
@@ -356,7 +358,7 @@ def lovasz_hinge_loss(
     logits = upcast(input)
     labels, valid = _binary_target(input, target, ignore_index, logits.dtype)
     logits = ignored_without_gradient(logits, valid)  # ignored pixels may hold NaN
-    _check_weight(weight, tuple(input.shape[:2]) if per_image else (input.shape[1],))
+    _check_weight(weight, tuple(input.shape[:2]) if per_image else (input.shape[1],), input)
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=logits.dtype)
     n, k = logits.shape[:2]

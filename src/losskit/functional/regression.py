@@ -22,6 +22,7 @@ from losskit._core.checks import (
     check_floating,
     check_number,
     check_positive_values,
+    check_same_device,
     checks_enabled,
 )
 from losskit._core.numerics import as_option_tensor, exp_tail
@@ -697,6 +698,7 @@ def general_robust_loss(
         the clamping near 0 and 2 follow the paper's reference implementation (``robust_loss_pytorch``).
     """
     if isinstance(scale, Tensor):
+        check_same_device("input", input, "scale", scale)
         check_positive_values("scale", scale)
     else:
         scale = check_number("scale", scale, low=0.0, low_open=True)

@@ -4,8 +4,12 @@ One program per row (sample, or pixel of a dense layout) walks the classes twice
 
 1. an online pass for the peak :math:`m`, its column, the rest
    :math:`r = \sum_{k \ne \text{peak}} e^{\tilde x_k - m}` (the peak's own term 1 is never added,
-   so a confident row keeps :math:`r` to full relative precision), and the smoothing sums;
-2. the gradient, written straight into the ``(rows, C)`` buffer that backward scales in place.
+   so a confident row keeps :math:`r` to full relative precision), the smoothing sums and, when
+   asked, the spread :math:`s = \sum_k e^{\tilde x_k - m} (m - \tilde x_k)` of the entropy
+   :math:`H = \operatorname{log1p}(r) + s / (1 + r)` (non-negative terms only, merged online);
+2. the gradient, written straight into a ``(rows, C)`` buffer: a separate one that backward
+   scales in place (:func:`cross_entropy`), or the logits themselves, times a per-row upstream
+   gradient (:func:`cross_entropy_chunk`, one chunk of the fused linear cross-entropy).
 
 The loss is :math:`(m - \tilde x_y) + \operatorname{log1p}(r)` and the target's gradient uses
 :math:`1 - p_y = r / (1 + r)` where the target holds the peak: the formulas of
@@ -28,8 +32,10 @@ from losskit._kernels.triton._math import log1p, scalar_options, tanh
 def _cross_entropy_kernel(
     x_ptr, stride_n, stride_c, stride_s, spatial,  # logits (N, C, S) with their strides
     index_ptr, valid_ptr, weight_ptr, loss_ptr, grad_ptr, classes, options_ptr,
+    scale_ptr, z_part_ptr, top_ptr, entropy_ptr,
     HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, SMOOTH: tl.constexpr, ZLOSS: tl.constexpr,
-    WITH_GRAD: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr,
+    WITH_GRAD: tl.constexpr, HAS_SCALE: tl.constexpr, EXTRAS: tl.constexpr, ENTROPY: tl.constexpr,
+    COMPUTE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     # The options in the compute dtype (a float argument would reach a compiled kernel as float32).
@@ -45,6 +51,7 @@ def _cross_entropy_kernel(
     peak = tl.full((), neg_inf, COMPUTE)
     top = tl.full((), 0, tl.int64)
     rest = tl.zeros((), COMPUTE)
+    spread = tl.zeros((), COMPUTE)  # sum_k e^(x~_k - peak) (peak - x~_k), entropy only
     smooth = tl.zeros((), COMPUTE)  # sum_k w_k x~_k
     weight_sum = tl.zeros((), COMPUTE)  # sum_k w_k
     for start in range(0, classes, BLOCK):
@@ -68,6 +75,14 @@ def _cross_entropy_kernel(
         reference = tl.where(new_peak == neg_inf, 0.0, new_peak)  # -inf - -inf would be NaN
         old_scale = tl.exp(peak - reference)
         tile_scale = tl.exp(tile_peak - reference)
+        if ENTROPY:
+            # Each side's terms move to the new peak: e^(x-M)(M-x) = e^(p-M) e^(x-p) ((p-x) + (M-p)).
+            below = tl.where(x == neg_inf, 0.0, shift - x)  # a -inf logit adds e^-inf * inf: nothing
+            tile_spread = tl.sum(tl.exp(x - shift) * below, 0)
+            old_lift = tl.where(peak == neg_inf, 0.0, reference - peak)
+            tile_lift = tl.where(tile_peak == neg_inf, 0.0, reference - tile_peak)
+            spread = (old_scale * (spread + old_lift * (rest + 1))
+                      + tile_scale * (tile_spread + tile_lift * (tile_rest + 1)))
         rest = tl.where(bigger, rest * old_scale + old_scale + tile_rest, rest + tile_scale + tile_rest * tile_scale)
         top = tl.where(bigger, start + tile_top.to(tl.int64), top)
         peak = new_peak
@@ -85,9 +100,17 @@ def _cross_entropy_kernel(
     if ZLOSS:
         loss += z_loss * w_y * lse * lse
     tl.store(loss_ptr + row, tl.where(valid, loss, 0.0))
+    if EXTRAS:  # the z-loss part of the loss, and the predicted class
+        z_part = z_loss * w_y * lse * lse if ZLOSS else tl.zeros((), COMPUTE)
+        tl.store(z_part_ptr + row, tl.where(valid, z_part, 0.0))
+        tl.store(top_ptr + row, top)
+    if ENTROPY:
+        tl.store(entropy_ptr + row, tl.where(valid, log_total + spread / (rest + 1), 0.0))
     if WITH_GRAD:
         # d l / d x~_k = p_k (pull + extra) - pull [k = y] - eps/C w_k (see cross_entropy_rows)
         live = valid.to(COMPUTE)
+        if HAS_SCALE:  # the upstream gradient of this row's loss
+            live = tl.where(valid, tl.load(scale_ptr + row).to(COMPUTE), 0.0)
         pull = live * w_y * (1 - eps) if SMOOTH else live * w_y
         extra = tl.zeros((), COMPUTE)
         if ZLOSS:
@@ -141,11 +164,48 @@ def cross_entropy_rows(input: Tensor, index: Tensor, valid: Tensor, weight: Tens
         index.reshape(-1).contiguous(), valid.reshape(-1).contiguous().view(torch.uint8),
         weight if weight is not None else loss, loss, grad, classes,
         scalar_options(dtype, input.device, label_smoothing, z_loss, softcap or 1.0, label_smoothing / max(classes, 1)),
+        loss, loss, loss, loss,  # no upstream scale, extras or entropy (never read)
         HAS_WEIGHT=weight is not None, HAS_SOFTCAP=softcap is not None, SMOOTH=bool(label_smoothing),
-        ZLOSS=bool(z_loss), WITH_GRAD=with_grad, COMPUTE=_COMPUTE[dtype], BLOCK=block,
+        ZLOSS=bool(z_loss), WITH_GRAD=with_grad, HAS_SCALE=False, EXTRAS=False, ENTROPY=False,
+        COMPUTE=_COMPUTE[dtype], BLOCK=block,
     )
     shaped = None if not with_grad else grad.view(batch, spatial, classes)
     return loss.view(index.shape), shaped
+
+
+def cross_entropy_chunk(z: Tensor, index: Tensor, valid: Tensor, *, class_weight: Tensor | None = None,
+                        label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                        scale: Tensor | None = None, with_grad: bool = True, accuracy: bool = False,
+                        entropy: bool = False) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    """:func:`losskit.functional._softmax.cross_entropy_rows` on the kernel (one vocabulary block):
+    the per-row loss of the logits ``z`` ``(n, C)``, ``z`` overwritten with its gradient times
+    ``scale`` (per row; None: 1). ``extras["z"]`` is each row's z-loss part, ``extras["correct"]``
+    (``accuracy``) whether its largest logit is the target, ``extras["entropy"]`` (``entropy``) the
+    softmax entropy, 0 at rows that are not ``valid``."""
+    if z.dim() != 2 or not z.is_contiguous():
+        raise ValueError(f"z must be a contiguous (n, C) buffer, got shape {tuple(z.shape)}")
+    rows, classes = z.shape
+    loss = torch.empty(rows, dtype=z.dtype, device=z.device)
+    z_part = torch.empty_like(loss)
+    top = torch.empty(rows, dtype=torch.int64, device=z.device)
+    spread = torch.empty_like(loss) if entropy else loss
+    block = min(triton.next_power_of_2(max(classes, 1)), _MAX_BLOCK)
+    _cross_entropy_kernel[(rows,)](
+        z, z.stride(0), z.stride(1), 0, 1,
+        index.contiguous(), valid.contiguous().view(torch.uint8), class_weight if class_weight is not None else loss,
+        loss, z, classes,
+        scalar_options(z.dtype, z.device, label_smoothing, z_loss, softcap or 1.0, label_smoothing / max(classes, 1)),
+        scale.contiguous() if scale is not None else loss, z_part, top, spread,
+        HAS_WEIGHT=class_weight is not None, HAS_SOFTCAP=softcap is not None, SMOOTH=bool(label_smoothing),
+        ZLOSS=bool(z_loss), WITH_GRAD=with_grad, HAS_SCALE=scale is not None, EXTRAS=True, ENTROPY=entropy,
+        COMPUTE=_COMPUTE[z.dtype], BLOCK=block,
+    )
+    extras = {"z": z_part}
+    if accuracy:
+        extras["correct"] = (top == index) & valid
+    if entropy:
+        extras["entropy"] = spread
+    return loss, extras, z if with_grad else None
 
 
 class CrossEntropy(torch.autograd.Function):

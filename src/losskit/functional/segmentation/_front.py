@@ -221,8 +221,8 @@ class _OneMinusRatio(torch.autograd.Function):
 def _class_weight(class_weight: Tensor | None, input: Tensor, include_background: bool) -> Tensor | None:
     if class_weight is None:
         return None
-    check_class_vector("class_weight", class_weight, input.shape[1])
-    w = upcast(class_weight.to(input.device))
+    check_class_vector("class_weight", class_weight, input.shape[1], input=input)
+    w = upcast(class_weight)
     return drop_background(w.unsqueeze(0), include_background).squeeze(0)
 
 
