@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_broadcastable, check_one_of, check_tensor, checks_enabled
+from losskit._core.checks import check_broadcastable, check_one_of, check_same_device, check_tensor, checks_enabled
 from losskit._core.dense import check_activation, index_labels, probabilities
 from losskit._core.numerics import compute_dtype, upcast
 from losskit._core.reduction import Reduction, check_reduction, reduce_for
@@ -35,12 +35,13 @@ def _distance_matrix(dist_matrix: Tensor | None, classes: int, like: Tensor) -> 
     if dist_matrix is None:  # every pair of different classes at distance 1
         return 1 - torch.eye(classes, dtype=like.dtype, device=like.device)
     check_tensor("dist_matrix", dist_matrix)
+    check_same_device("input", like, "dist_matrix", dist_matrix)
     if dist_matrix.shape != (classes, classes):
         raise ValueError(f"dist_matrix must have shape ({classes}, {classes}), one row and column per channel of "
                          f"input, got {tuple(dist_matrix.shape)}")
     if dist_matrix.dtype == torch.bool or dist_matrix.is_complex():
         raise TypeError(f"dist_matrix must hold real distances, got dtype {dist_matrix.dtype}")
-    m = dist_matrix.to(like.device, like.dtype)
+    m = dist_matrix.to(like.dtype)
     if checks_enabled():
         _check_distances(m)
     return m / m.max()
