@@ -14,23 +14,39 @@ SEGMENT_CASES = cases("segment")
 
 def test_every_segment_case_is_present():
     assert set(SEGMENT_CASES) == {"seg_v8_overlap", "seg_v8_instances", "seg_v8_crowded", "seg26_e2e",
-                                  "seg26_crowded"}
+                                  "seg26_crowded", "seg_v8_semantic", "seg_v8_semantic_instances",
+                                  "seg_v8_semantic_crowded", "seg_v8_semantic_empty", "seg26_semantic_e2e",
+                                  "seg26_semantic_crowded"}
     for name in SEGMENT_CASES:
         source = load(name)["source"]
         assert source["lib"] == "ultralytics" and source["version"] == "8.4.190"
         assert "generate_yolo_task_vectors.py" in source["generator"]
 
 
+def _replay_criterion(case):
+    cfg = case["config"]
+    return YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"], mask_assignment=cfg["yolo26"],
+                           semantic=cfg.get("semantic", False), **common_options(case))
+
+
 @pytest.mark.parametrize("name", SEGMENT_CASES)
 def test_matches_ultralytics(name):
-    """Total, box/seg/cls/dfl-or-l1 items of each branch, foreground and every gradient (maps, coefficients,
-    prototypes) against v8SegmentationLoss / E2ELoss(SegmentLoss26)."""
+    """Total, box/seg/cls/dfl-or-l1(/sem) items of each branch, foreground and every gradient (maps,
+    coefficients, prototypes, semantic logits) against v8SegmentationLoss / E2ELoss(SegmentLoss26)."""
     case = load(name)
-    cfg = case["config"]
-    criterion = YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"],
-                                mask_assignment=cfg["yolo26"], **common_options(case))
     preds, named = leaves(case)
-    check_replay(case, criterion, preds, named)
+    check_replay(case, _replay_criterion(case), preds, named)
+
+
+SEMANTIC_CASES = [name for name in SEGMENT_CASES if load(name)["config"].get("semantic")]
+
+
+@pytest.mark.parametrize("name", SEMANTIC_CASES)
+def test_semantic_cases_replay_in_ultralytics_pair_form(name):
+    """The same vectors with the semantic logits given as Ultralytics' ``proto = (prototypes, semantic)`` pair."""
+    case = load(name)
+    preds, named = leaves(case, semantic_pair=True)
+    check_replay(case, _replay_criterion(case), preds, named)
 
 
 # --- a float64 reference written from the formula ------------------------------------------------
@@ -222,8 +238,7 @@ def test_crowded_scene_float32_matches_float64(name):
     """On a crowded scene, losskit's float32 result is the float64 result to 1e-5 (same assignment)."""
     case = load(name)
     cfg = case["config"]
-    criterion = YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"],
-                                mask_assignment=cfg["yolo26"], **common_options(case))
+    criterion = _replay_criterion(case)
     preds32, _ = leaves(case)
     preds64 = {b: {k: ([m.double() for m in v] if k == "maps" else v.double()) for k, v in p.items()}
                for b, p in preds32.items()} if cfg["end2end"] else \
