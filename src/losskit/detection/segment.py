@@ -100,8 +100,9 @@ class YOLOSegmentLoss(TaskLoss):
     (:func:`losskit.dice_ce_loss` with ``activation="sigmoid"``, ``lambda_dice = lambda_ce = 0.5``
     and smoothing 1, per image), with the box gain as in Ultralytics' ``BCEDiceLoss``. As there, it
     is 0 (with a zero gradient reaching the logits) when the branch has no foreground anchor, and it
-    is a mean over this process's images, also with ``distributed=True`` (the mean of equal-sized
-    ranks is the global mean).
+    is a mean over this process's images, also with ``distributed=True``: ranks of equal batch size
+    that all have foreground average to the global batch's term; a rank without foreground
+    contributes 0 (as each Ultralytics DDP rank does).
 
     **YOLO26** (``mask_assignment=True``, Ultralytics' ``SegmentLoss26``): the assigner's overlap
     becomes the mean of the box overlap (CIoU clamped at 0) and the IoU of the predicted mask with the
@@ -341,7 +342,11 @@ class YOLOSegmentLoss(TaskLoss):
         logits, levels = branch.extras["semantic"], branch.levels
         if not num_foreground:  # as Ultralytics: 0, with a zero gradient reaching the logits (DDP sees them used)
             return logits.flatten(1)[:, :0].sum(1).to(levels.dtype)
-        per_image = _semantic_bce_dice(logits, masks.classes, masks.covered(levels.num_images)).to(levels.dtype)
+        try:
+            per_image = _semantic_bce_dice(logits, masks.classes, masks.covered(levels.num_images))
+        except ValueError as error:  # the value checks' non-finite result: say which input
+            raise ValueError(f"preds['semantic']: {error}") from error
+        per_image = per_image.to(levels.dtype)
         return per_image * (self.box_gain / levels.num_images)
 
 
