@@ -272,7 +272,7 @@ def test_semantic_without_foreground_is_zero_with_a_zero_gradient():
     (grad,) = torch.autograd.grad(out.total, logits)
     assert torch.equal(grad, torch.zeros_like(logits))
     logits.data[0, 0, 0, 0] = float("inf")  # nothing multiplies the logits: no NaN from 0 * inf
-    assert float(_semantic_criterion()(preds, empty).components["sem"]) == 0.0
+    assert float(_semantic_criterion()(preds, empty).components["sem"].detach()) == 0.0
 
 
 def test_semantic_logits_in_ultralytics_pair_form_give_the_same_result():
@@ -332,6 +332,13 @@ def test_integer_class_maps_are_taken():
     for dtype in (torch.uint8, torch.int32, torch.int64):
         got = _semantic_criterion()(preds, {**batch, "sem_masks": batch["sem_masks"].to(dtype)}).components["sem"]
         assert torch.equal(got, want)
+
+
+def test_end_to_end_errors_name_the_branch():
+    preds, batch = _semantic_scene(torch.float32)
+    both = {"one2many": preds, "one2one": {k: v for k, v in preds.items() if k != "semantic"}}
+    with pytest.raises(ValueError, match=r"with semantic=True, preds\['one2one'\] must carry 'semantic'"):
+        _semantic_criterion(end2end=True)(both, batch)
 
 
 def test_semantic_logits_need_semantic_true():

@@ -207,7 +207,7 @@ class YOLOSegmentLoss(TaskLoss):
     # --- inputs -------------------------------------------------------------------------------
 
     def _branch(self, pred: Mapping, name: str) -> Branch:
-        branch = super()._branch(self._split_semantic(pred), name)
+        branch = super()._branch(self._split_semantic(pred, f"preds['{name}']" if self.end2end else "preds"), name)
         flat_per_anchor(branch.extras["mask_coefficient"], "mask_coefficient", self.num_masks,
                         branch.levels.grid.num_anchors)
         proto = branch.extras["proto"]
@@ -220,24 +220,24 @@ class YOLOSegmentLoss(TaskLoss):
                              f"{tuple(semantic.shape)}")
         return branch
 
-    def _split_semantic(self, pred: Mapping) -> Mapping:
+    def _split_semantic(self, pred: Mapping, what: str) -> Mapping:
         """Ultralytics' ``"proto": (prototypes, semantic logits)`` as two keys; the semantic input checked
-        against ``semantic``."""
+        against ``semantic``. ``what`` names the branch's dict in errors."""
         proto = pred["proto"]
         if isinstance(proto, (tuple, list)):
             if len(proto) != 2:
-                raise ValueError(f"preds['proto'] must be a tensor or a (prototypes, semantic logits) pair, got a "
+                raise ValueError(f"{what}['proto'] must be a tensor or a (prototypes, semantic logits) pair, got a "
                                  f"{type(proto).__name__} of {len(proto)}")
             if pred.get("semantic") is not None:
-                raise ValueError("preds has 'semantic' and a (prototypes, semantic logits) pair in 'proto': give "
+                raise ValueError(f"{what} has 'semantic' and a (prototypes, semantic logits) pair in 'proto': give "
                                  "the semantic logits once")
             pred = {**pred, "proto": proto[0], "semantic": proto[1]}
         given = pred.get("semantic") is not None
         if given and not self.semantic:
-            raise ValueError("preds carry semantic logits: build the criterion with semantic=True to add their "
+            raise ValueError(f"{what} carries semantic logits: build the criterion with semantic=True to add their "
                              "term (Ultralytics' sem_loss)")
         if self.semantic and not given:
-            raise ValueError("with semantic=True, preds must carry 'semantic' (B, num_classes, h', w') logits, or "
+            raise ValueError(f"with semantic=True, {what} must carry 'semantic' (B, num_classes, h', w') logits, or "
                              "'proto' as a (prototypes, semantic logits) pair")
         return pred
 
