@@ -48,12 +48,17 @@ def cases(task: str) -> list[str]:
     return sorted(p.stem for p in FOLDER.glob("*.pt") if load(p.stem)["config"]["task"] == task)
 
 
-def leaves(case: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Fresh leaf inputs (per branch dicts for the criterion) and every leaf by the generator's gradient name."""
+def leaves(case: dict, semantic_pair: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Fresh leaf inputs (per branch dicts for the criterion) and every leaf by the generator's gradient name.
+
+    The semantic logits go under ``"semantic"``, or with ``semantic_pair=True`` in Ultralytics' form
+    ``"proto": (prototypes, semantic logits)``."""
     named: dict[str, torch.Tensor] = {}
-    proto = None
+    proto = semantic = None
     if "proto" in case["inputs"]:
         proto = named["proto"] = case["inputs"]["proto"].clone().requires_grad_()
+    if "semantic" in case["inputs"]:
+        semantic = named["semantic"] = case["inputs"]["semantic"].clone().requires_grad_()
     branches = {}
     for name in ("one2many", "one2one"):
         if name not in case["inputs"]:
@@ -68,6 +73,10 @@ def leaves(case: dict) -> tuple[dict, dict[str, torch.Tensor]]:
                 named[f"{name}.{key}"] = branch[key] = inputs[key].clone().requires_grad_()
         if proto is not None:
             branch["proto"] = proto if name == "one2many" else proto.detach()  # YOLO26 detaches the o2o prototypes
+        if semantic is not None:
+            branch["semantic"] = semantic if name == "one2many" else semantic.detach()  # and semantic logits
+            if semantic_pair:
+                branch["proto"] = (branch["proto"], branch.pop("semantic"))
         branches[name] = branch
     preds = branches if case["config"]["end2end"] else branches["one2many"]
     return preds, named
@@ -91,7 +100,7 @@ def check_replay(case: dict, criterion, preds: dict, named: dict, extra_leaves: 
         want = dict(zip(expected[name]["loss_names"], expected[name]["loss_items"], strict=True))
         for key, value in result.components.items():
             ul_key = {"box": "box_loss", "seg": "seg_loss", "cls": "cls_loss", "dfl": "dfl_loss", "l1": "l1_loss",
-                      "pose": "pose_loss", "kobj": "kobj_loss", "rle": "rle_loss"}[key]
+                      "pose": "pose_loss", "kobj": "kobj_loss", "rle": "rle_loss", "sem": "sem_loss"}[key]
             torch.testing.assert_close(value.detach() / batch_size, want[ul_key], **TOL_LOSS,
                                        msg=lambda m, key=key, name=name: f"{name} {key}: {m}")
         assert torch.equal(result.assignment.fg_mask, expected[name]["fg_mask"]), f"{name}: foreground differs"

@@ -14,23 +14,55 @@ SEGMENT_CASES = cases("segment")
 
 def test_every_segment_case_is_present():
     assert set(SEGMENT_CASES) == {"seg_v8_overlap", "seg_v8_instances", "seg_v8_crowded", "seg26_e2e",
-                                  "seg26_crowded"}
+                                  "seg26_crowded", "seg_v8_semantic", "seg_v8_semantic_instances",
+                                  "seg_v8_semantic_crowded", "seg_v8_semantic_empty", "seg26_semantic_e2e",
+                                  "seg26_semantic_crowded"}
     for name in SEGMENT_CASES:
         source = load(name)["source"]
         assert source["lib"] == "ultralytics" and source["version"] == "8.4.190"
         assert "generate_yolo_task_vectors.py" in source["generator"]
 
 
+def _replay_criterion(case):
+    cfg = case["config"]
+    return YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"], mask_assignment=cfg["yolo26"],
+                           semantic=cfg.get("semantic", False), **common_options(case))
+
+
 @pytest.mark.parametrize("name", SEGMENT_CASES)
 def test_matches_ultralytics(name):
-    """Total, box/seg/cls/dfl-or-l1 items of each branch, foreground and every gradient (maps, coefficients,
-    prototypes) against v8SegmentationLoss / E2ELoss(SegmentLoss26)."""
+    """Total, box/seg/cls/dfl-or-l1(/sem) items of each branch, foreground and every gradient (maps,
+    coefficients, prototypes, semantic logits) against v8SegmentationLoss / E2ELoss(SegmentLoss26)."""
     case = load(name)
-    cfg = case["config"]
-    criterion = YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"],
-                                mask_assignment=cfg["yolo26"], **common_options(case))
     preds, named = leaves(case)
-    check_replay(case, criterion, preds, named)
+    check_replay(case, _replay_criterion(case), preds, named)
+
+
+SEMANTIC_CASES = [name for name in SEGMENT_CASES if load(name)["config"].get("semantic")]
+
+
+@pytest.mark.parametrize("name", SEMANTIC_CASES)
+def test_semantic_cases_replay_in_ultralytics_pair_form(name):
+    """The same vectors with the semantic logits given as Ultralytics' ``proto = (prototypes, semantic)`` pair."""
+    case = load(name)
+    preds, named = leaves(case, semantic_pair=True)
+    check_replay(case, _replay_criterion(case), preds, named)
+
+
+@pytest.mark.parametrize("name", SEMANTIC_CASES)
+def test_semantic_term_and_its_gradient_match_ultralytics_to_1e_5(name):
+    """The semantic item of each branch and the gradient of the total with respect to the semantic logits
+    within 1e-5 relative (tighter than the replay's gradient tolerance, which the mask term's sums need)."""
+    case = load(name)
+    preds, named = leaves(case)
+    out = _replay_criterion(case)(preds, case["batch"])
+    batch_size = len(case["inputs"]["one2many"]["maps"][0])
+    for branch, result in (out.branches or {"one2many": out}).items():
+        want = case["expected"][branch]
+        expected = want["loss_items"][want["loss_names"].index("sem_loss")]
+        torch.testing.assert_close(result.components["sem"].detach() / batch_size, expected, rtol=1e-5, atol=1e-9)
+    (grad,) = torch.autograd.grad(out.total, named["semantic"])
+    torch.testing.assert_close(grad, case["expected"]["grads"]["semantic"], rtol=1e-5, atol=1e-9)
 
 
 # --- a float64 reference written from the formula ------------------------------------------------
@@ -148,7 +180,177 @@ def test_no_objects_gives_zero_mask_term_and_a_gradient():
     assert maps[0].grad is not None
 
 
+# --- the semantic term: a float64 reference written from the formula ------------------------------
+
+
+def _semantic_scene(dtype=torch.float32, overlap=True, size=8):
+    """``_scene`` plus semantic logits ``(2, 2, size, size)`` and class maps: the first object's class over
+    the whole of image 0 (uncovered pixels included: the loss must ignore them there), class 1 in image 1."""
+    preds, batch = _scene(dtype, overlap=overlap)
+    g = torch.Generator().manual_seed(7)
+    preds["semantic"] = (torch.randn(2, 2, size, size, generator=g, dtype=torch.float64) * 3).to(dtype)
+    sem = torch.zeros(2, 16, 16)
+    sem[0, 6:13, 6:13] = 1  # the second object (class 1) where it lies, class 0 elsewhere
+    sem[1] = 1
+    batch["sem_masks"] = sem
+    return preds, batch
+
+
+def _reference_sem(logits, batch, overlap, box_gain=7.5):
+    """L_sem from its definition in float64: the one-hot of each covered pixel's class (zero where no object
+    lies), the nearest pixel ``floor(i * h / h')`` for logits of another size, 1/2 BCE mean + 1/2 Dice (smoothing
+    1) class mean, averaged over the images, times the box gain."""
+    n, c, h2, w2 = logits.shape
+    masks, idx = batch["masks"], batch["batch_idx"]
+    covered = masks != 0 if overlap else torch.stack([(masks[idx == i] != 0).any(0) for i in range(n)])
+    h, w = covered.shape[1:]
+    ys, xs = torch.arange(h2) * h // h2, torch.arange(w2) * w // w2
+    classes = batch["sem_masks"].long()[:, ys][:, :, xs]
+    covered = covered[:, ys][:, :, xs]
+    t = torch.zeros(n, c, h2, w2, dtype=torch.float64).scatter_(1, classes[:, None], covered[:, None].double())
+    x = logits.double()
+    p = x.sigmoid()
+    bce = (F.softplus(x) - x * t).mean((1, 2, 3))
+    dice = 1 - (2 * (p * t).sum((2, 3)) + 1) / (p.sum((2, 3)) + t.sum((2, 3)) + 1)
+    return box_gain * (bce / 2 + dice.mean(1) / 2).mean()
+
+
+def _semantic_criterion(**kw):
+    return YOLOSegmentLoss(2, num_masks=6, strides=(8, 16), semantic=True, **kw)
+
+
+@pytest.mark.parametrize(("overlap", "size"), [(True, 8), (False, 8), (True, 16), (True, 5)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_semantic_term_matches_float64_reference(overlap, size, dtype):
+    preds, batch = _semantic_scene(dtype, overlap=overlap, size=size)
+    out = _semantic_criterion(overlap_mask=overlap)(preds, batch)
+    expected = _reference_sem(preds["semantic"], batch, overlap)  # the dtype-rounded logits, in float64
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert list(out.components) == ["box", "seg", "cls", "dfl", "sem"] and out.components["sem"].dtype == dtype
+    torch.testing.assert_close(out.components["sem"].double(), expected, rtol=tol, atol=0)
+    torch.testing.assert_close(out.per_image_components[:, 4].sum().double(), expected, rtol=tol, atol=0)
+    torch.testing.assert_close(sum(out.components.values()).double(), out.total.double(), rtol=tol, atol=tol)
+
+
+def test_semantic_gradient_matches_float64_autograd_of_the_reference():
+    preds, batch = _semantic_scene(torch.float64)
+    logits = preds["semantic"].requires_grad_()
+    out = _semantic_criterion()(preds, batch)
+    (got,) = torch.autograd.grad(out.components["sem"], logits)
+    (want,) = torch.autograd.grad(_reference_sem(logits, batch, True), logits)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-14)
+
+
+def test_semantic_term_scales_with_the_box_gain_and_the_batch():
+    """A box gain of 1 divides it by 7.5; ``scale_by_batch`` multiplies it by B = 2; the other terms keep theirs."""
+    preds, batch = _semantic_scene(torch.float64)
+    base = _semantic_criterion()(preds, batch).components
+    scaled = _semantic_criterion(box=1.0, scale_by_batch=True)(preds, batch).components
+    torch.testing.assert_close(scaled["sem"], base["sem"] / 7.5 * 2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(scaled["cls"], base["cls"] * 2, rtol=1e-12, atol=0)
+
+
+def test_class_indices_at_uncovered_pixels_do_not_matter():
+    preds, batch = _semantic_scene(torch.float64)
+    logits = preds["semantic"].requires_grad_()
+    first = _semantic_criterion()(preds, batch)
+    batch["sem_masks"][batch["masks"] == 0] = 1 - batch["sem_masks"][batch["masks"] == 0]  # flip them
+    second = _semantic_criterion()(preds, batch)
+    assert torch.equal(first.components["sem"], second.components["sem"])
+    g1, g2 = (torch.autograd.grad(o.components["sem"], logits)[0] for o in (first, second))
+    assert torch.equal(g1, g2)
+
+
+def test_semantic_without_foreground_is_zero_with_a_zero_gradient():
+    """As Ultralytics: no foreground anchor, no semantic term; the logits still get a (zero) gradient."""
+    preds, batch = _semantic_scene(torch.float32)
+    logits = preds["semantic"].requires_grad_()
+    empty = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0), "bboxes": torch.zeros(0, 4),
+             "masks": torch.zeros(2, 16, 16), "sem_masks": torch.zeros(2, 16, 16)}
+    out = _semantic_criterion()(preds, empty)
+    assert float(out.components["sem"].detach()) == 0.0
+    (grad,) = torch.autograd.grad(out.total, logits)
+    assert torch.equal(grad, torch.zeros_like(logits))
+    logits.data[0, 0, 0, 0] = float("inf")  # nothing multiplies the logits: no NaN from 0 * inf
+    assert float(_semantic_criterion()(preds, empty).components["sem"].detach()) == 0.0
+
+
+def test_semantic_logits_in_ultralytics_pair_form_give_the_same_result():
+    preds, batch = _semantic_scene(torch.float64)
+    keyed = _semantic_criterion()(preds, batch)
+    pair = {**preds, "proto": (preds["proto"], preds["semantic"])}
+    del pair["semantic"]
+    torch.testing.assert_close(_semantic_criterion()(pair, batch).total, keyed.total, rtol=0, atol=0)
+
+
+def test_semantic_config_round_trip():
+    import losskit
+
+    config = _semantic_criterion().get_config()
+    assert config["semantic"] is True
+    assert losskit.get({"class": "losskit.detection.segment.YOLOSegmentLoss", **config}).semantic
+
+
 # --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("change", "error", "match"), [
+    (lambda p, b: b.update(sem_masks=torch.zeros(2, 8, 8)), ValueError,
+     r"targets\['sem_masks'\] has size \(8, 8\) but the masks are \(16, 16\)"),
+    (lambda p, b: b.update(sem_masks=torch.zeros(1, 16, 16)), ValueError,
+     r"targets\['sem_masks'\] must have shape \(B=2, h, w\), got \(1, 16, 16\)"),
+    (lambda p, b: b["sem_masks"].__setitem__((1, 3, 4), 2.0), ValueError,
+     r"sem_masks'\]: values must be class indices in \[0, 2\) \(image 1 holds 2"),
+    (lambda p, b: b["sem_masks"].__setitem__((0, 0, 0), -1.0), ValueError, r"\(image 0 holds -1"),
+    (lambda p, b: b["sem_masks"].__setitem__((1, 0, 0), 0.5), ValueError, r"\(image 1 holds 0.5"),
+    (lambda p, b: b["sem_masks"].__setitem__((1, 0, 0), float("nan")), ValueError, r"\(image 1 holds nan"),
+    (lambda p, b: b.update(sem_masks=b["sem_masks"] > 0), TypeError,
+     r"targets\['sem_masks'\] must hold class indices as integers or integral floats, got dtype torch.bool"),
+    (lambda p, b: b.pop("sem_masks"), ValueError, r"targets must carry 'sem_masks'"),
+    (lambda p, b: p.update(semantic=torch.zeros(2, 3, 8, 8)), ValueError,
+     r"preds\['semantic'\] must have shape \(B, num_classes=2, h', w'\), got \(2, 3, 8, 8\)"),
+    (lambda p, b: p.update(semantic=torch.zeros(2, 2, 8)), ValueError, r"preds\['semantic'\] must have shape"),
+    (lambda p, b: p.update(semantic=torch.zeros(2, 2, 8, 8, dtype=torch.long)), ValueError,
+     r"preds\['semantic'\] must be a floating tensor"),
+    (lambda p, b: p.update(semantic=torch.zeros(1, 2, 8, 8)), ValueError, r"preds\['semantic'\] has batch size 1"),
+    (lambda p, b: p.pop("semantic"), ValueError, r"with semantic=True, preds must carry 'semantic'"),
+    (lambda p, b: p.update(proto=(p["proto"], p["semantic"])), ValueError, r"give the semantic logits once"),
+    (lambda p, b: p.update(proto=(p["proto"],)), ValueError, r"\(prototypes, semantic logits\) pair, got a tuple of 1"),
+    (lambda p, b: p["semantic"].__setitem__((0, 1, 2, 2), float("nan")), ValueError,
+     r"preds\['semantic'\]: the loss is not finite"),
+])
+def test_bad_semantic_input_is_named(change, error, match):
+    preds, batch = _semantic_scene(torch.float32)
+    change(preds, batch)
+    with pytest.raises(error, match=match):
+        _semantic_criterion()(preds, batch)
+
+
+def test_integer_class_maps_are_taken():
+    preds, batch = _semantic_scene(torch.float64)
+    want = _semantic_criterion()(preds, batch).components["sem"]
+    for dtype in (torch.uint8, torch.int32, torch.int64):
+        got = _semantic_criterion()(preds, {**batch, "sem_masks": batch["sem_masks"].to(dtype)}).components["sem"]
+        assert torch.equal(got, want)
+
+
+def test_end_to_end_errors_name_the_branch():
+    preds, batch = _semantic_scene(torch.float32)
+    both = {"one2many": preds, "one2one": {k: v for k, v in preds.items() if k != "semantic"}}
+    with pytest.raises(ValueError, match=r"with semantic=True, preds\['one2one'\] must carry 'semantic'"):
+        _semantic_criterion(end2end=True)(both, batch)
+
+
+def test_semantic_logits_need_semantic_true():
+    preds, batch = _semantic_scene(torch.float32)
+    with pytest.raises(ValueError, match=r"build the criterion with semantic=True"):
+        YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(preds, batch)
+    pair = {"maps": preds["maps"], "mask_coefficient": preds["mask_coefficient"],
+            "proto": (preds["proto"], preds["semantic"])}
+    with pytest.raises(ValueError, match=r"build the criterion with semantic=True"):
+        YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(pair, batch)
+
+
 
 
 def _criterion(**kw):
@@ -222,8 +424,7 @@ def test_crowded_scene_float32_matches_float64(name):
     """On a crowded scene, losskit's float32 result is the float64 result to 1e-5 (same assignment)."""
     case = load(name)
     cfg = case["config"]
-    criterion = YOLOSegmentLoss(cfg["nc"], num_masks=cfg["nm"], overlap_mask=cfg["overlap"],
-                                mask_assignment=cfg["yolo26"], **common_options(case))
+    criterion = _replay_criterion(case)
     preds32, _ = leaves(case)
     preds64 = {b: {k: ([m.double() for m in v] if k == "maps" else v.double()) for k, v in p.items()}
                for b, p in preds32.items()} if cfg["end2end"] else \

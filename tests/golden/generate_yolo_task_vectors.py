@@ -8,8 +8,10 @@ It writes ``tests/golden/yolo_tasks/<case>.pt`` (a ``torch.save`` of plain tenso
 lists and dicts: ``torch.load(path, weights_only=True)`` reads it), replayed by
 ``tests/test_yolo_segment.py`` and ``tests/test_yolo_pose.py``. Each file holds ``source`` (library,
 versions, the exact call), ``config``, ``inputs`` (per branch: the per-level head maps, and the
-mask coefficients and prototypes, or the keypoint outputs and their sigmas), ``batch`` (Ultralytics'
-batch dict, sorted by image), ``expected`` (per branch the loss items with gains applied and not
+mask coefficients and prototypes, or the keypoint outputs and their sigmas; the semantic cases also
+the semantic logits of ``Proto26``, passed as Ultralytics' ``proto = (prototypes, semantic)`` pair
+and detached for the one-to-one branch as its head does), ``batch`` (Ultralytics' batch dict, sorted
+by image; ``sem_masks`` in the semantic cases), ``expected`` (per branch the loss items with gains applied and not
 times the batch size, the foreground mask; the returned total ``loss.sum()``; the gradient of that
 total with respect to every input) and ``diagnostics``.
 
@@ -37,6 +39,8 @@ GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "pose": 12.0, "kobj": 1.0, "rle": 1
 O2M_START = 0.8
 
 CASES = ("seg_v8_overlap", "seg_v8_instances", "seg_v8_crowded", "seg26_e2e", "seg26_crowded",
+         "seg_v8_semantic", "seg_v8_semantic_instances", "seg_v8_semantic_crowded", "seg_v8_semantic_empty",
+         "seg26_semantic_e2e", "seg26_semantic_crowded",
          "pose_v8", "pose_v8_coco", "pose26_e2e_rle", "pose26_crowded")
 
 
@@ -83,6 +87,27 @@ def _ellipse_masks(boxes_norm, mh: int, mw: int, g):
     return ((((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2) <= 1).float()
 
 
+def _semantic_classes(idx, cls, inst, bs: int, overlap: bool, nc: int, g, uncovered: str):
+    """(bs, mh, mw) float class indices as Ultralytics' loader builds them: the class of the object each mask
+    marks (the overlap form: the object the masks keep, later over earlier; one mask per object: the smallest
+    covering object); uncovered pixels hold ``uncovered``: "zero" (as the loader) or "random" classes (the
+    loss must ignore them)."""
+    import torch
+
+    sem = torch.zeros(bs, *inst.shape[1:])
+    covered = torch.zeros(bs, *inst.shape[1:], dtype=torch.bool)
+    for i in range(bs):
+        rows = (idx == i).nonzero().flatten().tolist()
+        if not overlap:
+            rows = sorted(rows, key=lambda r: -float(inst[r].sum()))  # the smallest paints last
+        for r in rows:
+            sem[i][inst[r] > 0] = cls[r, 0]
+            covered[i] |= inst[r] > 0
+    if uncovered == "random":
+        sem = torch.where(covered, sem, torch.randint(0, nc, sem.shape, generator=g).float())
+    return sem
+
+
 def _keypoints(boxes_norm, k: int, g, invisible_objects: int = 1):
     """(n, k, 3): points uniform inside each box, visibility 0/1/2 at random; the first
     ``invisible_objects`` objects have none visible."""
@@ -103,12 +128,14 @@ def build_cases() -> list[dict]:
     cases = []
 
     def add(name, seed, *, task, imgsz, per_image, nc=3, reg_max=16, e2e=False, yolo26=False, nm=8,
-            overlap=True, k=5, rle=False, note=""):
+            overlap=True, k=5, rle=False, semantic=None, note=""):
+        """``semantic``: None, or (semantic logits' stride over the prototypes', "zero" | "random" classes at
+        uncovered pixels)."""
         g = torch.Generator().manual_seed(seed)
         boxes = [p(g) for p in per_image]
         bs = len(boxes)
         idx = torch.cat([torch.full((len(b),), float(i)) for i, b in enumerate(boxes)])
-        bboxes = torch.cat(boxes).float()
+        bboxes = torch.cat(boxes).float().reshape(-1, 4)
         batch = {"batch_idx": idx, "cls": torch.randint(0, nc, (len(bboxes), 1), generator=g).float(),
                  "bboxes": bboxes}
         mh, mw = imgsz[0] // 4, imgsz[1] // 4
@@ -122,6 +149,11 @@ def build_cases() -> list[dict]:
                 batch["masks"] = masks
             else:
                 batch["masks"] = inst
+            if semantic is not None:
+                sem = torch.zeros(bs, mh, mw)
+                if len(bboxes):
+                    sem = _semantic_classes(idx, batch["cls"], inst, bs, overlap, nc, g, semantic[1])
+                batch["sem_masks"] = sem
         else:
             batch["keypoints"] = _keypoints(bboxes, k, g)
 
@@ -141,8 +173,14 @@ def build_cases() -> list[dict]:
             inputs["one2one"] = branch()
         if task == "segment":
             inputs["proto"] = torch.randn(bs, nm, mh, mw, generator=g)
+            if semantic is not None:
+                inputs["semantic"] = torch.randn(bs, nc, mh // semantic[0], mw // semantic[0], generator=g) * 2 - 1
         cases.append(dict(name=name, task=task, imgsz=imgsz, nc=nc, reg_max=reg_max, end2end=e2e, yolo26=yolo26,
-                          nm=nm, overlap=overlap, k=k, rle=rle, batch=batch, inputs=inputs, note=note))
+                          nm=nm, overlap=overlap, k=k, rle=rle, semantic=semantic is not None, batch=batch,
+                          inputs=inputs, note=note))
+
+    def none(g):
+        return torch.zeros(0, 4)
 
     s128, s96x128, s160 = (128, 128), (96, 128), (160, 160)
     add("seg_v8_overlap", 101, task="segment", imgsz=s128,
@@ -160,6 +198,32 @@ def build_cases() -> list[dict]:
     add("seg26_crowded", 105, task="segment", imgsz=s160, reg_max=1, e2e=True, yolo26=True,
         per_image=[lambda g: _clustered_boxes(g, 70, s160, 8, 30, 5, 16.0)],
         note="E2ELoss(SegmentLoss26) on one 160 x 160 image with 70 objects in 5 clusters.")
+    add("seg_v8_semantic", 111, task="segment", imgsz=s128, nc=4, semantic=(2, "random"),
+        per_image=[lambda g: _boxes(g, 5, s128, 16, 60), none, lambda g: _boxes(g, 6, s128, 12, 50)],
+        note="v8SegmentationLoss with Proto26's semantic logits at half the prototypes' size (nearest-resampled "
+             "targets), overlap masks, 3 images, the second without objects; random classes at uncovered pixels.")
+    add("seg_v8_semantic_instances", 112, task="segment", imgsz=s96x128, nc=4, overlap=False, semantic=(1, "zero"),
+        per_image=[lambda g: _boxes(g, 4, s96x128, 16, 60), lambda g: _boxes(g, 5, s96x128, 10, 40), none],
+        note="v8SegmentationLoss, semantic logits at the prototypes' size, one mask per object (the smallest "
+             "covering object's class), 96 x 128, the third image without objects.")
+    add("seg_v8_semantic_crowded", 113, task="segment", imgsz=s160, nc=4, semantic=(2, "zero"),
+        per_image=[lambda g: _clustered_boxes(g, 90, s160, 8, 40, 6, 18.0), none],
+        note="v8SegmentationLoss with the semantic term: a 160 x 160 image with 90 objects in 6 clusters and one "
+             "without objects.")
+    add("seg_v8_semantic_empty", 114, task="segment", imgsz=s128, nc=4, semantic=(2, "zero"),
+        per_image=[none, none],
+        note="v8SegmentationLoss with the semantic term and no objects at all: every term 0, the semantic logits "
+             "get a zero gradient.")
+    add("seg26_semantic_e2e", 115, task="segment", imgsz=s128, nc=4, reg_max=1, e2e=True, yolo26=True,
+        semantic=(2, "random"),
+        per_image=[lambda g: _boxes(g, 5, s128, 12, 36), none, lambda g: _boxes(g, 6, s128, 10, 32)],
+        note="E2ELoss(SegmentLoss26) with the semantic term (one-to-one branch: prototypes and semantic logits "
+             "detached), 3 images, the second without objects.")
+    add("seg26_semantic_crowded", 116, task="segment", imgsz=s160, nc=4, reg_max=1, e2e=True, yolo26=True,
+        semantic=(2, "zero"),
+        per_image=[lambda g: _clustered_boxes(g, 70, s160, 8, 30, 5, 16.0), none],
+        note="E2ELoss(SegmentLoss26) with the semantic term: 70 objects in 5 clusters on one 160 x 160 image, "
+             "and an image without objects.")
     add("pose_v8", 201, task="pose", imgsz=s128, nc=1, k=5,
         per_image=[lambda g: _boxes(g, 4, s128, 16, 70), lambda g: _boxes(g, 6, s128, 12, 50)],
         note="v8PoseLoss, 5 keypoints (sigmas 1/5), the first object without a visible keypoint.")
@@ -274,12 +338,15 @@ def run_case(case: dict) -> dict:
     leaves = {name: {k: ([m.clone().requires_grad_() for m in v] if k == "maps" else v.clone().requires_grad_())
                      for k, v in case["inputs"][name].items()} for name in subs}
     proto = case["inputs"]["proto"].clone().requires_grad_() if "proto" in case["inputs"] else None
+    semantic = case["inputs"]["semantic"].clone().requires_grad_() if "semantic" in case["inputs"] else None
     flow = getattr(model.model[-1], "flow_model", None)
 
     def all_preds(protos):
         return {name: _preds(leaves[name], case, protos[name]) for name in subs}
 
     protos = {"one2many": proto, "one2one": None if proto is None else proto.detach()}
+    if semantic is not None:  # Proto26's training output; the head detaches both for the one-to-one branch
+        protos = {"one2many": (proto, semantic), "one2one": (proto.detach(), semantic.detach())}
     preds = all_preds(protos)
     items = {}
     for name, sub in subs.items():  # each branch's own items (E2ELoss returns the one-to-one branch's)
@@ -295,6 +362,9 @@ def run_case(case: dict) -> dict:
     if proto is not None:
         flat.append(proto)
         names.append("proto")
+    if semantic is not None:
+        flat.append(semantic)
+        names.append("semantic")
     if flow is not None:
         for pname, p in flow.named_parameters():
             flat.append(p)
@@ -316,11 +386,13 @@ def run_case(case: dict) -> dict:
                     f"tensor([8., 16., 32.]), nc={case['nc']}, reg_max={case['reg_max']}, kpt_shape=[{case['k']}, 3]"
                     + (", flow_model=AffineFlow()" if case["rle"] else "")
                     + "; preds per branch = {'boxes', 'scores', 'feats': maps, 'mask_coefficient' | 'kpts'"
-                    "[, 'kpts_sigma'], 'proto' (one2one: detached)}; total = crit(preds, batch)[0].sum(); "
+                    "[, 'kpts_sigma'], 'proto' (one2one: detached)"
+                    + (" as the pair (proto, semantic)" if case["semantic"] else "")
+                    + "}; total = crit(preds, batch)[0].sum(); "
                     "items = <branch>.loss(preds[<branch>], batch)[1]; grads = autograd.grad(total, inputs)"
                     + ("; crit.o2m, crit.o2o = 0.8, 0.2" if case["end2end"] else ""))}
     config = {k: case[k] for k in ("task", "imgsz", "nc", "reg_max", "end2end", "yolo26", "nm", "overlap", "k",
-                                   "rle")}
+                                   "rle", "semantic")}
     config.update(strides=list(STRIDES), gains=GAINS, o2m=O2M_START if case["end2end"] else None)
     if flow is not None:
         config["flow"] = {n: _own(p) for n, p in flow.named_parameters()}
@@ -328,6 +400,8 @@ def run_case(case: dict) -> dict:
               for name in subs}
     if proto is not None:
         inputs["proto"] = _own(case["inputs"]["proto"])
+    if semantic is not None:
+        inputs["semantic"] = _own(case["inputs"]["semantic"])
     n_fg = {name: int(fg[name]["fg_mask"].sum()) for name in subs}
     return {"source": src, "case": case["name"], "note": case["note"], "config": config, "inputs": inputs,
             "batch": {k: _own(v) for k, v in case["batch"].items()}, "expected": expected,
