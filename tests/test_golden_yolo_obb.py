@@ -137,5 +137,7 @@ def test_gradients_match_ultralytics(path, mode):
     _, grads = replay(path, mode)
     expected = case["expected"]["grads"]
     tol = TOL_GRAD_TINY if path.stem == "obb_v8_tiny" else TOL_GRAD
-    for got, want in zip(grads, flat(expected), strict=True):
+    for i, (got, want) in enumerate(zip(grads, flat(expected), strict=True)):
         torch.testing.assert_close(got, want, **tol)
+        error = (got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)
+        assert error <= 1e-5, f"gradient {i}: {error:.2e} of its norm"
