@@ -170,14 +170,18 @@ def test_totals_components_and_per_image_agree():
 
 
 def test_no_objects_gives_zero_mask_term_and_a_gradient():
+    # Every head output gets a gradient, zero for the mask branch: DDP sees every parameter used.
     preds, batch = _scene(torch.float32)
     maps = [m.requires_grad_() for m in preds["maps"]]
+    branch = [preds[key].requires_grad_() for key in ("mask_coefficient", "proto")]
     empty = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0), "bboxes": torch.zeros(0, 4),
              "masks": torch.zeros(2, 16, 16)}
     out = YOLOSegmentLoss(2, num_masks=6, strides=(8, 16))(preds, empty)
     assert float(out.components["seg"].detach()) == 0.0 and torch.isfinite(out.total)
     out.total.backward()
     assert maps[0].grad is not None
+    for x in branch:
+        assert x.grad is not None and not x.grad.any()
 
 
 # --- the semantic term: a float64 reference written from the formula ------------------------------

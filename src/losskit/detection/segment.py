@@ -327,8 +327,9 @@ class YOLOSegmentLoss(TaskLoss):
         levels = branch.levels
         dtype, num_images = levels.dtype, levels.num_images
         normalizer = self._count_normalizer(len(fg_image), dtype, fg_image.device)  # every rank calls it
-        if not len(fg_image):
-            return torch.zeros(num_images, 1, dtype=dtype, device=fg_image.device)
+        if not len(fg_image):  # 0, with a zero gradient reaching the coefficients and prototypes (DDP sees them used)
+            unused = (branch.extras[key].flatten(1)[:, :0].sum(1) for key in ("mask_coefficient", "proto"))
+            return sum(unused).to(dtype)[:, None]
         coef = branch.extras["mask_coefficient"][fg_image, :, fg_anchor].to(dtype)  # (F, nm)
         proto = branch.extras["proto"].to(dtype)
         rows = assignment.target_gt[fg_image, fg_anchor]
