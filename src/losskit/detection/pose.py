@@ -242,7 +242,10 @@ class YOLOPoseLoss(TaskLoss):
         if not len(fg_image):
             if with_rle:
                 self._count_normalizer(0, dtype, device)  # every rank joins each reduction
-            return torch.zeros(num_images, columns, dtype=dtype, device=device)
+            # 0, with a zero gradient reaching the keypoint outputs (DDP sees them used)
+            keys = ("kpts", "kpts_sigma") if with_rle else ("kpts",)
+            unused = sum(branch.extras[key].flatten(1)[:, :0].sum(1) for key in keys).to(dtype)
+            return unused[:, None].expand(num_images, columns)
         points, strides = levels.grid.points(dtype=dtype, device=fg_image.device)
         stride = strides[fg_anchor]  # (F, 1)
         raw = branch.extras["kpts"][fg_image, :, fg_anchor].to(dtype).view(-1, k, d)
