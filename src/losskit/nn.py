@@ -455,6 +455,11 @@ class EQLv2Loss(LossModule):
     rank is initialized; without one it is the single-process update. With
     ``distributed=False`` each rank keeps statistics of its own shard only.
 
+    Keep the statistics float64 (``.to(device)`` does; ``.half()`` or ``.to(torch.float16)``
+    would round, and over a long training overflow, the sums). At inference the reference scores
+    the foreground classes :math:`\sigma(x_j)\,(1 - \sigma(x_C))` (``test_with_obj=True``), the
+    background logit acting as an objectness score; that post-processing is the caller's.
+
     Args:
         num_classes: :math:`C`, the foreground classes (the logits have :math:`C + 1` columns);
             the statistics start at 0 (weights 1). Or give ``pos_grad`` and ``neg_grad``.

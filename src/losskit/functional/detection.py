@@ -854,7 +854,8 @@ def eqlv2_loss(
         alpha: Extra positive weight :math:`\alpha \ge 0` of a class with :math:`w^{neg} = 0`.
         weight: Per-sample weights broadcastable to ``(N,)``.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``; ``"mean"`` is the reference's value
-            (the sum over all terms divided by :math:`N`).
+            (the sum over all terms divided by :math:`N`; the reference ignores mmdetection's
+            ``label_weights`` and ``avg_factor``, which here are ``weight=`` and ``normalizer=``).
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
 
     Shape:
