@@ -16,6 +16,7 @@ from losskit._core.checks import check_bool, check_int, check_number
 from losskit._core.module import LossModule
 from losskit._core.registry import register
 from losskit.boxes import box_iou
+from losskit.distributed import is_distributed
 
 # --- regression -------------------------------------------------------------------------------
 
@@ -429,6 +430,118 @@ class GHMRLoss(LossModule):
 @register("seesaw", family="detection")
 class SeesawLoss(LossModule):
     function = staticmethod(F.seesaw_loss)
+
+
+@register("eqlv2", "equalization_loss_v2", family="detection")
+class EQLv2Loss(LossModule):
+    r"""Module form of :func:`losskit.eqlv2_loss` that keeps the gradient statistics as state.
+
+    The accumulated positive and negative gradient magnitudes per foreground class are the
+    buffers ``pos_grad`` and ``neg_grad`` (float64, so ``.to(device)``, ``state_dict`` and
+    checkpoints carry them and long trainings keep their digits), passed to the function on every
+    call. ``forward`` never changes them; :meth:`update` does, explicitly, adding the batch's
+    share from :func:`losskit.eqlv2_gradient_sums`.
+
+    **When to update.** The authors' ``EQLv2`` computes a batch's loss with the statistics of
+    the batches before it, then adds that batch's gradient magnitudes (inside its ``forward``).
+    The same order here is: ``loss = criterion(logits, labels)``, then
+    ``criterion.update(logits, labels)``, once per training step, before the next ``forward``.
+    Updating first would weigh the batch with its own statistics.
+
+    **Distributed training.** The reference sums each batch's share over the ranks
+    (``all_reduce``) before adding it, so every replica keeps the same statistics and weights.
+    ``distributed=True`` does the same in :meth:`update` (one ``all_reduce`` of the two sums,
+    run on every rank, also with an empty local batch) when a process group of more than one
+    rank is initialized; without one it is the single-process update. With
+    ``distributed=False`` each rank keeps statistics of its own shard only.
+
+    Keep the statistics float64 (``.to(device)`` does; ``.half()`` or ``.to(torch.float16)``
+    would round, and over a long training overflow, the sums). At inference the reference scores
+    the foreground classes :math:`\sigma(x_j)\,(1 - \sigma(x_C))` (``test_with_obj=True``), the
+    background logit acting as an objectness score; that post-processing is the caller's.
+
+    Args:
+        num_classes: :math:`C`, the foreground classes (the logits have :math:`C + 1` columns);
+            the statistics start at 0 (weights 1). Or give ``pos_grad`` and ``neg_grad``.
+        pos_grad, neg_grad: Starting statistics, shape ``(C,)`` (a checkpoint's, or a config's).
+        distributed: Sum each batch's share over the ranks in :meth:`update`.
+        **options: The options of :func:`losskit.eqlv2_loss` (``gamma``, ``mu``, ``alpha``, ...).
+
+    Examples:
+        >>> import torch, losskit
+        >>> criterion = losskit.EQLv2Loss(num_classes=2)
+        >>> logits, labels = torch.zeros(2, 3), torch.tensor([0, 2])
+        >>> loss = criterion(logits, labels)  # forward leaves the statistics alone
+        >>> criterion.update(logits, labels)  # 0.5 per term, weights 1 (see eqlv2_gradient_sums)
+        (tensor([0.5000, 0.0000], dtype=torch.float64), tensor([0.5000, 1.0000], dtype=torch.float64))
+        >>> criterion.get_config()["neg_grad"]
+        [0.5, 1.0]
+    """
+
+    function = staticmethod(F.eqlv2_loss)
+
+    def __init__(self, num_classes: int | None = None, *, pos_grad=None, neg_grad=None, distributed: bool = False,
+                 **options) -> None:
+        self._check_option_names(options)  # an unknown option is named before any other complaint
+        check_bool("distributed", distributed)
+        check_int("num_classes", num_classes, low=1, optional=True)
+        if (pos_grad is None) != (neg_grad is None):
+            raise ValueError("give pos_grad= and neg_grad= together (or neither, with num_classes=)")
+        if pos_grad is None:
+            if num_classes is None:
+                raise ValueError("EQLv2Loss needs num_classes= (the foreground classes C; the logits have C + 1 "
+                                 "columns), or starting statistics pos_grad= and neg_grad=")
+            pos_grad = neg_grad = torch.zeros(num_classes, dtype=torch.float64)
+        sums = {"pos_grad": self._statistics("pos_grad", pos_grad),
+                "neg_grad": self._statistics("neg_grad", neg_grad)}
+        expected = sums["pos_grad"].shape if num_classes is None else (num_classes,)
+        for name, value in sums.items():
+            if value.shape != expected:
+                raise ValueError(f"{name} must have shape {expected}, one entry per foreground class, "
+                                 f"got shape {tuple(value.shape)}")
+        super().__init__(**sums, **options)
+        self.distributed = distributed
+
+    @staticmethod
+    def _statistics(name, value) -> torch.Tensor:
+        sums = torch.as_tensor(value, dtype=torch.float64).detach().clone()
+        if sums.dim() != 1 or sums.numel() == 0 or not bool(torch.isfinite(sums).all() & (sums >= 0).all()):
+            raise ValueError(f"{name} must be a non-empty vector (C,) of finite sums >= 0, got {value!r}")
+        return sums
+
+    @property
+    def num_classes(self) -> int:
+        """:math:`C`, the foreground classes."""
+        return self.pos_grad.numel()
+
+    def update(self, input, target, *, weight=None):
+        """Add a batch's gradient magnitudes to the statistics; the only method that changes state.
+
+        Args:
+            input: The batch's logits ``(N, C + 1)`` (detached here).
+            target: Its class indices ``(N,)``.
+            weight: Its per-sample weights, as given to ``forward``.
+
+        Returns:
+            The buffers ``(pos_grad, neg_grad)`` after the update.
+        """
+        share = {k: v for k, v in self._options.items() if k in ("gamma", "mu", "alpha")}
+        positive, negative = F.eqlv2_gradient_sums(input, target, pos_grad=self.pos_grad, neg_grad=self.neg_grad,
+                                                   weight=weight, **share)
+        if self.distributed and is_distributed():
+            both = torch.stack([positive, negative])
+            torch.distributed.all_reduce(both)
+            positive, negative = both[0], both[1]
+        with torch.no_grad():
+            self.pos_grad.add_(positive.to(self.pos_grad.device, self.pos_grad.dtype))
+            self.neg_grad.add_(negative.to(self.neg_grad.device, self.neg_grad.dtype))
+        return self.pos_grad, self.neg_grad
+
+    def get_config(self):
+        return {**super().get_config(), "distributed": self.distributed}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, distributed={self.distributed}"
 
 
 # --- segmentation -----------------------------------------------------------------------------

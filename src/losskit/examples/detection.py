@@ -85,6 +85,49 @@ def _per_sample_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, 
     return w, w
 
 
+# Gradient statistics of C = 4 foreground classes (the logits add the background column): a head
+# class in balance (ratio 0.75), then ever rarer classes whose negatives dominate.
+EQLV2_POS_GRAD = (300.0, 40.0, 2.0, 0.3)
+EQLV2_NEG_GRAD = (400.0, 300.0, 250.0, 240.0)
+
+
+def _eqlv2_statistics() -> dict[str, torch.Tensor]:
+    return {"pos_grad": torch.tensor(EQLV2_POS_GRAD, dtype=torch.float64),
+            "neg_grad": torch.tensor(EQLV2_NEG_GRAD, dtype=torch.float64)}
+
+
+def _eqlv2_case(n: int, gen: torch.Generator) -> Case:
+    """(N, 5) logits (4 classes and the background last), class indices (N,) in [0, 4]."""
+    return Case(_logits((n, 5), gen), torch.randint(5, (n,), generator=gen), _eqlv2_statistics())
+
+
+def _eqlv2_regimes() -> dict[str, Regime]:
+    """Saturated logits; every logit 9 to 14 on its target's side (sigmoid BCE over all columns near
+    0); 1e6 logits; 1e5 confident background proposals and one of the rarest class."""
+
+    def saturated(gen: torch.Generator) -> Case:
+        return Case(uniform((512, 5), -30.0, 30.0, gen), torch.randint(5, (512,), generator=gen), _eqlv2_statistics())
+
+    def near_converged(gen: torch.Generator) -> Case:
+        labels = torch.randint(5, (512,), generator=gen)
+        sign = 2 * torch.nn.functional.one_hot(labels, 5).double() - 1
+        return Case(sign * uniform((512, 5), 9.0, 14.0, gen), labels, _eqlv2_statistics())
+
+    def many(gen: torch.Generator) -> Case:
+        return Case(_logits((200_000, 5), gen), torch.randint(5, (200_000,), generator=gen), _eqlv2_statistics())
+
+    def imbalance(gen: torch.Generator) -> Case:
+        labels = torch.full((100_000,), 4)
+        labels[int(torch.randint(100_000, (), generator=gen))] = 3
+        sign = 2 * torch.nn.functional.one_hot(labels, 5).double() - 1
+        confident = sign * uniform((100_000, 5), 5.0, 9.0, gen)
+        logits = torch.where(labels[:, None] == 3, _logits((100_000, 5), gen), confident)
+        return Case(logits, labels, _eqlv2_statistics())
+
+    return {"typical": typical(_eqlv2_case), "saturated": Regime(saturated), "near_converged": Regime(near_converged),
+            "large": large(many), "imbalance": Regime(imbalance, reductions=("sum", "mean"))}
+
+
 SPECS: dict[str, Spec] = {
     "varifocal": Spec(make=_quality_case, unit_shape=same_shape, weight=elementwise_weight,
                       regimes=binary_regimes(_quality_case, shape_of=lambda n: (n, A, C)), not_applicable=NOT_BOXES),
@@ -107,4 +150,7 @@ SPECS: dict[str, Spec] = {
                    weight=_per_sample_weight,
                    regimes=softmax_regimes(_seesaw_case, class_counts=torch.tensor(SEESAW_COUNTS, dtype=torch.float64)),
                    not_applicable=NOT_BOXES, probe=probes.SOFTMAX_MARGIN.using(class_counts=[90.0, 10.0])),
+    "eqlv2": Spec(make=_eqlv2_case, unit_shape=lambda case: tuple(case.input.shape[:1]), weight=_per_sample_weight,
+                  regimes=_eqlv2_regimes(), not_applicable=NOT_BOXES,
+                  probe=probes.SOFTMAX_MARGIN.using(pos_grad=[2.0], neg_grad=[10.0])),
 }

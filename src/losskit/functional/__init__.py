@@ -41,6 +41,8 @@ from losskit.functional.classification import (
 from losskit.functional.contrastive import *  # noqa: F403
 from losskit.functional.detection import (
     distribution_focal_loss,
+    eqlv2_gradient_sums,
+    eqlv2_loss,
     gaussian_focal_loss,
     ghmc_loss,
     ghmr_loss,
@@ -102,6 +104,8 @@ __all__ = [
     "diou_loss",
     "distribution_focal_loss",
     "eiou_loss",
+    "eqlv2_gradient_sums",
+    "eqlv2_loss",
     "focal_tversky_loss",
     "gaussian_focal_loss",
     "gaussian_nll_loss",

@@ -753,8 +753,227 @@ def seesaw_loss(
     return _finish(loss, input, reduction, weight, normalizer, target=target)
 
 
+
+# --- equalization loss v2 ------------------------------------------------------------------------
+
+_EQLV2_RATIO_EPS = 1e-10  # the reference's pos_grad / (neg_grad + 1e-10)
+
+
+def _prepare_eqlv2(input: Tensor, target: Tensor, pos_grad: Tensor, neg_grad: Tensor,
+                   weight: Tensor | None) -> int:
+    """Validate EQLv2's arguments; return :math:`C`, the number of foreground classes."""
+    check_floating("input", input)
+    check_tensor("target", target)
+    if input.dim() != 2 or input.shape[1] < 2:
+        raise ValueError(f"input must be logits (N, C + 1): C >= 1 foreground classes and the background "
+                         f"(objectness) logit last, got shape {tuple(input.shape)}")
+    if target.shape != input.shape[:1]:
+        raise ValueError(f"target must hold one class index per sample, shape ({input.shape[0]},), got shape "
+                         f"{tuple(target.shape)}")
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold integer class indices (C = {input.shape[1] - 1} is the background), "
+                        f"got dtype {target.dtype}")
+    num_classes = input.shape[1] - 1
+    check_class_indices("target", target, num_classes + 1, None)
+    for name, sums in (("pos_grad", pos_grad), ("neg_grad", neg_grad)):
+        check_class_vector(name, sums, num_classes)
+        if not sums.is_floating_point():
+            raise TypeError(f"{name} must hold floating gradient sums, got dtype {sums.dtype}")
+        check_finite(name, sums)
+        check_positive_values(name, sums, strict=False)
+    if weight is not None:
+        check_broadcastable("weight", weight, target.shape, "the per-sample loss, shape")
+    return num_classes
+
+
+def _eqlv2_class_weights(pos_grad: Tensor, neg_grad: Tensor, gamma: float, mu: float, alpha: float,
+                         like: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The weights ``(w_pos, w_neg)`` of the :math:`C + 1` columns, in ``like``'s dtype and device.
+
+    Computed in float64 from the :math:`C` sums (cheap: one value per class). A class with no
+    statistics (both sums 0) gets weight 1 on both sides, the reference's starting ratio of 100;
+    the background column always gets 1. :math:`1 - w_{neg}` is taken as :math:`\sigma(-z)`, so
+    it keeps its digits where :math:`w_{neg}` rounds to 1."""
+    pos = pos_grad.detach().to(like.device, torch.float64)
+    neg = neg_grad.detach().to(like.device, torch.float64)
+    z = gamma * (pos / (neg + _EQLV2_RATIO_EPS) - mu)
+    unseen = (pos == 0) & (neg == 0)
+    neg_w = torch.where(unseen, 1.0, torch.sigmoid(z))
+    pos_w = 1 + alpha * torch.where(unseen, 0.0, torch.sigmoid(-z))
+    one = torch.ones(1, dtype=torch.float64, device=like.device)
+    return torch.cat([pos_w, one]).to(like.dtype), torch.cat([neg_w, one]).to(like.dtype)
+
+
+def eqlv2_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    pos_grad: Tensor,
+    neg_grad: Tensor,
+    gamma: float = 12.0,
+    mu: float = 0.8,
+    alpha: float = 4.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Equalization loss v2 (Tan et al. 2021): sigmoid BCE reweighted per class by its gradient balance.
+
+    Every sample is a negative for all classes but its own, so on long-tailed data a tail class
+    receives far more accumulated negative gradient than positive. EQLv2 tracks, per class
+    :math:`j`, the accumulated magnitudes of its positive and negative gradients,
+    :math:`P_j` and :math:`G_j` (``pos_grad``, ``neg_grad``), and weights the class's terms of
+    the next batch by their ratio: classes whose positives are drowned get their negatives
+    down-weighted and their positives up-weighted.
+
+    .. math::
+        r_j = \frac{P_j}{G_j + 10^{-10}}, \qquad
+        w^{neg}_j = \sigma\big(\gamma\,(r_j - \mu)\big), \qquad
+        w^{pos}_j = 1 + \alpha\,(1 - w^{neg}_j),
+
+    .. math::
+        \ell_i = \sum_{j=0}^{C} \big(t_{ij}\, w^{pos}_j + (1 - t_{ij})\, w^{neg}_j\big)\,
+        \operatorname{BCE}(x_{ij}, t_{ij}), \qquad t_{ij} = [y_i = j].
+
+    The logits follow the reference's layout of :math:`C + 1` columns: the :math:`C` foreground
+    classes, then the background (objectness) logit, whose label is :math:`C` and whose weights
+    are always 1 (it collects no statistics). A class with no statistics yet (:math:`P_j = G_j =
+    0`) gets weight 1 on both sides, as the reference's first iteration. The weights are
+    constants to autograd (computed in float64 from the sums, detached); BCE is taken in log
+    space, finite at logits of :math:`\pm 10^4`.
+
+    This function is pure: the statistics are arguments. :class:`losskit.EQLv2Loss` keeps them
+    as buffers and adds each batch's share with its ``update`` method, which
+    :func:`eqlv2_gradient_sums` computes: :math:`|\partial\,\mathrm{BCE} / \partial x_{ij}| =
+    |\sigma(x_{ij}) - t_{ij}|` times the weight the loss gave that term.
+
+    Args:
+        input: Logits ``(N, C + 1)``, the background logit last.
+        target: Class indices ``(N,)`` in :math:`[0, C]`; :math:`C` is the background.
+        pos_grad: Accumulated positive gradient magnitudes :math:`P`, shape ``(C,)``, :math:`\ge 0`.
+        neg_grad: Accumulated negative gradient magnitudes :math:`G`, shape ``(C,)``, :math:`\ge 0`.
+        gamma: Slope :math:`\gamma \ge 0` of the mapping from ratio to weight.
+        mu: Centre :math:`\mu` of the mapping: the ratio at which :math:`w^{neg} = 1/2`.
+        alpha: Extra positive weight :math:`\alpha \ge 0` of a class with :math:`w^{neg} = 0`.
+        weight: Per-sample weights broadcastable to ``(N,)``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; ``"mean"`` is the reference's value
+            (the sum over all terms divided by :math:`N`; the reference ignores mmdetection's
+            ``label_weights`` and ``avg_factor``, which here are ``weight=`` and ``normalizer=``).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, C + 1)`. - target: :math:`(N,)`. - pos_grad, neg_grad: :math:`(C,)`.
+        - output: scalar, or :math:`(N,)` with ``"none"`` (per sample, summed over the
+          :math:`C + 1` columns).
+
+    Returns:
+        The loss in the input's dtype; empty input gives 0 with a gradient.
+
+    Raises:
+        ValueError: Bad shapes (input not ``(N, C + 1)`` with :math:`C \ge 1`, target not
+            ``(N,)``, sums not ``(C,)``), a class index outside :math:`[0, C]`, negative or
+            non-finite sums, ``gamma`` or ``alpha`` below 0, a bad reduction.
+        TypeError: A non-floating input or sums, a non-integer target.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits, labels = torch.zeros(1, 3), torch.tensor([0])  # C = 2 classes and background
+        >>> # no statistics yet: every weight is 1, the loss is 3 ln 2
+        >>> losskit.eqlv2_loss(logits, labels, pos_grad=torch.zeros(2), neg_grad=torch.zeros(2))
+        tensor(2.0794)
+        >>> # class 0 (the label) is balanced, r = 1: w_pos = 1 + 4 sigmoid(12 (0.8 - 1)) = 1.3327;
+        >>> # class 1 saw 0.5 positive against 5 negative: r = 0.1, w_neg = sigmoid(12 (0.1 - 0.8)) = 2.2e-4;
+        >>> # the background's weight is 1: (1.3327 + 0.0002 + 1) ln 2
+        >>> sums = dict(pos_grad=torch.tensor([5.0, 0.5]), neg_grad=torch.tensor([5.0, 5.0]))
+        >>> losskit.eqlv2_loss(logits, labels, **sums)
+        tensor(1.6171)
+
+    References:
+        Tan et al., "Equalization Loss v2: A New Gradient Balance Approach for Long-tailed Object
+        Detection", CVPR 2021. Defaults (``gamma=12``, ``mu=0.8``, ``alpha=4``) and the layout
+        follow the authors' mmdetection ``EQLv2`` (github.com/tztztztztz/eqlv2).
+    """
+    check_reduction(reduction, normalizer)
+    gamma = check_number("gamma", gamma, low=0.0)
+    mu = check_number("mu", mu)
+    alpha = check_number("alpha", alpha, low=0.0)
+    _prepare_eqlv2(input, target, pos_grad, neg_grad, weight)
+    x = upcast(input)
+    pos_w, neg_w = _eqlv2_class_weights(pos_grad, neg_grad, gamma, mu, alpha, x)
+    labels = target.long().unsqueeze(1)
+    log_p, log_not_p = _log_sigmoids(x)
+    # Every column a negative (-log(1 - p)), then the label's column replaced by its positive
+    # term (-log p): each term computed once, exact in both tails (no cancellation).
+    terms = -neg_w * log_not_p
+    own = -pos_w[labels] * log_p.gather(1, labels)
+    loss = terms.scatter(1, labels, own).sum(1)
+    return _finish(loss, input, reduction, weight, normalizer, target=target)
+
+
+def eqlv2_gradient_sums(
+    input: Tensor,
+    target: Tensor,
+    *,
+    pos_grad: Tensor,
+    neg_grad: Tensor,
+    gamma: float = 12.0,
+    mu: float = 0.8,
+    alpha: float = 4.0,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""One batch's share of EQLv2's statistics: the weighted gradient magnitudes per class.
+
+    .. math::
+        \Delta P_j = \sum_i w_i\, t_{ij}\, w^{pos}_j\, |\sigma(x_{ij}) - 1|, \qquad
+        \Delta G_j = \sum_i w_i\, (1 - t_{ij})\, w^{neg}_j\, \sigma(x_{ij}),
+
+    for the :math:`C` foreground classes (not the background column), with the weights
+    :func:`eqlv2_loss` gives the same batch for the statistics ``pos_grad``, ``neg_grad`` and
+    the per-sample weights :math:`w_i` (1 without ``weight``; the reference takes none). These
+    are the magnitudes of the gradient of the summed loss with respect to the logits, computed
+    here in closed form (no backward hook), in float64 and without gradient. The new statistics
+    are ``pos_grad + dP`` and ``neg_grad + dG``; in distributed training, sum each batch's share
+    over the ranks first (the reference all-reduces it).
+
+    Args:
+        input, target, pos_grad, neg_grad, gamma, mu, alpha, weight: As :func:`eqlv2_loss`.
+
+    Returns:
+        ``(dP, dG)``, each float64 of shape ``(C,)`` on the input's device; zeros for an empty batch.
+
+    Raises:
+        ValueError, TypeError: As :func:`eqlv2_loss`.
+
+    Examples:
+        >>> import torch, losskit
+        >>> logits, labels = torch.zeros(2, 3), torch.tensor([0, 2])  # a class-0 sample and a background one
+        >>> # weights 1 (no statistics): |sigma(0) - t| = 0.5 for every term
+        >>> losskit.eqlv2_gradient_sums(logits, labels, pos_grad=torch.zeros(2), neg_grad=torch.zeros(2))
+        (tensor([0.5000, 0.0000], dtype=torch.float64), tensor([0.5000, 1.0000], dtype=torch.float64))
+
+    References:
+        Tan et al., CVPR 2021 (Eq. 4-6); the authors' ``EQLv2.collect_grad``.
+    """
+    gamma = check_number("gamma", gamma, low=0.0)
+    mu = check_number("mu", mu)
+    alpha = check_number("alpha", alpha, low=0.0)
+    num_classes = _prepare_eqlv2(input, target, pos_grad, neg_grad, weight)
+    with torch.no_grad():
+        x = input.detach().double()
+        pos_w, neg_w = _eqlv2_class_weights(pos_grad, neg_grad, gamma, mu, alpha, x)
+        onehot = TF.one_hot(target.long(), num_classes + 1).to(torch.float64)
+        # |sigma(x) - t|: sigma(-x) for the positive, sigma(x) for a negative; exact in both tails
+        magnitude = torch.sigmoid(torch.where(onehot > 0, -x, x))
+        per_sample = torch.ones_like(x[:, :1]) if weight is None else torch.broadcast_to(
+            weight.detach().to(x.device, torch.float64), target.shape).unsqueeze(1)
+        positive = (magnitude * onehot * per_sample).sum(0) * pos_w
+        negative = (magnitude * (1 - onehot) * per_sample).sum(0) * neg_w
+    return positive[:num_classes], negative[:num_classes]
+
 __all__ = [
     "distribution_focal_loss",
+    "eqlv2_gradient_sums",
+    "eqlv2_loss",
     "gaussian_focal_loss",
     "ghmc_loss",
     "ghmr_loss",
