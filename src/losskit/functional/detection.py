@@ -764,6 +764,7 @@ def _prepare_eqlv2(input: Tensor, target: Tensor, pos_grad: Tensor, neg_grad: Te
     """Validate EQLv2's arguments; return :math:`C`, the number of foreground classes."""
     check_floating("input", input)
     check_tensor("target", target)
+    check_same_device("input", input, "target", target)
     if input.dim() != 2 or input.shape[1] < 2:
         raise ValueError(f"input must be logits (N, C + 1): C >= 1 foreground classes and the background "
                          f"(objectness) logit last, got shape {tuple(input.shape)}")
@@ -774,15 +775,16 @@ def _prepare_eqlv2(input: Tensor, target: Tensor, pos_grad: Tensor, neg_grad: Te
         raise TypeError(f"target must hold integer class indices (C = {input.shape[1] - 1} is the background), "
                         f"got dtype {target.dtype}")
     num_classes = input.shape[1] - 1
+    for name, sums in (("pos_grad", pos_grad), ("neg_grad", neg_grad)):
+        check_class_vector(name, sums, num_classes, input=input)
     check_class_indices("target", target, num_classes + 1, None)
     for name, sums in (("pos_grad", pos_grad), ("neg_grad", neg_grad)):
-        check_class_vector(name, sums, num_classes)
         if not sums.is_floating_point():
             raise TypeError(f"{name} must hold floating gradient sums, got dtype {sums.dtype}")
         check_finite(name, sums)
         check_positive_values(name, sums, strict=False)
     if weight is not None:
-        check_broadcastable("weight", weight, target.shape, "the per-sample loss, shape")
+        check_broadcastable("weight", weight, target.shape, "the per-sample loss, shape", input=input)
     return num_classes
 
 
