@@ -41,7 +41,7 @@ from losskit.functional.policy import (
     reinforce_loss,
     value_loss,
 )
-from losskit.functional.preference import dpo_loss, kto_loss, orpo_loss, simpo_loss
+from losskit.functional.preference import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss
 
 
 class Advantages(NamedTuple):
@@ -437,6 +437,7 @@ def vllm_importance_sampling_ratio(
 
 __all__ = [
     "Advantages",
+    "cpo_loss",
     "discounted_returns",
     "dpo_loss",
     "entropy_bonus",
