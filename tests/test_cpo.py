@@ -183,6 +183,7 @@ def test_empty_batch_and_a_batch_without_chosen_tokens_give_zero_with_a_gradient
     ({"variant": "hinge", "label_smoothing": 0.1}, ValueError, "label_smoothing applies"),
     ({"variant": "ipo", "label_smoothing": 0.1}, ValueError, "label_smoothing applies"),
     ({"alpha": -0.5}, ValueError, "alpha"),
+    ({"variant": "alphapo", "alpha": -0.5}, ValueError, "alpha must be in"),
     ({"beta": 0.0}, ValueError, "beta"),
     ({"chosen_lengths": torch.tensor([1, 2])}, ValueError, "pass both chosen_lengths and rejected_lengths"),
     ({"chosen_lengths": torch.tensor([1, 2, 3]), "rejected_lengths": torch.tensor([1, 2, 3])}, ValueError,

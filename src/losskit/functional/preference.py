@@ -553,7 +553,9 @@ def cpo_loss(
     _check_one_variant(variant, CPO_VARIANTS)
     if label_smoothing and variant not in _CPO_SMOOTHED:
         raise ValueError(f"label_smoothing applies to variant {sorted(_CPO_SMOOTHED)} only, got variant={variant!r}")
-    alpha = 0.0 if variant == "alphapo" else check_number("alpha", alpha, low=0.0)
+    alpha = check_number("alpha", alpha, low=0.0)
+    if variant == "alphapo":  # TRL's loss_type="alphapo" is "simpo" with cpo_alpha=0
+        alpha = 0.0
     gamma = check_number("simpo_gamma", simpo_gamma)
     reward_alpha = check_number("alphapo_alpha", alphapo_alpha)
     c = upcast(chosen_log_probs)
