@@ -230,3 +230,51 @@ def f_score(log_ratio: float, divergence: str, alpha: float = 0.5) -> float:
     if divergence == "js_divergence":
         return math.log(2 * u / (1 + u))
     return (u ** (alpha - 1) - 1) / (alpha - 1)
+
+
+# --- CPO and the loss types of TRL's CPOTrainer -----------------------------------------------------
+
+
+def alphapo_reward(log_prob: float, length: float, beta: float, a: float) -> float:
+    """AlphaPO's length-normalized reward (Gupta et al. 2025), as the paper writes it with the probability:
+    r = -(beta / a) (pi(y)^(-a / |y|) - 1), the SimPO reward beta log pi(y) / |y| in the limit a -> 0."""
+    if a == 0:
+        return beta * log_prob / length
+    return -(beta / a) * (math.exp(log_prob) ** (-a / length) - 1)
+
+
+def cpo_preference(variant: str, c: float, r: float, n_c: float, n_r: float, beta: float, *, gamma: float = 0.5,
+                   a: float = 0.0, s: float = 0.0) -> float:
+    """One pair's preference term, from the summed log-probabilities c, r and the token counts n_c, n_r.
+
+    sigmoid: CPO Eq. 3's L_prefer, -log sigma(beta log pi(y_w) - beta log pi(y_l)) (cDPO-smoothed by s);
+    hinge: SLiC-HF's calibration loss max(0, 1 - beta (c - r)); ipo: IPO Eq. 17 with tau = beta on the
+    average log-probabilities (TRL's CPOTrainer averages for ipo); simpo: SimPO Eq. 6; alphapo: AlphaPO's
+    loss -log sigma(r(y_w) - r(y_l) - gamma). TRL applies AlphaPO's reward with any loss type (its
+    ``alpha``): then each sigmoid or hinge log-probability, summed, counts as one of length 1.
+    """
+    averaged = variant in ("ipo", "simpo", "alphapo")
+    n_c, n_r = (n_c, n_r) if averaged else (1.0, 1.0)
+    # beta times the reward of each completion (AlphaPO's reward, or beta times its log-probability)
+    w, l_ = alphapo_reward(c, n_c, beta, a), alphapo_reward(r, n_r, beta, a)
+    if variant in ("simpo", "alphapo"):
+        z = w - l_ - gamma
+        return -(1 - s) * _log_sigmoid(z) - s * _log_sigmoid(-z)
+    if variant == "sigmoid":
+        return -(1 - s) * _log_sigmoid(w - l_) - s * _log_sigmoid(l_ - w)
+    if variant == "hinge":
+        return max(0.0, 1 - (w - l_))
+    if variant == "ipo":
+        return ((w - l_) / beta - 1 / (2 * beta)) ** 2
+    raise ValueError(variant)
+
+
+def cpo(chosen, rejected, chosen_lengths, rejected_lengths, variant: str, beta: float, alpha: float,
+        **options) -> float:
+    """CPO's batch loss, the paper's L_prefer + alpha L_NLL with TRL's NLL: the mean preference term plus
+    alpha times the NLL of the chosen completions, the mean over all their tokens (TRL's cross-entropy
+    over the chosen half)."""
+    terms = [cpo_preference(variant, c, r, n_c, n_r, beta, **options)
+             for c, r, n_c, n_r in zip(chosen, rejected, chosen_lengths, rejected_lengths, strict=True)]
+    nll = -sum(chosen) / sum(chosen_lengths)
+    return sum(terms) / len(terms) + alpha * nll

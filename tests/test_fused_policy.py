@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import losskit
-from losskit.functional import dpo_loss, grpo_loss, kto_loss, orpo_loss, ppo_clip_loss, simpo_loss
+from losskit.functional import cpo_loss, dpo_loss, grpo_loss, kto_loss, orpo_loss, ppo_clip_loss, simpo_loss
 
 B, L, D, V = 4, 6, 5, 11
 CHUNK = 5  # tokens per chunk: every call crosses several chunks, one of them partial
@@ -183,6 +183,16 @@ def _cpo(h, w, b, target):
     return fused, preference.mean() + 0.7 * nll
 
 
+def _cpo_variant(h, w, b, target, variant, **options):
+    """Each loss type, per pair ("none": the preference term plus the pair's share of the token-mean NLL),
+    against cpo_loss on the summed log-probabilities with the token counts."""
+    options = {"beta": 0.3, "alpha": 0.7, **options}
+    fused = losskit.fused_linear_cpo_loss(h, w, target, bias=b, variant=variant, reduction="none", chunk_size=CHUNK,
+                                          **options)
+    c, r, lc, lr = _pairs(_materialised(h, w, b, target), target != -100)
+    return fused, cpo_loss(c, r, variant=variant, chosen_lengths=lc, rejected_lengths=lr, reduction="none", **options)
+
+
 def _kto(h, w, b, target):
     ref = _ref_log_probs()
     desirable = [True, False, False, True]
@@ -245,6 +255,12 @@ OBJECTIVES = {
     "simpo": _simpo,
     "orpo": _orpo,
     "cpo": _cpo,
+    "cpo_sigmoid": lambda *a: _cpo_variant(*a, "sigmoid", label_smoothing=0.1),
+    "cpo_hinge": lambda *a: _cpo_variant(*a, "hinge"),
+    "cpo_ipo": lambda *a: _cpo_variant(*a, "ipo"),
+    "cpo_simpo": lambda *a: _cpo_variant(*a, "simpo", simpo_gamma=0.4, label_smoothing=0.1),
+    "cpo_alphapo": lambda *a: _cpo_variant(*a, "alphapo", alphapo_alpha=0.25),
+    "cpo_hinge_alphapo_reward": lambda *a: _cpo_variant(*a, "hinge", alphapo_alpha=-0.3),
     "kto": _kto,
     "grpo_token_mean": lambda *a: _grpo(*a, "token_mean"),
     "grpo_sequence_mean": lambda *a: _grpo(*a, "sequence_mean"),

@@ -32,10 +32,10 @@ def _lp(gen, *shape, low=0.1, high=3.0):
 
 
 def test_namespaces_and_registry():
-    for name in ("ppo_clip_loss", "grpo_loss", "dpo_loss", "kto_loss", "entropy_bonus", "kl_penalty"):
+    for name in ("ppo_clip_loss", "grpo_loss", "dpo_loss", "cpo_loss", "kto_loss", "entropy_bonus", "kl_penalty"):
         assert getattr(losskit, name) is getattr(rl, name) is getattr(losskit.functional, name)
     assert {"reinforce", "ppo_clip", "value", "kl_penalty", "grpo"} == set(losskit.available("rl"))
-    assert {"dpo", "simpo", "orpo", "kto"} == set(losskit.available("preference"))
+    assert {"dpo", "simpo", "orpo", "cpo", "kto"} == set(losskit.available("preference"))
     assert isinstance(losskit.get("ppo", clip_eps=0.1), losskit.PPOClipLoss)
     assert isinstance(losskit.get("critic"), losskit.ValueLoss)
 

@@ -329,6 +329,32 @@ def test_cpo_loss_types_match_trl(trl_cpo, gen, loss_type, alphapo_alpha, smooth
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("loss_type", "alphapo_alpha", "smoothing"), [
+    ("sigmoid", 0.0, 0.1), ("hinge", 0.0, 0.0), ("ipo", 0.0, 0.0), ("simpo", 0.0, 0.1), ("alphapo", 0.25, 0.0),
+    ("hinge", -0.3, 0.0),
+])
+def test_unfused_cpo_loss_matches_trl(trl_cpo, gen, loss_type, alphapo_alpha, smoothing):
+    # cpo_loss on the summed log-probabilities and token counts taken from the logits, against TRL's
+    # cpo_loss on get_batch_logps plus cpo_alpha times the cross-entropy of the chosen half
+    logits = torch.randn(6, 5, 7, generator=gen, dtype=F64, requires_grad=True)
+    target = torch.randint(7, (6, 5), generator=gen)
+    target[:, 0] = -100
+    target[1, 2:] = -100
+    target[4, 3:] = -100
+    valid = target != -100
+    token_lp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    summed, lengths = torch.where(valid, token_lp, 0.0).sum(-1), valid.sum(-1)
+    options = {"beta": 0.3, "simpo_gamma": 0.4, "label_smoothing": smoothing}
+    ours = losskit.cpo_loss(summed[:3], summed[3:], variant=loss_type, alpha=0.7, alphapo_alpha=alphapo_alpha,
+                            chosen_lengths=lengths[:3], rejected_lengths=lengths[3:], **options)
+    theirs = _trl_cpo_loss(trl_cpo, logits, target, loss_type=loss_type, cpo_alpha=0.7, alpha=alphapo_alpha,
+                           **options)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    ours_grad, = torch.autograd.grad(ours, logits)
+    theirs_grad, = torch.autograd.grad(theirs, logits)
+    torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-10, atol=1e-12)
+
+
 # --- KTO ------------------------------------------------------------------------------------------
 
 

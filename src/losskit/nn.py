@@ -740,6 +740,11 @@ class KTOLoss(LossModule):
     function = staticmethod(F.kto_loss)
 
 
+@register("cpo", family="preference")
+class CPOLoss(LossModule):
+    function = staticmethod(F.cpo_loss)
+
+
 # --- contrastive ------------------------------------------------------------------------------
 
 

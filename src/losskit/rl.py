@@ -31,7 +31,13 @@ import torch
 from torch import Tensor
 
 from losskit._core.checks import check_floating, check_number, check_one_of, check_tensor
-from losskit.functional._log_probs import REWARD_SCALES, _as_mask, _check_group_size, _group_advantages
+from losskit.functional._log_probs import (
+    REWARD_SCALES,
+    _as_mask,
+    _check_group_size,
+    _check_log_probs,
+    _group_advantages,
+)
 from losskit.functional.policy import (
     _normalize,
     entropy_bonus,
@@ -41,7 +47,7 @@ from losskit.functional.policy import (
     reinforce_loss,
     value_loss,
 )
-from losskit.functional.preference import dpo_loss, kto_loss, orpo_loss, simpo_loss
+from losskit.functional.preference import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss
 
 
 class Advantages(NamedTuple):
@@ -304,6 +310,9 @@ def wpo_weights(token_log_probs: Tensor, log_sum_sq_probs: Tensor, mask: Tensor 
     Returns:
         :math:`(B/2,)`, detached (as TRL computes them, under ``no_grad``).
 
+    Raises:
+        ValueError: An odd batch or mismatched shapes; values above 0 at counted tokens (value check).
+
     Examples:
         >>> import math, torch
         >>> from losskit.rl import wpo_weights
@@ -319,6 +328,7 @@ def wpo_weights(token_log_probs: Tensor, log_sum_sq_probs: Tensor, mask: Tensor 
     if log_sum_sq_probs.shape != token_log_probs.shape:
         raise ValueError(f"log_sum_sq_probs must have the shape of token_log_probs {tuple(token_log_probs.shape)}, "
                          f"got shape {tuple(log_sum_sq_probs.shape)}")
+    _check_log_probs({"token_log_probs": token_log_probs, "log_sum_sq_probs": log_sum_sq_probs}, mask)
     aligned = torch.where(mask, token_log_probs.detach() - log_sum_sq_probs.detach(), 0.0)
     mean = aligned.sum(-1) / mask.sum(-1).clamp(min=1)
     chosen, rejected = mean.chunk(2)
@@ -346,6 +356,10 @@ def ld_dpo_log_probs(token_log_probs: Tensor, mask: Tensor | None = None, *, alp
     Returns:
         :math:`(B,)`: split with ``.chunk(2)`` into the chosen and the rejected log-probabilities.
 
+    Raises:
+        ValueError: An odd batch, ``alpha`` outside :math:`[0, 1]`; log-probabilities above 0 at
+            counted tokens (value check).
+
     Examples:
         >>> import torch
         >>> from losskit.rl import ld_dpo_log_probs
@@ -359,6 +373,7 @@ def ld_dpo_log_probs(token_log_probs: Tensor, mask: Tensor | None = None, *, alp
     """
     mask = _paired_tokens("token_log_probs", token_log_probs, mask)
     alpha = check_number("alpha", alpha, low=0.0, high=1.0)
+    _check_log_probs({"token_log_probs": token_log_probs}, mask)
     position = mask.long().cumsum(-1)
     chosen_len, rejected_len = mask.sum(-1).chunk(2)
     shared = torch.minimum(chosen_len, rejected_len).repeat(2).unsqueeze(-1)
@@ -403,6 +418,10 @@ def vllm_importance_sampling_ratio(
     Returns:
         :math:`(N, T)` for the token modes, :math:`(N,)` for the sequence modes; detached.
 
+    Raises:
+        ValueError: Mismatched shapes, an unknown ``mode``; log-probabilities above 0 at counted
+            tokens (value check; NaN sampler values are allowed, see above).
+
     Examples:
         >>> import math, torch
         >>> from losskit.rl import vllm_importance_sampling_ratio
@@ -424,6 +443,7 @@ def vllm_importance_sampling_ratio(
     low = -math.inf if clip_min is None else check_number("clip_min", clip_min)
     high = math.inf if clip_max is None else check_number("clip_max", clip_max)
     valid = _as_mask(mask, "old_log_probs", old_log_probs)
+    _check_log_probs({"old_log_probs": old_log_probs, "sampling_log_probs": sampling_log_probs}, valid)
     diff = torch.nan_to_num((old_log_probs - sampling_log_probs).detach(), nan=0.0)  # unscored tokens: no correction
     if valid is not None:
         diff = torch.where(valid, diff, 0.0)
@@ -437,6 +457,7 @@ def vllm_importance_sampling_ratio(
 
 __all__ = [
     "Advantages",
+    "cpo_loss",
     "discounted_returns",
     "dpo_loss",
     "entropy_bonus",

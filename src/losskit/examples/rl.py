@@ -96,6 +96,11 @@ def _orpo(n: int, gen: torch.Generator) -> Case:
     return _pairs(n, gen, 0.2, 2.0, beta=0.1)
 
 
+def _cpo(n: int, gen: torch.Generator) -> Case:
+    # summed log-probabilities as the sigmoid loss type reads them; the NLL term on (alpha 0.7)
+    return _pairs(n, gen, 5.0, 15.0, beta=0.1, alpha=0.7, label_smoothing=0.1)
+
+
 def _kto(n: int, gen: torch.Generator) -> Case:
     case = _pairs(n, gen, 5.0, 15.0, kl=0.1, desirable_weight=1.0, undesirable_weight=1.33)
     case.kwargs["desirable"] = (torch.rand(n, generator=gen) < 0.5).tolist()
@@ -157,6 +162,9 @@ def _preference_converged(loss: str):
         if loss == "orpo":  # the chosen answer almost certain (NLL 1e-5 to 1e-4), the rejected one not
             return Case(_log_probs(gen, n, low=1e-5, high=1e-4), _log_probs(gen, n, low=15.0, high=20.0),
                         {"beta": 0.1})
+        if loss == "cpo":  # the chosen answer almost certain (NLL 1e-5 to 1e-4), beta 0.1: margins of 100 to 120
+            return Case(_log_probs(gen, n, low=1e-5, high=1e-4), _log_probs(gen, n, low=100.0, high=120.0),
+                        {"beta": 0.1, "alpha": 0.7})
         # kto, beta 0.1: rewards 80 to 120 above the reference point for desirable answers, below for the rest
         desirable = torch.rand(n, generator=gen) < 0.5
         low = _log_probs(gen, n, low=5.0, high=15.0)
@@ -190,6 +198,8 @@ SPECS: dict[str, Spec] = {
                   regimes=_regimes(_simpo, _preference_converged("simpo"), n_large=10**6), not_applicable=NOT_HERE),
     "orpo": Spec(make=_orpo, unit_shape=same_shape, weight=elementwise_weight,
                  regimes=_regimes(_orpo, _preference_converged("orpo"), n_large=10**6), not_applicable=NOT_HERE),
+    "cpo": Spec(make=_cpo, unit_shape=same_shape, weight=elementwise_weight,
+                regimes=_regimes(_cpo, _preference_converged("cpo"), n_large=10**6), not_applicable=NOT_HERE),
     "kto": Spec(make=_kto, unit_shape=same_shape, weight=elementwise_weight,
                 probe=probes.DESIRABLE,
                 regimes=_regimes(_kto, _preference_converged("kto"), n_large=10**6), not_applicable=NOT_HERE),

@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 import losskit.functional as _losses
-from losskit._core.checks import check_bool, check_number
-from losskit._core.reduction import Reduction, check_reduction, reduce_loss
+from losskit._core.reduction import Reduction
 from losskit.functional._dpo_variants import LENGTH_VARIANTS
-from losskit.functional._log_probs import check_variants
 from losskit.functional.fused_policy import _check_paired, _docs, _finish, _halves, _policy, _reference
 
 __all__ = [
@@ -253,25 +250,6 @@ def fused_linear_orpo_loss(
                                      reduction=reduction, normalizer=normalizer), hidden)
 
 
-CPO_VARIANTS: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
-
-
-def _cpo_preference(chosen: Tensor, rejected: Tensor, lengths: tuple[Tensor, Tensor], *, variant: str, beta: float,
-                    gamma: float, label_smoothing: float, alphapo_alpha: float, return_diagnostics: bool):
-    """CPO's per-pair preference term (TRL's ``CPOTrainer.cpo_loss``), reduction ``"none"``."""
-    if variant != "sigmoid" and variant != "hinge":  # TRL averages the log-probabilities of ipo and simpo
-        chosen = chosen / lengths[0].clamp(min=1).to(chosen.dtype)
-        rejected = rejected / lengths[1].clamp(min=1).to(rejected.dtype)
-    if alphapo_alpha:  # AlphaPO's reward (1 - p^-a) / a, <= 0 like a log-probability
-        chosen = -torch.expm1(-alphapo_alpha * chosen) / alphapo_alpha
-        rejected = -torch.expm1(-alphapo_alpha * rejected) / alphapo_alpha
-    options = {"beta": beta, "label_smoothing": label_smoothing, "return_diagnostics": return_diagnostics,
-               "reduction": "none"}
-    if variant in ("simpo", "alphapo"):
-        return _losses.simpo_loss(chosen, rejected, gamma=gamma, **options)
-    return _losses.dpo_loss(chosen, rejected, variant=variant, **options)
-
-
 @_docs
 def fused_linear_cpo_loss(
     hidden: Tensor,
@@ -292,12 +270,13 @@ def fused_linear_cpo_loss(
     normalizer: float | Tensor | None = None,
     chunk_size: int | None = None,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    r"""CPO from the policy's hidden states and head: reference-free DPO plus the chosen tokens' NLL.
+    r"""CPO from the policy's hidden states and head, chunk by chunk, without the logits.
 
-    Contrastive Preference Optimization (TRL's ``CPOTrainer`` with its default
-    ``loss_type="sigmoid"``): the preference term is :func:`losskit.dpo_loss` without a reference
-    on the summed sequence log-probabilities, and a behaviour-cloning term adds the
-    negative log-likelihood of the chosen completions, the mean over all their tokens in the batch:
+    :func:`losskit.cpo_loss` applied to the summed sequence log-probabilities of
+    :func:`fused_linear_log_probs` with the completions' token counts (so that ``ipo``,
+    ``simpo`` and ``alphapo`` average them, and the NLL is the token mean over the batch's
+    chosen tokens, as TRL's ``CPOTrainer``); equal to it in value and in the gradients of
+    ``hidden``, ``weight`` and ``bias``. For the default ``variant="sigmoid"``:
 
     .. math::
         \ell_i = -(1-s)\log\sigma\big(\beta(\log\pi_\theta(y^w_i) - \log\pi_\theta(y^l_i))\big)
@@ -305,40 +284,24 @@ def fused_linear_cpo_loss(
         \mathcal{L} = \frac{1}{B/2}\sum_i \ell_i + \alpha\, \mathrm{NLL}, \quad
         \mathrm{NLL} = -\frac{\sum_i \log\pi_\theta(y^w_i)}{\sum_i |y^w_i|}
 
-    ``variant`` is TRL's ``CPOConfig.loss_type``: ``"hinge"`` and ``"ipo"`` replace the
-    preference term by :func:`losskit.dpo_loss`'s (reference-free; ``ipo`` on the *average*
-    per-token log-probabilities, as TRL), ``"simpo"`` by :func:`losskit.simpo_loss`'s on the
-    average log-probabilities with margin ``simpo_gamma``; ``"alphapo"`` is ``"simpo"`` without
-    the NLL term (TRL sets ``cpo_alpha=0``). With ``alphapo_alpha`` :math:`= a \ne 0` (TRL's
-    ``alpha``, any variant) each log-probability :math:`\ell` becomes AlphaPO's reward
-    :math:`(1 - e^{-a\ell})/a = (1 - p^{-a})/a` before the preference term.
-
-    ``reduction="mean"`` gives :math:`\mathcal{L}` as TRL computes it (``losses.mean() +
-    cpo_alpha * nll_loss``). The token-mean NLL is shared out so that the other reductions stay
-    consistent with it: pair :math:`i`'s unit loss is
-    :math:`\ell_i - \alpha\,\tfrac{B}{2}\,\log\pi_\theta(y^w_i) / \sum_j |y^w_j|`, whose mean is
-    :math:`\mathcal{L}` (``"none"`` returns these, ``"sum"`` their sum; with ``sample_weight`` or
-    ``normalizer`` they are weighted and divided like any per-pair loss).
+    Chosen sequences first, then the rejected ones (see :func:`fused_linear_dpo_loss`).
 
     Args:
         {head_args}
-        beta: :math:`\beta > 0` (TRL's default 0.1).
-        alpha: :math:`\alpha \ge 0`, the NLL term's weight (TRL's ``cpo_alpha``, default 1.0).
-        variant: ``"sigmoid"`` | ``"hinge"`` | ``"ipo"`` | ``"simpo"`` | ``"alphapo"``.
-        simpo_gamma: The target margin of ``"simpo"`` and ``"alphapo"`` (TRL's ``simpo_gamma``, 0.5).
-        alphapo_alpha: AlphaPO's :math:`a` (TRL's ``alpha``, default 0: plain log-probabilities).
-        label_smoothing: :math:`s \in [0, 0.5)`.
-        return_diagnostics: Also return :func:`losskit.dpo_loss`'s reward diagnostics and ``nll``.
-        sample_weight: Per-pair weights :math:`(B/2,)`.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
-        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+        variant, beta, alpha, simpo_gamma, alphapo_alpha, label_smoothing: As in
+            :func:`losskit.cpo_loss` (TRL's ``loss_type``, ``beta``, ``cpo_alpha``,
+            ``simpo_gamma``, ``alpha`` and ``label_smoothing``).
+        return_diagnostics, reduction, normalizer: As in :func:`losskit.cpo_loss` (``"none"``
+            gives each pair's preference term plus its share of the NLL).
+        sample_weight: Per-pair weights :math:`(B/2,)` (``cpo_loss``'s ``weight=``).
         {common_args}
 
     Returns:
         The loss in ``hidden``'s dtype, or ``(loss, diagnostics)``.
 
     Raises:
-        ValueError: An odd batch, shapes that do not fit, options out of range.
+        ValueError: An odd batch (chosen and rejected of different sizes), an unknown ``variant``
+            (with the closest names), shapes that do not fit, options out of range.
         TypeError: Non-floating ``hidden`` or ``weight``, differing dtypes, a non-integer ``target``.
 
     Examples:
@@ -351,33 +314,18 @@ def fused_linear_cpo_loss(
 
     References:
         Xu et al., "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance
-        in Machine Translation", ICML 2024 (the loss: preference term plus NLL on the preferred).
-        TRL's ``CPOTrainer`` (``beta=0.1``, ``cpo_alpha=1.0``, ``loss_type="sigmoid"``: summed
-        log-probabilities, NLL as the cross-entropy mean over the chosen tokens) and
-        Liger-Kernel's ``LigerFusedLinearCPOLoss``.
+        in Machine Translation", ICML 2024. TRL's ``CPOTrainer`` and Liger-Kernel's
+        ``LigerFusedLinearCPOLoss`` (the fused form and the batch layout).
     """
     _check_paired(hidden)
-    alpha = check_number("alpha", alpha, low=0.0)
-    check_reduction(reduction, normalizer)
-    check_bool("return_diagnostics", return_diagnostics)
-    check_variants(variant, None, CPO_VARIANTS)
-    alphapo_alpha = check_number("alphapo_alpha", alphapo_alpha)
-    if variant == "alphapo":
-        alpha = 0.0  # TRL's loss_type="alphapo" is "simpo" with cpo_alpha=0
     policy = _policy(hidden, weight, target, bias, temperature=1.0, ignore_index=ignore_index, chunk_size=chunk_size)
     chosen, rejected = _halves(hidden, policy.summed)
-    preference = _cpo_preference(chosen, rejected, _halves(hidden, policy.lengths), variant=variant, beta=beta,
-                                 gamma=simpo_gamma, label_smoothing=label_smoothing, alphapo_alpha=alphapo_alpha,
-                                 return_diagnostics=return_diagnostics)
-    preference, diagnostics = preference if return_diagnostics else (preference, {})
-    chosen_tokens = _halves(hidden, policy.lengths)[0].sum().to(chosen.dtype)
-    nll_share = -chosen * chosen.shape[0] / chosen_tokens.clamp_min(1)  # mean over pairs = token-mean NLL
-    loss = reduce_loss(preference + alpha * nll_share, reduction, weight=sample_weight, normalizer=normalizer,
-                       out_dtype=hidden.dtype, inputs={"hidden": hidden, "weight": weight, "bias": bias})
-    if not return_diagnostics:
-        return loss
-    diagnostics["nll"] = nll_share.detach().mean() if nll_share.numel() else nll_share.new_zeros(())
-    return loss, diagnostics
+    chosen_len, rejected_len = _halves(hidden, policy.lengths)
+    return _finish(_losses.cpo_loss(chosen, rejected, variant=variant, beta=beta, alpha=alpha, simpo_gamma=simpo_gamma,
+                                    alphapo_alpha=alphapo_alpha, label_smoothing=label_smoothing,
+                                    chosen_lengths=chosen_len, rejected_lengths=rejected_len,
+                                    return_diagnostics=return_diagnostics, weight=sample_weight,
+                                    reduction=reduction, normalizer=normalizer), hidden)
 
 
 @_docs

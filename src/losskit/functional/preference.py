@@ -1,4 +1,4 @@
-r"""Preference objectives (DPO, SimPO, ORPO, KTO), written as losses to minimize (registry
+r"""Preference objectives (DPO, SimPO, ORPO, CPO, KTO), written as losses to minimize (registry
 family ``preference``).
 
 The sign convention, the log-probability inputs and the diagnostics are those of
@@ -34,6 +34,7 @@ from losskit.functional._dpo_variants import (
     LOSSES,
     SMOOTHED_VARIANTS,
     _Pair,
+    _smoothed,
     f_scores,
 )
 from losskit.functional._log_probs import (
@@ -48,18 +49,21 @@ from losskit.functional._log_probs import (
 )
 
 KTO_VARIANTS: tuple[str, ...] = ("kto", "apo_zero_unpaired")
+CPO_VARIANTS: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
+# TRL's CPOTrainer averages the log-probabilities over the tokens for these loss types
+# (get_batch_logps(average_log_prob=loss_type in ("ipo", "simpo")); "alphapo" is "simpo").
+_CPO_AVERAGED = frozenset({"ipo", "simpo", "alphapo"})
+# The loss types whose logistic loss reads label_smoothing (TRL ignores it in hinge and ipo).
+_CPO_SMOOTHED = frozenset({"sigmoid", "simpo", "alphapo"})
 
 
 def _length_normalized(x: Tensor, lengths: Tensor | None, dtype: torch.dtype) -> Tensor:
     return x if lengths is None else safe_divide(x, upcast(lengths).to(dtype))
 
 
-def _sigmoid_loss(logits: Tensor, label_smoothing: float) -> Tensor:
-    """``-(1 - s) log sigmoid(z) - s log sigmoid(-z)`` (conservative / label-smoothed)."""
-    loss = -TF.logsigmoid(logits)
-    if label_smoothing:
-        loss = (1 - label_smoothing) * loss - label_smoothing * TF.logsigmoid(-logits)
-    return loss
+def _simpo_term(chosen: Tensor, rejected: Tensor, beta: float, gamma: float, label_smoothing: float) -> Tensor:
+    """SimPO's per-pair loss ``-(1 - s) log sigmoid(z) - s log sigmoid(-z)``, ``z = beta (c - r) - gamma``."""
+    return _smoothed(beta * (chosen - rejected) - gamma, label_smoothing)
 
 
 def _pair_diagnostics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Diagnostics:
@@ -334,7 +338,7 @@ def simpo_loss(
     dtype = c.dtype
     c = _length_normalized(c, chosen_lengths, dtype)
     r = _length_normalized(upcast(rejected_log_probs).to(dtype), rejected_lengths, dtype)
-    loss = _sigmoid_loss(beta * (c - r) - gamma, label_smoothing)
+    loss = _simpo_term(c, r, beta, gamma, label_smoothing)
     out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=chosen_log_probs.dtype,
                       inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs,
                               "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths})
@@ -427,6 +431,177 @@ def orpo_loss(
     diagnostics["log_odds_ratio"] = _masked_mean(log_odds, None)
     diagnostics["nll"] = _masked_mean(-c, None)
     return out, diagnostics
+
+
+def cpo_loss(
+    chosen_log_probs: Tensor,
+    rejected_log_probs: Tensor,
+    *,
+    variant: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = "sigmoid",
+    beta: float = 0.1,
+    alpha: float = 1.0,
+    simpo_gamma: float = 0.5,
+    alphapo_alpha: float = 0.0,
+    label_smoothing: float = 0.0,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+    return_diagnostics: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor | tuple[Tensor, Diagnostics]:
+    r"""CPO: a reference-free preference term plus the negative log-likelihood of the chosen completions.
+
+    Contrastive Preference Optimization drops DPO's reference model (its log-ratios become plain
+    log-probabilities) and adds a behaviour-cloning term that keeps the policy on the preferred
+    data. With :math:`c = \log\pi_\theta(y_w)`, :math:`r = \log\pi_\theta(y_l)` and the
+    preference term :math:`\ell_i` of the ``variant`` (TRL's ``CPOConfig.loss_type``):
+
+    .. math::
+        \text{sigmoid:}\ -(1-s)\log\sigma(\beta(c - r)) - s\log\sigma(-\beta(c - r)) \qquad
+        \text{hinge:}\ \max(0, 1 - \beta(c - r)) \qquad
+        \text{ipo:}\ \big(\bar c - \bar r - \tfrac{1}{2\beta}\big)^2
+
+        \text{simpo:}\ -(1-s)\log\sigma(z) - s\log\sigma(-z),\ z = \beta(\bar c - \bar r) - \gamma \qquad
+        \text{alphapo:}\ \text{simpo with } \alpha = 0
+
+        \mathcal{L} = \frac{1}{N}\sum_i \ell_i + \alpha\,\mathrm{NLL}, \qquad
+        \mathrm{NLL} = -\frac{\sum_i c_i}{\sum_i |y_{w,i}|}
+
+    :math:`\bar c = c / |y_w|` and :math:`\bar r = r / |y_l|` are the average per-token
+    log-probabilities: TRL averages them for ``ipo``, ``simpo`` and ``alphapo``, and sums them
+    for ``sigmoid`` and ``hinge``. ``alphapo`` is TRL's shorthand for ``simpo`` without the NLL
+    term (its ``cpo_alpha=0``; ``alpha`` is then ignored). With ``alphapo_alpha`` :math:`= a \ne 0`
+    (TRL's ``alpha``, read by every variant), each (summed or average) log-probability
+    :math:`x` becomes AlphaPO's reward :math:`(1 - p^{-a})/a = -\mathrm{expm1}(-a x)/a` before
+    the preference term (:math:`x` again as :math:`a \to 0`; for :math:`a > 0` it overflows
+    once :math:`a|x|` passes about 88 in float32, so use it on average log-probabilities).
+
+    **The NLL.** The NLL of a chosen completion is :math:`-c`, so it is read from
+    ``chosen_log_probs``, not passed separately (the two cannot disagree). Pass the *summed*
+    log-probabilities with ``chosen_lengths`` and ``rejected_lengths`` (token counts): the
+    average log-probabilities are formed here where the variant needs them, and the NLL is
+    TRL's, the token mean over all the chosen tokens of the batch (TRL's cross-entropy over the
+    chosen half). Without lengths the inputs are taken as they are (summed for sigmoid and
+    hinge, already averaged for the others) and each completion counts as one token: the NLL is
+    the mean of :math:`-c` over pairs, the CPO paper's :math:`-\mathbb{E}[\log\pi_\theta(y_w)]`.
+    The token mean is shared out so that every reduction stays consistent with it: pair
+    :math:`i`'s unit loss is :math:`\ell_i - \alpha\, N c_i / \sum_j |y_{w,j}|`, whose plain mean
+    is :math:`\mathcal{L}` (``"none"`` returns these, ``"sum"`` their sum; with ``weight`` or
+    ``normalizer`` they are weighted and divided like any per-pair loss). So ``reduction="mean"``
+    with lengths and no weight reproduces TRL's ``losses.mean() + cpo_alpha * nll_loss`` exactly.
+
+    Args:
+        chosen_log_probs: :math:`\log\pi_\theta(y_w \mid x)`, summed over the completion's tokens
+            (with lengths), or as the variant reads it (without).
+        rejected_log_probs: :math:`\log\pi_\theta(y_l \mid x)`, the same shape.
+        variant: TRL's ``loss_type``: ``"sigmoid"`` | ``"hinge"`` | ``"ipo"`` | ``"simpo"`` | ``"alphapo"``.
+        beta: :math:`\beta > 0` (TRL's 0.1; for ``ipo`` it is IPO's :math:`\tau`).
+        alpha: :math:`\alpha \ge 0`, the weight of the NLL term (TRL's ``cpo_alpha``, 1.0;
+            Liger-Kernel's ``alpha``).
+        simpo_gamma: :math:`\gamma`, the target margin of ``simpo`` and ``alphapo`` (TRL's 0.5).
+        alphapo_alpha: AlphaPO's :math:`a` (TRL's ``alpha``, 0: plain log-probabilities).
+        label_smoothing: :math:`s \in [0, 0.5)`, read by sigmoid, simpo and alphapo.
+        chosen_lengths: Token counts of the chosen completions, or ``None``.
+        rejected_lengths: Token counts of the rejected completions, or ``None`` (both or neither).
+        return_diagnostics: Also return ``rewards_chosen`` and ``rewards_rejected`` (means of
+            :math:`\beta` times the log-probability or reward the preference term reads, as TRL
+            logs them), ``reward_margin``, ``reward_accuracy`` and ``nll`` (the NLL above).
+        weight: Per-pair weights.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - inputs and lengths: :math:`(N,)` (any shape, elementwise).
+        - output: scalar, or :math:`(N,)` (per pair) with ``reduction="none"``.
+
+    Returns:
+        The loss in the input's dtype, or ``(loss, diagnostics)``. Empty input gives 0 with a
+        gradient; so does the NLL of a batch without chosen tokens.
+
+    Raises:
+        ValueError: Mismatched shapes (chosen and rejected of different sizes), only one length
+            tensor, an unknown ``variant`` (with the closest names), ``label_smoothing`` with
+            hinge or ipo, positive log-probabilities (value check), options out of range.
+        TypeError: Non-floating inputs, a ``variant`` that is not one name.
+
+    Examples:
+        >>> import torch, losskit
+        >>> chosen, rejected = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0])  # summed
+        >>> lengths = torch.tensor([1, 3]), torch.tensor([2, 2])  # 4 chosen tokens, NLL 4 / 4 = 1
+        >>> losskit.cpo_loss(chosen, rejected, chosen_lengths=lengths[0], rejected_lengths=lengths[1])
+        tensor(1.6944)
+        >>> losskit.cpo_loss(chosen, rejected)  # the paper's NLL: (1 + 3) / 2 = 2 per pair
+        tensor(2.6944)
+        >>> losskit.cpo_loss(chosen, rejected, reduction="none")  # -log sigmoid(+-0.1) + 1 and + 3
+        tensor([1.6444, 3.7444])
+
+    References:
+        Xu et al., "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance
+        in Machine Translation", ICML 2024 (sigmoid with the NLL). Zhao et al., "SLiC-HF", 2023
+        (hinge). Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
+        Preferences", 2023 (IPO). Meng, Xia and Chen, "SimPO", NeurIPS 2024. Gupta et al.,
+        "AlphaPO: Reward Shape Matters for LLM Alignment", 2025. The names, formulas and defaults
+        are those of TRL 1.x's ``CPOTrainer`` (``loss_type``, ``beta=0.1``, ``cpo_alpha=1.0``,
+        ``simpo_gamma=0.5``, ``alpha=0.0``, ``label_smoothing``); Liger-Kernel's
+        ``LigerFusedLinearCPOLoss`` computes the sigmoid form.
+    """
+    beta, label_smoothing = check_pair_inputs(
+        chosen_log_probs, rejected_log_probs, reduction=reduction, normalizer=normalizer, beta=beta,
+        label_smoothing=label_smoothing, return_diagnostics=return_diagnostics, weight=weight,
+        lengths=(chosen_lengths, rejected_lengths))
+    _check_one_variant(variant, CPO_VARIANTS)
+    if label_smoothing and variant not in _CPO_SMOOTHED:
+        raise ValueError(f"label_smoothing applies to variant {sorted(_CPO_SMOOTHED)} only, got variant={variant!r}")
+    alpha = check_number("alpha", alpha, low=0.0)
+    if variant == "alphapo":  # TRL's loss_type="alphapo" is "simpo" with cpo_alpha=0
+        alpha = 0.0
+    gamma = check_number("simpo_gamma", simpo_gamma)
+    reward_alpha = check_number("alphapo_alpha", alphapo_alpha)
+    c = upcast(chosen_log_probs)
+    dtype = c.dtype
+    r = upcast(rejected_log_probs).to(dtype)
+    nll = _chosen_nll_share(c, chosen_lengths)
+    if variant in _CPO_AVERAGED:
+        c, r = _length_normalized(c, chosen_lengths, dtype), _length_normalized(r, rejected_lengths, dtype)
+    if reward_alpha:
+        c, r = _alphapo_reward(c, reward_alpha), _alphapo_reward(r, reward_alpha)
+    if variant in ("simpo", "alphapo"):
+        loss = _simpo_term(c, r, beta, gamma, label_smoothing)
+    else:  # DPO's formula without a reference: the log-ratios are the log-probabilities
+        loss = LOSSES[variant](_Pair(chosen=c, rejected=r, chosen_ratio=c, rejected_ratio=r, chosen_score=c,
+                                     rejected_score=r, chosen_lengths=None, rejected_lengths=None, beta=beta,
+                                     label_smoothing=label_smoothing, discopop_tau=1.0))
+    if alpha:
+        loss = loss + alpha * nll
+    out = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer, out_dtype=chosen_log_probs.dtype,
+                      inputs={"chosen_log_probs": chosen_log_probs, "rejected_log_probs": rejected_log_probs,
+                              "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths})
+    if not return_diagnostics:
+        return out
+    diagnostics = _pair_diagnostics(beta * c, beta * r)
+    diagnostics["nll"] = _masked_mean(nll, None)
+    return out, diagnostics
+
+
+def _check_one_variant(variant: object, choices: tuple[str, ...]) -> None:
+    """One name from ``choices`` (the loss types that TRL does not mix), with the closest names on a typo."""
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be one name from {choices}, got {type(variant).__name__}")
+    check_variants(variant, None, choices)
+
+
+def _chosen_nll_share(chosen: Tensor, lengths: Tensor | None) -> Tensor:
+    """Each pair's share of the chosen completions' NLL: ``-c_i N / sum_j n_j``, whose mean over
+    the N pairs is the token mean ``-sum_i c_i / sum_j n_j`` (``n_j = 1`` without lengths)."""
+    if lengths is None:
+        return -chosen
+    return -safe_divide(chosen * chosen.numel(), upcast(lengths).to(chosen.dtype).sum())
+
+
+def _alphapo_reward(log_prob: Tensor, a: float) -> Tensor:
+    """AlphaPO's reward ``(1 - p^-a) / a`` of ``log p``, as ``-expm1(-a log p) / a`` (exact for small ``a log p``)."""
+    return -torch.expm1(-a * log_prob) / a
 
 
 def kto_loss(
@@ -525,9 +700,7 @@ def kto_loss(
             raise ValueError(f"kl must be a number or a one-element tensor, got shape {tuple(kl.shape)}")
     else:
         check_number("kl", kl)
-    if not isinstance(variant, str):
-        raise TypeError(f"variant must be one name from {KTO_VARIANTS}, got {type(variant).__name__}")
-    check_variants(variant, None, KTO_VARIANTS)
+    _check_one_variant(variant, KTO_VARIANTS)
     if variant == "apo_zero_unpaired" and (isinstance(kl, Tensor) or kl != 0):
         raise ValueError("variant='apo_zero_unpaired' has no reference point: leave kl at 0")
     beta, _ = _preference_options(beta, 0.0, return_diagnostics, weight)
@@ -553,4 +726,4 @@ def kto_loss(
                  "kl": torch.as_tensor(z0, dtype=dtype).detach()}
 
 
-__all__ = ["dpo_loss", "kto_loss", "orpo_loss", "simpo_loss"]
+__all__ = ["cpo_loss", "dpo_loss", "kto_loss", "orpo_loss", "simpo_loss"]
