@@ -118,6 +118,7 @@ def _checks() -> dict[str, dict[str, float]]:
         "lifted_structure": (lambda t, a, y, **kw: LF.lifted_structure_loss(a @ t, y, **kw), {}),
         "tuplet_margin": (lambda t, a, y, **kw: LF.tuplet_margin_loss(a @ t, y, scale=8.0, **kw), {}),
         "fast_ap": (lambda t, a, y, **kw: LF.fast_ap_loss(a @ t, y, num_bins=4, **kw), {}),
+        "npairs": (lambda t, a, y, **kw: LF.npairs_loss(a @ t, y, **kw), {}),
     }
     for name, (fn, flags) in cases.items():
         second = v if name.startswith("info_nce") else labels

@@ -577,3 +577,159 @@ def test_soft_triple_module_takes_the_number_of_centres():
     module = losskit.SoftTripleLoss(num_classes=C, embedding_size=D, centers_per_class=4)
     assert tuple(module.proxies.shape) == (C, 4, D)
     assert losskit.get(module.get_config()).centers_per_class == 4
+
+
+# --- N-pairs and Proxy-Anchor ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", ["mixed", "pairs"])
+def test_npairs_matches_pytorch_metric_learning(labels):
+    x, _ = _batch(26)
+    if labels == "mixed":  # classes of 1 to 4 samples, out of order: the first two of each form its pair
+        y = torch.arange(N) % 7
+        y[0] = 99
+        y = y[torch.randperm(N, generator=torch.Generator().manual_seed(27))]
+    else:
+        y = torch.arange(N) // 2
+    x.requires_grad_(True)
+    expected = pml.NPairsLoss()(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = LF.npairs_loss(x, y)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_npairs_matches_the_papers_formula():
+    # Eq. 3 of Sohn (N-pair-mc) over the pairs (first, second sample of each label seen twice),
+    # one anchor at a time, with the cross-entropy's own softmax.
+    x, _ = _batch(28)
+    y = torch.tensor([3, 1, 3, 0, 1, 3, 2, 5, 5, 1] + [7] * (N - 10))
+    z = torch.nn.functional.normalize(x, dim=1)
+    order = [c for c in dict.fromkeys(y.tolist()) if (y == c).sum() > 1]
+    pair = {c: [i for i in range(N) if y[i] == c][:2] for c in order}
+    expected = torch.zeros(N, dtype=torch.float64)
+    for c in order:
+        a, p = pair[c]
+        logits = torch.stack([z[a] @ z[pair[k][1]] for k in order])
+        expected[a] = torch.logsumexp(logits, 0) - z[a] @ z[p]
+    none = LF.npairs_loss(x, y, reduction="none")
+    torch.testing.assert_close(none, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(LF.npairs_loss(x, y), expected.sum() / len(order), rtol=1e-12, atol=0)
+    assert (none != 0).sum() == len(order)
+
+
+def test_npairs_without_a_pair_is_zero_with_a_gradient():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for y in (torch.arange(4), torch.tensor([0, 0, 1, 2])):  # no pair; one pair and no other positive
+        loss = LF.npairs_loss(x, y)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.item() == 0.0 and (grad == 0).all()
+
+
+def test_npairs_is_exact_near_convergence_in_float32():
+    # Anchors at cosine 1 - 5e-7 to their positive, -1 to the other class's: the loss is about
+    # e^-2; the log-softmax form would lose it to the cancelling logsumexp - target.
+    x = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]).repeat(2, 1)
+    x[2:, 1] = 1e-3
+    y = torch.tensor([0, 1, 0, 1])
+    exact = LF.npairs_loss(x.double(), y, reduction="none")
+    torch.testing.assert_close(LF.npairs_loss(x, y, reduction="none").double(), exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"margin": 0.3, "alpha": 8.0},
+                                                                {"margin": 0.3, "alpha": 8.0})])
+def test_proxy_anchor_matches_pytorch_metric_learning(peer_kwargs, options):
+    torch.manual_seed(29)
+    peer = pml.ProxyAnchorLoss(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    x, y = _batch(30)
+    y[y == 2] = 3  # a class without a sample: its negative term alone
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.proxies))
+    proxies = peer.proxies.detach().clone().requires_grad_(True)  # the peer's proxies are (C, D) already
+    actual = LF.proxy_anchor_loss(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w, rtol=1e-8, atol=1e-10)
+    # The unit: each class's share, the peer's positive term scaled by C / |P+| plus its negative term.
+    terms = peer.compute_loss(x, y, None, x, y)
+    present = len(y.unique())
+    shares = terms["pos_loss"]["losses"] * C / present + terms["neg_loss"]["losses"]
+    none = LF.proxy_anchor_loss(x, y, proxies=proxies, reduction="none", **options)
+    torch.testing.assert_close(none, shares, rtol=1e-10, atol=1e-12)
+    assert terms["pos_loss"]["divisor"] == present and terms["neg_loss"]["divisor"] == C
+
+
+def test_proxy_anchor_matches_the_papers_formula():
+    # Eq. 4 of Kim et al., one proxy at a time over the batch.
+    x, y = _batch(31)
+    y[y == 5] = 0
+    w = torch.randn(C, D, dtype=torch.float64, generator=torch.Generator().manual_seed(32))
+    alpha, delta = 6.0, 0.2
+    positive, negative = [], []
+    for c in range(C):
+        pos = [torch.exp(-alpha * (_cos(x[i], w[c]) - delta)) for i in range(N) if y[i] == c]
+        neg = [torch.exp(alpha * (_cos(x[i], w[c]) + delta)) for i in range(N) if y[i] != c]
+        if pos:
+            positive.append(torch.log(1 + sum(pos)))
+        negative.append(torch.log(1 + sum(neg)))
+    expected = sum(positive) / len(positive) + sum(negative) / C
+    actual = LF.proxy_anchor_loss(x, y, proxies=w, alpha=alpha, margin=delta)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    none = LF.proxy_anchor_loss(x, y, proxies=w, alpha=alpha, margin=delta, reduction="none")
+    torch.testing.assert_close(none.mean(), expected, rtol=1e-12, atol=0)
+
+
+def test_proxy_anchor_is_exact_near_convergence_in_float32():
+    # Two opposite proxies, each embedding at angle 1e-3 from its own: every term about e^{-29}.
+    w = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 0, 1])
+    x = w[y].clone()
+    x[:, 1] = 1e-3
+    exact = LF.proxy_anchor_loss(x.double(), y, proxies=w.double(), reduction="none")
+    assert (exact > 0).all() and (exact < 1e-10).all()
+    torch.testing.assert_close(LF.proxy_anchor_loss(x, y, proxies=w, reduction="none").double(), exact,
+                               rtol=1e-5, atol=0)
+
+
+def test_proxy_anchor_module_trains_its_proxies_like_pytorch_metric_learning():
+    torch.manual_seed(33)
+    peer = pml.ProxyAnchorLoss(num_classes=C, embedding_size=D).double()
+    ours = losskit.ProxyAnchorLoss(proxies=peer.proxies.detach())
+    x, y = _batch(34)
+    for module in (peer, ours):
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+        module(x, y).backward()
+        optimizer.step()
+    torch.testing.assert_close(ours.proxies.detach(), peer.proxies.detach(), rtol=1e-10, atol=1e-12)
+    # Drawn as the peer's: Kaiming normal with fan out, standard deviation sqrt(2 / C).
+    drawn = losskit.ProxyAnchorLoss(num_classes=400, embedding_size=50).proxies.detach()
+    assert abs(drawn.std().item() / math.sqrt(2 / 400) - 1) < 0.05
+
+
+def test_npairs_and_proxy_anchor_bad_inputs_name_the_argument():
+    x, y = _batch(35)
+    w = torch.randn(C, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"weight must have shape \(7,\), one weight per class"):
+        LF.proxy_anchor_loss(x, y, proxies=w, weight=torch.ones(N, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        LF.proxy_anchor_loss(x, y, proxies=w, weight=[1.0] * C)
+    with pytest.raises(ValueError, match="alpha"):
+        LF.proxy_anchor_loss(x, y, proxies=w, alpha=0.0)
+    with pytest.raises(TypeError, match="margin must be a number"):
+        LF.proxy_anchor_loss(x, y, proxies=w, margin="0.1")
+    with pytest.raises(ValueError, match=r"target must have shape \(24,\)"):
+        LF.npairs_loss(x, y[:-1])
+    with pytest.raises(TypeError, match="target must hold integer class labels"):
+        LF.npairs_loss(x, y.double())
+    with pytest.raises(ValueError, match="input must have shape"):
+        LF.npairs_loss(x[0], y)
+    with pytest.raises(ValueError, match="weight must"):
+        LF.npairs_loss(x, y, weight=torch.ones(3, dtype=torch.float64))
+    nan = x.clone()
+    nan[3, 1] = float("nan")
+    for fn, kw in ((LF.npairs_loss, {}), (LF.proxy_anchor_loss, {"proxies": w})):
+        with pytest.raises(ValueError, match="input contains non-finite"):
+            fn(nan, y, **kw)

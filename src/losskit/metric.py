@@ -28,7 +28,9 @@ __all__ = [
     "LargeMarginSoftmaxLoss",
     "LiftedStructureLoss",
     "MultiSimilarityLoss",
+    "NPairsLoss",
     "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
     "ProxyNCALoss",
     "SoftTripleLoss",
     "SphereFaceLoss",
@@ -171,6 +173,23 @@ class ProxyNCALoss(ProxyLoss):
     function = staticmethod(F.proxy_nca_loss)
 
 
+@register("proxy_anchor", family="metric")
+class ProxyAnchorLoss(ProxyLoss):
+    r"""Module form of :func:`losskit.proxy_anchor_loss`, holding one proxy per class as a parameter
+    ``(C, D)``, first drawn as pytorch-metric-learning's (Kaiming normal, fan out: standard deviation
+    :math:`\sqrt{2 / C}`).
+
+    """
+
+    function = staticmethod(F.proxy_anchor_loss)
+
+    def initial_proxies(self, shape: tuple[int, ...]) -> Tensor:
+        return nn.init.kaiming_normal_(torch.empty(shape), mode="fan_out")
+
+
+ProxyAnchorLoss.__doc__ += F.proxy_anchor_loss.__doc__ or ""
+
+
 @register("soft_triple", "softtriple", family="metric")
 class SoftTripleLoss(ProxyLoss):
     """Module form of :func:`losskit.soft_triple_loss`, holding ``centers_per_class`` centres per class
@@ -229,3 +248,8 @@ class TupletMarginLoss(LossModule):
 @register("fast_ap", "fastap", family="metric")
 class FastAPLoss(LossModule):
     function = staticmethod(F.fast_ap_loss)
+
+
+@register("npairs", "n_pairs", family="metric")
+class NPairsLoss(LossModule):
+    function = staticmethod(F.npairs_loss)

@@ -1,4 +1,4 @@
-r"""Pair losses on a labelled batch: contrastive pairs, lifted structure, tuplet margin, FastAP.
+r"""Pair losses on a labelled batch: contrastive pairs, lifted structure, tuplet margin, FastAP, N-pairs.
 
 Every other sample with the anchor's label is a positive, every sample with another label a
 negative; with ``distributed=True`` the candidates come from every rank (as in
@@ -36,7 +36,7 @@ from losskit.functional.contrastive import (
     _unless_nothing_to_score,
 )
 
-__all__ = ["contrastive_pair_loss", "fast_ap_loss", "lifted_structure_loss", "tuplet_margin_loss"]
+__all__ = ["contrastive_pair_loss", "fast_ap_loss", "lifted_structure_loss", "npairs_loss", "tuplet_margin_loss"]
 
 
 class Pairs(NamedTuple):
@@ -74,8 +74,11 @@ def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, dis
 
 def log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
     r""":math:`\log(1 + \sum_{j \in keep} e^{x_j})` per row, exact when the sum is small (a converged
-    loss: ``softplus`` of the log-sum); 0 with a zero gradient for an empty row."""
-    return TF.softplus(torch.logsumexp(_masked_fill_min(logits, keep), 1))
+    loss: :math:`\log(e^0 + e^{\mathrm{lse}})` of the log-sum) and when it is large (``softplus``
+    would return the log-sum itself past 20, 2e-9 off in float64); 0 with a zero gradient for an
+    empty row."""
+    lse = torch.logsumexp(_masked_fill_min(logits, keep), 1)
+    return torch.logaddexp(lse, lse.new_zeros(()))
 
 
 def _distance(a: Tensor, b: Tensor) -> Tensor:
@@ -418,4 +421,89 @@ def fast_ap_loss(
     valid = count > 0
     loss = torch.where(valid, missed.sum(1) / count.clamp_min(1).to(missed.dtype), missed.new_zeros(()))
     return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
+                   normalizer=normalizer, distributed=distributed)
+
+
+def _first_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """For each sample, whether it is the first of its label with another after it (an N-pairs
+    anchor), and whether it is the second of its label (that anchor's positive); ``(M,)`` each,
+    without a host sync."""
+    same = labels[:, None] == labels[None, :]
+    before = same.tril(-1).sum(1)  # samples of the same label earlier in the batch
+    return (before == 0) & (same.sum(1) > 1), before == 1
+
+
+def npairs_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    distributed: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Multi-class N-pair loss: each class's anchor must pick its own positive among every class's positive.
+
+    From a labelled batch, each class with two samples or more gives one pair: its first sample
+    :math:`a_c` (the anchor) and its second :math:`p_c` (the positive), in batch order. With
+    :math:`S` the cosine similarities of the unit embeddings and :math:`P` the classes with a pair,
+    the anchor of class :math:`c` scores a cross-entropy over the positives of every class in
+    :math:`P`:
+
+    .. math::
+        \ell_{a_c} = -\log \frac{e^{S_{a_c p_c}}}{\sum_{k \in P} e^{S_{a_c p_k}}}
+            = \log\Big(1 + \sum_{k \in P, k \ne c} e^{S_{a_c p_k} - S_{a_c p_c}}\Big),
+
+    computed in the second form (exact for a converged loss, where the first cancels). The
+    natural unit is the pair, held at its anchor's row: ``reduction="none"`` gives one value per
+    sample, 0 for every sample that is not an anchor, and ``"mean"`` averages over the pairs (other
+    samples are left out), which is pytorch-metric-learning's ``NPairsLoss`` exactly (its
+    ``MeanReducer`` over the pairs it forms the same way; tested). The paper's regularizer on the
+    embeddings' norms has no use at unit length and is left out, as in pytorch-metric-learning.
+
+    Args:
+        input: Embeddings ``(N, D)`` (normalized here).
+        target: Integer labels ``(N,)``.
+        distributed: Form the pairs over every rank's batch, in rank order (see
+            :mod:`losskit.functional.contrastive`): each rank scores the anchors it holds.
+        weight: Per-sample weights ``(N,)``; a pair takes its anchor's.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, D)`; target: :math:`(N,)` integer.
+        - output: scalar, or :math:`(N,)` with ``reduction="none"`` (each pair's value at its
+          anchor; 0 elsewhere).
+
+    Returns:
+        The loss in the input's dtype. An empty batch, or one without a class seen twice, gives 0
+        with a gradient.
+
+    Raises:
+        ValueError: Wrong shapes, a bad reduction.
+        TypeError: Non-floating embeddings or non-integer labels.
+
+    Examples:
+        >>> import math, torch, losskit
+        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> # pairs (0, 2) and (1, 3): each anchor at cosine 1 to its positive, 0 to the other's:
+        >>> # log(1 + e^{0 - 1})
+        >>> loss = losskit.npairs_loss(z, torch.tensor([5, 7, 5, 7]), reduction="none")
+        >>> bool(torch.allclose(loss, torch.tensor([1.0, 1, 0, 0], dtype=torch.float64) * math.log1p(math.exp(-1))))
+        True
+
+    References:
+        Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016
+        (eq. 3, the N-pair-mc loss). Pairs and defaults follow pytorch-metric-learning
+        ``NPairsLoss`` (tested).
+    """
+    p = pairs(input, target, reduction, normalizer, distributed)
+    anchor_all, second_all = _first_pairs(p.labels_all)
+    n = p.z.shape[0]
+    anchor = anchor_all[p.offset:p.offset + n]
+    own_positive = p.positive & second_all[None, :]  # exactly one column for an anchor
+    target_sim = torch.where(own_positive, p.sim, p.sim.new_zeros(())).sum(1, keepdim=True)
+    others = second_all[None, :] & ~own_positive
+    loss = torch.where(anchor, log1p_sum_exp(p.sim - target_sim, others), p.sim.new_zeros(()))
+    return _reduce(loss, input=input, target=target, weight=weight, mask=anchor, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
