@@ -733,3 +733,147 @@ def test_npairs_and_proxy_anchor_bad_inputs_name_the_argument():
     for fn, kw in ((LF.npairs_loss, {}), (LF.proxy_anchor_loss, {"proxies": w})):
         with pytest.raises(ValueError, match="input contains non-finite"):
             fn(nan, y, **kw)
+
+
+# --- cross-batch memory ------------------------------------------------------------------------------
+
+MEMORY, BATCH, STEPS = 20, 8, 6  # the memory wraps around on the third step
+
+
+def _memory_batches(seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(BATCH, D, generator=gen, dtype=torch.float64), torch.randint(5, (BATCH,), generator=gen))
+            for _ in range(STEPS)]
+
+
+def _pairs_against_memory(xbm, rows, y):
+    """The positive and negative pair masks ``(N, M - 1)`` of each anchor against the memory's other rows."""
+    labels, filled = xbm.label_memory, xbm.filled
+    keep = torch.arange(MEMORY)[None, :] != rows[:, None]
+    same = ((y[:, None] == labels[None, :]) & filled)[keep].view(len(y), MEMORY - 1)
+    other = ((y[:, None] != labels[None, :]) & filled)[keep].view(len(y), MEMORY - 1)
+    return same, other
+
+
+def _contrastive_peer_reduction(xbm, x, y, rows):
+    # pytorch-metric-learning's AvgNonZeroReducer: the mean of the non-zero positive pairs plus
+    # that of the non-zero negative pairs
+    pairs = xbm(x, y, reduction="none")
+    same, other = _pairs_against_memory(xbm, rows, y)
+    pos, neg = pairs[same], pairs[other]
+    return sum(v[v > 0].mean() for v in (pos, neg) if (v > 0).any())
+
+
+def _tuplet_peer_reduction(xbm, x, y, rows):
+    # the peer's mean over positive pairs: each anchor weighted by its positives in the memory as
+    # the call leaves it (the batch written first)
+    labels, filled = xbm.label_memory.clone(), xbm.filled.clone()
+    labels[rows], filled[rows] = y, True
+    positives = (y[:, None] == labels[None, :]) & filled & (torch.arange(MEMORY)[None, :] != rows[:, None])
+    return xbm(x, y, weight=positives.sum(1).double())
+
+
+XBM_PARITY = [
+    (lambda: pml.MultiSimilarityLoss(), lambda: losskit.MultiSimilarityLoss(), None),
+    (lambda: pml.CircleLoss(), lambda: losskit.CircleLoss(), None),
+    (lambda: pml.ContrastiveLoss(), lambda: losskit.ContrastivePairLoss(), _contrastive_peer_reduction),
+    (lambda: pml.TupletMarginLoss(), lambda: losskit.TupletMarginLoss(margin=math.radians(5.73)),
+     _tuplet_peer_reduction),
+]
+
+
+@pytest.mark.parametrize(("peer_loss", "our_loss", "reduce"), XBM_PARITY,
+                         ids=["multi_similarity", "circle", "contrastive_pair", "tuplet_margin"])
+def test_cross_batch_memory_matches_pytorch_metric_learning_over_several_steps(peer_loss, our_loss, reduce):
+    peer = pml.CrossBatchMemory(peer_loss(), embedding_size=D, memory_size=MEMORY)
+    ours = losskit.metric.CrossBatchMemory(our_loss(), embedding_size=D, memory_size=MEMORY).double()
+    for step, (x, y) in enumerate(_memory_batches(36)):
+        x = x.requires_grad_(True)
+        expected = peer(x, y)
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        rows = (ours.position + torch.arange(BATCH)) % MEMORY
+        actual = ours(x, y) if reduce is None else reduce(ours, x, y, rows)
+        (grad,) = torch.autograd.grad(actual, x)
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12, msg=f"step {step}")
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10, msg=f"step {step}")
+        torch.testing.assert_close(ours.embedding_memory, peer.embedding_memory, rtol=0, atol=0)
+        assert torch.equal(ours.label_memory, peer.label_memory)
+    assert ours.filled.all() and int(ours.position) == peer.queue_idx == (STEPS * BATCH) % MEMORY
+
+
+def test_cross_batch_memory_scores_against_the_memory_from_the_papers_definition():
+    # Float64 reference: multi-similarity of each anchor over the memory's filled rows but its own,
+    # written out one anchor at a time (eq. 9 of Wang et al. 2019 with the memory as candidates).
+    xbm = losskit.metric.CrossBatchMemory(losskit.MultiSimilarityLoss(), embedding_size=D, memory_size=MEMORY).double()
+    stored_x, stored_y = [], []
+    unit = torch.nn.functional.normalize
+    for x, y in _memory_batches(37)[:4]:
+        rows = ((xbm.position + torch.arange(BATCH)) % MEMORY).tolist()
+        actual = xbm(x, y, reduction="none")
+        for r, xi, yi in zip(rows, x, y, strict=True):  # the ring buffer, by hand
+            if r < len(stored_x):
+                stored_x[r], stored_y[r] = xi, yi
+            else:
+                stored_x.append(xi)
+                stored_y.append(yi)
+        expected = []
+        for i in range(BATCH):
+            s = torch.stack([unit(x[i], dim=0) @ unit(m, dim=0) for m in stored_x])
+            pos = [j for j in range(len(stored_x)) if j != rows[i] and stored_y[j] == y[i]]
+            neg = [j for j in range(len(stored_x)) if stored_y[j] != y[i]]
+            expected.append(torch.log1p(sum((torch.exp(-2 * (s[j] - 0.5)) for j in pos), torch.tensor(0.0)))
+                            / 2 + torch.log1p(sum((torch.exp(50 * (s[j] - 0.5)) for j in neg), torch.tensor(0.0))) / 50)
+        torch.testing.assert_close(actual, torch.stack(expected).double(), rtol=1e-10, atol=1e-12)
+
+
+def test_cross_batch_memory_state_is_buffers_and_eval_leaves_it_alone():
+    batches = _memory_batches(38)
+    xbm = losskit.metric.CrossBatchMemory(losskit.CircleLoss(), embedding_size=D, memory_size=MEMORY).double()
+    # An empty memory holds only the batch: the value is the plain loss on the batch.
+    x, y = batches[0]
+    for mode in (xbm.eval, xbm.train):
+        mode()
+        torch.testing.assert_close(xbm(x, y), losskit.circle_loss(x, y), rtol=1e-12, atol=0)
+    for x, y in batches[1:3]:
+        xbm(x, y)
+    assert sorted(dict(xbm.named_buffers())) == ["embedding_memory", "filled", "label_memory", "position"]
+    # eval: scored against the memory and itself, nothing written
+    before = {k: v.clone() for k, v in xbm.state_dict().items()}
+    xbm.eval()
+    x, y = batches[3]
+    evaluated = xbm(x, y)
+    assert all(torch.equal(before[k], v) for k, v in xbm.state_dict().items())
+    xbm.train()
+    # state_dict carries the whole state: a copy gives the same next value and the same memory after it
+    copy = losskit.metric.CrossBatchMemory(losskit.CircleLoss(), embedding_size=D, memory_size=MEMORY).double()
+    copy.load_state_dict(xbm.state_dict())
+    torch.testing.assert_close(copy(x, y), xbm(x, y), rtol=0, atol=0)
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in xbm.state_dict().items())
+    assert evaluated.item() != xbm(x, y).item()  # the memory moved on
+    # .to() moves the memory; reset() empties it
+    assert copy.to(torch.float32).embedding_memory.dtype == torch.float32
+    copy.reset()
+    assert not copy.filled.any() and int(copy.position) == 0
+    torch.testing.assert_close(copy(x.float(), y), losskit.circle_loss(x.float(), y))
+
+
+def test_cross_batch_memory_bad_inputs_name_the_argument():
+    with pytest.raises(TypeError, match="loss must be one of the pair loss modules"):
+        losskit.metric.CrossBatchMemory(losskit.LiftedStructureLoss(), embedding_size=D)
+    with pytest.raises(TypeError, match="loss must be one of"):
+        losskit.metric.CrossBatchMemory(LF.multi_similarity_loss, embedding_size=D)
+    with pytest.raises(ValueError, match="loss must not be distributed"):
+        losskit.metric.CrossBatchMemory(losskit.MultiSimilarityLoss(distributed=True), embedding_size=D)
+    for name, kwargs in (("embedding_size", {"embedding_size": 0}), ("memory_size", {"memory_size": 2.5})):
+        with pytest.raises(ValueError, match=name):
+            losskit.metric.CrossBatchMemory(losskit.CircleLoss(), **{"embedding_size": D, **kwargs})
+    xbm = losskit.metric.CrossBatchMemory(losskit.CircleLoss(), embedding_size=D, memory_size=4)
+    with pytest.raises(ValueError, match="more than memory_size = 4"):
+        xbm(torch.randn(5, D), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input must have shape \(N, 6\) \(embedding_size\)"):
+        xbm(torch.randn(3, D + 1), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="target must hold integer class labels"):
+        xbm(torch.randn(3, D), torch.zeros(3))
+    with pytest.raises(ValueError, match="input contains NaN or infinite"):
+        xbm(torch.full((3, D), float("nan")), torch.tensor([0, 0, 1]))
+    assert not xbm.filled.any()  # checked before it entered the memory

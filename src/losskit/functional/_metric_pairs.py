@@ -12,12 +12,21 @@ a close positive pair (the pairs of a trained model) the latter's relative error
 :math:`\varepsilon / d` (the rounding of the unit vectors themselves). Its gradient is 0 at
 distance 0, as pytorch-metric-learning's; these losses are differentiable once.
 
+**Cross-batch memory.** Inside :func:`scored_against` (used by
+:class:`losskit.metric.CrossBatchMemory`), :func:`pairs` takes the candidates from a memory of
+earlier embeddings instead of the batch: each anchor of the batch against every filled row of
+the memory but its own. The losses that read only the pair masks and similarities (contrastive
+pairs, multi-similarity, circle, tuplet margin) score a memory as they score a batch.
+
 Public through :mod:`losskit.functional.metric`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import torch
@@ -40,16 +49,55 @@ __all__ = ["contrastive_pair_loss", "fast_ap_loss", "lifted_structure_loss", "np
 
 
 class Pairs(NamedTuple):
-    """This rank's unit anchors ``z`` ``(n, D)``, every rank's ``z_all`` ``(M, D)`` and labels, where
-    this rank's rows start among them, their cosines ``(n, M)`` and the positive and negative masks."""
+    """This rank's unit anchors ``z`` ``(n, D)``, the candidates ``z_all`` ``(M, D)`` (every rank's
+    samples, or a memory's) and their labels, where this rank's rows start among them, each
+    anchor's own column ``own`` ``(n,)``, the cosines ``(n, M)``, the positive and negative masks,
+    and, for a memory, which candidates hold an entry (``None`` when every one does)."""
 
     z: Tensor
     z_all: Tensor
     labels_all: Tensor
     offset: int
+    own: Tensor
     sim: Tensor
     positive: Tensor
     negative: Tensor
+    filled: Tensor | None = None
+
+
+class Memory(NamedTuple):
+    """Candidates kept from earlier batches: raw ``embeddings`` ``(M, D)`` (no gradient), their
+    ``labels`` ``(M,)``, which rows are ``filled`` ``(M,)``, and each anchor's own row ``own`` ``(n,)``
+    (the batch is written to the memory before it is scored)."""
+
+    embeddings: Tensor
+    labels: Tensor
+    filled: Tensor
+    own: Tensor
+
+
+_MEMORY: ContextVar[Memory | None] = ContextVar("losskit_pair_memory", default=None)
+
+
+@contextmanager
+def scored_against(memory: Memory) -> Iterator[None]:
+    """Within the block, :func:`pairs` pairs each anchor with the rows of ``memory``."""
+    token = _MEMORY.set(memory)
+    try:
+        yield
+    finally:
+        _MEMORY.reset(token)
+
+
+def _memory_pairs(x: Tensor, target: Tensor, memory: Memory) -> Pairs:
+    z = TF.normalize(x, dim=-1)
+    z_all = TF.normalize(memory.embeddings.detach().to(z.dtype), dim=-1)
+    labels = memory.labels.to(target.device)
+    filled = memory.filled[None, :]
+    not_self = torch.arange(z_all.shape[0], device=z.device)[None, :] != memory.own[:, None]
+    same = target[:, None] == labels[None, :]
+    return Pairs(z, z_all, labels, 0, memory.own, z @ z_all.T, same & not_self & filled, ~same & filled,
+                 memory.filled)
 
 
 def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, distributed: object, *,
@@ -62,23 +110,34 @@ def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, dis
     _check_embeddings("input", input)
     _check_labels(target, input.shape[0])
     x = upcast(input)
+    memory = _MEMORY.get()
+    if memory is not None:
+        if distributed:
+            raise ValueError("distributed must be False with a cross-batch memory: the memory holds "
+                             "this process's embeddings only")
+        return _memory_pairs(x, target, memory)
     if needs_both:
         x = _unless_nothing_to_score(x, target, distributed)
     z = TF.normalize(x, dim=-1)
     z_all, labels_all, offset = _gather(z, target, distributed)
     n, total = z.shape[0], z_all.shape[0]
-    not_self = torch.arange(total, device=z.device)[None, :] != (torch.arange(n, device=z.device) + offset)[:, None]
+    own = torch.arange(n, device=z.device) + offset
+    not_self = torch.arange(total, device=z.device)[None, :] != own[:, None]
     same = target[:, None] == labels_all[None, :]
-    return Pairs(z, z_all, labels_all, offset, z @ z_all.T, same & not_self, ~same)
+    return Pairs(z, z_all, labels_all, offset, own, z @ z_all.T, same & not_self, ~same)
+
+
+def log1p_exp(x: Tensor) -> Tensor:
+    r""":math:`\log(1 + e^x)`, exact for every :math:`x`: ``F.softplus`` returns :math:`x` itself past
+    20, :math:`e^{-20} = 2 \cdot 10^{-9}` off, which float64 sees."""
+    return torch.logaddexp(x, x.new_zeros(()))
 
 
 def log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
     r""":math:`\log(1 + \sum_{j \in keep} e^{x_j})` per row, exact when the sum is small (a converged
-    loss: :math:`\log(e^0 + e^{\mathrm{lse}})` of the log-sum) and when it is large (``softplus``
-    would return the log-sum itself past 20, 2e-9 off in float64); 0 with a zero gradient for an
+    loss: :func:`log1p_exp` of the log-sum) and when it is large; 0 with a zero gradient for an
     empty row."""
-    lse = torch.logsumexp(_masked_fill_min(logits, keep), 1)
-    return torch.logaddexp(lse, lse.new_zeros(()))
+    return log1p_exp(torch.logsumexp(_masked_fill_min(logits, keep), 1))
 
 
 def _distance(a: Tensor, b: Tensor) -> Tensor:
@@ -86,12 +145,11 @@ def _distance(a: Tensor, b: Tensor) -> Tensor:
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _without_self(values: Tensor, offset: int) -> Tensor:
-    """``(n, M)`` -> ``(n, M - 1)``: row ``i`` without column ``offset + i`` (the anchor itself)."""
-    n, total = values.shape
+def _without_self(values: Tensor, own: Tensor) -> Tensor:
+    """``(n, M)`` -> ``(n, M - 1)``: row ``i`` without column ``own[i]`` (the anchor itself)."""
+    total = values.shape[1]
     k = torch.arange(max(total - 1, 0), device=values.device)[None, :]
-    own = (torch.arange(n, device=values.device) + offset)[:, None]
-    return values.gather(1, k + (k >= own).long())
+    return values.gather(1, k + (k >= own[:, None]).long())
 
 
 def _mean_over_positives(values: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,8 +235,10 @@ def contrastive_pair_loss(
     p = pairs(input, target, reduction, normalizer, distributed)
     d = _distance(p.z, p.z_all)
     loss = torch.where(p.positive, (d - pos_margin).clamp_min(0), (neg_margin - d).clamp_min(0))
-    return _reduce(_without_self(loss, p.offset), input=input, target=target,
-                   weight=_per_anchor_weight(weight, input.shape[0]), mask=None, reduction=reduction,
+    # With a memory, its empty rows are neither positive nor negative: 0 and left out.
+    counted = None if p.filled is None else _without_self(p.positive | p.negative, p.own)
+    return _reduce(_without_self(loss, p.own), input=input, target=target,
+                   weight=_per_anchor_weight(weight, input.shape[0]), mask=counted, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
 
 
@@ -335,7 +395,7 @@ def tuplet_margin_loss(
     sin = d * (1 - d.square() / 4).clamp_min(0).sqrt()
     shifted = cos * math.cos(margin) + sin * math.sin(margin)  # cos(theta - beta)
     negatives = torch.logsumexp(_masked_fill_min(scale * p.sim, p.negative), 1)  # (n,)
-    per_pair = TF.softplus(negatives[:, None] - scale * shifted)
+    per_pair = log1p_exp(negatives[:, None] - scale * shifted)
     loss, valid = _mean_over_positives(per_pair, p.positive)
     return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)

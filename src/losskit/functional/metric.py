@@ -61,6 +61,7 @@ from losskit.functional._metric_pairs import (
     contrastive_pair_loss,
     fast_ap_loss,
     lifted_structure_loss,
+    log1p_exp,
     log1p_sum_exp,
     npairs_loss,
     pairs,
@@ -719,6 +720,6 @@ def circle_loss(
     both = (torch.logsumexp(_masked_fill_min(logit_p, positive), 1)
             + torch.logsumexp(_masked_fill_min(logit_n, negative), 1))
     valid = positive.any(1) & negative.any(1)
-    loss = torch.where(valid, TF.softplus(torch.where(valid, both, both.new_zeros(()))), both.new_zeros(()))
+    loss = torch.where(valid, log1p_exp(torch.where(valid, both, both.new_zeros(()))), both.new_zeros(()))
     return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
