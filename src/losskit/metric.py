@@ -5,6 +5,9 @@ classifier's weight, one row per class; ``(C, K, D)`` with sub-centres) and trai
 model: give the loss's parameters to the optimizer. ``proxies=`` starts from given values instead.
 The config (``get_config``) holds ``num_classes`` and ``embedding_size``, plus the proxies' current
 values when they were given explicitly; learned values are in ``state_dict``, as for any module.
+
+:class:`CrossBatchMemory` wraps a pair loss with a memory of earlier batches (XBM); it is the one
+module here that changes state in ``forward`` (see its docstring for when).
 """
 
 from __future__ import annotations

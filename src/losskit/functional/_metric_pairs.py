@@ -24,9 +24,9 @@ Public through :mod:`losskit.functional.metric`.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import NamedTuple
 
 import torch
@@ -76,17 +76,20 @@ class Memory(NamedTuple):
     own: Tensor
 
 
-_MEMORY: ContextVar[Memory | None] = ContextVar("losskit_pair_memory", default=None)
+# Per thread (nn.DataParallel runs replicas in threads); a thread-local, unlike a ContextVar, is
+# read by torch.compile(fullgraph=True) without a graph break.
+_SCORING = threading.local()
 
 
 @contextmanager
 def scored_against(memory: Memory) -> Iterator[None]:
     """Within the block, :func:`pairs` pairs each anchor with the rows of ``memory``."""
-    token = _MEMORY.set(memory)
+    outer = getattr(_SCORING, "memory", None)
+    _SCORING.memory = memory
     try:
         yield
     finally:
-        _MEMORY.reset(token)
+        _SCORING.memory = outer
 
 
 def _memory_pairs(x: Tensor, target: Tensor, memory: Memory) -> Pairs:
@@ -110,7 +113,7 @@ def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, dis
     _check_embeddings("input", input)
     _check_labels(target, input.shape[0])
     x = upcast(input)
-    memory = _MEMORY.get()
+    memory = getattr(_SCORING, "memory", None)
     if memory is not None:
         if distributed:
             raise ValueError("distributed must be False with a cross-batch memory: the memory holds "

@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losskit._core.checks import check_number, check_tensor
+from losskit._core.checks import check_bool, check_number, check_tensor
 from losskit._core.numerics import log_softmax
 from losskit._core.reduction import Reduction
 from losskit.functional._metric_pairs import log1p_sum_exp
 from losskit.functional._proxy_common import _check_inputs, _cosines, _finish, _prepare
+from losskit.functional.contrastive import _gather
 
 __all__ = ["proxy_anchor_loss", "proxy_nca_loss", "soft_triple_loss"]
 
@@ -176,6 +177,7 @@ def proxy_anchor_loss(
     proxies: Tensor,
     margin: float = 0.1,
     alpha: float = 32.0,
+    distributed: bool = False,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     normalizer: float | Tensor | None = None,
@@ -209,6 +211,9 @@ def proxy_anchor_loss(
         proxies: One vector per class ``(C, D)`` (learned; see :class:`losskit.nn.ProxyAnchorLoss`).
         margin: :math:`\delta` (0.1).
         alpha: :math:`\alpha > 0`, the scale (32).
+        distributed: Take every rank's embeddings into each proxy's sums (with gradient, see
+            :func:`losskit.distributed.all_gather_with_grad`): every rank computes the loss of the
+            global batch, so DDP's average of the gradients is the single-process gradient.
         weight: Per-class weights ``(C,)`` (the unit is the class).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
         normalizer: With ``"mean"``, divide the weighted sum by this count instead.
@@ -241,11 +246,13 @@ def proxy_anchor_loss(
     _check_inputs(input, target, proxies, reduction, normalizer)
     margin = check_number("margin", margin)
     alpha = check_number("alpha", alpha, low=0.0, low_open=True)
+    check_bool("distributed", distributed)
     classes = proxies.shape[0]
     weight = _per_class_weight(weight, classes)
     x, w = _prepare(input, proxies)
-    cos, _ = _cosines(x, w)  # (N, C)
-    labelled = (target[:, None] == torch.arange(classes, device=target.device)).T  # (C, N)
+    x, labels, _ = _gather(x, target, distributed)
+    cos, _ = _cosines(x, w)  # (N, C), N the global batch when distributed
+    labelled = (labels[:, None] == torch.arange(classes, device=labels.device)).T  # (C, N)
     pulled = log1p_sum_exp(-alpha * (cos.T - margin), labelled)
     pushed = log1p_sum_exp(alpha * (cos.T + margin), ~labelled)
     present = labelled.any(1).sum().clamp_min(1).to(cos.dtype)
