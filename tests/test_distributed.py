@@ -118,6 +118,8 @@ def _checks() -> dict[str, dict[str, float]]:
         "lifted_structure": (lambda t, a, y, **kw: LF.lifted_structure_loss(a @ t, y, **kw), {}),
         "tuplet_margin": (lambda t, a, y, **kw: LF.tuplet_margin_loss(a @ t, y, scale=8.0, **kw), {}),
         "fast_ap": (lambda t, a, y, **kw: LF.fast_ap_loss(a @ t, y, num_bins=4, **kw), {}),
+        "npairs": (lambda t, a, y, **kw: LF.npairs_loss(a @ t, y, **kw), {}),
+        "proxy_anchor": (lambda t, a, y, **kw: LF.proxy_anchor_loss(a @ t, y, proxies=t[:3], alpha=4.0, **kw), {}),
     }
     for name, (fn, flags) in cases.items():
         second = v if name.startswith("info_nce") else labels

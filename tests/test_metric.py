@@ -577,3 +577,303 @@ def test_soft_triple_module_takes_the_number_of_centres():
     module = losskit.SoftTripleLoss(num_classes=C, embedding_size=D, centers_per_class=4)
     assert tuple(module.proxies.shape) == (C, 4, D)
     assert losskit.get(module.get_config()).centers_per_class == 4
+
+
+# --- N-pairs and Proxy-Anchor ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", ["mixed", "pairs"])
+def test_npairs_matches_pytorch_metric_learning(labels):
+    x, _ = _batch(26)
+    if labels == "mixed":  # classes of 1 to 4 samples, out of order: the first two of each form its pair
+        y = torch.arange(N) % 7
+        y[0] = 99
+        y = y[torch.randperm(N, generator=torch.Generator().manual_seed(27))]
+    else:
+        y = torch.arange(N) // 2
+    x.requires_grad_(True)
+    expected = pml.NPairsLoss()(x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    actual = LF.npairs_loss(x, y)
+    (grad,) = torch.autograd.grad(actual, x)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_npairs_matches_the_papers_formula():
+    # Eq. 3 of Sohn (N-pair-mc) over the pairs (first, second sample of each label seen twice),
+    # one anchor at a time, with the cross-entropy's own softmax.
+    x, _ = _batch(28)
+    y = torch.tensor([3, 1, 3, 0, 1, 3, 2, 5, 5, 1] + [7] * (N - 10))
+    z = torch.nn.functional.normalize(x, dim=1)
+    order = [c for c in dict.fromkeys(y.tolist()) if (y == c).sum() > 1]
+    pair = {c: [i for i in range(N) if y[i] == c][:2] for c in order}
+    expected = torch.zeros(N, dtype=torch.float64)
+    for c in order:
+        a, p = pair[c]
+        logits = torch.stack([z[a] @ z[pair[k][1]] for k in order])
+        expected[a] = torch.logsumexp(logits, 0) - z[a] @ z[p]
+    none = LF.npairs_loss(x, y, reduction="none")
+    torch.testing.assert_close(none, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(LF.npairs_loss(x, y), expected.sum() / len(order), rtol=1e-12, atol=0)
+    assert (none != 0).sum() == len(order)
+
+
+def test_npairs_without_a_pair_is_zero_with_a_gradient():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for y in (torch.arange(4), torch.tensor([0, 0, 1, 2])):  # no pair; one pair and no other positive
+        loss = LF.npairs_loss(x, y)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.item() == 0.0 and (grad == 0).all()
+
+
+def test_npairs_is_exact_near_convergence_in_float32():
+    # Anchors at cosine 1 - 5e-7 to their positive, -1 to the other class's: the loss is about
+    # e^-2; the log-softmax form would lose it to the cancelling logsumexp - target.
+    x = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]).repeat(2, 1)
+    x[2:, 1] = 1e-3
+    y = torch.tensor([0, 1, 0, 1])
+    exact = LF.npairs_loss(x.double(), y, reduction="none")
+    torch.testing.assert_close(LF.npairs_loss(x, y, reduction="none").double(), exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("peer_kwargs", "options"), [({}, {}), ({"margin": 0.3, "alpha": 8.0},
+                                                                {"margin": 0.3, "alpha": 8.0})])
+def test_proxy_anchor_matches_pytorch_metric_learning(peer_kwargs, options):
+    torch.manual_seed(29)
+    peer = pml.ProxyAnchorLoss(num_classes=C, embedding_size=D, **peer_kwargs).double()
+    x, y = _batch(30)
+    y[y == 2] = 3  # a class without a sample: its negative term alone
+    x.requires_grad_(True)
+    expected = peer(x, y)
+    expected_grad_x, expected_grad_w = torch.autograd.grad(expected, (x, peer.proxies))
+    proxies = peer.proxies.detach().clone().requires_grad_(True)  # the peer's proxies are (C, D) already
+    actual = LF.proxy_anchor_loss(x, y, proxies=proxies, **options)
+    grad_x, grad_w = torch.autograd.grad(actual, (x, proxies))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_w, expected_grad_w, rtol=1e-8, atol=1e-10)
+    # The unit: each class's share, the peer's positive term scaled by C / |P+| plus its negative term.
+    terms = peer.compute_loss(x, y, None, x, y)
+    present = len(y.unique())
+    shares = terms["pos_loss"]["losses"] * C / present + terms["neg_loss"]["losses"]
+    none = LF.proxy_anchor_loss(x, y, proxies=proxies, reduction="none", **options)
+    torch.testing.assert_close(none, shares, rtol=1e-10, atol=1e-12)
+    assert terms["pos_loss"]["divisor"] == present and terms["neg_loss"]["divisor"] == C
+
+
+def test_proxy_anchor_matches_the_papers_formula():
+    # Eq. 4 of Kim et al., one proxy at a time over the batch.
+    x, y = _batch(31)
+    y[y == 5] = 0
+    w = torch.randn(C, D, dtype=torch.float64, generator=torch.Generator().manual_seed(32))
+    alpha, delta = 6.0, 0.2
+    positive, negative = [], []
+    for c in range(C):
+        pos = [torch.exp(-alpha * (_cos(x[i], w[c]) - delta)) for i in range(N) if y[i] == c]
+        neg = [torch.exp(alpha * (_cos(x[i], w[c]) + delta)) for i in range(N) if y[i] != c]
+        if pos:
+            positive.append(torch.log(1 + sum(pos)))
+        negative.append(torch.log(1 + sum(neg)))
+    expected = sum(positive) / len(positive) + sum(negative) / C
+    actual = LF.proxy_anchor_loss(x, y, proxies=w, alpha=alpha, margin=delta)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    none = LF.proxy_anchor_loss(x, y, proxies=w, alpha=alpha, margin=delta, reduction="none")
+    torch.testing.assert_close(none.mean(), expected, rtol=1e-12, atol=0)
+
+
+def test_proxy_anchor_is_exact_near_convergence_in_float32():
+    # Two opposite proxies, each embedding at angle 1e-3 from its own: every term about e^{-29}.
+    w = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 0, 1])
+    x = w[y].clone()
+    x[:, 1] = 1e-3
+    exact = LF.proxy_anchor_loss(x.double(), y, proxies=w.double(), reduction="none")
+    assert (exact > 0).all() and (exact < 1e-10).all()
+    torch.testing.assert_close(LF.proxy_anchor_loss(x, y, proxies=w, reduction="none").double(), exact,
+                               rtol=1e-5, atol=0)
+
+
+def test_proxy_anchor_module_trains_its_proxies_like_pytorch_metric_learning():
+    torch.manual_seed(33)
+    peer = pml.ProxyAnchorLoss(num_classes=C, embedding_size=D).double()
+    ours = losskit.ProxyAnchorLoss(proxies=peer.proxies.detach())
+    x, y = _batch(34)
+    for module in (peer, ours):
+        optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+        module(x, y).backward()
+        optimizer.step()
+    torch.testing.assert_close(ours.proxies.detach(), peer.proxies.detach(), rtol=1e-10, atol=1e-12)
+    # Drawn as the peer's: Kaiming normal with fan out, standard deviation sqrt(2 / C).
+    drawn = losskit.ProxyAnchorLoss(num_classes=400, embedding_size=50).proxies.detach()
+    assert abs(drawn.std().item() / math.sqrt(2 / 400) - 1) < 0.05
+
+
+def test_npairs_and_proxy_anchor_bad_inputs_name_the_argument():
+    x, y = _batch(35)
+    w = torch.randn(C, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"weight must have shape \(7,\), one weight per class"):
+        LF.proxy_anchor_loss(x, y, proxies=w, weight=torch.ones(N, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        LF.proxy_anchor_loss(x, y, proxies=w, weight=[1.0] * C)
+    with pytest.raises(ValueError, match="alpha"):
+        LF.proxy_anchor_loss(x, y, proxies=w, alpha=0.0)
+    with pytest.raises(TypeError, match="margin must be a number"):
+        LF.proxy_anchor_loss(x, y, proxies=w, margin="0.1")
+    with pytest.raises(ValueError, match=r"target must have shape \(24,\)"):
+        LF.npairs_loss(x, y[:-1])
+    with pytest.raises(TypeError, match="target must hold integer class labels"):
+        LF.npairs_loss(x, y.double())
+    with pytest.raises(ValueError, match="input must have shape"):
+        LF.npairs_loss(x[0], y)
+    with pytest.raises(ValueError, match="weight must"):
+        LF.npairs_loss(x, y, weight=torch.ones(3, dtype=torch.float64))
+    nan = x.clone()
+    nan[3, 1] = float("nan")
+    for fn, kw in ((LF.npairs_loss, {}), (LF.proxy_anchor_loss, {"proxies": w})):
+        with pytest.raises(ValueError, match="input contains non-finite"):
+            fn(nan, y, **kw)
+
+
+# --- cross-batch memory ------------------------------------------------------------------------------
+
+MEMORY, BATCH, STEPS = 20, 8, 6  # the memory wraps around on the third step
+
+
+def _memory_batches(seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(BATCH, D, generator=gen, dtype=torch.float64), torch.randint(5, (BATCH,), generator=gen))
+            for _ in range(STEPS)]
+
+
+def _pairs_against_memory(xbm, rows, y):
+    """The positive and negative pair masks ``(N, M - 1)`` of each anchor against the memory's other rows."""
+    labels, filled = xbm.label_memory, xbm.filled
+    keep = torch.arange(MEMORY)[None, :] != rows[:, None]
+    same = ((y[:, None] == labels[None, :]) & filled)[keep].view(len(y), MEMORY - 1)
+    other = ((y[:, None] != labels[None, :]) & filled)[keep].view(len(y), MEMORY - 1)
+    return same, other
+
+
+def _contrastive_peer_reduction(xbm, x, y, rows):
+    # pytorch-metric-learning's AvgNonZeroReducer: the mean of the non-zero positive pairs plus
+    # that of the non-zero negative pairs
+    pairs = xbm(x, y, reduction="none")
+    same, other = _pairs_against_memory(xbm, rows, y)
+    pos, neg = pairs[same], pairs[other]
+    return sum(v[v > 0].mean() for v in (pos, neg) if (v > 0).any())
+
+
+def _tuplet_peer_reduction(xbm, x, y, rows):
+    # the peer's mean over positive pairs: each anchor weighted by its positives in the memory as
+    # the call leaves it (the batch written first)
+    labels, filled = xbm.label_memory.clone(), xbm.filled.clone()
+    labels[rows], filled[rows] = y, True
+    positives = (y[:, None] == labels[None, :]) & filled & (torch.arange(MEMORY)[None, :] != rows[:, None])
+    return xbm(x, y, weight=positives.sum(1).double())
+
+
+XBM_PARITY = [
+    (lambda: pml.MultiSimilarityLoss(), lambda: losskit.MultiSimilarityLoss(), None),
+    (lambda: pml.CircleLoss(), lambda: losskit.CircleLoss(), None),
+    (lambda: pml.ContrastiveLoss(), lambda: losskit.ContrastivePairLoss(), _contrastive_peer_reduction),
+    (lambda: pml.TupletMarginLoss(), lambda: losskit.TupletMarginLoss(margin=math.radians(5.73)),
+     _tuplet_peer_reduction),
+]
+
+
+@pytest.mark.parametrize(("peer_loss", "our_loss", "reduce"), XBM_PARITY,
+                         ids=["multi_similarity", "circle", "contrastive_pair", "tuplet_margin"])
+def test_cross_batch_memory_matches_pytorch_metric_learning_over_several_steps(peer_loss, our_loss, reduce):
+    peer = pml.CrossBatchMemory(peer_loss(), embedding_size=D, memory_size=MEMORY)
+    ours = losskit.metric.CrossBatchMemory(our_loss(), embedding_size=D, memory_size=MEMORY).double()
+    for step, (x, y) in enumerate(_memory_batches(36)):
+        x = x.requires_grad_(True)
+        expected = peer(x, y)
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        rows = (ours.position + torch.arange(BATCH)) % MEMORY
+        actual = ours(x, y) if reduce is None else reduce(ours, x, y, rows)
+        (grad,) = torch.autograd.grad(actual, x)
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12, msg=f"step {step}")
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10, msg=f"step {step}")
+        torch.testing.assert_close(ours.embedding_memory, peer.embedding_memory, rtol=0, atol=0)
+        assert torch.equal(ours.label_memory, peer.label_memory)
+    assert ours.filled.all() and int(ours.position) == peer.queue_idx == (STEPS * BATCH) % MEMORY
+
+
+def test_cross_batch_memory_scores_against_the_memory_from_the_papers_definition():
+    # Float64 reference: multi-similarity of each anchor over the memory's filled rows but its own,
+    # written out one anchor at a time (eq. 9 of Wang et al. 2019 with the memory as candidates).
+    xbm = losskit.metric.CrossBatchMemory(losskit.MultiSimilarityLoss(), embedding_size=D, memory_size=MEMORY).double()
+    stored_x, stored_y = [], []
+    unit = torch.nn.functional.normalize
+    for x, y in _memory_batches(37)[:4]:
+        rows = ((xbm.position + torch.arange(BATCH)) % MEMORY).tolist()
+        actual = xbm(x, y, reduction="none")
+        for r, xi, yi in zip(rows, x, y, strict=True):  # the ring buffer, by hand
+            if r < len(stored_x):
+                stored_x[r], stored_y[r] = xi, yi
+            else:
+                stored_x.append(xi)
+                stored_y.append(yi)
+        expected = []
+        for i in range(BATCH):
+            s = torch.stack([unit(x[i], dim=0) @ unit(m, dim=0) for m in stored_x])
+            pos = [j for j in range(len(stored_x)) if j != rows[i] and stored_y[j] == y[i]]
+            neg = [j for j in range(len(stored_x)) if stored_y[j] != y[i]]
+            expected.append(torch.log1p(sum((torch.exp(-2 * (s[j] - 0.5)) for j in pos), torch.tensor(0.0)))
+                            / 2 + torch.log1p(sum((torch.exp(50 * (s[j] - 0.5)) for j in neg), torch.tensor(0.0))) / 50)
+        torch.testing.assert_close(actual, torch.stack(expected).double(), rtol=1e-10, atol=1e-12)
+
+
+def test_cross_batch_memory_state_is_buffers_and_eval_leaves_it_alone():
+    batches = _memory_batches(38)
+    xbm = losskit.metric.CrossBatchMemory(losskit.CircleLoss(), embedding_size=D, memory_size=MEMORY).double()
+    # An empty memory holds only the batch: the value is the plain loss on the batch.
+    x, y = batches[0]
+    for mode in (xbm.eval, xbm.train):
+        mode()
+        torch.testing.assert_close(xbm(x, y), losskit.circle_loss(x, y), rtol=1e-12, atol=0)
+    for x, y in batches[1:3]:
+        xbm(x, y)
+    assert sorted(dict(xbm.named_buffers())) == ["embedding_memory", "filled", "label_memory", "position"]
+    # eval: scored against the memory and itself, nothing written
+    before = {k: v.clone() for k, v in xbm.state_dict().items()}
+    xbm.eval()
+    x, y = batches[3]
+    evaluated = xbm(x, y)
+    assert all(torch.equal(before[k], v) for k, v in xbm.state_dict().items())
+    xbm.train()
+    # state_dict carries the whole state: a copy gives the same next value and the same memory after it
+    copy = losskit.metric.CrossBatchMemory(losskit.CircleLoss(), embedding_size=D, memory_size=MEMORY).double()
+    copy.load_state_dict(xbm.state_dict())
+    torch.testing.assert_close(copy(x, y), xbm(x, y), rtol=0, atol=0)
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in xbm.state_dict().items())
+    assert evaluated.item() != xbm(x, y).item()  # the memory moved on
+    # .to() moves the memory; reset() empties it
+    assert copy.to(torch.float32).embedding_memory.dtype == torch.float32
+    copy.reset()
+    assert not copy.filled.any() and int(copy.position) == 0
+    torch.testing.assert_close(copy(x.float(), y), losskit.circle_loss(x.float(), y))
+
+
+def test_cross_batch_memory_bad_inputs_name_the_argument():
+    with pytest.raises(TypeError, match="loss must be one of the pair loss modules"):
+        losskit.metric.CrossBatchMemory(losskit.LiftedStructureLoss(), embedding_size=D)
+    with pytest.raises(TypeError, match="loss must be one of"):
+        losskit.metric.CrossBatchMemory(LF.multi_similarity_loss, embedding_size=D)
+    with pytest.raises(ValueError, match="loss must not be distributed"):
+        losskit.metric.CrossBatchMemory(losskit.MultiSimilarityLoss(distributed=True), embedding_size=D)
+    for name, kwargs in (("embedding_size", {"embedding_size": 0}), ("memory_size", {"memory_size": 2.5})):
+        with pytest.raises(ValueError, match=name):
+            losskit.metric.CrossBatchMemory(losskit.CircleLoss(), **{"embedding_size": D, **kwargs})
+    xbm = losskit.metric.CrossBatchMemory(losskit.CircleLoss(), embedding_size=D, memory_size=4)
+    with pytest.raises(ValueError, match="more than memory_size = 4"):
+        xbm(torch.randn(5, D), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input must have shape \(N, 6\) \(embedding_size\)"):
+        xbm(torch.randn(3, D + 1), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="target must hold integer class labels"):
+        xbm(torch.randn(3, D), torch.zeros(3))
+    with pytest.raises(ValueError, match="input contains NaN or infinite"):
+        xbm(torch.full((3, D), float("nan")), torch.tensor([0, 0, 1]))
+    assert not xbm.filled.any()  # checked before it entered the memory

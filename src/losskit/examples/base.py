@@ -118,6 +118,9 @@ class Spec:
         function: The function to call, for a loss outside the registry.
         probe: The 1-D sweep ``losskit plot`` draws (:mod:`losskit.examples.probes`); ``None``: the
             family's (``probes.FAMILY``).
+        counted: ``counted(case)``: which units of ``reduction="none"`` count in ``"mean"`` (the
+            others are 0 and left out), for a loss whose unit exists only for some samples (the
+            N-pairs loss: one pair per class, at its anchor's row); ``None``: every unit.
     """
 
     make: Callable[[int, torch.Generator], Case]
@@ -132,6 +135,7 @@ class Spec:
     budgets: Mapping[str, Budget] = field(default_factory=dict)
     function: Callable[..., Tensor] | None = None
     probe: Sweep | None = None
+    counted: Callable[[Case], Tensor] | None = None
 
     def budget_for(self, regime: str) -> Budget:
         return self.budgets.get(regime, self.budget)

@@ -306,3 +306,102 @@ SPECS["fast_ap"] = Spec(make=_pair_case("fast_ap"), unit_shape=_per_sample, weig
                             "the triangular kernel's slope flips at each bin centre: among the 1e6 pairs, 4 "
                             "squared distances lie within their float32 rounding (5e-6) of a centre and take "
                             "the other side's slope, in any implementation"))})
+
+
+# --- N-pairs: one value per sample (each pair's at its anchor, 0 elsewhere), the labelled batches of
+# the pair losses (classes of two: every class gives a pair). Its logits are cosines in [-1, 1]: no
+# scale to saturate, and a pair's loss is at least log(1 + (P - 1) e^-2) over P pairs.
+
+
+def _npairs_anchors(case: Case) -> torch.Tensor:
+    """The first sample of each label seen twice: the rows that hold a pair."""
+    same = case.target[:, None] == case.target[None, :]
+    return (same.tril(-1).sum(1) == 0) & (same.sum(1) > 1)
+
+
+def _npairs_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w, _ = _sample_weight(case, gen)
+    return w, w * _npairs_anchors(case)
+
+
+def _npairs_probe(loss, s):
+    # class 0: anchor e1 and its positive v (cosine s); class 1: e3 twice. Row 0 is
+    # log(1 + e^{0 - s}): the anchor's cosine to class 1's positive is 0.
+    def at(si):
+        e1, v, e3 = probes._pair_embeddings(si)
+        return loss(torch.stack([e1, v, e3, e3]), torch.tensor([0, 0, 1, 1]), reduction="none")[0]
+
+    return probes._one(probes._stacked(at, s))
+
+
+PAIR_OPTIONS["npairs"] = {}
+SPECS["npairs"] = Spec(make=_pair_case("npairs"), unit_shape=_per_sample, weight=_npairs_weight,
+                       counted=_npairs_anchors,
+                       probe=probes.Sweep("class 0: anchor e1, positive v; class 1: e3, e3", probes.PROXY_COSINE,
+                                          _npairs_probe),
+                       not_applicable={**NOT_APPLICABLE_PAIRS, "saturated": (
+                           "the logits are cosines of unit embeddings in [-1, 1], without a scale"),
+                           "near_converged": (
+                           "the logits are cosines in [-1, 1]: each pair's loss is at least log(1 + (P - 1) "
+                           "e^-2) over P pairs, above 1e-3 whenever there is a negative")},
+                       regimes={"typical": typical(_pair_case("npairs"), n=16),
+                                "large": Regime(_pair_case("npairs", n_dim=1000), reductions=("mean",))})
+
+
+# --- Proxy-Anchor: one value per class ``(C,)``, per-class weights. The typical cases run at alpha 8
+# (gradcheck sees every term), the saturated ones at the default 32 with margin 0.1 (logits
+# alpha (cos + delta) up to 35). Near convergence: two classes with opposite proxies (+-e1), each
+# embedding near its class's (noise 0.01): every term below 1e-10.
+
+
+def _per_class(case: Case) -> tuple[int, ...]:
+    return (case.kwargs["proxies"].shape[0],)
+
+
+def _class_weight(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.rand(_per_class(case), generator=gen, dtype=torch.float64) + 0.5
+    return w, w
+
+
+def _proxy_anchor_logits(case: Case) -> torch.Tensor:
+    w = case.kwargs["proxies"]
+    cos = TF.normalize(case.input, dim=-1) @ TF.normalize(w, dim=-1).T
+    return case.kwargs.get("alpha", 32.0) * (cos + case.kwargs.get("margin", 0.1))
+
+
+def _proxy_anchor_saturated(gen: torch.Generator) -> Case:
+    """The defaults (alpha 32, margin 0.1) on the typical batch."""
+    case = _case("proxy_anchor")(64, gen)
+    return Case(case.input, case.target, {"proxies": case.kwargs["proxies"]})
+
+
+def _proxy_anchor_near_converged(gen: torch.Generator) -> Case:
+    proxies = torch.tensor([[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    target = torch.arange(64) % 2
+    x = proxies[target] + 0.01 * torch.randn((64, 4), generator=gen, dtype=torch.float64)
+    return Case(x, target, {"proxies": proxies})
+
+
+def _proxy_anchor_probe(loss, s):
+    # One embedding v of class 0 at cosine s to proxy e1, 0 to class 1's e3: the mean over the two
+    # classes, log(1 + e^{-32 (s - 0.1)}) + log(1 + e^{32 (s + 0.1)}) / 2 + log(1 + e^{3.2}) / 2.
+    proxies = torch.zeros((2, 3), dtype=s.dtype)
+    proxies[0, 0] = proxies[1, 2] = 1.0
+
+    def at(si):
+        v = torch.stack([si, torch.sqrt(1 - si * si), torch.zeros_like(si)])[None]
+        return loss(v, torch.zeros(1, dtype=torch.long), proxies=proxies)
+
+    return probes._one(probes._stacked(at, s))
+
+
+OPTIONS["proxy_anchor"] = {"alpha": 8.0}
+SPECS["proxy_anchor"] = Spec(
+    make=_case("proxy_anchor"), unit_shape=_per_class, weight=_class_weight,
+    probe=probes.Sweep("embedding v of class 0, proxies e1 and e3", probes.PROXY_COSINE, _proxy_anchor_probe,
+                       {"num_classes": 2, "embedding_size": 3}),
+    not_applicable=NOT_APPLICABLE,
+    regimes={"typical": typical(_case("proxy_anchor"), n=64),
+             "saturated": Regime(_proxy_anchor_saturated, logits=_proxy_anchor_logits),
+             "near_converged": Regime(_proxy_anchor_near_converged),
+             "large": Regime(_large("proxy_anchor"), reductions=("mean",), logits=_proxy_anchor_logits)})

@@ -1,4 +1,4 @@
-r"""Pair losses on a labelled batch: contrastive pairs, lifted structure, tuplet margin, FastAP.
+r"""Pair losses on a labelled batch: contrastive pairs, lifted structure, tuplet margin, FastAP, N-pairs.
 
 Every other sample with the anchor's label is a positive, every sample with another label a
 negative; with ``distributed=True`` the candidates come from every rank (as in
@@ -12,12 +12,21 @@ a close positive pair (the pairs of a trained model) the latter's relative error
 :math:`\varepsilon / d` (the rounding of the unit vectors themselves). Its gradient is 0 at
 distance 0, as pytorch-metric-learning's; these losses are differentiable once.
 
+**Cross-batch memory.** Inside :func:`scored_against` (used by
+:class:`losskit.metric.CrossBatchMemory`), :func:`pairs` takes the candidates from a memory of
+earlier embeddings instead of the batch: each anchor of the batch against every filled row of
+the memory but its own. The losses that read only the pair masks and similarities (contrastive
+pairs, multi-similarity, circle, tuplet margin) score a memory as they score a batch.
+
 Public through :mod:`losskit.functional.metric`.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -36,20 +45,62 @@ from losskit.functional.contrastive import (
     _unless_nothing_to_score,
 )
 
-__all__ = ["contrastive_pair_loss", "fast_ap_loss", "lifted_structure_loss", "tuplet_margin_loss"]
+__all__ = ["contrastive_pair_loss", "fast_ap_loss", "lifted_structure_loss", "npairs_loss", "tuplet_margin_loss"]
 
 
 class Pairs(NamedTuple):
-    """This rank's unit anchors ``z`` ``(n, D)``, every rank's ``z_all`` ``(M, D)`` and labels, where
-    this rank's rows start among them, their cosines ``(n, M)`` and the positive and negative masks."""
+    """This rank's unit anchors ``z`` ``(n, D)``, the candidates ``z_all`` ``(M, D)`` (every rank's
+    samples, or a memory's) and their labels, where this rank's rows start among them, each
+    anchor's own column ``own`` ``(n,)``, the cosines ``(n, M)``, the positive and negative masks,
+    and, for a memory, which candidates hold an entry (``None`` when every one does)."""
 
     z: Tensor
     z_all: Tensor
     labels_all: Tensor
     offset: int
+    own: Tensor
     sim: Tensor
     positive: Tensor
     negative: Tensor
+    filled: Tensor | None = None
+
+
+class Memory(NamedTuple):
+    """Candidates kept from earlier batches: raw ``embeddings`` ``(M, D)`` (no gradient), their
+    ``labels`` ``(M,)``, which rows are ``filled`` ``(M,)``, and each anchor's own row ``own`` ``(n,)``
+    (the batch is written to the memory before it is scored)."""
+
+    embeddings: Tensor
+    labels: Tensor
+    filled: Tensor
+    own: Tensor
+
+
+# Per thread (nn.DataParallel runs replicas in threads); a thread-local, unlike a ContextVar, is
+# read by torch.compile(fullgraph=True) without a graph break.
+_SCORING = threading.local()
+
+
+@contextmanager
+def scored_against(memory: Memory) -> Iterator[None]:
+    """Within the block, :func:`pairs` pairs each anchor with the rows of ``memory``."""
+    outer = getattr(_SCORING, "memory", None)
+    _SCORING.memory = memory
+    try:
+        yield
+    finally:
+        _SCORING.memory = outer
+
+
+def _memory_pairs(x: Tensor, target: Tensor, memory: Memory) -> Pairs:
+    z = TF.normalize(x, dim=-1)
+    z_all = TF.normalize(memory.embeddings.detach().to(z.dtype), dim=-1)
+    labels = memory.labels.to(target.device)
+    filled = memory.filled[None, :]
+    not_self = torch.arange(z_all.shape[0], device=z.device)[None, :] != memory.own[:, None]
+    same = target[:, None] == labels[None, :]
+    return Pairs(z, z_all, labels, 0, memory.own, z @ z_all.T, same & not_self & filled, ~same & filled,
+                 memory.filled)
 
 
 def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, distributed: object, *,
@@ -62,20 +113,34 @@ def pairs(input: Tensor, target: Tensor, reduction: str, normalizer: object, dis
     _check_embeddings("input", input)
     _check_labels(target, input)
     x = upcast(input)
+    memory = getattr(_SCORING, "memory", None)
+    if memory is not None:
+        if distributed:
+            raise ValueError("distributed must be False with a cross-batch memory: the memory holds "
+                             "this process's embeddings only")
+        return _memory_pairs(x, target, memory)
     if needs_both:
         x = _unless_nothing_to_score(x, target, distributed)
     z = TF.normalize(x, dim=-1)
     z_all, labels_all, offset = _gather(z, target, distributed)
     n, total = z.shape[0], z_all.shape[0]
-    not_self = torch.arange(total, device=z.device)[None, :] != (torch.arange(n, device=z.device) + offset)[:, None]
+    own = torch.arange(n, device=z.device) + offset
+    not_self = torch.arange(total, device=z.device)[None, :] != own[:, None]
     same = target[:, None] == labels_all[None, :]
-    return Pairs(z, z_all, labels_all, offset, z @ z_all.T, same & not_self, ~same)
+    return Pairs(z, z_all, labels_all, offset, own, z @ z_all.T, same & not_self, ~same)
+
+
+def log1p_exp(x: Tensor) -> Tensor:
+    r""":math:`\log(1 + e^x)`, exact for every :math:`x`: ``F.softplus`` returns :math:`x` itself past
+    20, :math:`e^{-20} = 2 \cdot 10^{-9}` off, which float64 sees."""
+    return torch.logaddexp(x, x.new_zeros(()))
 
 
 def log1p_sum_exp(logits: Tensor, keep: Tensor) -> Tensor:
     r""":math:`\log(1 + \sum_{j \in keep} e^{x_j})` per row, exact when the sum is small (a converged
-    loss: ``softplus`` of the log-sum); 0 with a zero gradient for an empty row."""
-    return TF.softplus(torch.logsumexp(_masked_fill_min(logits, keep), 1))
+    loss: :func:`log1p_exp` of the log-sum) and when it is large; 0 with a zero gradient for an
+    empty row."""
+    return log1p_exp(torch.logsumexp(_masked_fill_min(logits, keep), 1))
 
 
 def _distance(a: Tensor, b: Tensor) -> Tensor:
@@ -83,12 +148,11 @@ def _distance(a: Tensor, b: Tensor) -> Tensor:
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _without_self(values: Tensor, offset: int) -> Tensor:
-    """``(n, M)`` -> ``(n, M - 1)``: row ``i`` without column ``offset + i`` (the anchor itself)."""
-    n, total = values.shape
+def _without_self(values: Tensor, own: Tensor) -> Tensor:
+    """``(n, M)`` -> ``(n, M - 1)``: row ``i`` without column ``own[i]`` (the anchor itself)."""
+    total = values.shape[1]
     k = torch.arange(max(total - 1, 0), device=values.device)[None, :]
-    own = (torch.arange(n, device=values.device) + offset)[:, None]
-    return values.gather(1, k + (k >= own).long())
+    return values.gather(1, k + (k >= own[:, None]).long())
 
 
 def _mean_over_positives(values: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,8 +238,10 @@ def contrastive_pair_loss(
     p = pairs(input, target, reduction, normalizer, distributed)
     d = _distance(p.z, p.z_all)
     loss = torch.where(p.positive, (d - pos_margin).clamp_min(0), (neg_margin - d).clamp_min(0))
-    return _reduce(_without_self(loss, p.offset), input=input, target=target,
-                   weight=_per_anchor_weight(weight, input.shape[0]), mask=None, reduction=reduction,
+    # With a memory, its empty rows are neither positive nor negative: 0 and left out.
+    counted = None if p.filled is None else _without_self(p.positive | p.negative, p.own)
+    return _reduce(_without_self(loss, p.own), input=input, target=target,
+                   weight=_per_anchor_weight(weight, input.shape[0]), mask=counted, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
 
 
@@ -332,7 +398,7 @@ def tuplet_margin_loss(
     sin = d * (1 - d.square() / 4).clamp_min(0).sqrt()
     shifted = cos * math.cos(margin) + sin * math.sin(margin)  # cos(theta - beta)
     negatives = torch.logsumexp(_masked_fill_min(scale * p.sim, p.negative), 1)  # (n,)
-    per_pair = TF.softplus(negatives[:, None] - scale * shifted)
+    per_pair = log1p_exp(negatives[:, None] - scale * shifted)
     loss, valid = _mean_over_positives(per_pair, p.positive)
     return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
@@ -418,4 +484,89 @@ def fast_ap_loss(
     valid = count > 0
     loss = torch.where(valid, missed.sum(1) / count.clamp_min(1).to(missed.dtype), missed.new_zeros(()))
     return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
+                   normalizer=normalizer, distributed=distributed)
+
+
+def _first_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """For each sample, whether it is the first of its label with another after it (an N-pairs
+    anchor), and whether it is the second of its label (that anchor's positive); ``(M,)`` each,
+    without a host sync."""
+    same = labels[:, None] == labels[None, :]
+    before = same.tril(-1).sum(1)  # samples of the same label earlier in the batch
+    return (before == 0) & (same.sum(1) > 1), before == 1
+
+
+def npairs_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    distributed: bool = False,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    normalizer: float | Tensor | None = None,
+) -> Tensor:
+    r"""Multi-class N-pair loss: each class's anchor must pick its own positive among every class's positive.
+
+    From a labelled batch, each class with two samples or more gives one pair: its first sample
+    :math:`a_c` (the anchor) and its second :math:`p_c` (the positive), in batch order. With
+    :math:`S` the cosine similarities of the unit embeddings and :math:`P` the classes with a pair,
+    the anchor of class :math:`c` scores a cross-entropy over the positives of every class in
+    :math:`P`:
+
+    .. math::
+        \ell_{a_c} = -\log \frac{e^{S_{a_c p_c}}}{\sum_{k \in P} e^{S_{a_c p_k}}}
+            = \log\Big(1 + \sum_{k \in P, k \ne c} e^{S_{a_c p_k} - S_{a_c p_c}}\Big),
+
+    computed in the second form (exact for a converged loss, where the first cancels). The
+    natural unit is the pair, held at its anchor's row: ``reduction="none"`` gives one value per
+    sample, 0 for every sample that is not an anchor, and ``"mean"`` averages over the pairs (other
+    samples are left out), which is pytorch-metric-learning's ``NPairsLoss`` exactly (its
+    ``MeanReducer`` over the pairs it forms the same way; tested). The paper's regularizer on the
+    embeddings' norms has no use at unit length and is left out, as in pytorch-metric-learning.
+
+    Args:
+        input: Embeddings ``(N, D)`` (normalized here).
+        target: Integer labels ``(N,)``.
+        distributed: Form the pairs over every rank's batch, in rank order (see
+            :mod:`losskit.functional.contrastive`): each rank scores the anchors it holds.
+        weight: Per-sample weights ``(N,)``; a pair takes its anchor's.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (see :func:`losskit.reduce_loss`).
+        normalizer: With ``"mean"``, divide the weighted sum by this count instead.
+
+    Shape:
+        - input: :math:`(N, D)`; target: :math:`(N,)` integer.
+        - output: scalar, or :math:`(N,)` with ``reduction="none"`` (each pair's value at its
+          anchor; 0 elsewhere).
+
+    Returns:
+        The loss in the input's dtype. An empty batch, or one without a class seen twice, gives 0
+        with a gradient.
+
+    Raises:
+        ValueError: Wrong shapes, a bad reduction.
+        TypeError: Non-floating embeddings or non-integer labels.
+
+    Examples:
+        >>> import math, torch, losskit
+        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> # pairs (0, 2) and (1, 3): each anchor at cosine 1 to its positive, 0 to the other's:
+        >>> # log(1 + e^{0 - 1})
+        >>> loss = losskit.npairs_loss(z, torch.tensor([5, 7, 5, 7]), reduction="none")
+        >>> bool(torch.allclose(loss, torch.tensor([1.0, 1, 0, 0], dtype=torch.float64) * math.log1p(math.exp(-1))))
+        True
+
+    References:
+        Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016
+        (eq. 3, the N-pair-mc loss). Pairs and defaults follow pytorch-metric-learning
+        ``NPairsLoss`` (tested).
+    """
+    p = pairs(input, target, reduction, normalizer, distributed)
+    anchor_all, second_all = _first_pairs(p.labels_all)
+    n = p.z.shape[0]
+    anchor = anchor_all[p.offset:p.offset + n]
+    own_positive = p.positive & second_all[None, :]  # exactly one column for an anchor
+    target_sim = torch.where(own_positive, p.sim, p.sim.new_zeros(())).sum(1, keepdim=True)
+    others = second_all[None, :] & ~own_positive
+    loss = torch.where(anchor, log1p_sum_exp(p.sim - target_sim, others), p.sim.new_zeros(()))
+    return _reduce(loss, input=input, target=target, weight=weight, mask=anchor, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)

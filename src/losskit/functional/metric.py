@@ -17,11 +17,12 @@ loss                           logit of the labelled class :math:`y` (others: no
 :func:`large_margin_softmax_loss`  :math:`s\lVert x\rVert\lVert w_y\rVert\,\psi_m(\theta_y)`
 =============================  ===========================================================
 
-Two more proxy losses, :func:`proxy_nca_loss` and :func:`soft_triple_loss` (:math:`K` centres per
-class), are defined in ``_metric_proxies.py``; the losses on the pairs of a labelled batch
-(:func:`multi_similarity_loss` and :func:`circle_loss` below, :func:`contrastive_pair_loss`,
-:func:`lifted_structure_loss`, :func:`tuplet_margin_loss` and :func:`fast_ap_loss` in
-``_metric_pairs.py``) take no proxies. All are public from here.
+Three more proxy losses, :func:`proxy_nca_loss`, :func:`soft_triple_loss` (:math:`K` centres per
+class) and :func:`proxy_anchor_loss` (one value per class), are defined in ``_metric_proxies.py``;
+the losses on the pairs of a labelled batch (:func:`multi_similarity_loss` and :func:`circle_loss`
+below, :func:`contrastive_pair_loss`, :func:`lifted_structure_loss`, :func:`tuplet_margin_loss`,
+:func:`fast_ap_loss` and :func:`npairs_loss` in ``_metric_pairs.py``) take no proxies. All are
+public from here.
 
 The natural unit of ``reduction="none"`` is one value per sample, so ``"mean"`` is
 pytorch-metric-learning's ``MeanReducer``. The module forms (:mod:`losskit.metric`) hold the
@@ -60,11 +61,13 @@ from losskit.functional._metric_pairs import (
     contrastive_pair_loss,
     fast_ap_loss,
     lifted_structure_loss,
+    log1p_exp,
     log1p_sum_exp,
+    npairs_loss,
     pairs,
     tuplet_margin_loss,
 )
-from losskit.functional._metric_proxies import proxy_nca_loss, soft_triple_loss
+from losskit.functional._metric_proxies import proxy_anchor_loss, proxy_nca_loss, soft_triple_loss
 from losskit.functional._proxy_common import _check_inputs, _cosines, _finish, _prepare
 from losskit.functional.contrastive import _masked_fill_min, _reduce
 
@@ -78,6 +81,8 @@ __all__ = [
     "lifted_structure_loss",
     "multi_similarity_loss",
     "normalized_softmax_loss",
+    "npairs_loss",
+    "proxy_anchor_loss",
     "proxy_nca_loss",
     "soft_triple_loss",
     "sphereface_loss",
@@ -715,6 +720,6 @@ def circle_loss(
     both = (torch.logsumexp(_masked_fill_min(logit_p, positive), 1)
             + torch.logsumexp(_masked_fill_min(logit_n, negative), 1))
     valid = positive.any(1) & negative.any(1)
-    loss = torch.where(valid, TF.softplus(torch.where(valid, both, both.new_zeros(()))), both.new_zeros(()))
+    loss = torch.where(valid, log1p_exp(torch.where(valid, both, both.new_zeros(()))), both.new_zeros(()))
     return _reduce(loss, input=input, target=target, weight=weight, mask=valid, reduction=reduction,
                    normalizer=normalizer, distributed=distributed)
