@@ -358,7 +358,7 @@ class CrossBatchMemory(nn.Module):
     def _check(self, input: Tensor, target: Tensor) -> None:
         _check_embeddings("input", input)
         check_floating("input", input)
-        _check_labels(target, input.shape[0])
+        _check_labels(target, input)
         if input.shape[1] != self.embedding_size:
             raise ValueError(f"input must have shape (N, {self.embedding_size}) (embedding_size), got shape "
                              f"{tuple(input.shape)}")
