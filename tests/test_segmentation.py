@@ -328,9 +328,9 @@ def test_activation_is_applied_before_dropping_the_background():
 def test_fused_kernel_equals_plain_autograd():
     x, y = data(n=2, c=5, spatial=(40, 50))  # 2000 voxels: 8 chunks of 256
     y[0, :3] = -1
-    old = S._CPU_CHUNK
+    old = S._CPU_CHUNK, S._CPU_DENSE_CHUNK
     try:
-        S._CPU_CHUNK = 2560  # 10 classes x 256 voxels
+        S._CPU_CHUNK = S._CPU_DENSE_CHUNK = 2560  # 10 classes x 256 voxels
         x.requires_grad_(True)
         w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
         fused = losskit.dice_ce_loss(x, y, ignore_index=-1, class_weight=w)
@@ -343,7 +343,7 @@ def test_fused_kernel_equals_plain_autograd():
         plain = losskit.dice_loss(torch.softmax(x, 1), y, activation=None, ignore_index=-1)
         close(grad_of(fused, x), grad_of(plain, x), 1e-10)
     finally:
-        S._CPU_CHUNK = old
+        S._CPU_CHUNK, S._CPU_DENSE_CHUNK = old
 
 
 def test_fused_kernel_second_backward_and_no_grad_and_double_backward():
@@ -393,9 +393,9 @@ def test_fused_kernels_match_the_formula(target_kind, squared, activation):
         target = t if target_kind == "one_hot" else torch.rand(t.shape, generator=torch.Generator().manual_seed(1),
                                                                  dtype=torch.float64)
         t = target
-    old = S._CPU_CHUNK
+    old = S._CPU_CHUNK, S._CPU_DENSE_CHUNK
     try:
-        S._CPU_CHUNK = 1024
+        S._CPU_CHUNK = S._CPU_DENSE_CHUNK = 1024
         x.requires_grad_(True)
         got = losskit.dice_loss(x, target, activation=activation, squared=squared, ignore_index=ignore,
                                 reduction="none")
@@ -409,7 +409,7 @@ def test_fused_kernels_match_the_formula(target_kind, squared, activation):
         if ignore is not None:
             assert (g_got[0, :, :5] == 0).all()
     finally:
-        S._CPU_CHUNK = old
+        S._CPU_CHUNK, S._CPU_DENSE_CHUNK = old
 
 
 @pytest.mark.parametrize("target_kind", ["one_hot", "soft"])
@@ -419,9 +419,9 @@ def test_fused_softmax_dice_ce_with_dense_targets_matches_the_formula(target_kin
     t, m = ref.one_hot(y, 4)
     if target_kind == "soft":
         t = torch.rand(t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    old = S._CPU_CHUNK
+    old = S._CPU_CHUNK, S._CPU_DENSE_CHUNK
     try:
-        S._CPU_CHUNK = 1024
+        S._CPU_CHUNK = S._CPU_DENSE_CHUNK = 1024
         x.requires_grad_(True)
         got = losskit.dice_ce_loss(x, t, lambda_ce=0.7, reduction="none")
         ce = -(t * torch.log_softmax(x, 1)).sum(1).flatten(1).mean(1)
@@ -432,7 +432,7 @@ def test_fused_softmax_dice_ce_with_dense_targets_matches_the_formula(target_kin
         close(g_got, torch.autograd.grad(expected, x, upstream)[0], 1e-10)
         close(torch.autograd.grad(got, x, upstream)[0], g_got, 0.0)
     finally:
-        S._CPU_CHUNK = old
+        S._CPU_CHUNK, S._CPU_DENSE_CHUNK = old
     small = x.detach()[:, :, :3, :4].clone().requires_grad_(True)
     assert torch.autograd.gradgradcheck(lambda z: losskit.dice_ce_loss(z, t[:, :, :3, :4], squared=True), (small,))
 
@@ -476,13 +476,13 @@ def test_fused_kernels_need_the_gradient_plus_chunk_sized_temporaries(case):
         "sigmoid_index": lambda: losskit.dice_loss(x, y, activation="sigmoid", ignore_index=255, squared=True),
         "sigmoid_mask": lambda: losskit.dice_loss(x, mask, activation="sigmoid"),
     }
-    old = S._CPU_CHUNK
+    old = S._CPU_CHUNK, S._CPU_DENSE_CHUNK
     try:
-        S._CPU_CHUNK = 1 << 15  # 128 KiB blocks: 8 chunks
+        S._CPU_CHUNK = S._CPU_DENSE_CHUNK = 1 << 15  # 128 KiB blocks: 8 chunks
         with losskit.set_checks(False):
             peak = cpu_peak_bytes(lambda: calls[case]().backward())
     finally:
-        S._CPU_CHUNK = old
+        S._CPU_CHUNK, S._CPU_DENSE_CHUNK = old
     gradient = x.numel() * 4
     # Measured: 256 to 352 KiB beyond the gradient, about 2 to 3 chunks. An int64 copy of the label
     # map alone would be 512 KiB, the probabilities 1 MiB.
@@ -516,9 +516,9 @@ def test_half_logits_are_computed_in_float32_and_rounded_once(dtype, case):
     calls = {"dice_ce": lambda z: losskit.dice_ce_loss(z, y, ignore_index=255, class_weight=w),
              "dice_squared_one_hot": lambda z: losskit.dice_loss(z, one_hot, squared=True),
              "sigmoid": lambda z: losskit.dice_loss(z, y, activation="sigmoid", ignore_index=255)}
-    old = S._CPU_CHUNK
+    old = S._CPU_CHUNK, S._CPU_DENSE_CHUNK
     try:
-        S._CPU_CHUNK = 1024
+        S._CPU_CHUNK = S._CPU_DENSE_CHUNK = 1024
         half = x.clone().requires_grad_(True)
         full = x.float().requires_grad_(True)
         out_half, out_full = calls[case](half), calls[case](full)
@@ -528,7 +528,7 @@ def test_half_logits_are_computed_in_float32_and_rounded_once(dtype, case):
         (g_full,) = torch.autograd.grad(out_full, full)
         assert g_half.dtype == dtype and torch.equal(g_half, g_full.to(dtype))
     finally:
-        S._CPU_CHUNK = old
+        S._CPU_CHUNK, S._CPU_DENSE_CHUNK = old
 
 
 def test_half_logits_need_no_float32_copy():
@@ -537,13 +537,13 @@ def test_half_logits_need_no_float32_copy():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 32, 32, 32, generator=gen).to(torch.bfloat16).requires_grad_(True)  # 0.5 MiB
     y = torch.randint(4, (2, 32, 32, 32), generator=gen)
-    old = S._CPU_CHUNK
+    old = S._CPU_CHUNK, S._CPU_DENSE_CHUNK
     try:
-        S._CPU_CHUNK = 1 << 15  # float32 chunks of 128 KiB
+        S._CPU_CHUNK = S._CPU_DENSE_CHUNK = 1 << 15  # float32 chunks of 128 KiB
         with losskit.set_checks(False):
             peak = cpu_peak_bytes(lambda: losskit.dice_ce_loss(x, y).backward())
     finally:
-        S._CPU_CHUNK = old
+        S._CPU_CHUNK, S._CPU_DENSE_CHUNK = old
     gradient = x.numel() * 2
     # A float32 copy of the logits alone would be 1 MiB, a float32 softmax another.
     assert gradient <= peak <= gradient + 6 * (1 << 15) * 4, (peak - gradient) / 2**10

@@ -152,13 +152,13 @@ def _fused_stats(kernel: str, logits: Tensor, index: Tensor | None, ignore_index
         tp, fp, fn, psq, sqerr, tsum, count, ce, ce_den = _SoftmaxIndexStats.apply(
             logits, index, ignore_index, with_ce, ce_weight, squared, keep)
     else:
-        tp, fp, fn, psq, sqerr, ce = _SoftmaxDenseStats.apply(logits, labels, with_ce, squared, keep)
+        tp, fp, fn, psq, sqerr, tsum, ce = _SoftmaxDenseStats.apply(logits, labels, with_ce, squared, keep)
     if labels is None:  # index labels: T from the kernel, and t^2 = t
         stats = RegionStats(tp, fp, fn, tsum, count)
         if squared:
             stats.psq, stats.tsq, stats.sqerr = psq, tsum, sqerr
-    else:  # dense labels: their sums need no gradient
-        stats = RegionStats(tp, fp, fn, labels.sum(-1), tp.new_full((tp.shape[0], 1), float(labels.shape[-1])))
+    else:  # dense labels: their sums need no gradient (T from the kernel, read while each chunk is in cache)
+        stats = RegionStats(tp, fp, fn, tsum, tp.new_full((tp.shape[0], 1), float(labels.shape[-1])))
         if squared:
             stats.psq, stats.tsq, stats.sqerr = psq, labels.square().sum(-1), sqerr
     if with_ce and ce is not None:
