@@ -70,6 +70,7 @@ from losskit.functional.regression import (
     wing_loss,
 )
 from losskit.functional.rl import *  # noqa: F403
+from losskit.functional.ssim import ssim_loss
 from losskit.functional.segmentation import (
     dice_ce_loss,
     dice_focal_loss,
@@ -136,6 +137,7 @@ __all__ = [
     "siou_loss",
     "smooth_l1_loss",
     "softmax_focal_loss",
+    "ssim_loss",
     "tversky_loss",
     "varifocal_loss",
     "wing_loss",
