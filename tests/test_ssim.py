@@ -82,9 +82,10 @@ def _monai_options(dims, options):
     return {"spatial_dims": dims, **{renamed.get(k, k): v for k, v in options.items()}}
 
 
-def _grad(fn, x, y):
+def _grad(fn, x, y, **options):
+    """``fn(x, y, **options)`` and the gradient of its sum with respect to ``x``."""
     x = x.detach().clone().requires_grad_(True)
-    value = fn(x, y)
+    value = fn(x, y, **options)
     (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), grad
 
@@ -100,9 +101,8 @@ def test_matches_monai_ssim_loss_and_metric(dims, options):
     x, y = (t.float() for t in _pair(SHAPES[dims]))
     monai_options = _monai_options(dims, options)
     for reduction in ("none", "mean", "sum"):
-        monai = SSIMLoss(**monai_options, reduction=reduction)
-        expected, expected_grad = _grad(lambda a, b: monai(a, b), x, y)
-        value, grad = _grad(lambda a, b: ssim_loss(a, b, **options, reduction=reduction), x.double(), y.double())
+        expected, expected_grad = _grad(SSIMLoss(**monai_options, reduction=reduction), x, y)
+        value, grad = _grad(ssim_loss, x.double(), y.double(), **options, reduction=reduction)
         torch.testing.assert_close(value, expected.double().reshape(value.shape), rtol=1e-5, atol=1e-6)
         assert (grad - expected_grad.double()).norm() <= 1e-4 * grad.norm()
     metric = SSIMMetric(**monai_options, reduction="none")
@@ -141,7 +141,7 @@ def test_monai_float32_loses_the_near_converged_loss_losskit_keeps():
 @pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3]])
 def test_identical_images_give_zero_with_zero_gradient(shape):
     x, _ = _pair(shape)
-    value, grad = _grad(lambda a, b: ssim_loss(a, b, win_size=5, reduction="none"), x, x)
+    value, grad = _grad(ssim_loss, x, x, win_size=5, reduction="none")
     assert torch.equal(value, torch.zeros(shape[0], dtype=torch.float64))
     assert torch.equal(grad, torch.zeros_like(grad))
 
@@ -162,8 +162,8 @@ def test_float32_keeps_the_budget_near_convergence_in_2d_and_3d(dims, options):
     # for the uniform window and in 3-D.
     shape = (2, 1, 24, 24) if dims == 2 else (2, 1, 16, 16, 16)
     x, y = (t.float() for t in _pair(shape, noise=3e-4, seed=1))
-    value, grad = _grad(lambda a, b: ssim_loss(a, b, **options, reduction="none"), x, y)
-    value64, grad64 = _grad(lambda a, b: ssim_loss(a, b, **options, reduction="none"), x.double(), y.double())
+    value, grad = _grad(ssim_loss, x, y, **options, reduction="none")
+    value64, grad64 = _grad(ssim_loss, x.double(), y.double(), **options, reduction="none")
     assert 0 < value64.max() < 1e-3
     assert value_error(value, value64, torch.float32) <= 1e-5
     assert grad_error(grad, grad64, torch.float32) <= 1e-4

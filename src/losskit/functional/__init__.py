@@ -70,7 +70,6 @@ from losskit.functional.regression import (
     wing_loss,
 )
 from losskit.functional.rl import *  # noqa: F403
-from losskit.functional.ssim import ssim_loss
 from losskit.functional.segmentation import (
     dice_ce_loss,
     dice_focal_loss,
@@ -82,6 +81,7 @@ from losskit.functional.segmentation import (
     mcc_loss,
     tversky_loss,
 )
+from losskit.functional.ssim import ssim_loss
 
 __all__ = [
     "asymmetric_loss",
