@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large, typical
+from losskit.examples.base import NOT_BOXES, Case, Regime, Spec, large
 from losskit.examples.probes import Axis, Sweep
 
 CHANNELS = 2
