@@ -51,7 +51,8 @@ def test_regression_is_zero_at_a_perfect_prediction(name, seed):
                          case.target, case.kwargs)
     if perfect.input is case.input:  # e.g. several quantiles: predict the target for each of them
         perfect = specs.Case(case.target.unsqueeze(-1).expand_as(case.input).clone(), case.target, case.kwargs)
-    torch.testing.assert_close(call(name, perfect, reduction="none"), torch.zeros_like(perfect.input))
+    unit = SPECS[name].unit_shape(perfect)  # the element, or the sample for ssim
+    torch.testing.assert_close(call(name, perfect, reduction="none"), torch.zeros(unit, dtype=perfect.input.dtype))
 
 
 @pytest.mark.parametrize("name", ["kl_div", "js_div"])

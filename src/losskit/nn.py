@@ -147,6 +147,19 @@ class PoissonNLLLoss(LossModule):
     function = staticmethod(F.poisson_nll_loss)
 
 
+@register("ssim", family="regression")
+class SSIMLoss(LossModule):
+    function = staticmethod(F.ssim_loss)
+
+    def __init__(self, **options) -> None:
+        # Per-axis window sizes and widths configure the filter: kept as tuples, not turned into
+        # tensor buffers as other number lists are.
+        per_axis = {key: tuple(options.pop(key)) for key in ("win_size", "kernel_sigma")
+                    if isinstance(options.get(key), (list, tuple))}
+        super().__init__(**options)
+        self._options.update(per_axis)
+
+
 # --- classification ---------------------------------------------------------------------------
 
 

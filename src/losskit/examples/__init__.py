@@ -30,6 +30,7 @@ from losskit.examples import (
     regression,
     rl,
     segmentation,
+    ssim,
 )
 from losskit.examples.base import REGIMES, Budget, Case, Regime, Spec
 from losskit.examples.probes import Sweep
@@ -39,7 +40,7 @@ __all__ = ["FAMILY_MODULES", "REGIMES", "Budget", "Case", "Regime", "Spec", "Swe
 
 #: The modules whose ``SPECS`` cover the registered losses.
 FAMILY_MODULES = (regression, classification, divergence, boxes, detection, segmentation, lovasz, boundary,
-                  large_vocab, rl, contrastive, metric)
+                  large_vocab, rl, contrastive, metric, ssim)
 
 
 def registry() -> dict[str, Spec]:

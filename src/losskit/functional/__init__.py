@@ -85,6 +85,7 @@ from losskit.functional.segmentation import (
     mcc_loss,
     tversky_loss,
 )
+from losskit.functional.ssim import ssim_loss
 
 __all__ = [
     "asymmetric_loss",
@@ -144,6 +145,7 @@ __all__ = [
     "siou_loss",
     "smooth_l1_loss",
     "softmax_focal_loss",
+    "ssim_loss",
     "tversky_loss",
     "varifocal_loss",
     "wing_loss",
