@@ -278,8 +278,9 @@ def _written_out_case(name, layout):
 def test_written_out_backward_matches_autograd_of_the_formula(name, layout, monkeypatch):
     from losskit.functional import _margin_softmax
 
-    # blocks of 3 rows (the default block is 1 MiB): the row-block loop runs 14 times here
+    # blocks of 3 rows (the default block is 8 MiB): the row-block loop runs 14 times here
     monkeypatch.setattr(_margin_softmax, "_BLOCK_BYTES", 3 * 9 * 3 * 8)
+    monkeypatch.setattr(_margin_softmax, "_DOT_CHUNK", 5)  # 16 dimensions: chunks of 5, 5, 5 and 1
     fn, options = WRITTEN_OUT[name]
     x, y, w = _written_out_case(name, layout)
     x.requires_grad_(True)

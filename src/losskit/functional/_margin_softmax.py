@@ -49,9 +49,12 @@ from torch import Tensor
 
 from losskit._core.numerics import log_softmax
 
-# Rows of the (N, C) logits handled at once on a CPU: about 1 MiB, so that the passes after the
-# matrix product find the block in cache.
-_BLOCK_BYTES = 1 << 20
+# Rows of the (N, C) logits handled at once on a CPU: about 8 MiB, so that the passes after the
+# matrix product find the block in cache, in blocks large enough that each operation's thread
+# start-up stays small (on a loaded machine a thread that waits for a core costs each one).
+_BLOCK_BYTES = 1 << 23
+# Dimensions of column-major proxies whose products are summed at once in _row_dots.
+_DOT_CHUNK = 16
 
 
 class MarginLogits(NamedTuple):
@@ -90,12 +93,13 @@ def _row_dots(a: Tensor, b: Tensor) -> Tensor:
     r""":math:`\langle a_j, b_j\rangle` of the rows of two ``(C, D)`` tensors laid out alike, without
     their ``(C, D)`` product. For column-major rows (the transpose of a ``(D, C)`` weight, as in
     pytorch-metric-learning) a reduction along the rows is strided and slow on a CPU; there the
-    dots accumulate one dimension at a time over contiguous ``(C,)`` slices."""
+    dots accumulate a few dimensions at a time over contiguous ``(C,)`` slices."""
     if a.device.type != "cpu" or a.stride(-1) == 1 or a.stride(0) != 1:
         return (a * b).sum(-1)
     dots = a.new_zeros(a.shape[0])
-    for a_d, b_d in zip(a.T, b.T, strict=True):
-        dots.addcmul_(a_d, b_d)
+    for start in range(0, a.shape[1], _DOT_CHUNK):
+        a_d, b_d = a.T[start:start + _DOT_CHUNK], b.T[start:start + _DOT_CHUNK]
+        dots += (a_d * b_d).sum(0)
     return dots
 
 
