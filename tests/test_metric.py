@@ -202,6 +202,116 @@ def test_arcface_is_exact_near_convergence_in_float32():
                                rtol=1e-5, atol=0)
 
 
+# --- the written-out backward pass -------------------------------------------------------------------
+# The margin losses compute their (N, C) part in losskit/functional/_margin_softmax.py with a
+# hand-written backward pass. Here it is compared in float64 with autograd of the formula written
+# plainly from the papers: normalized proxies, every logit, the margin through the arccosine,
+# torch.log_softmax.
+
+
+def _psi_from_angle(theta, m):  # eq. 6 of L-Softmax: (-1)^k cos(m theta) - 2k on [k pi / m, (k + 1) pi / m]
+    k = torch.floor(theta * m / math.pi).detach()
+    return (-1) ** k * torch.cos(m * theta) - 2 * k
+
+
+def _plain_margin_loss(name, x, y, w, options):
+    """Per-sample loss, autograd of the formula."""
+    unit_x = torch.nn.functional.normalize(x, dim=1)
+    cos = unit_x @ torch.nn.functional.normalize(w.reshape(-1, w.shape[-1]), dim=1).T
+    if w.dim() == 3:  # sub-centres: the best of each class
+        cos = cos.view(len(x), *w.shape[:2]).amax(-1)
+    c = cos.gather(1, y[:, None]).squeeze(1)
+    theta = torch.acos(c)
+    x_norm = x.norm(dim=1)
+    if name == "normalized_softmax":
+        logits, target = cos / options["temperature"], c / options["temperature"]
+    elif name in ("cosface", "arcface", "sub_center_arcface"):
+        s, m = options["scale"], options["margin"]
+        logits = s * cos
+        if name == "cosface":
+            target = s * (c - m)
+        else:
+            target = s * torch.where(theta <= math.pi - m, torch.cos(theta + m), c - m * math.sin(m))
+    else:
+        s, m = options["scale"], options["margin"]
+        if name == "sphereface":
+            logits = s * x_norm[:, None] * cos
+            target = s * x_norm * _psi_from_angle(theta, m)
+        else:
+            logits = s * (x @ w.T)
+            target = s * x_norm * w[y].norm(dim=1) * _psi_from_angle(theta, m)
+    logits = logits.scatter(1, y[:, None], target[:, None])
+    return -torch.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+
+
+WRITTEN_OUT = {
+    "normalized_softmax": (LF.normalized_softmax_loss, {"temperature": 0.1}),
+    "cosface": (LF.cosface_loss, {"margin": 0.35, "scale": 30.0}),
+    "arcface": (LF.arcface_loss, {"margin": 0.5, "scale": 30.0}),
+    "sub_center_arcface": (LF.sub_center_arcface_loss, {"margin": 0.5, "scale": 30.0}),
+    "sphereface": (LF.sphereface_loss, {"margin": 3, "scale": 1.0}),
+    "large_margin_softmax": (LF.large_margin_softmax_loss, {"margin": 2, "scale": 1.0}),
+}
+
+
+def _written_out_case(name, layout):
+    """40 embeddings of 16 dimensions against 9 classes, half of them near their class's proxy (the labelled logit
+    leads), half random (it does not); proxies ``(C, D)`` row-major, or column-major as the
+    transpose of a ``(D, C)`` weight (pytorch-metric-learning's layout)."""
+    gen = torch.Generator().manual_seed(30)
+    classes, dim, n = 9, 16, 40
+    shape = (classes, 3, dim) if name == "sub_center_arcface" else (classes, dim)
+    w = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if layout == "column-major":
+        w = w.reshape(-1, dim).T.contiguous().T.reshape(shape)
+        assert w.reshape(-1, dim).stride() == (1, w.reshape(-1, dim).shape[0])
+    y = torch.randint(classes, (n,), generator=gen)
+    x = 3 * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    near = w[y[: n // 2]].reshape(n // 2, -1, dim)[:, 0]
+    x[: n // 2] = 4 * torch.nn.functional.normalize(near, dim=1) + 0.1 * torch.randn(n // 2, dim, generator=gen,
+                                                                                     dtype=torch.float64)
+    return x, y, w
+
+
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+@pytest.mark.parametrize("name", list(WRITTEN_OUT))
+def test_written_out_backward_matches_autograd_of_the_formula(name, layout, monkeypatch):
+    from losskit.functional import _margin_softmax
+
+    # blocks of 3 rows (the default block is 8 MiB): the row-block loop runs 14 times here
+    monkeypatch.setattr(_margin_softmax, "_BLOCK_BYTES", 3 * 9 * 3 * 8)
+    monkeypatch.setattr(_margin_softmax, "_DOT_CHUNK", 5)  # 16 dimensions: chunks of 5, 5, 5 and 1
+    fn, options = WRITTEN_OUT[name]
+    x, y, w = _written_out_case(name, layout)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    weight = torch.rand(len(y), generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    expected = _plain_margin_loss(name, x, y, w, options)
+    actual = fn(x, y, proxies=w, reduction="none", **options)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-14)
+    leads = _plain_margin_loss(name, x.detach(), y, w.detach(), options) < math.log(2)
+    assert 5 < leads.sum() < len(y) - 5  # both branches of the softmax's precision
+    expected_grads = torch.autograd.grad((expected * weight).sum(), (x, w))
+    grads = torch.autograd.grad((actual * weight).sum(), (x, w))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    # one input at a time: the other's products are skipped
+    (grad_w,) = torch.autograd.grad((fn(x.detach(), y, proxies=w, reduction="none", **options) * weight).sum(), w)
+    torch.testing.assert_close(grad_w, expected_grads[1], rtol=1e-10, atol=1e-12)
+    (grad_x,) = torch.autograd.grad((fn(x, y, proxies=w.detach(), reduction="none", **options) * weight).sum(), x)
+    torch.testing.assert_close(grad_x, expected_grads[0], rtol=1e-10, atol=1e-12)
+
+
+def test_written_out_backward_runs_again_on_a_retained_graph():
+    # The kept buffer is read, not overwritten, by the backward pass: a second pass gives the same.
+    x, y, w = _written_out_case("arcface", "row-major")
+    w.requires_grad_(True)
+    loss = LF.arcface_loss(x, y, proxies=w)
+    first = torch.autograd.grad(loss, w, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, w)[0]
+    assert torch.equal(first, second)
+
+
 # --- module forms ------------------------------------------------------------------------------
 
 

@@ -55,8 +55,8 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from losskit._core.checks import check_bool, check_number
-from losskit._core.numerics import log_softmax
 from losskit._core.reduction import Reduction
+from losskit.functional._margin_softmax import MarginLogits, margin_cross_entropy
 from losskit.functional._metric_pairs import (
     contrastive_pair_loss,
     fast_ap_loss,
@@ -68,7 +68,7 @@ from losskit.functional._metric_pairs import (
     tuplet_margin_loss,
 )
 from losskit.functional._metric_proxies import proxy_anchor_loss, proxy_nca_loss, soft_triple_loss
-from losskit.functional._proxy_common import _check_inputs, _cosines, _finish, _prepare
+from losskit.functional._proxy_common import _check_inputs, _finish, _prepare
 from losskit.functional.contrastive import _masked_fill_min, _reduce
 
 __all__ = [
@@ -94,29 +94,34 @@ __all__ = [
 # --- shared pieces ------------------------------------------------------------------------------
 
 
-def _target_sin(x: Tensor, proxies: Tensor, target: Tensor) -> Tensor:
-    r""":math:`\sin\theta` of each sample and its labelled class's proxy (its closest sub-centre):
+def _cosine(x: Tensor, w: Tensor) -> Tensor:
+    """Cosine of each embedding ``(N, D)`` and its row of ``w`` ``(N, D)``, as the logits' product
+    computes it (the proxy's norm floored: a zero proxy has cosine 0)."""
+    norms = w.norm(dim=-1).clamp_min(torch.finfo(w.dtype).tiny)
+    return (TF.normalize(x, dim=-1) * w).sum(-1) / norms
+
+
+def _closest_sub_centre(x: Tensor, w: Tensor) -> Tensor:
+    """The labelled proxies ``(N, D)``: ``w`` itself, or of sub-centres ``(N, K, D)`` the closest."""
+    if w.dim() == 2:
+        return w
+    best = _cosine(x.unsqueeze(1).expand_as(w), w).argmax(1)
+    return w[torch.arange(w.shape[0], device=w.device), best]
+
+
+def _target_sin(x: Tensor, w: Tensor) -> Tensor:
+    r""":math:`\sin\theta` of each sample and its labelled proxy ``w`` ``(N, D)``:
     :math:`\sqrt{u(2 - u)}` with :math:`u = 1 - \cos\theta = \lVert\hat x - \hat w\rVert^2 / 2` taken
     from the difference of the unit vectors, exact for a small angle (the loss of a trained model),
     where :math:`1 - \cos\theta` from the cosine would cancel (1e-3 relative error in float32 at
     :math:`\theta = 0.01`). Floored so that its gradient stays finite at :math:`\theta = 0`."""
-    w = proxies[target]  # (N, D) or (N, K, D)
-    if w.dim() == 3:  # the sub-centre the cosine came from
-        w_flat = proxies.reshape(-1, proxies.shape[-1])
-        scores = (TF.normalize(x, dim=-1).unsqueeze(1) * TF.normalize(w, dim=-1)).sum(-1)
-        w = w_flat[target * proxies.shape[1] + scores.argmax(1)]
     u = (TF.normalize(x, dim=-1) - TF.normalize(w, dim=-1)).square().sum(-1) / 2
     return (u * (2 - u)).clamp_min(torch.finfo(u.dtype).tiny).sqrt()
 
 
-def _margin_cross_entropy(logits: Tensor, target: Tensor, target_logit: Tensor) -> Tensor:
-    """Cross-entropy per sample with the labelled class's logit replaced by ``target_logit`` ``(N,)``.
-
-    Through :func:`losskit._core.numerics.log_softmax`, exact when the labelled class leads (the loss
-    of a trained model)."""
-    index = target.unsqueeze(1)
-    logits = logits.scatter(1, index, target_logit.unsqueeze(1).to(logits.dtype))
-    return -log_softmax(logits, 1).gather(1, index).squeeze(1)
+def _unit_rows(scale: float):
+    """``row`` of the losses on cosines: the unit embeddings times the scale."""
+    return lambda x: TF.normalize(x, dim=-1) * scale
 
 
 def _psi(cos: Tensor, margin: int) -> Tensor:
@@ -197,8 +202,8 @@ def normalized_softmax_loss(
     _check_inputs(input, target, proxies, reduction, normalizer)
     temperature = check_number("temperature", temperature, low=0.0, low_open=True)
     x, w = _prepare(input, proxies)
-    cos, _ = _cosines(x, w)
-    loss = -log_softmax(cos / temperature, 1).gather(1, target.unsqueeze(1)).squeeze(1)
+    loss = margin_cross_entropy(x, w, target, MarginLogits(
+        _unit_rows(1 / temperature), True, lambda x, w_y: _cosine(x, w_y) / temperature))
     return _finish(loss, input=input, target=target, proxies=proxies, weight=weight, reduction=reduction,
                    normalizer=normalizer)
 
@@ -258,21 +263,22 @@ def cosface_loss(
     margin = check_number("margin", margin, low=0.0)
     scale = check_number("scale", scale, low=0.0, low_open=True)
     x, w = _prepare(input, proxies)
-    cos, _ = _cosines(x, w)
-    target_cos = cos.gather(1, target.unsqueeze(1)).squeeze(1)
-    loss = _margin_cross_entropy(cos * scale, target, (target_cos - margin) * scale)
+    loss = margin_cross_entropy(x, w, target, MarginLogits(
+        _unit_rows(scale), True, lambda x, w_y: (_cosine(x, w_y) - margin) * scale))
     return _finish(loss, input=input, target=target, proxies=proxies, weight=weight, reduction=reduction,
                    normalizer=normalizer)
 
 
 def _arcface(input: Tensor, target: Tensor, proxies: Tensor, margin: float, scale: float) -> Tensor:
+    def target_logit(x: Tensor, w_y: Tensor) -> Tensor:
+        w_y = _closest_sub_centre(x, w_y)
+        c = _cosine(x, w_y)
+        shifted = c * math.cos(margin) - _target_sin(x, w_y) * math.sin(margin)  # cos(theta + m)
+        # Past theta = pi - m, cos(theta + m) would rise again: the linear penalty keeps the logit falling.
+        return torch.where(c >= -math.cos(margin), shifted, c - margin * math.sin(margin)) * scale
+
     x, w = _prepare(input, proxies)
-    cos, _ = _cosines(x, w)
-    c = cos.gather(1, target.unsqueeze(1)).squeeze(1)
-    shifted = c * math.cos(margin) - _target_sin(x, w, target) * math.sin(margin)  # cos(theta + m)
-    # Past theta = pi - m, cos(theta + m) would rise again: the linear penalty keeps the logit falling.
-    shifted = torch.where(c >= -math.cos(margin), shifted, c - margin * math.sin(margin))
-    return _margin_cross_entropy(cos * scale, target, shifted * scale)
+    return margin_cross_entropy(x, w, target, MarginLogits(_unit_rows(scale), True, target_logit))
 
 
 def _arcface_options(margin: object, scale: object) -> tuple[float, float]:
@@ -414,18 +420,15 @@ def sub_center_arcface_loss(
 
 def _large_margin(input: Tensor, target: Tensor, proxies: Tensor, margin: int, scale: float,
                   unit_proxies: bool) -> Tensor:
+    # The logits s |x| |w_j| cos (|w_j| = 1 for unit proxies) are the products <s x, w_j> (over |w_j|).
+    def target_logit(x: Tensor, w_y: Tensor) -> Tensor:
+        magnitude = x.norm(dim=-1) * scale
+        if not unit_proxies:
+            magnitude = magnitude * w_y.norm(dim=-1)
+        return _psi(_cosine(x, w_y), margin) * magnitude
+
     x, w = _prepare(input, proxies)
-    cos, norms = _cosines(x, w)
-    magnitude = x.norm(dim=-1, keepdim=True) * scale  # (N, 1)
-    if not unit_proxies:
-        magnitude = magnitude * norms  # (N, C)
-    logits = cos * magnitude
-    index = target.unsqueeze(1)
-    target_magnitude = magnitude.expand_as(cos).gather(1, index).squeeze(1)
-    psi = _psi(cos.gather(1, index).squeeze(1), margin)
-    return _margin_cross_entropy(logits, target, psi * target_magnitude)
-
-
+    return margin_cross_entropy(x, w, target, MarginLogits(lambda x: x * scale, unit_proxies, target_logit))
 
 
 def large_margin_softmax_loss(
