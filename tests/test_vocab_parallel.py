@@ -318,6 +318,7 @@ def _error_cases(sizes) -> dict[str, dict[str, str]]:
         "target_outside_vocabulary": _raises(lambda: fused(target=outside)),
         "one_rank_bad_argument": _raises(lambda: fused(weight=w.float() if me == 1 else w)),
         "class_weight_of_the_block": _raises(lambda: fused(class_weight=class_weight[block])),
+        "triton_kernel": _raises(lambda: fused(backend="triton")),
         "logits_target_outside": _raises(lambda: LF.vocab_parallel_cross_entropy(
             hidden @ w.T, outside, process_group=group)),
         "logits_different_options": _raises(lambda: LF.vocab_parallel_cross_entropy(
@@ -444,6 +445,7 @@ def test_a_bad_setup_raises_on_every_rank(ranks):
         "different_targets": "different options, shapes or targets",
         "target_outside_vocabulary": r"outside \[0, 10\]",
         "class_weight_of_the_block": "class.weight",
+        "triton_kernel": "no vocabulary-parallel form",
         "logits_target_outside": r"outside \[0, 10\]",
         "logits_different_options": "different options",
     }

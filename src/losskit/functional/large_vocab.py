@@ -502,10 +502,10 @@ def fused_linear_cross_entropy(
     shard = agree_on_shards(process_group, check) if is_vocab_parallel(process_group) else None
     if shard is None:
         check()
-    triton = use_triton(backend, hidden)
-    if triton and shard is not None:
+    if shard is not None and backend == "triton":
         raise ValueError("backend='triton' has no vocabulary-parallel form: with process_group, use backend='auto' "
                          "or 'torch'")
+    triton = shard is None and use_triton(backend, hidden)  # "auto" over a vocabulary split: the torch path
     eps, zl = float(label_smoothing), float(z_loss)
     softcap = None if softcap is None else float(softcap)
     vocab = weight.shape[0] if shard is None else shard.classes
