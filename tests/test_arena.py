@@ -57,6 +57,9 @@ from losskit.arena import checkpoint, tasks
 from tests.test_arena import SUBSET, subset_task
 
 if __name__ == "__main__":  # worker processes (spawn) import this file too, and must not run the command
+    # Ctrl-C as in a terminal: a child inherits an ignored SIGINT from its parent (a test runner's
+    # worker may ignore it), and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for name in SUBSET:
         tasks.TASKS[name] = subset_task(name)
     limit = int(os.environ.get("KILL_AFTER_CHECKPOINTS", "0"))
